@@ -1,0 +1,32 @@
+# edgetrust — the two commands are `make demo` and `make test`; everything else is a step of theirs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+.PHONY: help setup build lint typecheck test unit demo bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: ## install Debian + npm packages, start dockerd and the local registry (idempotent)
+	@scripts/setup.sh all
+
+build: setup ## compile TypeScript to dist/
+	@npx tsc -p tsconfig.build.json
+
+lint: setup ## eslint
+	@npx eslint .
+
+typecheck: setup ## tsc --noEmit over code and tests
+	@npx tsc -p tsconfig.json --noEmit
+
+test: setup lint typecheck build ## set up, then lint, typecheck and every test
+	@npx vitest run
+
+demo: build ## set up, then run the attested boot flow on embedded defaults
+	@node bin/edgetrust.js demo
+
+bench: build ## run every benchmark and print ratios against references measured in the same run
+	@node bin/edgetrust.js bench
+
+clean: ## remove build output and demo state
+	rm -rf dist .edgetrust-demo

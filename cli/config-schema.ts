@@ -1,0 +1,19 @@
+import { Type } from "@sinclair/typebox";
+import { HsmConfig } from "../hsm/config.js";
+
+/** The whole edgetrust.yaml: one section per component. Each section's schema lives beside its component. */
+export const EdgeTrustConfig = Type.Object(
+  {
+    log: Type.Object(
+      {
+        level: Type.Union([Type.Literal("trace"), Type.Literal("debug"), Type.Literal("info"), Type.Literal("warn"), Type.Literal("error")], {
+          default: "info",
+          description: "pino log level",
+        }),
+      },
+      { additionalProperties: false, default: {}, description: "Logging (JSON lines on stderr)" },
+    ),
+    hsm: HsmConfig,
+  },
+  { additionalProperties: false },
+);

@@ -1,0 +1,106 @@
+/**
+ * One error type for every component. `code` is stable (scripts and tests match on it); `message` says what went
+ * wrong in one line; `hint` says what to do about it. HTTP layers map `status` to an RFC 9457 problem+json body.
+ */
+export const ErrorCodes = {
+  // generic
+  INVALID_INPUT: { status: 400, title: "Invalid input" },
+  INVALID_CONFIG: { status: 500, title: "Invalid configuration" },
+  NOT_FOUND: { status: 404, title: "Not found" },
+  CONFLICT: { status: 409, title: "Conflict" },
+  UNAUTHENTICATED: { status: 401, title: "Authentication required" },
+  FORBIDDEN: { status: 403, title: "Forbidden" },
+  TOO_LARGE: { status: 413, title: "Payload too large" },
+  RATE_LIMITED: { status: 429, title: "Too many requests" },
+  UNAVAILABLE: { status: 503, title: "Service unavailable" },
+  INTERNAL: { status: 500, title: "Internal error" },
+  // hsm
+  HSM_MODULE_NOT_FOUND: { status: 500, title: "PKCS#11 module not found" },
+  HSM_MODULE_LOAD_FAILED: { status: 500, title: "PKCS#11 module could not be loaded" },
+  HSM_TOKEN_NOT_FOUND: { status: 500, title: "HSM token not found" },
+  HSM_PIN_INCORRECT: { status: 500, title: "HSM PIN incorrect" },
+  HSM_PIN_LOCKED: { status: 500, title: "HSM PIN locked" },
+  HSM_PIN_MISSING: { status: 500, title: "HSM PIN not configured" },
+  HSM_KEY_NOT_FOUND: { status: 404, title: "Key not found" },
+  HSM_KEY_EXISTS: { status: 409, title: "Key already exists" },
+  HSM_MECHANISM_UNSUPPORTED: { status: 500, title: "Mechanism not supported by the token" },
+  HSM_OPERATION_FAILED: { status: 500, title: "HSM operation failed" },
+  KEYSTORE_SOFTWARE_PASSPHRASE: { status: 500, title: "Software key store passphrase incorrect or missing" },
+  // pki
+  PKI_INVALID_CSR: { status: 400, title: "Invalid certificate signing request" },
+  PKI_PROFILE_VIOLATION: { status: 400, title: "Request violates the certificate profile" },
+  PKI_CHAIN_INVALID: { status: 400, title: "Certificate chain invalid" },
+} as const satisfies Record<string, { status: number; title: string }>;
+
+export type ErrorCode = keyof typeof ErrorCodes;
+
+export interface ErrorDetails {
+  hint?: string;
+  /** Structured, non-secret context (e.g. validation errors). Never put PINs, keys or tokens here. */
+  details?: Record<string, unknown>;
+  cause?: unknown;
+}
+
+export class EdgeTrustError extends Error {
+  readonly code: ErrorCode;
+  readonly hint: string | undefined;
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, message: string, extra: ErrorDetails = {}) {
+    super(message, extra.cause === undefined ? undefined : { cause: extra.cause });
+    this.name = "EdgeTrustError";
+    this.code = code;
+    this.hint = extra.hint;
+    this.details = extra.details;
+  }
+
+  get status(): number {
+    return ErrorCodes[this.code].status;
+  }
+
+  get title(): string {
+    return ErrorCodes[this.code].title;
+  }
+
+  /** One line for a CLI: the reason, then what to do. */
+  toLine(): string {
+    return this.hint ? `${this.message} (${this.code}): ${this.hint}` : `${this.message} (${this.code})`;
+  }
+
+  /** RFC 9457 problem details. */
+  toProblem(instance?: string): Problem {
+    const p: Problem = {
+      type: `urn:edgetrust:error:${this.code.toLowerCase().replace(/_/g, "-")}`,
+      title: this.title,
+      status: this.status,
+      detail: this.message,
+      code: this.code,
+    };
+    if (this.hint) p.hint = this.hint;
+    if (instance) p.instance = instance;
+    if (this.details) p.errors = this.details;
+    return p;
+  }
+}
+
+export interface Problem {
+  type: string;
+  title: string;
+  status: number;
+  detail: string;
+  code: string;
+  hint?: string;
+  instance?: string;
+  errors?: Record<string, unknown>;
+}
+
+export function isEdgeTrustError(e: unknown, code?: ErrorCode): e is EdgeTrustError {
+  return e instanceof EdgeTrustError && (code === undefined || e.code === code);
+}
+
+/** Wrap anything thrown into an EdgeTrustError without losing the original as `cause`. */
+export function toEdgeTrustError(e: unknown, fallback: ErrorCode = "INTERNAL"): EdgeTrustError {
+  if (e instanceof EdgeTrustError) return e;
+  const message = e instanceof Error ? e.message : String(e);
+  return new EdgeTrustError(fallback, message, { cause: e });
+}
