@@ -1,0 +1,7 @@
+import type { Benchmark } from "./types.js";
+
+/** Every benchmark of the project, in the order `edgetrust bench` runs them. Components add theirs here. */
+export const benchmarks: Benchmark[] = [];
+
+export type { Benchmark, BenchRow, Progress } from "./types.js";
+export { row } from "./types.js";
