@@ -20,7 +20,8 @@ typecheck: setup ## tsc --noEmit over code and tests
 	@npx tsc -p tsconfig.json --noEmit
 
 test: setup lint typecheck build ## set up, then lint, typecheck and every test
-	@npx vitest run
+	@mkdir -p .tmp; rc=0; npx vitest run --reporter=default --reporter=json --outputFile.json=.tmp/vitest.json || rc=$$?; \
+	  if [ -f .tmp/vitest.json ]; then node scripts/test-summary.mjs .tmp/vitest.json; fi; exit $$rc
 
 demo: build ## set up, then run the attested boot flow on embedded defaults
 	@node bin/edgetrust.js demo

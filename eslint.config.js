@@ -14,5 +14,5 @@ export default tseslint.config(
       "no-console": "error",
     },
   },
-  { files: ["cli/**", "bench/**", "bin/**", "certs-dev/cli.ts", "**/*.test.ts", "test/**"], rules: { "no-console": "off" } },
+  { files: ["cli/**", "bench/**", "bin/**", "scripts/**", "certs-dev/cli.ts", "**/*.test.ts", "test/**"], rules: { "no-console": "off" } },
 );

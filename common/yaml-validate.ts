@@ -22,7 +22,7 @@ export function formatLocated(p: Located): string {
   return `${p.file}:${p.line}:${p.col}: ${p.path || "/"}: ${p.message}${v}`;
 }
 
-const ajv = addFormats(new Ajv({ allErrors: true, strict: false, useDefaults: true, coerceTypes: false }));
+const ajv = addFormats(new Ajv({ allErrors: true, strict: false, useDefaults: true, coerceTypes: false, verbose: true }));
 const cache = new WeakMap<TSchema, ValidateFunction>();
 
 function compiled(schema: TSchema): ValidateFunction {
@@ -62,7 +62,22 @@ function keyNodeAt(doc: Document, segments: string[], key: string): YamlNode | u
   return parent;
 }
 
+/** A union of literals (TypeBox's enum shape) fails as one anyOf: report it as "one of", not once per branch. */
+function literalChoices(e: ErrorObject): unknown[] | undefined {
+  if (e.keyword !== "anyOf" || !Array.isArray(e.schema)) return undefined;
+  const branches = e.schema as Array<Record<string, unknown>>;
+  return branches.every((b) => "const" in b) ? branches.map((b) => b.const) : undefined;
+}
+
+/** Drop the per-branch errors of literal unions; keep everything else. */
+function simplify(errors: ErrorObject[]): ErrorObject[] {
+  const unions = errors.filter((e) => literalChoices(e) !== undefined).map((e) => e.schemaPath + "/");
+  return errors.filter((e) => !unions.some((u) => e.schemaPath.startsWith(u)));
+}
+
 function describe(e: ErrorObject): { message: string; extraKey?: string } {
+  const choices = literalChoices(e);
+  if (choices) return { message: `must be one of ${JSON.stringify(choices)}` };
   switch (e.keyword) {
     case "additionalProperties": {
       const k = String((e.params as { additionalProperty: string }).additionalProperty);
@@ -106,7 +121,7 @@ export function parseYamlStrict<S extends TSchema>(
     const value: unknown = doc.toJS({ maxAliasCount: 50 }) ?? {};
     const validate = compiled(schema);
     if (!validate(value)) {
-      for (const e of validate.errors ?? []) {
+      for (const e of simplify(validate.errors ?? [])) {
         const segs = e.instancePath.split("/").slice(1).map((s) => s.replace(/~1/g, "/").replace(/~0/g, "~"));
         const d = describe(e);
         const node = d.extraKey ? keyNodeAt(doc, segs, d.extraKey) : nodeAt(doc, segs);
@@ -125,7 +140,7 @@ export function parseYamlStrict<S extends TSchema>(
 export function validateValue<S extends TSchema>(value: unknown, schema: S, what: string, code: ErrorCode = "INVALID_INPUT"): Static<S> {
   const validate = compiled(schema);
   if (validate(value)) return value as Static<S>;
-  const problems = (validate.errors ?? []).map((e) => {
+  const problems = simplify(validate.errors ?? []).map((e) => {
     const d = describe(e);
     return `${what}${e.instancePath || ""}: ${d.message}`;
   });
