@@ -1,0 +1,211 @@
+import { request } from "node:http";
+import { EdgeTrustError } from "../common/index.js";
+
+/**
+ * A small typed client for the Docker Engine API over its unix socket. Only what the agent needs: inspect and pull
+ * images by digest, and the container lifecycle. Every response is checked; failures carry Docker's own message.
+ */
+export interface DockerOptions {
+  socketPath: string;
+  apiVersion?: string;
+  /** Per-request timeout for short calls (pulls stream without one). */
+  timeoutMs?: number;
+}
+
+export interface ImageInspect {
+  Id: string;
+  RepoDigests: string[] | null;
+  RepoTags: string[] | null;
+}
+
+export interface ContainerSummary {
+  Id: string;
+  Names: string[];
+  Image: string;
+  ImageID: string;
+  State: string;
+  Labels: Record<string, string>;
+}
+
+export interface ContainerInspect {
+  Id: string;
+  Name: string;
+  Image: string;
+  State: { Status: string; Running: boolean; ExitCode: number; Pid: number; StartedAt: string; FinishedAt: string };
+  Config: { Labels: Record<string, string>; User: string; Image: string };
+  HostConfig: Record<string, unknown>;
+  RestartCount: number;
+}
+
+export interface PullProgress {
+  status: string;
+  id?: string;
+  progress?: string;
+}
+
+export class DockerApiError extends EdgeTrustError {
+  readonly httpStatus: number;
+  constructor(httpStatus: number, method: string, path: string, message: string) {
+    super(httpStatus === 404 ? "NOT_FOUND" : httpStatus === 409 ? "CONFLICT" : "UNAVAILABLE", `docker ${method} ${path.split("?")[0]}: ${message}`);
+    this.httpStatus = httpStatus;
+  }
+}
+
+export class DockerClient {
+  private readonly socketPath: string;
+  private readonly prefix: string;
+  private readonly timeoutMs: number;
+
+  constructor(opts: DockerOptions) {
+    this.socketPath = opts.socketPath;
+    this.prefix = `/v${opts.apiVersion ?? "1.41"}`;
+    this.timeoutMs = opts.timeoutMs ?? 30_000;
+  }
+
+  private raw(method: string, path: string, body?: unknown, onLine?: (line: string) => void): Promise<{ status: number; text: string; body: Buffer }> {
+    return new Promise((resolve, reject) => {
+      const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+      const req = request(
+        {
+          socketPath: this.socketPath,
+          method,
+          path: this.prefix + path,
+          headers: payload ? { "content-type": "application/json", "content-length": payload.length } : {},
+          timeout: onLine ? 0 : this.timeoutMs,
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          let pending = "";
+          res.on("data", (chunk: Buffer) => {
+            chunks.push(chunk);
+            if (onLine) {
+              pending += chunk.toString("utf8");
+              let nl: number;
+              while ((nl = pending.indexOf("\n")) >= 0) {
+                const line = pending.slice(0, nl).trim();
+                pending = pending.slice(nl + 1);
+                if (line) onLine(line);
+              }
+            }
+          });
+          res.on("end", () => {
+            if (onLine && pending.trim()) onLine(pending.trim());
+            const body = Buffer.concat(chunks);
+            resolve({ status: res.statusCode ?? 0, text: body.toString("utf8"), body });
+          });
+          res.on("error", reject);
+        },
+      );
+      req.on("timeout", () => req.destroy(new Error(`timed out after ${this.timeoutMs} ms`)));
+      req.on("error", (e) =>
+        reject(new EdgeTrustError("UNAVAILABLE", `docker engine at ${this.socketPath} unreachable: ${e.message}`, {
+          hint: "start it with `make setup` (scripts/setup.sh services)",
+          cause: e,
+        })),
+      );
+      if (payload) req.write(payload);
+      req.end();
+    });
+  }
+
+  private async call<T>(method: string, path: string, body?: unknown, ok: number[] = [200, 201, 204]): Promise<T> {
+    const { status, text } = await this.raw(method, path, body);
+    if (!ok.includes(status)) {
+      let message = text.trim();
+      try {
+        message = (JSON.parse(text) as { message?: string }).message ?? message;
+      } catch {
+        /* plain-text error body */
+      }
+      throw new DockerApiError(status, method, path, message || `HTTP ${status}`);
+    }
+    return (text ? JSON.parse(text) : undefined) as T;
+  }
+
+  async ping(): Promise<void> {
+    const { status } = await this.raw("GET", "/_ping");
+    if (status !== 200) throw new EdgeTrustError("UNAVAILABLE", `docker engine answered ${status} to ping`);
+  }
+
+  async inspectImage(ref: string): Promise<ImageInspect | undefined> {
+    try {
+      return await this.call<ImageInspect>("GET", `/images/${encodeURIComponent(ref)}/json`);
+    } catch (e) {
+      if (e instanceof DockerApiError && e.httpStatus === 404) return undefined;
+      throw e;
+    }
+  }
+
+  /** Pull `repository@sha256:...`. Docker streams progress as JSON lines; an `error` line fails the pull. */
+  async pull(repository: string, digest: string, onProgress?: (p: PullProgress) => void): Promise<void> {
+    let failure: string | undefined;
+    const path = `/images/create?fromImage=${encodeURIComponent(repository)}&tag=${encodeURIComponent(digest)}`;
+    const { status, text } = await this.raw("POST", path, undefined, (line) => {
+      try {
+        const msg = JSON.parse(line) as PullProgress & { error?: string };
+        if (msg.error) failure = msg.error;
+        else onProgress?.(msg);
+      } catch {
+        /* non-JSON progress noise */
+      }
+    });
+    if (status !== 200) throw new DockerApiError(status, "POST", path, text.trim());
+    if (failure) throw new DockerApiError(502, "POST", path, failure);
+  }
+
+  async createContainer(name: string, spec: Record<string, unknown>): Promise<string> {
+    const res = await this.call<{ Id: string }>("POST", `/containers/create?name=${encodeURIComponent(name)}`, spec);
+    return res.Id;
+  }
+
+  async startContainer(id: string): Promise<void> {
+    await this.call("POST", `/containers/${encodeURIComponent(id)}/start`, undefined, [204, 304]);
+  }
+
+  async stopContainer(id: string, timeoutSeconds = 5): Promise<void> {
+    await this.call("POST", `/containers/${encodeURIComponent(id)}/stop?t=${timeoutSeconds}`, undefined, [204, 304]);
+  }
+
+  async removeContainer(id: string, force = true): Promise<void> {
+    try {
+      await this.call("DELETE", `/containers/${encodeURIComponent(id)}?force=${force}&v=true`, undefined, [204]);
+    } catch (e) {
+      if (!(e instanceof DockerApiError && e.httpStatus === 404)) throw e;
+    }
+  }
+
+  async inspectContainer(id: string): Promise<ContainerInspect | undefined> {
+    try {
+      return await this.call<ContainerInspect>("GET", `/containers/${encodeURIComponent(id)}/json`);
+    } catch (e) {
+      if (e instanceof DockerApiError && e.httpStatus === 404) return undefined;
+      throw e;
+    }
+  }
+
+  async listContainers(labelFilter: Record<string, string | true>): Promise<ContainerSummary[]> {
+    const label = Object.entries(labelFilter).map(([k, v]) => (v === true ? k : `${k}=${v}`));
+    const filters = encodeURIComponent(JSON.stringify({ label }));
+    return this.call<ContainerSummary[]>("GET", `/containers/json?all=true&filters=${filters}`);
+  }
+
+  async waitContainer(id: string): Promise<number> {
+    const { status, text } = await this.raw("POST", `/containers/${encodeURIComponent(id)}/wait`, undefined, () => undefined);
+    if (status !== 200) throw new DockerApiError(status, "POST", "/containers/wait", text);
+    return (JSON.parse(text) as { StatusCode: number }).StatusCode;
+  }
+
+  /** Container output (stdout+stderr, multiplexed frames decoded). */
+  async logs(id: string): Promise<string> {
+    const { status, text, body } = await this.raw("GET", `/containers/${encodeURIComponent(id)}/logs?stdout=true&stderr=true`);
+    if (status !== 200) throw new DockerApiError(status, "GET", "/containers/logs", text);
+    // Without a TTY the stream is multiplexed: [stream, 0, 0, 0, size (uint32 BE)] then `size` bytes.
+    const out: Buffer[] = [];
+    for (let off = 0; off + 8 <= body.length; ) {
+      const size = body.readUInt32BE(off + 4);
+      out.push(body.subarray(off + 8, off + 8 + size));
+      off += 8 + size;
+    }
+    return Buffer.concat(out).toString("utf8");
+  }
+}
