@@ -30,6 +30,18 @@ export const ErrorCodes = {
   PKI_INVALID_CSR: { status: 400, title: "Invalid certificate signing request" },
   PKI_PROFILE_VIOLATION: { status: 400, title: "Request violates the certificate profile" },
   PKI_CHAIN_INVALID: { status: 400, title: "Certificate chain invalid" },
+  // policy, trust root, manifests
+  POLICY_INVALID: { status: 400, title: "Policy file invalid" },
+  POLICY_DENIED: { status: 403, title: "Denied by policy" },
+  POLICY_TEST_FAILED: { status: 400, title: "Policy test cases failed" },
+  TRUST_ROOT_INVALID: { status: 400, title: "Trust root invalid" },
+  TRUST_ROOT_EXPIRED: { status: 400, title: "Trust root expired" },
+  TRUST_ROOT_ROTATION_REJECTED: { status: 400, title: "Trust root rotation rejected" },
+  MANIFEST_INVALID: { status: 400, title: "Deployment manifest invalid" },
+  MANIFEST_TOO_LARGE: { status: 413, title: "Deployment manifest too large" },
+  MANIFEST_REJECTED: { status: 400, title: "Deployment manifest failed verification" },
+  MANIFEST_SIGN_FAILED: { status: 500, title: "Deployment manifest could not be signed" },
+  MANIFEST_STATE_INVALID: { status: 500, title: "Manifest state file invalid" },
 } as const satisfies Record<string, { status: number; title: string }>;
 
 export type ErrorCode = keyof typeof ErrorCodes;
