@@ -1,0 +1,221 @@
+import Database from "better-sqlite3";
+import pg from "pg";
+import { EdgeTrustError } from "../common/index.js";
+
+/**
+ * One small async database contract over two dialects. SQL is written once with `?` placeholders; the PostgreSQL
+ * adapter renumbers them to `$n`. Every value we store is TEXT or INTEGER (times are ISO-8601 text, serials are hex
+ * text, blobs are base64/PEM text) so the same statements work on both. Dialect differences live only here:
+ * `forUpdate` (row lock in PG, nothing in SQLite where BEGIN IMMEDIATE already serialises writers) and the
+ * `bigint`/`autoincrement` DDL words used by migrations.
+ */
+export type Row = Record<string, unknown>;
+export type Param = string | number | null;
+
+export interface Queryable {
+  query<R extends Row = Row>(sql: string, params?: Param[]): Promise<R[]>;
+  run(sql: string, params?: Param[]): Promise<number>;
+  /** Execute a multi-statement script without parameters (migrations). */
+  script(sql: string): Promise<void>;
+}
+
+export interface Db extends Queryable {
+  readonly dialect: "sqlite" | "postgres";
+  /** ` FOR UPDATE` on PostgreSQL, empty on SQLite. */
+  readonly forUpdate: string;
+  /** Run `fn` in one transaction (SQLite: BEGIN IMMEDIATE; PG: READ COMMITTED with explicit row locks). */
+  transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T>;
+  /** Serialise `fn` against every other holder of `key` across processes (PG advisory lock; SQLite: the write lock). */
+  exclusive<T>(key: string, fn: (tx: Queryable) => Promise<T>): Promise<T>;
+  close(): Promise<void>;
+}
+
+/** A tiny FIFO mutex: better-sqlite3 has one connection, so async transactions must not interleave on it. */
+class Mutex {
+  private tail: Promise<void> = Promise.resolve();
+  async lock<T>(fn: () => Promise<T>): Promise<T> {
+    const prev = this.tail;
+    let release!: () => void;
+    this.tail = new Promise<void>((r) => { release = r; });
+    await prev;
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+}
+
+export class SqliteDb implements Db {
+  readonly dialect = "sqlite" as const;
+  readonly forUpdate = "";
+  private readonly db: Database.Database;
+  private readonly mutex = new Mutex();
+  private inTx = false;
+
+  constructor(path: string) {
+    this.db = new Database(path);
+    this.db.pragma("journal_mode = WAL");
+    this.db.pragma("synchronous = NORMAL");
+    this.db.pragma("foreign_keys = ON");
+    this.db.pragma("busy_timeout = 10000");
+  }
+
+  private direct: Queryable = {
+    query: async <R extends Row>(sql: string, params: Param[] = []) => this.db.prepare(sql).all(...params) as R[],
+    run: async (sql: string, params: Param[] = []) => this.db.prepare(sql).run(...params).changes,
+    script: async (sql: string) => { this.db.exec(sql); },
+  };
+
+  query<R extends Row = Row>(sql: string, params: Param[] = []): Promise<R[]> {
+    if (this.inTx) return this.mutex.lock(() => this.direct.query<R>(sql, params));
+    return this.direct.query<R>(sql, params);
+  }
+
+  run(sql: string, params: Param[] = []): Promise<number> {
+    if (this.inTx) return this.mutex.lock(() => this.direct.run(sql, params));
+    return this.direct.run(sql, params);
+  }
+
+  transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
+    return this.mutex.lock(async () => {
+      this.inTx = true;
+      this.db.exec("BEGIN IMMEDIATE");
+      try {
+        const out = await fn(this.direct);
+        this.db.exec("COMMIT");
+        return out;
+      } catch (e) {
+        if (this.db.inTransaction) this.db.exec("ROLLBACK");
+        throw e;
+      } finally {
+        this.inTx = false;
+      }
+    });
+  }
+
+  script(sql: string): Promise<void> {
+    return this.mutex.lock(() => this.direct.script(sql));
+  }
+
+  exclusive<T>(_key: string, fn: (tx: Queryable) => Promise<T>): Promise<T> {
+    return this.transaction(fn);
+  }
+
+  async close(): Promise<void> {
+    this.db.close();
+  }
+}
+
+function renumber(sql: string): string {
+  let n = 0;
+  return sql.replace(/\?/g, () => `$${++n}`);
+}
+
+export class PostgresDb implements Db {
+  readonly dialect = "postgres" as const;
+  readonly forUpdate = " FOR UPDATE";
+  private readonly pool: pg.Pool;
+
+  /** `schema` isolates one deployment (or one test run) inside a database: it is created and put on search_path. */
+  constructor(url: string, readonly schema = "public") {
+    if (!/^[a-z_][a-z0-9_]{0,62}$/.test(schema)) {
+      throw new EdgeTrustError("INVALID_CONFIG", `PostgreSQL schema name "${schema}" is not a plain identifier`);
+    }
+    this.pool = new pg.Pool({ connectionString: url, max: 8, options: `-c search_path=${schema}` });
+    this.pool.on("error", () => { /* idle client errors surface on the next query */ });
+  }
+
+  async init(): Promise<void> {
+    if (this.schema === "public") return;
+    // Several processes may start at once: CREATE SCHEMA IF NOT EXISTS can still race on the catalog, so serialise.
+    const client = await this.pool.connect();
+    try {
+      await client.query("BEGIN");
+      await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [`edgetrust-schema:${this.schema}`]);
+      await client.query(`CREATE SCHEMA IF NOT EXISTS ${this.schema}`);
+      await client.query("COMMIT");
+    } catch (e) {
+      await client.query("ROLLBACK").catch(() => undefined);
+      throw e;
+    } finally {
+      client.release();
+    }
+  }
+
+  async query<R extends Row = Row>(sql: string, params: Param[] = []): Promise<R[]> {
+    return (await this.pool.query(renumber(sql), params)).rows as R[];
+  }
+
+  async run(sql: string, params: Param[] = []): Promise<number> {
+    return (await this.pool.query(renumber(sql), params)).rowCount ?? 0;
+  }
+
+  async transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
+    const client = await this.pool.connect();
+    const tx: Queryable = {
+      query: async <R extends Row>(sql: string, params: Param[] = []) => (await client.query(renumber(sql), params)).rows as R[],
+      run: async (sql: string, params: Param[] = []) => (await client.query(renumber(sql), params)).rowCount ?? 0,
+      script: async (sql: string) => { await client.query(sql); },
+    };
+    try {
+      await client.query("BEGIN");
+      const out = await fn(tx);
+      await client.query("COMMIT");
+      return out;
+    } catch (e) {
+      await client.query("ROLLBACK").catch(() => undefined);
+      throw e;
+    } finally {
+      client.release();
+    }
+  }
+
+  async script(sql: string): Promise<void> {
+    await this.pool.query(sql);
+  }
+
+  exclusive<T>(key: string, fn: (tx: Queryable) => Promise<T>): Promise<T> {
+    return this.transaction(async (tx) => {
+      await tx.query("SELECT pg_advisory_xact_lock(hashtext(?))", [`${this.schema}:${key}`]);
+      return fn(tx);
+    });
+  }
+
+  /** Drop the schema (tests). */
+  async dropSchema(): Promise<void> {
+    if (this.schema !== "public") await this.pool.query(`DROP SCHEMA IF EXISTS ${this.schema} CASCADE`);
+  }
+
+  async close(): Promise<void> {
+    await this.pool.end();
+  }
+}
+
+export interface OpenDbOptions {
+  /** `postgres://...` / `postgresql://...` for PostgreSQL; empty for SQLite at `sqlitePath`. */
+  databaseUrl?: string;
+  sqlitePath?: string;
+  /** PostgreSQL schema (default `public`). */
+  schema?: string;
+}
+
+export async function openDb(opts: OpenDbOptions): Promise<Db> {
+  const url = opts.databaseUrl ?? "";
+  if (/^postgres(ql)?:\/\//.test(url)) {
+    const db = new PostgresDb(url, opts.schema ?? "public");
+    try {
+      await db.init();
+    } catch (e) {
+      await db.close();
+      throw new EdgeTrustError("UNAVAILABLE", `cannot reach PostgreSQL: ${(e as Error).message}`, {
+        hint: "check ca.databaseUrl and that the server is running",
+        cause: e,
+      });
+    }
+    return db;
+  }
+  if (url !== "") throw new EdgeTrustError("INVALID_CONFIG", `unsupported database URL scheme in "${url.split(":")[0]}:"`, { hint: "use postgres://... or leave it empty for SQLite" });
+  if (!opts.sqlitePath) throw new EdgeTrustError("INVALID_CONFIG", "no database configured", { hint: "set ca.databaseUrl or ca.sqlitePath" });
+  return new SqliteDb(opts.sqlitePath);
+}
