@@ -74,7 +74,7 @@ describe("module containers within policy (real dockerd)", () => {
     chownSync(dir, 1000, 1000);
     chownSync(join(dir, "marker"), 1000, 1000);
     const { out } = await runToExit(
-      plan(image, { workloadSocketDir: dir, cmd: ["sh", "-c", "cat /run/edgetrust/workload/marker; touch /run/edgetrust/workload/y 2>&1 || echo denied; ls /run/edgetrust"] }),
+      plan(image, { workloadSocketDir: dir, cmd: ["sh", "-c", "cat /run/edgetrust/workload/marker; echo; touch /run/edgetrust/workload/y 2>&1 || echo denied; ls /run/edgetrust"] }),
     );
     const lines = out.trim().split("\n");
     expect(lines[0]).toBe("mine");
