@@ -42,6 +42,14 @@ export const ErrorCodes = {
   MANIFEST_REJECTED: { status: 400, title: "Deployment manifest failed verification" },
   MANIFEST_SIGN_FAILED: { status: 500, title: "Deployment manifest could not be signed" },
   MANIFEST_STATE_INVALID: { status: 500, title: "Manifest state file invalid" },
+  // edge-hub
+  HUB_CLIENT_REJECTED: { status: 403, title: "Edge hub refused the client certificate" },
+  HUB_NOT_AUTHORIZED: { status: 403, title: "Edge hub refused the topic" },
+  HUB_CRL_INVALID: { status: 400, title: "CRL invalid" },
+  HUB_ROUTE_INVALID: { status: 400, title: "Edge hub route invalid" },
+  HUB_OUTBOX_FULL: { status: 507, title: "Edge hub outbox full" },
+  HUB_METHOD_TIMEOUT: { status: 504, title: "Direct method timed out" },
+  HUB_UPSTREAM_FAILED: { status: 502, title: "Edge hub upstream failed" },
 } as const satisfies Record<string, { status: number; title: string }>;
 
 export type ErrorCode = keyof typeof ErrorCodes;
