@@ -1,0 +1,15 @@
+/** policy/: policy files, the trust root, signed deployment manifests, decisions with reasons. */
+export { loadPolicy, parsePolicy, MAX_POLICY_BYTES } from "./policy.js";
+export type { LoadedPolicy } from "./policy.js";
+export { PolicySchema, ManifestSchema, ModuleOptionsSchema, TrustRootBodySchema, MANIFEST_LIMITS, CERT_KINDS, PinnedImagePattern } from "./schema.js";
+export type { Policy, ModulePermissions, HubRule, CertProfile, RedactRule, Manifest, ManifestModule, ModuleOptions, TrustKey, TrustRootBody, CertKind, CaseFile } from "./schema.js";
+export { decideModuleOptions, decideImage, decideTopic, parsePinnedImage } from "./decide.js";
+export type { Decision, RuleHit, HubIdentity, ParsedImage } from "./decide.js";
+export { loadTrustRoot, parseTrustRoot, resolveTrust, verifyTrustRootRotation, signTrustRoot, trustRootExpired } from "./trust-root.js";
+export type { TrustRoot, RotationResult } from "./trust-root.js";
+export { signManifest, verifyManifest, validateManifest, ManifestStateStore, ManifestStateSchema, MAX_CLOCK_SKEW_MS } from "./manifest.js";
+export type { Verdict, VerdictReason, VerifyOptions, ManifestState, Check } from "./manifest.js";
+export { signerFromKeyFile, signerFromPrivateKey, signerFromKeyStore, trustKeyFromJwk, addSignature } from "./sign.js";
+export type { JwsSigner } from "./sign.js";
+export { ACCEPTED_ALGS, MANIFEST_TYP, TRUST_ROOT_TYP, verifyJwsSignature, rawVerify } from "./jws.js";
+export type { GeneralJws, JwsAlg } from "./jws.js";

@@ -1,0 +1,77 @@
+/** Matching helpers shared by the decisions: globs over names/paths and MQTT topic filters. */
+
+function escapeRe(s: string): string {
+  return s.replace(/[.+?^${}()|[\]\\]/g, "\\$&");
+}
+
+/** Name glob: `*` matches any run of characters (names have no `/`). */
+export function nameGlobMatch(glob: string, name: string): boolean {
+  const re = new RegExp("^" + glob.split("*").map(escapeRe).join(".*") + "$");
+  return re.test(name);
+}
+
+/** Path / repository glob: `*` matches within one `/` segment; a trailing `/**` matches any depth below. */
+export function pathGlobMatch(glob: string, path: string): boolean {
+  let body = glob;
+  let deep = false;
+  if (body.endsWith("/**")) {
+    body = body.slice(0, -3);
+    deep = true;
+  }
+  const re = new RegExp("^" + body.split("*").map(escapeRe).join("[^/]*") + (deep ? "(/.+)?" : "") + "$");
+  return re.test(path);
+}
+
+/** Normalise an absolute path; undefined when it escapes (`..`), is relative or has empty/dot segments. */
+export function normalAbsPath(p: string): string | undefined {
+  if (!p.startsWith("/")) return undefined;
+  const segs = p.split("/").slice(1);
+  if (segs.length === 1 && segs[0] === "") return "/";
+  for (const s of segs) if (s === "" || s === "." || s === "..") return undefined;
+  return "/" + segs.join("/");
+}
+
+/** Does the MQTT filter `pattern` (with + and #) match the concrete topic `topic`? */
+export function topicMatches(pattern: string, topic: string): boolean {
+  const p = pattern.split("/");
+  const t = topic.split("/");
+  if (topic.startsWith("$") && (p[0] === "+" || p[0] === "#")) return false;
+  for (let i = 0; i < p.length; i++) {
+    const pl = p[i];
+    if (pl === "#") return true;
+    if (i >= t.length) return false;
+    if (pl === "+") continue;
+    if (pl !== t[i]) return false;
+  }
+  return p.length === t.length;
+}
+
+/** Is every topic the subscription filter `filter` can match also matched by `pattern`? */
+export function filterCovered(pattern: string, filter: string): boolean {
+  const p = pattern.split("/");
+  const f = filter.split("/");
+  if (filter.startsWith("$") && (p[0] === "+" || p[0] === "#")) return false;
+  for (let i = 0; i < p.length; i++) {
+    const pl = p[i];
+    if (pl === "#") return true;
+    if (i >= f.length) return false;
+    const fl = f[i];
+    if (fl === "#") return false;
+    if (pl === "+") continue;
+    if (fl === "+" || pl !== fl) return false;
+  }
+  return p.length === f.length;
+}
+
+/** Problems with an MQTT filter (wildcards must be whole levels; `#` only last). Empty when fine. */
+export function topicFilterProblem(filter: string): string | undefined {
+  if (filter.length === 0) return "empty topic";
+  if (filter.includes("\u0000")) return "NUL in topic";
+  const levels = filter.split("/");
+  for (let i = 0; i < levels.length; i++) {
+    const l = levels[i] ?? "";
+    if (l.includes("#") && (l !== "#" || i !== levels.length - 1)) return "`#` must be a whole level and the last one";
+    if (l.includes("+") && l !== "+") return "`+` must be a whole level";
+  }
+  return undefined;
+}

@@ -1,0 +1,308 @@
+import { Type, type Static } from "@sinclair/typebox";
+
+/**
+ * The policy file schema (TypeBox). `policy.schema.json` is generated from `PolicySchema` (see json-schema.ts) and
+ * committed for editors; a test keeps the two equal. Every object is closed (`additionalProperties: false`): an unknown
+ * key is an error, never ignored. Omitted permissions mean "nothing allowed" (deny by default).
+ */
+
+const closed = { additionalProperties: false } as const;
+
+/** A short name: module names, rule ids, kids. */
+export const NamePattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
+/** A glob over names: letters, digits, `.`, `_`, `-` and `*`. */
+const NameGlob = Type.String({ pattern: "^[A-Za-z0-9*][A-Za-z0-9._*-]{0,63}$", description: "name, `*` matches any run of characters" });
+/** host[:port] of a registry. */
+const Registry = Type.String({
+  pattern: "^(localhost|[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)*)(:[0-9]{1,5})?$",
+  description: "registry host[:port], e.g. 127.0.0.1:5000 or mcr.microsoft.com",
+});
+const RepositoryGlob = Type.String({
+  pattern: "^[a-z0-9][a-z0-9._:/*-]{0,254}$",
+  description: "registry/repository glob, e.g. 127.0.0.1:5000/edgetrust/*; `*` never crosses a `/`, a trailing `/**` does",
+});
+const Capability = Type.String({ pattern: "^CAP_[A-Z_]{2,32}$", description: "Linux capability, e.g. CAP_NET_BIND_SERVICE" });
+const AbsPathGlob = Type.String({
+  pattern: "^/[A-Za-z0-9._/*{}-]{0,254}$",
+  description: "absolute path glob; `*` matches within one path segment, `{module}` is the module name",
+});
+const NetworkMode = Type.Union([Type.Literal("none"), Type.Literal("host"), Type.Literal("bridge")], { description: "container network mode" });
+const UserSpec = Type.String({ pattern: "^([0-9]{1,10}|\\*)(:([0-9]{1,10}|\\*))?$", description: "uid[:gid]; `*` matches any non-root id" });
+
+const BindRule = Type.Object(
+  {
+    source: AbsPathGlob,
+    target: Type.Optional(AbsPathGlob),
+    readOnly: Type.Optional(Type.Boolean({ description: "the bind must be mounted read-only (default true)" })),
+  },
+  { ...closed, description: "a host path a module may bind-mount" },
+);
+
+/** What a module may ask for. Every field omitted = the most restrictive value. */
+export const ModulePermissionsSchema = Type.Object(
+  {
+    privileged: Type.Optional(Type.Boolean({ description: "may run privileged (default false)" })),
+    capabilities: Type.Optional(Type.Array(Capability, { maxItems: 64, uniqueItems: true, description: "capabilities a module may add (default none)" })),
+    binds: Type.Optional(Type.Array(BindRule, { maxItems: 64, description: "host paths a module may bind (default none)" })),
+    devices: Type.Optional(Type.Array(AbsPathGlob, { maxItems: 64, uniqueItems: true, description: "host devices a module may map (default none)" })),
+    network: Type.Optional(Type.Array(NetworkMode, { maxItems: 3, uniqueItems: true, description: "network modes allowed (default [none])" })),
+    users: Type.Optional(Type.Array(UserSpec, { maxItems: 64, uniqueItems: true, description: "uid[:gid] a module may run as; root (0) only when listed literally (default none: user must be set and listed)" })),
+    readOnlyRootfs: Type.Optional(Type.Union([Type.Literal("required"), Type.Literal("optional")], { description: "whether the root filesystem must be read-only (default required)" })),
+    images: Type.Optional(Type.Array(RepositoryGlob, { maxItems: 64, uniqueItems: true, description: "repositories this module's image must come from (narrows images.repositories)" })),
+  },
+  closed,
+);
+
+const TrustKey = Type.Object(
+  {
+    kid: Type.String({ pattern: "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$", description: "key id (default: RFC 7638 thumbprint)" }),
+    alg: Type.Union([Type.Literal("ES256"), Type.Literal("ES384"), Type.Literal("EdDSA")]),
+    kty: Type.Union([Type.Literal("EC"), Type.Literal("OKP")]),
+    crv: Type.Union([Type.Literal("P-256"), Type.Literal("P-384"), Type.Literal("Ed25519")]),
+    x: Type.String({ pattern: "^[A-Za-z0-9_-]{32,128}$" }),
+    y: Type.Optional(Type.String({ pattern: "^[A-Za-z0-9_-]{32,128}$" })),
+    use: Type.Optional(Type.Literal("sig")),
+  },
+  { ...closed, description: "a public signer key as JWK, with its kid and its one algorithm" },
+);
+export type TrustKey = Static<typeof TrustKey>;
+export const TrustKeySchema = TrustKey;
+
+const TrustSection = Type.Union(
+  [
+    Type.Object(
+      { trustRoot: Type.String({ minLength: 1, maxLength: 1024, description: "path of trust-root.json, relative to the policy file" }) },
+      closed,
+    ),
+    Type.Object(
+      {
+        keys: Type.Array(TrustKey, { minItems: 1, maxItems: 32 }),
+        threshold: Type.Integer({ minimum: 1, maximum: 32 }),
+      },
+      closed,
+    ),
+  ],
+  { description: "who may sign deployment manifests: a trust root file, or keys + threshold inline" },
+);
+
+const TopicPattern = Type.String({
+  pattern: "^[^\\u0000]{1,512}$",
+  description: "MQTT topic filter; `+` one level, `#` the rest; `{device}` and `{module}` are the client's own ids",
+});
+const Principal = Type.Union([Type.Literal("module"), Type.Literal("device"), Type.Literal("leaf")]);
+const HubRule = Type.Object(
+  {
+    id: Type.String({ pattern: NamePattern, description: "rule name shown in decisions" }),
+    principals: Type.Array(Principal, { minItems: 1, uniqueItems: true, description: "who the rule is for" }),
+    modules: Type.Optional(Type.Array(NameGlob, { maxItems: 64, description: "only these module names (module principals)" })),
+    topics: Type.Array(TopicPattern, { minItems: 1, maxItems: 64 }),
+  },
+  closed,
+);
+
+const Duration = Type.String({ pattern: "^[1-9][0-9]{0,5}(m|h|d)$", description: "duration: <n>m, <n>h or <n>d" });
+const KeyType = Type.Union([Type.Literal("EC-P256"), Type.Literal("EC-P384"), Type.Literal("RSA-2048"), Type.Literal("RSA-3072")]);
+const CertProfile = Type.Object(
+  {
+    lifetime: Duration,
+    renewAt: Type.Integer({ minimum: 1, maximum: 99, description: "renew when this % of the lifetime has passed" }),
+    keyTypes: Type.Array(KeyType, { minItems: 1, uniqueItems: true }),
+  },
+  closed,
+);
+export const CERT_KINDS = ["device", "edgeCa", "module", "hub", "leaf"] as const;
+export type CertKind = (typeof CERT_KINDS)[number];
+
+const RedactRule = Type.Object(
+  {
+    path: Type.String({ pattern: "^[A-Za-z0-9_$-]{1,64}(\\.([A-Za-z0-9_$-]{1,64}|\\*)){0,15}$", description: "dotted path into the JSON body; `*` any key" }),
+    action: Type.Union([Type.Literal("remove"), Type.Literal("hash")]),
+    topics: Type.Optional(Type.Array(TopicPattern, { maxItems: 64, description: "only for these topics (default all upstream)" })),
+  },
+  closed,
+);
+
+export const PolicySchema = Type.Object(
+  {
+    $schema: Type.Optional(Type.String({ maxLength: 1024 })),
+    version: Type.Literal(1, { description: "policy format version" }),
+    mode: Type.Union([Type.Literal("enforce"), Type.Literal("audit")], { description: "audit: policy denials are reported, not enforced" }),
+    trust: TrustSection,
+    images: Type.Object(
+      {
+        registries: Type.Array(Registry, { maxItems: 64, uniqueItems: true, description: "registries images may come from (default none)" }),
+        repositories: Type.Optional(Type.Array(RepositoryGlob, { maxItems: 256, uniqueItems: true, description: "repositories allowed (default: any in the allowed registries)" })),
+      },
+      { ...closed, description: "images are always pinned by sha256 digest; these narrow where from" },
+    ),
+    modules: Type.Object(
+      {
+        allow: Type.Array(NameGlob, { maxItems: 256, description: "module names that may run at all (default none)" }),
+        defaults: Type.Optional(ModulePermissionsSchema),
+        overrides: Type.Optional(Type.Record(Type.String({ pattern: NamePattern }), ModulePermissionsSchema, { description: "per module name; each key replaces the default" })),
+      },
+      closed,
+    ),
+    hub: Type.Optional(
+      Type.Object(
+        {
+          publish: Type.Optional(Type.Array(HubRule, { maxItems: 256 })),
+          subscribe: Type.Optional(Type.Array(HubRule, { maxItems: 256 })),
+        },
+        { ...closed, description: "topic ACL; what no rule allows is refused" },
+      ),
+    ),
+    certificates: Type.Optional(
+      Type.Object(
+        {
+          device: Type.Optional(CertProfile),
+          edgeCa: Type.Optional(CertProfile),
+          module: Type.Optional(CertProfile),
+          hub: Type.Optional(CertProfile),
+          leaf: Type.Optional(CertProfile),
+        },
+        closed,
+      ),
+    ),
+    privacy: Type.Optional(
+      Type.Object({ redact: Type.Array(RedactRule, { maxItems: 256 }) }, { ...closed, description: "fields removed or hashed before messages go upstream" }),
+    ),
+  },
+  { ...closed, $id: "https://edgetrust.dev/schemas/policy.schema.json", title: "edgetrust policy" },
+);
+
+export type Policy = Static<typeof PolicySchema>;
+export type ModulePermissions = Static<typeof ModulePermissionsSchema>;
+export type HubRule = Static<typeof HubRule>;
+export type CertProfile = Static<typeof CertProfile>;
+export type RedactRule = Static<typeof RedactRule>;
+export type NetworkMode = Static<typeof NetworkMode>;
+
+/** `policy test` case file. */
+const ModuleOptionsCase = Type.Object(
+  {
+    name: Type.String({ pattern: NamePattern }),
+    image: Type.Optional(Type.String({ maxLength: 512 })),
+    options: Type.Optional(Type.Unknown()),
+    expect: Type.Union([Type.Literal("allow"), Type.Literal("deny")]),
+  },
+  closed,
+);
+export const CaseFileSchema = Type.Object(
+  {
+    cases: Type.Array(
+      Type.Union([
+        Type.Object({ name: Type.String({ maxLength: 200 }), module: ModuleOptionsCase }, closed),
+        Type.Object(
+          {
+            name: Type.String({ maxLength: 200 }),
+            topic: Type.Object(
+              {
+                principal: Principal,
+                device: Type.String({ pattern: NamePattern }),
+                module: Type.Optional(Type.String({ pattern: NamePattern })),
+                action: Type.Union([Type.Literal("publish"), Type.Literal("subscribe")]),
+                topic: Type.String({ minLength: 1, maxLength: 512 }),
+                expect: Type.Union([Type.Literal("allow"), Type.Literal("deny")]),
+              },
+              closed,
+            ),
+          },
+          closed,
+        ),
+        Type.Object(
+          {
+            name: Type.String({ maxLength: 200 }),
+            image: Type.Object(
+              { image: Type.String({ maxLength: 512 }), module: Type.Optional(Type.String({ pattern: NamePattern })), expect: Type.Union([Type.Literal("allow"), Type.Literal("deny")]) },
+              closed,
+            ),
+          },
+          closed,
+        ),
+      ]),
+      { minItems: 1, maxItems: 10_000 },
+    ),
+  },
+  closed,
+);
+export type CaseFile = Static<typeof CaseFileSchema>;
+
+/** Hard caps on a deployment manifest: checked before and while parsing, so a hostile file costs bounded work. */
+export const MANIFEST_LIMITS = {
+  /** The whole JWS JSON text. */
+  maxJwsBytes: 256 * 1024,
+  /** The decoded payload. */
+  maxPayloadBytes: 192 * 1024,
+  maxSignatures: 16,
+  /** The decoded protected header of one signature. */
+  maxProtectedHeaderBytes: 1024,
+  maxModules: 64,
+  maxRoutes: 256,
+  maxTargets: 1024,
+  maxEnv: 128,
+  maxListItems: 64,
+  maxString: 1024,
+  maxEnvValue: 4096,
+} as const;
+
+const L = MANIFEST_LIMITS;
+const ShortString = Type.String({ minLength: 1, maxLength: L.maxString });
+
+/** What a manifest asks for one module's container. Unknown options are errors: no option is ever ignored. */
+export const ModuleOptionsSchema = Type.Object(
+  {
+    privileged: Type.Optional(Type.Boolean()),
+    capabilities: Type.Optional(Type.Array(Type.String({ pattern: "^CAP_[A-Z_]{2,32}$" }), { maxItems: L.maxListItems })),
+    binds: Type.Optional(Type.Array(Type.String({ pattern: "^/[^:\\u0000]{0,510}:/[^:\\u0000]{0,510}(:(ro|rw))?$" }), { maxItems: L.maxListItems })),
+    devices: Type.Optional(Type.Array(Type.String({ pattern: "^/dev/[^:\\u0000]{1,250}(:/dev/[^:\\u0000]{1,250})?$" }), { maxItems: L.maxListItems })),
+    network: Type.Optional(NetworkMode),
+    user: Type.Optional(Type.String({ pattern: "^[0-9]{1,10}(:[0-9]{1,10})?$" })),
+    readOnlyRootfs: Type.Optional(Type.Boolean()),
+  },
+  closed,
+);
+export type ModuleOptions = Static<typeof ModuleOptionsSchema>;
+
+/** name@sha256:<64 hex>; the name is registry/repository (a registry host is required). */
+export const PinnedImagePattern = "^[a-z0-9][a-z0-9.-]*(:[0-9]{1,5})?/[a-z0-9._/-]{1,255}@sha256:[a-f0-9]{64}$";
+
+export const ManifestModuleSchema = Type.Object(
+  {
+    image: Type.String({ maxLength: 512 }),
+    options: Type.Optional(ModuleOptionsSchema),
+    env: Type.Optional(Type.Record(Type.String({ pattern: "^[A-Za-z_][A-Za-z0-9_]{0,127}$" }), Type.String({ maxLength: L.maxEnvValue }))),
+    restartPolicy: Type.Union([Type.Literal("always"), Type.Literal("on-failure"), Type.Literal("on-unhealthy"), Type.Literal("never")]),
+    startupOrder: Type.Integer({ minimum: 0, maximum: 1000 }),
+  },
+  closed,
+);
+export type ManifestModule = Static<typeof ManifestModuleSchema>;
+
+export const ManifestSchema = Type.Object(
+  {
+    schemaVersion: Type.Literal(1),
+    deploymentId: Type.String({ pattern: "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$" }),
+    version: Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER }),
+    issuedAt: Type.String({ format: "date-time", maxLength: 64 }),
+    expiresAt: Type.String({ format: "date-time", maxLength: 64 }),
+    targets: Type.Array(Type.String({ pattern: "^[A-Za-z0-9*][A-Za-z0-9._*-]{0,127}$" }), { minItems: 1, maxItems: L.maxTargets }),
+    modules: Type.Record(Type.String({ pattern: NamePattern }), ManifestModuleSchema),
+    routes: Type.Optional(Type.Record(Type.String({ pattern: NamePattern }), ShortString)),
+  },
+  closed,
+);
+export type Manifest = Static<typeof ManifestSchema>;
+
+/** trust-root.json payload (the signed part). */
+export const TrustRootBodySchema = Type.Object(
+  {
+    type: Type.Literal("edgetrust-trust-root"),
+    version: Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER }),
+    expires: Type.String({ format: "date-time", maxLength: 64 }),
+    threshold: Type.Integer({ minimum: 1, maximum: 32 }),
+    keys: Type.Array(TrustKey, { minItems: 1, maxItems: 32 }),
+  },
+  closed,
+);
+export type TrustRootBody = Static<typeof TrustRootBodySchema>;
