@@ -1,3 +1,14 @@
 export type { KeyAlgorithm, HashAlgorithm, SignatureScheme, KeyRef, KeyInfo, PublicKeyExport, KeyStore } from "./types.js";
 export { KEY_ALGORITHMS, defaultScheme } from "./types.js";
 export { HsmConfig } from "./config.js";
+// PKCS#11 backend, the factory, URIs and token set-up helpers (tests, demo).
+export { openKeyStore, openPkcs11 } from "./open.js";
+export type { OpenKeyStoreOptions } from "./open.js";
+export { Pkcs11KeyStore, mapPkcs11Error, listTokens, findToken } from "./pkcs11.js";
+export type { Pkcs11StoreOptions, TokenSlot } from "./pkcs11.js";
+export { parsePkcs11Uri, formatPkcs11Uri, parseKeyRef, isPkcs11Uri } from "./pkcs11-uri.js";
+export type { Pkcs11Uri, Pkcs11ObjectType } from "./pkcs11-uri.js";
+export { readPin } from "./pin.js";
+export type { PinSource } from "./pin.js";
+export { SOFTHSM_MODULE, initToken, createSoftHsmDir } from "./token-setup.js";
+export type { InitTokenOptions, SoftHsmDir } from "./token-setup.js";
