@@ -1,0 +1,17 @@
+import "reflect-metadata";
+
+export { PROFILES, PROFILE_NAMES, EKU_CLIENT_AUTH, EKU_SERVER_AUTH, getProfile, withLifetime } from "./profiles.js";
+export type { Profile, ProfileName, ProfileRequirements } from "./profiles.js";
+export { issueCertificate, checkModuleDevice, randomSerial } from "./issue.js";
+export type { IssueParams, Issuer, SubjectFields, IdentityFields } from "./issue.js";
+export { verifyCsr, refuseExtraSans } from "./csr.js";
+export type { VerifiedCsr, VerifyCsrOptions, RequestedSans } from "./csr.js";
+export {
+  EDGETRUST_OID_ARC, OID_MODULE_ATTESTATION, ModuleAttestationAsn, moduleAttestationExtension, parseModuleAttestation,
+  isModuleAttestationOid,
+} from "./attestation.js";
+export type { ModuleAttestation } from "./attestation.js";
+export { URI_SCHEME, deviceUri, moduleUri, parseWorkloadUri, certificateIdentity } from "./identity.js";
+export type { WorkloadIdentity } from "./identity.js";
+export { keyAlgorithmOfSpki, toPublicKey } from "./keys.js";
+export type { PublicKeyInput } from "./keys.js";

@@ -1,0 +1,57 @@
+import { createPublicKey } from "node:crypto";
+import * as x509 from "@peculiar/x509";
+import { EdgeTrustError } from "../common/index.js";
+import type { HashAlgorithm, KeyAlgorithm } from "../hsm/index.js";
+
+/** A subject public key in any form callers have: x509 PublicKey, DER SPKI, PEM, or a WebCrypto public CryptoKey. */
+export type PublicKeyInput = x509.PublicKey | ArrayBuffer | Uint8Array | string | CryptoKey;
+
+function isCryptoKey(v: unknown): v is CryptoKey {
+  return typeof v === "object" && v !== null && "type" in v && "algorithm" in v && "usages" in v && "extractable" in v;
+}
+
+export async function toPublicKey(input: PublicKeyInput, crypto: Crypto = globalThis.crypto): Promise<x509.PublicKey> {
+  if (input instanceof x509.PublicKey) return input;
+  if (typeof input === "string") return new x509.PublicKey(x509.PemConverter.decodeFirst(input));
+  if (isCryptoKey(input)) {
+    if (input.type !== "public") throw new EdgeTrustError("INVALID_INPUT", "the subject key must be a public key");
+    return new x509.PublicKey(await crypto.subtle.exportKey("spki", input));
+  }
+  return new x509.PublicKey(input instanceof ArrayBuffer ? input : new Uint8Array(input));
+}
+
+/**
+ * The KeyAlgorithm of a DER SubjectPublicKeyInfo, or a PKI_PROFILE_VIOLATION naming what it is (RSA-1024, brainpool,
+ * RSA-PSS-only keys, Ed25519 … are all refused: only EC P-256/P-384 and RSA 2048/3072 are supported).
+ */
+export function keyAlgorithmOfSpki(spki: ArrayBuffer | Uint8Array): KeyAlgorithm {
+  const bytes = spki instanceof ArrayBuffer ? new Uint8Array(spki) : spki;
+  let key;
+  try {
+    key = createPublicKey({ key: Buffer.from(bytes), format: "der", type: "spki" });
+  } catch (e) {
+    throw new EdgeTrustError("PKI_PROFILE_VIOLATION", "public key cannot be parsed", { cause: e });
+  }
+  const d = key.asymmetricKeyDetails;
+  if (key.asymmetricKeyType === "ec") {
+    if (d?.namedCurve === "prime256v1") return "EC-P256";
+    if (d?.namedCurve === "secp384r1") return "EC-P384";
+    throw new EdgeTrustError("PKI_PROFILE_VIOLATION", `EC curve ${d?.namedCurve ?? "?"} is not allowed`, { hint: "use P-256 or P-384" });
+  }
+  if (key.asymmetricKeyType === "rsa") {
+    if (d?.modulusLength === 2048) return "RSA-2048";
+    if (d?.modulusLength === 3072) return "RSA-3072";
+    throw new EdgeTrustError("PKI_PROFILE_VIOLATION", `RSA key size ${d?.modulusLength ?? "?"} is not allowed`, { hint: "use RSA 2048 or 3072" });
+  }
+  throw new EdgeTrustError("PKI_PROFILE_VIOLATION", `key type ${key.asymmetricKeyType ?? "?"} is not allowed`, {
+    hint: "use EC P-256/P-384 or RSA 2048/3072",
+  });
+}
+
+/** The signature algorithm an issuer key signs certificates with (its hash matches the key's strength). */
+export function signingAlgorithmFor(key: CryptoKey): { name: string; hash: HashAlgorithm } {
+  const alg = key.algorithm as Algorithm & { namedCurve?: string; hash?: { name: string } };
+  if (alg.name === "ECDSA") return { name: "ECDSA", hash: alg.namedCurve === "P-384" ? "SHA-384" : "SHA-256" };
+  const h = alg.hash?.name;
+  return { name: alg.name, hash: h === "SHA-384" || h === "SHA-512" ? h : "SHA-256" };
+}
