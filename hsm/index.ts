@@ -12,3 +12,8 @@ export { readPin } from "./pin.js";
 export type { PinSource } from "./pin.js";
 export { SOFTHSM_MODULE, initToken, createSoftHsmDir } from "./token-setup.js";
 export type { InitTokenOptions, SoftHsmDir } from "./token-setup.js";
+// Development software store, WebCrypto shim for X.509 signing with KeyStore keys.
+export { SoftwareKeyStore, algorithmOf } from "./software.js";
+export type { SoftwareKeyStoreOptions } from "./software.js";
+export { keyStoreCrypto, keyStoreCryptoKey, keyStorePublicCryptoKey, keyStoreKeyPair, isKeyStoreCryptoKey } from "./webcrypto.js";
+export type { KeyStoreCryptoKeyOptions } from "./webcrypto.js";
