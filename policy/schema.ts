@@ -232,8 +232,8 @@ export type CaseFile = Static<typeof CaseFileSchema>;
 export const MANIFEST_LIMITS = {
   /** The whole JWS JSON text. */
   maxJwsBytes: 256 * 1024,
-  /** The decoded payload. */
-  maxPayloadBytes: 192 * 1024,
+  /** The decoded payload (its base64url form must fit in maxJwsBytes with the signatures). */
+  maxPayloadBytes: 160 * 1024,
   maxSignatures: 16,
   /** The decoded protected header of one signature. */
   maxProtectedHeaderBytes: 1024,
