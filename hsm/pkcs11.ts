@@ -204,7 +204,7 @@ export class Pkcs11KeyStore implements KeyStore {
         }
         logins.set(loginKey, { pinTag: tag, stores: 1 });
       }
-      log.info({ module: mod.path, token: opts.tokenLabel, sessions: sessions.length }, "PKCS#11 token opened");
+      log.info({ module: mod.path, tokenLabel: opts.tokenLabel, sessions: sessions.length }, "PKCS#11 token opened");
       return new Pkcs11KeyStore(mod, slot, opts.tokenLabel, info, mechanisms, new SessionPool(sessions), loginKey, log);
     } catch (e) {
       for (const s of sessions) {
@@ -318,7 +318,7 @@ export class Pkcs11KeyStore implements KeyStore {
       return this.describe(s, handle);
     });
     this.cache.clear();
-    this.log.info({ token: this.tokenLabel, label, id: id.toString("hex"), algorithm }, "key generated");
+    this.log.info({ tokenLabel: this.tokenLabel, label, id: id.toString("hex"), algorithm }, "key generated");
     return this.toInfo(info);
   }
 
@@ -380,7 +380,7 @@ export class Pkcs11KeyStore implements KeyStore {
           out.push(this.describe(s, h));
         } catch (e) {
           if (!(e instanceof EdgeTrustError && e.code === "HSM_MECHANISM_UNSUPPORTED")) throw e;
-          this.log.debug({ token: this.tokenLabel }, "skipping a private key of a type edgetrust does not use");
+          this.log.debug({ tokenLabel: this.tokenLabel }, "skipping a private key of a type edgetrust does not use");
         }
       }
       return out;
@@ -402,7 +402,7 @@ export class Pkcs11KeyStore implements KeyStore {
       }
     });
     this.cache.clear();
-    this.log.info({ token: this.tokenLabel, label: key.label, id: key.id.toString("hex") }, "key deleted");
+    this.log.info({ tokenLabel: this.tokenLabel, label: key.label, id: key.id.toString("hex") }, "key deleted");
   }
 
   async close(): Promise<void> {
@@ -423,7 +423,7 @@ export class Pkcs11KeyStore implements KeyStore {
     }
     this.cache.clear();
     releaseModule(this.mod);
-    this.log.debug({ token: this.tokenLabel }, "PKCS#11 token closed");
+    this.log.debug({ tokenLabel: this.tokenLabel }, "PKCS#11 token closed");
   }
 
   // ---- internals ----
