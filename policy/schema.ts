@@ -178,55 +178,7 @@ export type CertProfile = Static<typeof CertProfile>;
 export type RedactRule = Static<typeof RedactRule>;
 export type NetworkMode = Static<typeof NetworkMode>;
 
-/** `policy test` case file. */
-const ModuleOptionsCase = Type.Object(
-  {
-    name: Type.String({ pattern: NamePattern }),
-    image: Type.Optional(Type.String({ maxLength: 512 })),
-    options: Type.Optional(Type.Unknown()),
-    expect: Type.Union([Type.Literal("allow"), Type.Literal("deny")]),
-  },
-  closed,
-);
-export const CaseFileSchema = Type.Object(
-  {
-    cases: Type.Array(
-      Type.Union([
-        Type.Object({ name: Type.String({ maxLength: 200 }), module: ModuleOptionsCase }, closed),
-        Type.Object(
-          {
-            name: Type.String({ maxLength: 200 }),
-            topic: Type.Object(
-              {
-                principal: Principal,
-                device: Type.String({ pattern: NamePattern }),
-                module: Type.Optional(Type.String({ pattern: NamePattern })),
-                action: Type.Union([Type.Literal("publish"), Type.Literal("subscribe")]),
-                topic: Type.String({ minLength: 1, maxLength: 512 }),
-                expect: Type.Union([Type.Literal("allow"), Type.Literal("deny")]),
-              },
-              closed,
-            ),
-          },
-          closed,
-        ),
-        Type.Object(
-          {
-            name: Type.String({ maxLength: 200 }),
-            image: Type.Object(
-              { image: Type.String({ maxLength: 512 }), module: Type.Optional(Type.String({ pattern: NamePattern })), expect: Type.Union([Type.Literal("allow"), Type.Literal("deny")]) },
-              closed,
-            ),
-          },
-          closed,
-        ),
-      ]),
-      { minItems: 1, maxItems: 10_000 },
-    ),
-  },
-  closed,
-);
-export type CaseFile = Static<typeof CaseFileSchema>;
+
 
 /** Hard caps on a deployment manifest: checked before and while parsing, so a hostile file costs bounded work. */
 export const MANIFEST_LIMITS = {
@@ -306,3 +258,53 @@ export const TrustRootBodySchema = Type.Object(
   closed,
 );
 export type TrustRootBody = Static<typeof TrustRootBodySchema>;
+
+/** `policy test` case file. */
+const ModuleOptionsCase = Type.Object(
+  {
+    name: Type.String({ pattern: NamePattern }),
+    image: Type.Optional(Type.String({ maxLength: 512 })),
+    options: Type.Optional(ModuleOptionsSchema),
+    expect: Type.Union([Type.Literal("allow"), Type.Literal("deny")]),
+  },
+  closed,
+);
+export const CaseFileSchema = Type.Object(
+  {
+    cases: Type.Array(
+      Type.Union([
+        Type.Object({ name: Type.String({ maxLength: 200 }), module: ModuleOptionsCase }, closed),
+        Type.Object(
+          {
+            name: Type.String({ maxLength: 200 }),
+            topic: Type.Object(
+              {
+                principal: Principal,
+                device: Type.String({ pattern: NamePattern }),
+                module: Type.Optional(Type.String({ pattern: NamePattern })),
+                action: Type.Union([Type.Literal("publish"), Type.Literal("subscribe")]),
+                topic: Type.String({ minLength: 1, maxLength: 512 }),
+                expect: Type.Union([Type.Literal("allow"), Type.Literal("deny")]),
+              },
+              closed,
+            ),
+          },
+          closed,
+        ),
+        Type.Object(
+          {
+            name: Type.String({ maxLength: 200 }),
+            image: Type.Object(
+              { image: Type.String({ maxLength: 512 }), module: Type.Optional(Type.String({ pattern: NamePattern })), expect: Type.Union([Type.Literal("allow"), Type.Literal("deny")]) },
+              closed,
+            ),
+          },
+          closed,
+        ),
+      ]),
+      { minItems: 1, maxItems: 10_000 },
+    ),
+  },
+  closed,
+);
+export type CaseFile = Static<typeof CaseFileSchema>;
