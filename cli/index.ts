@@ -4,6 +4,7 @@ import { certsDevCommand } from "../certs-dev/cli.js";
 import { configCommand } from "./config.js";
 import { demoCommand } from "./demo.js";
 import { benchCommand } from "../bench/cli.js";
+import { policyCommand, manifestCommand } from "../policy/cli.js";
 import { reportFailure } from "./output.js";
 
 export function buildProgram(): Command {
@@ -16,6 +17,8 @@ export function buildProgram(): Command {
   program.addCommand(certsDevCommand());
   program.addCommand(configCommand());
   program.addCommand(demoCommand());
+  program.addCommand(policyCommand());
+  program.addCommand(manifestCommand());
   program.addCommand(benchCommand());
   return program;
 }
