@@ -1,5 +1,6 @@
 import { Type } from "@sinclair/typebox";
 import { HsmConfig } from "../hsm/config.js";
+import { CaConfig } from "../ca-service/config.js";
 
 /** The whole edgetrust.yaml: one section per component. Each section's schema lives beside its component. */
 export const EdgeTrustConfig = Type.Object(
@@ -14,6 +15,7 @@ export const EdgeTrustConfig = Type.Object(
       { additionalProperties: false, default: {}, description: "Logging (JSON lines on stderr)" },
     ),
     hsm: HsmConfig,
+    ca: CaConfig,
   },
   { additionalProperties: false },
 );
