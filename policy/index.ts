@@ -1,7 +1,7 @@
 /** policy/: policy files, the trust root, signed deployment manifests, decisions with reasons. */
 export { loadPolicy, parsePolicy, MAX_POLICY_BYTES } from "./policy.js";
 export type { LoadedPolicy } from "./policy.js";
-export { PolicySchema, ManifestSchema, ModuleOptionsSchema, TrustRootBodySchema, MANIFEST_LIMITS, CERT_KINDS, PinnedImagePattern } from "./schema.js";
+export { PolicySchema, CaseFileSchema, ManifestSchema, ModuleOptionsSchema, TrustRootBodySchema, MANIFEST_LIMITS, CERT_KINDS, PinnedImagePattern } from "./schema.js";
 export type { Policy, ModulePermissions, HubRule, CertProfile, RedactRule, Manifest, ManifestModule, ModuleOptions, TrustKey, TrustRootBody, CertKind, CaseFile } from "./schema.js";
 export { decideModuleOptions, decideImage, decideTopic, parsePinnedImage } from "./decide.js";
 export type { Decision, RuleHit, HubIdentity, ParsedImage } from "./decide.js";
@@ -13,3 +13,6 @@ export { signerFromKeyFile, signerFromPrivateKey, signerFromKeyStore, trustKeyFr
 export type { JwsSigner } from "./sign.js";
 export { ACCEPTED_ALGS, MANIFEST_TYP, TRUST_ROOT_TYP, verifyJwsSignature, rawVerify } from "./jws.js";
 export type { GeneralJws, JwsAlg } from "./jws.js";
+export { explainPolicy, runCases } from "./explain.js";
+export type { CaseResult } from "./explain.js";
+export { policyJsonSchema, policyJsonSchemaText } from "./json-schema.js";

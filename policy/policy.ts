@@ -32,7 +32,16 @@ export function parsePolicy(text: string, file: string): Policy {
   try {
     parsed = parseYamlStrict(text, PolicySchema, file, "POLICY_INVALID");
   } catch (e) {
-    if (isEdgeTrustError(e)) throw new EdgeTrustError("POLICY_INVALID", e.message, { details: e.details, hint: "fix the listed lines (schema: policy/policy.schema.json)" });
+    if (isEdgeTrustError(e)) {
+      // A missing key's "value" is the whole parent object: noise in a one-line-per-problem report.
+      const problems = ((e.details?.problems ?? []) as Located[]).map((pr) => {
+        if (!pr.message.startsWith("missing required key")) return pr;
+        const { value: _v, ...rest } = pr;
+        return rest;
+      });
+      const message = problems.length > 0 ? problems.map(formatLocated).join("\n") : e.message;
+      throw new EdgeTrustError("POLICY_INVALID", message, { details: { problems }, hint: "fix the listed lines (schema: policy/policy.schema.json)" });
+    }
     throw e;
   }
   const problems = semanticProblems(parsed.value, parsed.doc, parsed.lineCounter, file);
