@@ -34,6 +34,16 @@ export interface ProtectedHeader {
 
 const B64URL = /^[A-Za-z0-9_-]*$/;
 
+/** One encoding per byte string: unused trailing bits must be zero (else one signature has many spellings). */
+function canonicalB64(s: string): boolean {
+  if (s.length % 4 === 1) return false;
+  try {
+    return jose.base64url.encode(jose.base64url.decode(s)) === s;
+  } catch {
+    return false;
+  }
+}
+
 /** Parse the General JSON envelope strictly (shape only; nothing is trusted yet). Returns a reason on failure. */
 export function parseGeneralJws(text: string, maxSignatures: number): GeneralJws | string {
   let v: unknown;
@@ -58,8 +68,10 @@ export function parseGeneralJws(text: string, maxSignatures: number): GeneralJws
     if (typeof so.protected !== "string" || !B64URL.test(so.protected) || typeof so.signature !== "string" || !B64URL.test(so.signature)) {
       return `signatures[${i}] must have base64url "protected" and "signature"`;
     }
+    if (!canonicalB64(so.protected) || !canonicalB64(so.signature)) return `signatures[${i}] is not canonical base64url`;
     sigs.push({ protected: so.protected, signature: so.signature });
   }
+  if (!canonicalB64(o.payload)) return "payload is not canonical base64url";
   return { payload: o.payload, signatures: sigs };
 }
 
@@ -82,8 +94,15 @@ export function checkProtectedHeader(b64: string, typ: string, maxBytes: number)
   } catch {
     return "protected header is not base64url UTF-8";
   }
-  const keys = flatObjectKeys(text);
-  if (!keys) return "protected header is not a flat JSON object";
+  let keys: string[] | undefined;
+  let h: Record<string, unknown>;
+  try {
+    keys = flatObjectKeys(text);
+    h = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    return "protected header is not valid JSON";
+  }
+  if (!keys || typeof h !== "object" || h === null || Array.isArray(h)) return "protected header is not a flat JSON object";
   const seen = new Set<string>();
   for (const k of keys) {
     if (seen.has(k)) return `duplicate header parameter "${k}"`;
@@ -92,7 +111,6 @@ export function checkProtectedHeader(b64: string, typ: string, maxBytes: number)
   if (seen.has("crit")) return 'critical header parameters ("crit") are not accepted';
   const unknown = keys.filter((k) => k !== "alg" && k !== "kid" && k !== "typ");
   if (unknown.length > 0) return `header parameters not accepted: ${unknown.slice(0, 5).join(", ")}`;
-  const h = JSON.parse(text) as Record<string, unknown>;
   if (typeof h.alg !== "string" || typeof h.kid !== "string" || typeof h.typ !== "string") return "header must have string alg, kid and typ";
   if (h.typ !== typ) return `typ ${JSON.stringify(h.typ)} is not ${typ}`;
   return { alg: h.alg, kid: h.kid, typ: h.typ };

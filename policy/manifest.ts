@@ -133,6 +133,15 @@ function fail(checkedAt: string, check: Check, message: string): Verdict {
 export async function verifyManifest(input: string | Uint8Array, opts: VerifyOptions): Promise<Verdict> {
   const nowMs = (opts.now ?? new Date()).getTime();
   const checkedAt = new Date(nowMs).toISOString();
+  try {
+    return await verifyFrozen(input, opts, nowMs, checkedAt);
+  } catch (e) {
+    // Fail closed: an unexpected error is a rejection with its reason, never an exception the caller might skip.
+    return fail(checkedAt, "format", `verification failed: ${(e as Error).message}`);
+  }
+}
+
+async function verifyFrozen(input: string | Uint8Array, opts: VerifyOptions, nowMs: number, checkedAt: string): Promise<Verdict> {
   const L = MANIFEST_LIMITS;
   const size = typeof input === "string" ? Buffer.byteLength(input) : input.byteLength;
   if (size > L.maxJwsBytes) return fail(checkedAt, "size", `manifest JWS is ${size} bytes, more than ${L.maxJwsBytes}`);
