@@ -1,0 +1,167 @@
+import { execFile, execFileSync } from "node:child_process";
+import { createHash, generateKeyPairSync, randomBytes, sign } from "node:crypto";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import pkcs11js from "pkcs11js";
+import { Value } from "@sinclair/typebox/value";
+import { createLogger } from "../common/index.js";
+import { HsmConfig, Pkcs11KeyStore, SOFTHSM_MODULE, createSoftHsmDir, initToken, openKeyStore, type KeyStore } from "../hsm/index.js";
+import { row, type Benchmark, type BenchRow, type Progress } from "./types.js";
+
+const execFileAsync = promisify(execFile);
+const SECONDS = 2;
+const ROUNDS = 6;
+const ROUND = 0.5;
+const SOURCE = "issue 2 (hsm)";
+const ECDSA_P256 = { name: "ECDSA", hash: "SHA-256" } as const;
+
+interface Timed {
+  ops: number;
+  ms: number;
+}
+
+/** Run `worker` on `concurrency` parallel loops for `seconds`. */
+async function timed(seconds: number, concurrency: number, worker: (loop: number) => Promise<unknown>): Promise<Timed> {
+  const start = performance.now();
+  const end = start + seconds * 1000;
+  let ops = 0;
+  await Promise.all(
+    Array.from({ length: concurrency }, async (_, loop) => {
+      while (performance.now() < end) {
+        await worker(loop);
+        ops++;
+      }
+    }),
+  );
+  return { ops, ms: performance.now() - start };
+}
+
+/**
+ * Two workloads in alternating short rounds (A B B A A B ...) so load from other processes on a shared machine falls
+ * on both alike; returns each side's operations per second over all its rounds.
+ */
+async function interleaved(rounds: number, a: () => Promise<Timed>, b: () => Promise<Timed>): Promise<[number, number]> {
+  const tot: [Timed, Timed] = [{ ops: 0, ms: 0 }, { ops: 0, ms: 0 }];
+  for (let i = 0; i < rounds; i++) {
+    const order: [0 | 1, () => Promise<Timed>][] = i % 2 === 0 ? [[0, a], [1, b]] : [[1, b], [0, a]];
+    for (const [j, f] of order) {
+      const r = await f();
+      tot[j].ops += r.ops;
+      tot[j].ms += r.ms;
+    }
+  }
+  return [tot[0].ops / (tot[0].ms / 1000), tot[1].ops / (tot[1].ms / 1000)];
+}
+
+/** `openssl speed -seconds N ecdsap256`: the "sign/s" column. */
+function opensslSignRate(seconds: number): number {
+  const out = execFileSync("openssl", ["speed", "-seconds", String(seconds), "ecdsap256"], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
+  const m = /nistp256\)\s+[\d.]+s\s+[\d.]+s\s+([\d.]+)\s+[\d.]+/.exec(out);
+  if (!m) throw new Error(`could not read openssl speed output: ${out.slice(-200)}`);
+  return Number(m[1]);
+}
+
+async function pkcs11Rows(progress: Progress): Promise<BenchRow[]> {
+  const dir = createSoftHsmDir();
+  const pin = randomBytes(8).toString("hex");
+  const poolSize = (Value.Default(HsmConfig, {}) as HsmConfig).sessionPoolSize;
+  const store = await (async () => {
+    initToken({ module: SOFTHSM_MODULE, label: "bench", soPin: randomBytes(8).toString("hex"), userPin: pin });
+    return Pkcs11KeyStore.open({ module: SOFTHSM_MODULE, tokenLabel: "bench", pin, sessionPoolSize: poolSize, logger: createLogger("hsm", { level: "warn" }) });
+  })();
+  try {
+    const key = await store.generateKey("bench-p256", "EC-P256");
+    const ref = { label: key.label };
+    const msg = randomBytes(64);
+    const digest = createHash("sha256").update(msg).digest();
+    const handle = await store.privateKeyHandle(ref);
+
+    // What the token itself delivers: pkcs11js straight against the module, the same digest, the same number of
+    // sessions signing in parallel (C_SignAsync on libuv workers), without hsm/'s pool, key lookup or hashing.
+    const [viaStore, rawRate] = await store.withSession(async (p11) => {
+      const sessions = Array.from({ length: poolSize }, () => p11.C_OpenSession(store.slot, pkcs11js.CKF_SERIAL_SESSION));
+      try {
+        const raw = () => timed(ROUND, poolSize, async (loop) => {
+          const s = sessions[loop] as Buffer;
+          p11.C_SignInit(s, { mechanism: pkcs11js.CKM_ECDSA }, handle);
+          await p11.C_SignAsync(s, digest, Buffer.alloc(64));
+        });
+        const viaHsm = () => timed(ROUND, poolSize, () => store.sign(ref, ECDSA_P256, msg));
+        progress.step(`hsm/ Pkcs11KeyStore.sign vs raw pkcs11js, ${poolSize} concurrent, ${ROUNDS} alternating rounds of ${ROUND}s each`);
+        return await interleaved(ROUNDS, viaHsm, raw);
+      } finally {
+        for (const s of sessions) p11.C_CloseSession(s);
+      }
+    });
+
+    // pkcs11-tool: the real OpenSC client, one process (load, login, sign) per signature.
+    const n = 20;
+    progress.step(`pkcs11-tool --sign -m ECDSA x${n}`);
+    const inFile = join(dir.dir, "digest.bin");
+    writeFileSync(inFile, digest);
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) {
+      await execFileAsync("pkcs11-tool", ["--module", SOFTHSM_MODULE, "--token-label", "bench", "--login", "--pin", pin, "--sign", "-m", "ECDSA", "--label", "bench-p256", "--input-file", inFile, "--output-file", join(dir.dir, "sig.bin")], { env: process.env });
+    }
+    const toolRate = n / ((performance.now() - t0) / 1000);
+
+    return [
+      row({ name: `ECDSA P-256 sign via hsm/ PKCS#11 (SoftHSM2, ${poolSize} concurrent)`, value: viaStore, unit: "sig/s", reference: { name: `raw token: pkcs11js C_SignAsync, ${poolSize} sessions`, value: rawRate }, target: 0.8, source: SOURCE }),
+      row({ name: "ECDSA P-256 sign via hsm/ PKCS#11 vs the OpenSC client", value: viaStore, unit: "sig/s", reference: { name: "pkcs11-tool --sign (one process per signature)", value: toolRate }, target: 0.8, source: SOURCE }),
+    ];
+  } finally {
+    await store.close();
+    dir.cleanup();
+  }
+}
+
+async function softwareRows(progress: Progress): Promise<BenchRow[]> {
+  const dir = createSoftHsmDir({ activate: false }); // just a private temp directory for the key files
+  let store: KeyStore;
+  let label: string;
+  try {
+    const cfg = { ...(Value.Default(HsmConfig, {}) as HsmConfig), backend: "software" as const, softwareDir: join(dir.dir, "keys") };
+    store = await openKeyStore(cfg, { passphrase: randomBytes(12).toString("hex"), logger: createLogger("hsm", { level: "error" }) });
+    label = "hsm/ software store (Node crypto.sign)";
+  } catch {
+    // The software backend is not in this build: measure Node's crypto directly and say so.
+    const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    store = {
+      kind: "software",
+      sign: async (_r, _s, data) => sign("sha256", data, { key: privateKey, dsaEncoding: "ieee-p1363" }),
+      close: async () => undefined,
+    } as Pick<KeyStore, "kind" | "sign" | "close"> as KeyStore;
+    label = "Node crypto.sign directly (software store not available)";
+  }
+  try {
+    if (label.startsWith("hsm/")) await store.generateKey("bench-p256", "EC-P256");
+    const msg = randomBytes(64);
+    // Node's own ceiling on this machine (OpenSSL 3.0 EVP per-call overhead), to tell the store's cost from Node's.
+    const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    progress.step(`${label} vs Node crypto.sign directly, 1 caller, ${ROUNDS} alternating rounds of ${ROUND}s each`);
+    const [sw, node] = await interleaved(
+      ROUNDS,
+      () => timed(ROUND, 1, () => store.sign({ label: "bench-p256" }, ECDSA_P256, msg)),
+      () => timed(ROUND, 1, async () => sign("sha256", msg, { key: privateKey, dsaEncoding: "ieee-p1363" })),
+    );
+    progress.step(`openssl speed -seconds ${SECONDS} ecdsap256`);
+    const ossl = opensslSignRate(SECONDS);
+    return [
+      row({ name: `ECDSA P-256 sign via ${label}`, value: sw, unit: "sig/s", reference: { name: "openssl speed ecdsap256 (1 thread)", value: ossl }, target: 0.6, source: SOURCE }),
+      row({ name: "(context) Node crypto.sign directly, no store", value: node, unit: "sig/s", reference: { name: "openssl speed ecdsap256 (1 thread)", value: ossl }, target: 0.6, source: SOURCE }),
+      row({ name: `ECDSA P-256 sign via ${label}`, value: sw, unit: "sig/s", reference: { name: "Node crypto.sign directly (store overhead)", value: node }, target: 0.8, source: SOURCE }),
+    ];
+  } finally {
+    await store.close();
+    dir.cleanup();
+  }
+}
+
+export const hsmBenchmark: Benchmark = {
+  id: "hsm",
+  description: "ECDSA P-256 signing through hsm/ (PKCS#11 on SoftHSM2, and the software store) against the token and openssl",
+  async run(progress) {
+    return [...(await pkcs11Rows(progress)), ...(await softwareRows(progress))];
+  },
+};
