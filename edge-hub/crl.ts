@@ -1,0 +1,117 @@
+import "reflect-metadata";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import * as x509 from "@peculiar/x509";
+import { EdgeTrustError, writeFileAtomic, type Logger } from "../common/index.js";
+
+/**
+ * Revocation for the hub: the CRL of the cloud issuing CA, from a file or an http(s) URL (ca-service serves it as DER),
+ * verified against the issuing CA and cached on disk so a device that goes offline keeps the last good list.
+ *
+ * What it covers: leaf device certificates (issued by the issuing CA) and this device's Edge CA (so revoking the
+ * device's Edge CA cuts every module). Module certificates themselves are short-lived and are not listed on a CRL.
+ */
+export interface CrlOptions {
+  /** A file path or an http(s) URL; empty = no CRL configured. */
+  source: string;
+  /** Directory where the last verified CRL is cached (`crl.der`). */
+  cacheDir: string;
+  /** The CA certificates the CRL may be signed by (the issuing CA). */
+  issuers: x509.X509Certificate[];
+  /** When true, a client whose issuer has no CRL loaded is refused ("fail closed"). */
+  require: boolean;
+  fetchTimeoutMs?: number;
+  log?: Logger;
+}
+
+export type RevocationStatus =
+  | { ok: true; stale: boolean }
+  | { ok: false; reason: "revoked" | "crl-missing"; detail: string };
+
+export class CrlCache {
+  private crl: x509.X509Crl | undefined;
+  private crlIssuer: x509.X509Certificate | undefined;
+  private readonly cacheFile: string;
+
+  constructor(private readonly opts: CrlOptions) {
+    this.cacheFile = join(opts.cacheDir, "crl.der");
+  }
+
+  /** The loaded CRL's thisUpdate/nextUpdate, for status and metrics. */
+  info(): { loaded: boolean; thisUpdate?: Date; nextUpdate?: Date; entries?: number } {
+    if (!this.crl) return { loaded: false };
+    const out: { loaded: boolean; thisUpdate?: Date; nextUpdate?: Date; entries?: number } = { loaded: true, thisUpdate: this.crl.thisUpdate, entries: this.crl.entries.length };
+    if (this.crl.nextUpdate) out.nextUpdate = this.crl.nextUpdate;
+    return out;
+  }
+
+  /** Load the disk cache first (offline start), then try the source. Never throws for an unreachable source. */
+  async start(): Promise<void> {
+    if (existsSync(this.cacheFile)) {
+      try {
+        await this.accept(readFileSync(this.cacheFile), false);
+      } catch (e) {
+        this.opts.log?.warn({ err: (e as Error).message }, "cached CRL rejected");
+      }
+    }
+    await this.refresh().catch((e: unknown) => this.opts.log?.warn({ err: (e as Error).message, source: this.opts.source }, "CRL refresh failed; using the cached CRL"));
+  }
+
+  /** Fetch from the source, verify, and cache. Throws when the source cannot be read or the CRL does not verify. */
+  async refresh(): Promise<void> {
+    if (!this.opts.source) return;
+    const der = await this.fetchSource();
+    await this.accept(der, true);
+  }
+
+  private async fetchSource(): Promise<Buffer> {
+    const src = this.opts.source;
+    if (/^https?:\/\//.test(src)) {
+      const res = await fetch(src, { signal: AbortSignal.timeout(this.opts.fetchTimeoutMs ?? 10_000) });
+      if (!res.ok) throw new EdgeTrustError("HUB_CRL_INVALID", `CRL fetch ${src} answered ${res.status}`);
+      return Buffer.from(await res.arrayBuffer());
+    }
+    return readFileSync(src);
+  }
+
+  private async accept(data: Buffer, persist: boolean): Promise<void> {
+    let crl: x509.X509Crl;
+    try {
+      const text = data.toString("latin1");
+      crl = new x509.X509Crl(text.includes("-----BEGIN") ? text : new Uint8Array(data));
+    } catch (e) {
+      throw new EdgeTrustError("HUB_CRL_INVALID", "CRL does not parse", { cause: e });
+    }
+    let issuer: x509.X509Certificate | undefined;
+    for (const ca of this.opts.issuers) {
+      if (ca.subject !== crl.issuer) continue;
+      if (await crl.verify({ publicKey: ca })) {
+        issuer = ca;
+        break;
+      }
+    }
+    if (!issuer) throw new EdgeTrustError("HUB_CRL_INVALID", `CRL from ${crl.issuer} is not signed by a configured issuing CA`);
+    if (this.crl && crl.thisUpdate < this.crl.thisUpdate) {
+      throw new EdgeTrustError("HUB_CRL_INVALID", "CRL is older than the one already loaded (rollback refused)");
+    }
+    this.crl = crl;
+    this.crlIssuer = issuer;
+    if (persist) writeFileAtomic(this.cacheFile, Buffer.from(crl.rawData), 0o644);
+    this.opts.log?.info({ issuer: crl.issuer, entries: crl.entries.length, nextUpdate: crl.nextUpdate?.toISOString() }, "CRL loaded");
+  }
+
+  /**
+   * Is `cert` (issued by `issuer`) revoked? A CRL past its nextUpdate is still used (the device may be offline
+   * for a long time; the last known list is better than none) and reported as stale.
+   */
+  check(issuer: x509.X509Certificate, cert: x509.X509Certificate, now = new Date()): RevocationStatus {
+    if (!this.crl || !this.crlIssuer || this.crlIssuer.subject !== issuer.subject) {
+      if (this.opts.require) return { ok: false, reason: "crl-missing", detail: `no CRL loaded for ${issuer.subject}` };
+      return { ok: true, stale: true };
+    }
+    const entry = this.crl.findRevoked(cert);
+    if (entry) return { ok: false, reason: "revoked", detail: `serial ${cert.serialNumber} revoked ${entry.revocationDate.toISOString()}` };
+    const stale = this.crl.nextUpdate !== undefined && this.crl.nextUpdate < now;
+    return { ok: true, stale };
+  }
+}

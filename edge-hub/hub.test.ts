@@ -1,0 +1,261 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { join } from "node:path";
+import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
+import { DEVICE, TestPki, digest, startTestHub, stopTestHub, writeTemp, type Credential, type TestHub } from "./fixtures.js";
+import type { Rejection } from "./hub.js";
+
+let pki: TestPki;
+let t: TestHub;
+let sensor: Credential;
+let monitor: Credential;
+let leaf1: Credential;
+
+const SENSOR = { imageDigest: digest("a"), manifestVersion: 3 };
+const MONITOR = { imageDigest: digest("b"), manifestVersion: 3 };
+
+function within<T>(p: Promise<T>, ms = 5000, what = "operation"): Promise<T> {
+  return Promise.race([p, new Promise<T>((_, rej) => setTimeout(() => rej(new Error(`${what} timed out`)), ms))]);
+}
+
+function connect(cred: Credential, extra: Partial<IClientOptions> = {}): Promise<MqttClient> {
+  const c = mqtt.connect(`mqtts://127.0.0.1:${t.hub.boundPort}`, {
+    cert: cred.chainPem, key: cred.keyPem, ca: pki.rootPem(), servername: "localhost",
+    reconnectPeriod: 0, protocolVersion: 4, connectTimeout: 4000, ...extra,
+  });
+  return within(new Promise<MqttClient>((resolve, reject) => {
+    c.once("connect", () => resolve(c));
+    c.once("error", (e) => { c.end(true); reject(e); });
+    c.once("close", () => reject(new Error("closed before CONNACK")));
+  }), 6000, "connect");
+}
+
+/** Connect, expect a refusal, and return the hub's recorded reason. */
+async function refused(cred: Credential, extra: Partial<IClientOptions> = {}): Promise<Rejection> {
+  const seen = new Promise<Rejection>((resolve) => t.hub.once("rejected", resolve));
+  await expect(connect(cred, extra)).rejects.toThrow();
+  return within(seen, 3000, "rejection");
+}
+
+function closed(c: MqttClient): Promise<void> {
+  return within(new Promise<void>((r) => c.once("close", () => r())), 5000, "close");
+}
+
+beforeAll(async () => {
+  pki = await TestPki.create();
+  t = await startTestHub(pki);
+  t.attestation.register(DEVICE, "sensor", SENSOR);
+  t.attestation.register(DEVICE, "monitor", MONITOR);
+  sensor = await pki.module("sensor", SENSOR);
+  monitor = await pki.module("monitor", MONITOR);
+  leaf1 = await pki.leaf("leaf1");
+});
+
+afterAll(async () => {
+  await stopTestHub(t);
+  pki.cleanup();
+});
+
+describe("edge hub: identity, mTLS and ACL", () => {
+  it("an allowed publish from one module arrives at another module's allowed subscription", async () => {
+    const mon = await connect(monitor);
+    const sen = await connect(sensor);
+    try {
+      await mon.subscribeAsync("status/#", { qos: 1 });
+      const got = within(new Promise<[string, Buffer]>((r) => mon.once("message", (tp, p) => r([tp, p]))), 5000, "message");
+      await sen.publishAsync("status/d1/sensor", "ok", { qos: 1 });
+      const [topic, payload] = await got;
+      expect(topic).toBe("status/d1/sensor");
+      expect(payload.toString()).toBe("ok");
+      expect(t.hub.connectedIdentities()).toEqual(expect.arrayContaining(["d1/sensor", "d1/monitor"]));
+    } finally {
+      await mon.endAsync();
+      await sen.endAsync();
+    }
+  });
+
+  it("refuses a module certificate issued by another device's Edge CA (TLS alone would accept it)", async () => {
+    const other = await pki.otherEdgeCa("d2");
+    t.attestation.register("d2", "sensor", SENSOR);
+    const cred = await pki.module("sensor", SENSOR, other, "d2");
+    const r = await refused(cred);
+    expect(r.reason).toBe("untrusted-issuer");
+  });
+
+  it("refuses a module URI naming another device even when this Edge CA signed it (URI path check)", async () => {
+    const cred = await pki.oddLeaf([{ type: "url", value: "edgetrust://example.com/devices/d2/modules/sensor" }], pki.edgeCa);
+    const r = await refused(cred);
+    expect(r.reason).toBe("module-device-mismatch");
+  });
+
+  it("refuses a module whose certificate's image digest no longer matches its attestation", async () => {
+    const stale = await pki.module("sensor", { imageDigest: digest("c"), manifestVersion: 2 });
+    const r = await refused(stale);
+    expect(r.reason).toBe("attestation-mismatch");
+  });
+
+  it("refuses a module that is not registered as attested", async () => {
+    const cred = await pki.module("ghost", SENSOR);
+    expect((await refused(cred)).reason).toBe("not-attested");
+  });
+
+  it("refuses a revoked leaf device (CRL from a file, cached on disk)", async () => {
+    const revoked = await pki.leaf("leaf-revoked");
+    const crlFile = writeTemp(t.dir, "issuing.crl", await pki.crl([revoked.cert]));
+    const c = await connect(revoked);
+    await c.endAsync();
+    const crl = t.crl as unknown as { opts: { source: string } };
+    crl.opts.source = crlFile;
+    await t.crl.refresh();
+    expect((await refused(revoked)).reason).toBe("revoked");
+    // The unrevoked leaf still connects.
+    const ok = await connect(leaf1);
+    await ok.endAsync();
+    const { existsSync } = await import("node:fs");
+    expect(existsSync(join(t.dir, "crl", "crl.der"))).toBe(true);
+  });
+
+  it("refuses certificates with no URI SAN, two identities, or a foreign trust domain", async () => {
+    expect((await refused(await pki.oddLeaf([]))).reason).toBe("bad-uri-san");
+    expect((await refused(await pki.oddLeaf([{ type: "dns", value: "leaf9" }]))).reason).toBe("bad-uri-san");
+    expect((await refused(await pki.oddLeaf([
+      { type: "url", value: "edgetrust://example.com/devices/leaf1" },
+      { type: "url", value: "edgetrust://example.com/devices/leaf2" },
+    ]))).reason).toBe("bad-uri-san");
+    expect((await refused(await pki.oddLeaf([{ type: "url", value: "edgetrust://example.com/devices/a/b/c" }]))).reason).toBe("bad-uri-san");
+    expect((await refused(await pki.oddLeaf([{ type: "url", value: "edgetrust://evil.example/devices/leaf1" }]))).reason).toBe("wrong-trust-domain");
+  });
+
+  it("ignores a client id and username that claim another identity: the certificate decides", async () => {
+    const real = await connect(leaf1, { clientId: "leaf1" });
+    const leaf2 = await pki.leaf("leaf2");
+    const liar = await connect(leaf2, { clientId: "leaf1", username: "localhost/leaf1/?api-version=2021-04-12" });
+    try {
+      expect(t.hub.connectedIdentities()).toEqual(expect.arrayContaining(["leaf1", "leaf2"]));
+      expect(real.connected).toBe(true); // not taken over by the same client id
+      const seen = new Promise<Rejection>((r) => t.hub.once("rejected", r));
+      const gone = closed(liar);
+      liar.publish("devices/leaf1/messages/events/", "spoof", { qos: 1 });
+      await gone;
+      const r = await within(seen);
+      expect(r).toMatchObject({ reason: "policy-denied", identity: "leaf2" });
+    } finally {
+      await real.endAsync();
+      liar.end(true);
+    }
+  });
+
+  it("refuses subscriptions to another module's inputs, `#` and `$SYS/#`", async () => {
+    const c = await connect(sensor);
+    try {
+      const reasons: string[] = [];
+      const on = (r: Rejection) => reasons.push(r.reason);
+      t.hub.on("rejected", on);
+      for (const denied of ["devices/d1/modules/monitor/inputs/#", "#", "$SYS/#", "+/d1/#", "devices/+/modules/+/inputs/#"]) {
+        await expect(c.subscribeAsync(denied, { qos: 1 }), denied).rejects.toThrow(/Subscribe error/);
+      }
+      const granted = await c.subscribeAsync("devices/d1/modules/sensor/inputs/#", { qos: 1 });
+      t.hub.off("rejected", on);
+      expect(granted.map((g) => g.qos)).toEqual([1]);
+      expect(c.connected).toBe(true);
+      expect(reasons).toEqual(expect.arrayContaining(["policy-denied", "wildcard-root", "reserved-topic"]));
+    } finally {
+      await c.endAsync();
+    }
+  });
+
+  it("disconnects on an over-deep topic and on an oversized payload", async () => {
+    for (const [topic, payload, reason] of [
+      ["devices/d1/modules/sensor/messages/events/" + "x/".repeat(20) + "x", "p", "topic-too-deep"],
+      ["devices/d1/modules/sensor/messages/events/", Buffer.alloc(65 * 1024), "payload-too-large"],
+    ] as const) {
+      const c = await connect(sensor);
+      const seen = new Promise<Rejection>((r) => t.hub.once("rejected", r));
+      const gone = closed(c);
+      c.publish(topic, payload, { qos: 1 });
+      await gone;
+      expect((await within(seen)).reason).toBe(reason);
+      c.end(true);
+    }
+  });
+
+  it("refuses a connection whose will message targets a forbidden topic", async () => {
+    const r = await refused(sensor, { will: { topic: "devices/d1/modules/monitor/inputs/x/", payload: Buffer.from("boom"), qos: 0, retain: false } });
+    expect(r.reason).toBe("will-denied");
+    const ok = await connect(sensor, { will: { topic: "status/d1/sensor", payload: Buffer.from("gone"), qos: 0, retain: false } });
+    await ok.endAsync();
+  });
+
+  it("answers twin requests and relays methods on the asking connection only", async () => {
+    const a = await connect(sensor);
+    const b = await connect(monitor);
+    try {
+      await a.subscribeAsync(["$iothub/twin/res/#", "$iothub/methods/POST/#"]);
+      await b.subscribeAsync(["$iothub/twin/res/#", "$iothub/methods/POST/#"]);
+      const bGot: string[] = [];
+      b.on("message", (tp) => bGot.push(tp));
+      const aGot: string[] = [];
+      a.on("message", (tp) => aGot.push(tp));
+      const resA = within(new Promise<[string, Buffer]>((r) => a.on("message", (tp, p) => { if (tp.startsWith("$iothub/twin/res/204")) r([tp, p]); })));
+      a.publish("$iothub/twin/PATCH/properties/reported/?$rid=7", JSON.stringify({ temp: 21 }));
+      expect((await resA)[0]).toMatch(/^\$iothub\/twin\/res\/204\/\?\$rid=7&\$version=2$/);
+      const getA = within(new Promise<Buffer>((r) => a.on("message", (tp, p) => { if (tp.startsWith("$iothub/twin/res/200")) r(p); })));
+      a.publish("$iothub/twin/GET/?$rid=8", "");
+      expect(JSON.parse((await getA).toString())).toMatchObject({ reported: { temp: 21, $version: 2 } });
+      // B forges a response topic: it reaches nobody.
+      b.publish("$iothub/twin/res/200/?$rid=8", "{\"forged\":true}");
+      // A method for A: B neither sees the request nor can answer it.
+      a.on("message", (tp) => {
+        const m = /^\$iothub\/methods\/POST\/reboot\/\?\$rid=(\w+)$/.exec(tp);
+        if (m) {
+          b.publish(`$iothub/methods/res/500/?$rid=${m[1]}`, "{\"forged\":true}");
+          setTimeout(() => a.publish(`$iothub/methods/res/200/?$rid=${m[1]}`, "{\"ok\":true}"), 100);
+        }
+      });
+      const res = await within(t.hub.invokeMethod("d1/sensor", "reboot", { delay: 1 }, 4000));
+      expect(res).toEqual({ status: 200, payload: { ok: true } });
+      await new Promise((r) => setTimeout(r, 200));
+      expect(bGot.filter((x) => x.startsWith("$iothub/"))).toEqual([]);
+      expect(aGot.filter((x) => x.includes("forged"))).toEqual([]);
+      expect(aGot.filter((x) => x.startsWith("$iothub/twin/res/200")).length).toBe(1);
+      // The other identity's twin is its own.
+      const getB = within(new Promise<Buffer>((r) => b.on("message", (tp, p) => { if (tp.startsWith("$iothub/twin/res/200")) r(p); })));
+      b.publish("$iothub/twin/GET/?$rid=9", "");
+      expect(JSON.parse((await getB).toString()).reported).toEqual({ $version: 1 });
+    } finally {
+      await a.endAsync();
+      await b.endAsync();
+    }
+  });
+
+  it("disconnects a module the agent deregisters, and refuses it afterwards", async () => {
+    t.attestation.register(DEVICE, "temp", SENSOR);
+    const cred = await pki.module("temp", SENSOR);
+    const c = await connect(cred);
+    const seen = new Promise<Rejection>((r) => t.hub.once("rejected", r));
+    const gone = closed(c);
+    t.attestation.deregister(DEVICE, "temp");
+    await gone;
+    expect((await within(seen)).reason).toBe("deregistered");
+    expect((await refused(cred)).reason).toBe("not-attested");
+    c.end(true);
+  });
+
+  it("reloads the server certificate without dropping live connections", async () => {
+    const c = await connect(leaf1);
+    try {
+      await t.hub.reloadServerCertificate();
+      const d = await connect(monitor);
+      await d.endAsync();
+      expect(c.connected).toBe(true);
+      await c.publishAsync("devices/leaf1/messages/events/", "after reload", { qos: 1 });
+    } finally {
+      await c.endAsync();
+    }
+  });
+
+  it("counts rejections by reason in /metrics", async () => {
+    const text = await t.hub.metrics.registry.metrics();
+    expect(text).toMatch(/edgehub_rejections_total\{reason="untrusted-issuer"\} [1-9]/);
+    expect(text).toMatch(/edgehub_connections_total\{result="accepted",principal="module"\} [1-9]/);
+  });
+});

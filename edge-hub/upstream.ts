@@ -1,0 +1,173 @@
+import { EventEmitter } from "node:events";
+import type { ConnectionOptions } from "node:tls";
+import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
+import type { Logger } from "../common/index.js";
+import type { HubStore, OutboxMessage } from "./store.js";
+
+/**
+ * The upstream link: one MQTT connection to the cloud broker with the device identity (TLS client certificate whose
+ * key may stay in the HSM: pass the TLS key source's options as `tls`), draining the durable outbox.
+ *
+ * Delivery is at-least-once: a message leaves the outbox only when the broker's PUBACK arrives. Order is kept per route:
+ * messages go out in (priority, arrival) order over one connection, and after a drop the window restarts from the
+ * oldest unacknowledged message. A fresh MQTT client is made for every connection so mqtt.js never replays its own
+ * in-memory copy in a different order. After a reconnect the outbox drains at `drainRatePerSecond`.
+ */
+/** TLS for the upstream connection: PEM cert/key/ca, or the TLS key source's engine options (`privateKeyEngine`...). */
+export type UpstreamTls = Omit<ConnectionOptions, "cert" | "key" | "ca" | "ALPNProtocols"> & Pick<IClientOptions, "cert" | "key" | "ca">;
+
+export interface UpstreamOptions {
+  url: string;
+  clientId: string;
+  tls: UpstreamTls;
+  store: HubStore;
+  maxInflight: number;
+  drainRatePerSecond: number;
+  reconnectMs: number;
+  keepaliveSeconds?: number;
+  log: Logger;
+}
+
+export interface UpstreamEvents {
+  connected: [];
+  disconnected: [reason: string];
+  delivered: [message: OutboxMessage];
+}
+
+export class Upstream extends EventEmitter<UpstreamEvents> {
+  private client: MqttClient | undefined;
+  private readonly inflight = new Set<number>();
+  private stopped = true;
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  private pumpTimer: NodeJS.Timeout | undefined;
+  private purgeTimer: NodeJS.Timeout | undefined;
+  private tokens = 0;
+  private lastRefill = Date.now();
+  private pumping = false;
+  connected = false;
+
+  constructor(private readonly opts: UpstreamOptions) {
+    super();
+  }
+
+  start(): void {
+    this.stopped = false;
+    this.opts.store.purgeExpired();
+    this.purgeTimer = setInterval(() => this.opts.store.purgeExpired(), 30_000);
+    this.purgeTimer.unref();
+    this.connect();
+  }
+
+  private connect(): void {
+    if (this.stopped) return;
+    const c = mqtt.connect(this.opts.url, {
+      ...this.opts.tls,
+      clientId: this.opts.clientId,
+      protocolVersion: 4,
+      clean: true,
+      reconnectPeriod: 0,
+      connectTimeout: 10_000,
+      keepalive: this.opts.keepaliveSeconds ?? 30,
+      resubscribe: false,
+    });
+    this.client = c;
+    c.on("connect", () => {
+      if (this.client !== c) return;
+      this.connected = true;
+      this.tokens = Math.min(this.opts.maxInflight, this.opts.drainRatePerSecond);
+      this.lastRefill = Date.now();
+      this.opts.log.info({ url: this.opts.url }, "upstream connected");
+      this.emit("connected");
+      this.kick();
+    });
+    const dropped = (reason: string) => {
+      if (this.client !== c) return;
+      this.client = undefined;
+      const was = this.connected;
+      this.connected = false;
+      this.inflight.clear();
+      c.removeAllListeners();
+      c.on("error", () => undefined);
+      c.end(true);
+      if (was) {
+        this.opts.log.warn({ reason }, "upstream disconnected");
+        this.emit("disconnected", reason);
+      }
+      if (!this.stopped) {
+        this.reconnectTimer = setTimeout(() => this.connect(), this.opts.reconnectMs);
+        this.reconnectTimer.unref();
+      }
+    };
+    c.on("error", (e) => dropped(e.message));
+    c.on("close", () => dropped("connection closed"));
+    c.on("offline", () => dropped("offline"));
+  }
+
+  /** Something was queued (or acknowledged): send what the window and the rate allow. */
+  kick(): void {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      this.pump();
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private pump(): void {
+    const c = this.client;
+    if (!c || !this.connected || this.stopped) return;
+    const now = Date.now();
+    this.tokens = Math.min(this.opts.drainRatePerSecond, this.tokens + ((now - this.lastRefill) / 1000) * this.opts.drainRatePerSecond);
+    this.lastRefill = now;
+    const room = Math.min(this.opts.maxInflight - this.inflight.size, Math.floor(this.tokens));
+    if (room <= 0) {
+      if (this.inflight.size < this.opts.maxInflight && this.opts.store.depth().messages > this.inflight.size) this.schedulePump();
+      return;
+    }
+    const batch = this.opts.store.next(room, this.inflight);
+    for (const m of batch) {
+      this.inflight.add(m.seq);
+      this.tokens -= 1;
+      c.publish(m.topic, m.payload, { qos: 1 }, (err) => {
+        if (this.client !== c) return;
+        if (err) return;
+        this.inflight.delete(m.seq);
+        this.opts.store.ack(m.seq);
+        this.emit("delivered", m);
+        this.kick();
+      });
+    }
+    if (batch.length === room && this.opts.store.depth().messages > this.inflight.size) this.schedulePump();
+  }
+
+  private schedulePump(): void {
+    if (this.pumpTimer) return;
+    const wait = Math.max(5, Math.ceil(1000 / this.opts.drainRatePerSecond));
+    this.pumpTimer = setTimeout(() => {
+      this.pumpTimer = undefined;
+      this.kick();
+    }, wait);
+  }
+
+  /** Publish something that is not outbox traffic (e.g. a method response), QoS 1, best effort. */
+  publishDirect(topic: string, payload: Buffer): void {
+    this.client?.publish(topic, payload, { qos: 1 });
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.reconnectTimer);
+    clearTimeout(this.pumpTimer);
+    clearInterval(this.purgeTimer);
+    const c = this.client;
+    this.client = undefined;
+    this.connected = false;
+    this.inflight.clear();
+    if (c) {
+      c.removeAllListeners();
+      c.on("error", () => undefined);
+      await c.endAsync(true).catch(() => undefined);
+    }
+  }
+}
