@@ -17,3 +17,7 @@ export { SoftwareKeyStore, algorithmOf } from "./software.js";
 export type { SoftwareKeyStoreOptions } from "./software.js";
 export { keyStoreCrypto, keyStoreCryptoKey, keyStorePublicCryptoKey, keyStoreKeyPair, isKeyStoreCryptoKey } from "./webcrypto.js";
 export type { KeyStoreCryptoKeyOptions } from "./webcrypto.js";
+export { TPM2_PKCS11_MODULE, startSwtpm } from "./token-setup.js";
+export type { Swtpm } from "./token-setup.js";
+export { runDoctor } from "./doctor.js";
+export type { DoctorCheck, DoctorResult, DoctorOptions } from "./doctor.js";

@@ -219,6 +219,16 @@ export class Pkcs11KeyStore implements KeyStore {
     }
   }
 
+  /** The module is tpm2-pkcs11 (a TPM behind PKCS#11), which has a few quirks of its own. */
+  get isTpm2Pkcs11(): boolean {
+    try {
+      const info = this.mod.p11.C_GetInfo();
+      return /tpm2/i.test(`${info.manufacturerID} ${info.libraryDescription}`);
+    } catch {
+      return false;
+    }
+  }
+
   get modulePath(): string {
     return this.mod.path;
   }
@@ -297,22 +307,40 @@ export class Pkcs11KeyStore implements KeyStore {
         { type: P.CKA_EXTRACTABLE, value: false },
         { type: P.CKA_SIGN, value: true },
       ];
+      // Least privilege: a signing key may not also decrypt or derive. Some tokens (tpm2-pkcs11: a TPM RSA key's
+      // sign and decrypt share one object attribute) refuse such templates; then the key is made with the token's
+      // usage defaults, which is logged.
+      const pubRestrict: Template = [];
+      const privRestrict: Template = [];
       if (curve) {
         pub.push({ type: P.CKA_KEY_TYPE, value: P.CKK_EC }, { type: P.CKA_EC_PARAMS, value: ecParamsDer(curve) });
-        priv.push({ type: P.CKA_KEY_TYPE, value: P.CKK_EC }, { type: P.CKA_DERIVE, value: false });
+        priv.push({ type: P.CKA_KEY_TYPE, value: P.CKK_EC });
+        privRestrict.push({ type: P.CKA_DERIVE, value: false });
       } else {
         pub.push(
           { type: P.CKA_KEY_TYPE, value: P.CKK_RSA },
           { type: P.CKA_MODULUS_BITS, value: bits },
           { type: P.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
-          { type: P.CKA_ENCRYPT, value: false },
         );
-        priv.push({ type: P.CKA_KEY_TYPE, value: P.CKK_RSA }, { type: P.CKA_DECRYPT, value: false });
+        priv.push({ type: P.CKA_KEY_TYPE, value: P.CKK_RSA });
+        pubRestrict.push({ type: P.CKA_ENCRYPT, value: false });
+        privRestrict.push({ type: P.CKA_DECRYPT, value: false });
       }
       try {
-        await p11.C_GenerateKeyPairAsync(s, { mechanism: genMech }, pub, priv);
+        // tpm2-pkcs11 gives every TPM RSA key encrypt/decrypt and fails a template that says otherwise (after it has
+        // already created the object, so a retry would leak a TPM object slot): do not ask it.
+        const restrict = !(bits && this.isTpm2Pkcs11);
+        await p11.C_GenerateKeyPairAsync(s, { mechanism: genMech }, restrict ? [...pub, ...pubRestrict] : pub, restrict ? [...priv, ...privRestrict] : priv);
       } catch (e) {
-        throw mapPkcs11Error(e, `generating ${algorithm} key ${JSON.stringify(label)}`);
+        const ckr = pkcs11ErrorName(e);
+        const templateTrouble = ["CKR_GENERAL_ERROR", "CKR_ATTRIBUTE_VALUE_INVALID", "CKR_ATTRIBUTE_TYPE_INVALID", "CKR_TEMPLATE_INCONSISTENT"];
+        if (!ckr || !templateTrouble.includes(ckr)) throw mapPkcs11Error(e, `generating ${algorithm} key ${JSON.stringify(label)}`);
+        this.log.info({ tokenLabel: this.tokenLabel, label, ckr }, "token refused the usage restrictions (no decrypt/derive); generating with its defaults");
+        try {
+          await p11.C_GenerateKeyPairAsync(s, { mechanism: genMech }, pub, priv);
+        } catch (e2) {
+          throw mapPkcs11Error(e2, `generating ${algorithm} key ${JSON.stringify(label)}`);
+        }
       }
       const handle = onlyOne(findAll(p11, s, [{ type: P.CKA_CLASS, value: P.CKO_PRIVATE_KEY }, { type: P.CKA_ID, value: id }]), label, this.tokenLabel);
       return this.describe(s, handle);

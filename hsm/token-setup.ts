@@ -104,3 +104,86 @@ export function createSoftHsmDir(opts: { parent?: string; activate?: boolean } =
   if (opts.activate ?? true) process.env.SOFTHSM2_CONF = conf;
   return { dir, tokenDir, conf, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
+
+/** Debian's tpm2-pkcs11 module (libtpm2-pkcs11-1). */
+export const TPM2_PKCS11_MODULE = "/usr/lib/x86_64-linux-gnu/libtpm2_pkcs11.so.1";
+
+export interface Swtpm {
+  port: number;
+  ctrlPort: number;
+  /** Environment for tpm2-pkcs11 (TCTI + store directory); set it before the module is first initialised. */
+  env: Record<string, string>;
+  stop(): Promise<void>;
+}
+
+async function listenable(port: number): Promise<number> {
+  const { createServer } = await import("node:net");
+  return new Promise((resolvePort) => {
+    const srv = createServer();
+    srv.once("error", () => resolvePort(-1));
+    srv.listen(port, "127.0.0.1", () => {
+      const addr = srv.address();
+      const got = typeof addr === "object" && addr ? addr.port : -1;
+      srv.close(() => resolvePort(got));
+    });
+  });
+}
+
+/** A loopback port p with p+1 also free: the swtpm TCTI always uses the next port for swtpm's control channel. */
+async function freePortPair(): Promise<number> {
+  for (let i = 0; i < 50; i++) {
+    const p = await listenable(0);
+    if (p > 0 && p < 65535 && (await listenable(p + 1)) === p + 1) return p;
+  }
+  throw new EdgeTrustError("UNAVAILABLE", "no two adjacent free loopback ports for swtpm", { hint: "free some local ports and retry" });
+}
+
+/**
+ * Start a software TPM 2.0 (swtpm) on loopback with its state and a tpm2-pkcs11 store under `dir`, for tests and the
+ * demo. Resolves once the TPM answers on its port.
+ */
+export async function startSwtpm(dir: string): Promise<Swtpm> {
+  const { spawn } = await import("node:child_process");
+  const { connect } = await import("node:net");
+  const state = join(dir, "tpm-state");
+  const store = join(dir, "tpm2-pkcs11-store");
+  mkdirSync(state, { recursive: true, mode: 0o700 });
+  mkdirSync(store, { recursive: true, mode: 0o700 });
+  const port = await freePortPair();
+  const ctrlPort = port + 1;
+  const child = spawn("swtpm", [
+    "socket", "--tpm2",
+    "--server", `type=tcp,port=${port},bindaddr=127.0.0.1`,
+    "--ctrl", `type=tcp,port=${ctrlPort},bindaddr=127.0.0.1`,
+    "--flags", "not-need-init,startup-clear",
+    "--tpmstate", `dir=${state}`,
+  ], { stdio: ["ignore", "ignore", "pipe"] });
+  let stderr = "";
+  child.stderr?.on("data", (d: Buffer) => { stderr += d.toString(); });
+  const exited = new Promise<void>((r) => child.once("exit", () => r()));
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const ok = await new Promise<boolean>((r) => {
+      const c = connect(port, "127.0.0.1");
+      c.once("connect", () => { c.destroy(); r(true); });
+      c.once("error", () => r(false));
+    });
+    if (ok) break;
+    if (child.exitCode !== null || Date.now() > deadline) {
+      child.kill();
+      throw new EdgeTrustError("UNAVAILABLE", `swtpm did not start: ${stderr.trim() || "no output"}`, { hint: "install swtpm (Debian: swtpm, swtpm-tools)" });
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    port,
+    ctrlPort,
+    env: { TPM2_PKCS11_TCTI: `swtpm:host=127.0.0.1,port=${port}`, TPM2_PKCS11_STORE: store, TPM2_PKCS11_LOG_LEVEL: "0" },
+    stop: async () => {
+      if (child.exitCode === null) {
+        child.kill("SIGTERM");
+        await exited;
+      }
+    },
+  };
+}
