@@ -12,8 +12,12 @@ const ROOT = resolve(import.meta.dirname, "..");
 const ENTRY = `const { main } = await import(${JSON.stringify(join(ROOT, "cli/index.ts"))}); process.exitCode = await main(["node", "edgetrust", ...process.argv.slice(1)]);`;
 
 function run(...args: string[]): { code: number; stdout: string; stderr: string } {
+  return runEnv({}, ...args);
+}
+
+function runEnv(env: Record<string, string>, ...args: string[]): { code: number; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", ENTRY, "--", ...args], {
-    cwd: ROOT, env: { ...process.env, EDGETRUST_LOG_LEVEL: "error" }, encoding: "utf8", timeout: 60_000,
+    cwd: ROOT, env: { ...process.env, EDGETRUST_LOG_LEVEL: "error", ...env }, encoding: "utf8", timeout: 60_000,
   });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
@@ -96,5 +100,36 @@ describe("edgetrust certs-dev create", () => {
     const forced = run("certs-dev", "create", "--out", dir, "--force", "--modules", "x");
     expect(forced.code).toBe(0);
     expect(forced.stdout).toContain("DEVELOPMENT");
+  });
+
+  it("--hsm-config keeps the CA, device and hub keys in a SoftHSM token and writes no key file for them", () => {
+    const hsmDir = join(base, "softhsm");
+    mkdirSync(join(hsmDir, "tokens"), { recursive: true });
+    const conf = join(hsmDir, "softhsm2.conf");
+    writeFileSync(conf, `directories.tokendir = ${join(hsmDir, "tokens")}\nobjectstore.backend = file\nlog.level = ERROR\n`);
+    const init = spawnSync("softhsm2-util", ["--init-token", "--free", "--label", "certsdev", "--so-pin", "so-123456", "--pin", "user-123456"], {
+      env: { ...process.env, SOFTHSM2_CONF: conf }, encoding: "utf8",
+    });
+    expect(init.status, init.stderr).toBe(0);
+    const cfg = join(base, "edgetrust.yaml");
+    writeFileSync(cfg, "hsm:\n  backend: pkcs11\n  module: /usr/lib/softhsm/libsofthsm2.so\n  tokenLabel: certsdev\n  pinEnv: CERTS_DEV_TEST_PIN\n");
+    const dir = join(base, "hsm-pki");
+    const r = runEnv({ SOFTHSM2_CONF: conf, CERTS_DEV_TEST_PIN: "user-123456" }, "certs-dev", "create", "--out", dir, "--hsm-config", cfg, "--json");
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    const m = JSON.parse(r.stdout) as DevPkiManifest;
+    expect(m.keyBackend).toBe("pkcs11");
+    const paths = m.files.map((x) => x.path);
+    for (const n of ["root-ca", "issuing-ca", "device-identity", "edge-ca", "edge-hub-server"]) {
+      expect(paths).not.toContain(`${n}.key.pem`);
+      expect(m.files.find((x) => x.path === `${n}.cert.pem`)?.keyUri).toMatch(new RegExp(`^pkcs11:token=certsdev;object=certs-dev-${n}`));
+    }
+    expect(paths).toContain("module-tempSensor.key.pem");
+    const v = openssl(["verify", "-x509_strict", "-CAfile", join(dir, "trust-bundle.pem"), "-untrusted", join(dir, "ca-chain.pem"), "-purpose", "sslclient", join(dir, "module-tempSensor.cert.pem")]);
+    expect(v.status, v.out).toBe(0);
+    const listed = spawnSync("pkcs11-tool", ["--module", "/usr/lib/softhsm/libsofthsm2.so", "--token-label", "certsdev", "--login", "--pin", "user-123456", "--list-objects", "--type", "privkey"], {
+      env: { ...process.env, SOFTHSM2_CONF: conf }, encoding: "utf8",
+    });
+    expect(listed.stdout).toContain("certs-dev-edge-ca");
   });
 });
