@@ -171,6 +171,7 @@ export class EdgeHub extends EventEmitter<HubEvents> {
           cb(null, null);
           return;
         }
+        this.log.debug({ identity: st?.identity?.key, topic: sub.topic }, "subscribed");
         cb(null, sub);
       },
       authorizeForward: (_client, packet) => this.forward(packet),
@@ -338,6 +339,7 @@ export class EdgeHub extends EventEmitter<HubEvents> {
   /** Routes for telemetry a client sends about itself: module inputs and the outbox. Throws Rejected (outbox full). */
   private route(id: ClientIdentity, topic: string, body: Buffer, qos: 0 | 1 | 2): void {
     const t = parseTopic(topic);
+    this.log.debug({ identity: id.key, topic, kind: t.kind }, "publish");
     if (t.kind !== "telemetry" || t.deviceId !== id.deviceId || t.moduleId !== id.moduleId) return;
     const msg = {
       deviceId: id.deviceId,
@@ -373,7 +375,8 @@ export class EdgeHub extends EventEmitter<HubEvents> {
       if (r.sink.kind !== "module") continue;
       const bag = { app: t.bag.app, system: { ...t.bag.system } };
       delete bag.system.on;
-      this.broker?.publish({ cmd: "publish", topic: inputTopic(id.deviceId, r.sink.module, r.sink.input, bag), payload: body, qos: qos === 2 ? 1 : qos, retain: false, dup: false }, (err) => {
+      this.broker?.publish({ cmd: "publish", topic: inputTopic(this.opts.verifier.deviceId, r.sink.module, r.sink.input, bag), payload: body, qos: qos === 2 ? 1 : qos, retain: false, dup: false }, (err) => {
+        this.log.debug({ route: r.name, module: r.sink.kind === "module" ? r.sink.module : "" }, "routed to module");
         if (err) this.log.warn({ err: err.message, route: r.name }, "module delivery failed");
         else this.metrics.messagesOut.inc({ destination: "module" });
       });
