@@ -141,7 +141,7 @@ export class SoftwareKeyStore implements KeyStore {
    */
   async exportPrivateKeyPem(ref: KeyRef): Promise<string> {
     const meta = this.#find(ref);
-    this.#log.warn({ label: meta.label }, "software key store: exporting a private key (development only)");
+    this.#log.debug({ label: meta.label }, "software key store: exporting a private key (development only)");
     return this.#load(meta.label).export({ type: "pkcs8", format: "pem" }).toString();
   }
 
