@@ -1,3 +1,4 @@
+import "reflect-metadata";
 import { Command, CommanderError } from "commander";
 import { hsmCommand } from "../hsm/cli.js";
 import { certsDevCommand } from "../certs-dev/cli.js";
