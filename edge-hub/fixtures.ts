@@ -215,7 +215,7 @@ export async function startTestHub(pki: TestPki, o: Partial<HubOptions> & { port
   const log = createLogger("edge-hub", { level: process.env.EDGETRUST_LOG_LEVEL ?? "silent" });
   const crl = new CrlCache({ source: o.crlSource ?? "", cacheDir: join(dir, "crl"), issuers: [pki.issuing.certificate], require: false, log });
   await crl.start();
-  const store = new HubStore(o.storeFile ?? join(dir, "hub.db"), { maxMessages: o.maxMessages ?? 10_000, maxBytes: 64 * 1024 * 1024 });
+  const store = o.store ?? new HubStore(o.storeFile ?? join(dir, "hub.db"), { maxMessages: o.maxMessages ?? 10_000, maxBytes: 64 * 1024 * 1024 });
   const verifier = new ClientVerifier({ trustDomain: TRUST_DOMAIN, edgeCas: [pki.edgeCa.certificate], issuingCas: [pki.issuing.certificate], crl, attestation });
   const server = pki.hubServer();
   const hub = new EdgeHub({
