@@ -8,7 +8,7 @@ import { issueCertificate, type Issuer } from "../pki/index.js";
 import { openssl } from "../test/helpers/openssl.js";
 import { SoftwareKeyStore } from "./software.js";
 import type { MtlsOutcome, MtlsSpec } from "../test/helpers/mtls.js";
-import { DEFAULT_ENGINE, ENGINE_ID, describeTlsKey, engineConfig, engineKeyIdentifier, tlsKeyOptions, type TlsKeyOptions } from "./tls.js";
+import { DEFAULT_ENGINE, ENGINE_ID, defaultEngine, describeTlsKey, engineConfig, engineKeyIdentifier, tlsKeyOptions, type TlsKeyOptions } from "./tls.js";
 import { keyStoreCrypto, keyStoreCryptoKey } from "./webcrypto.js";
 
 /**
@@ -159,6 +159,12 @@ describe("TLS key source with keys in SoftHSM", () => {
     // the key's own URI attributes are kept, its type/pin replaced
     expect(engineKeyIdentifier("pkcs11:token=a%20b;object=k;id=%01;type=public?pin-value=x", "p;1")).toBe("pkcs11:token=a%20b;object=k;id=%01;type=private;pin-value=p%3B1");
     expect(engineKeyIdentifier("pkcs11:object=k", "1", "tok en")).toBe("pkcs11:token=tok%20en;object=k;type=private;pin-value=1");
+  });
+
+  it("the default engine is the registered id when OPENSSL_CONF registers it, else the .so path", () => {
+    expect(defaultEngine({ OPENSSL_CONF: opensslConf })).toBe(ENGINE_ID);
+    expect(defaultEngine({ OPENSSL_CONF: "/dev/null" })).toBe(DEFAULT_ENGINE);
+    expect(defaultEngine({})).toBe(DEFAULT_ENGINE);
   });
 
   it("the software store gives { key: pem } (development)", async () => {

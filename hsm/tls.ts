@@ -1,4 +1,4 @@
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import tls from "node:tls";
 import { EdgeTrustError, redactString } from "../common/index.js";
 import type { KeyRef, KeyStore } from "./types.js";
@@ -86,7 +86,7 @@ export async function tlsKeyOptions(store: KeyStore, ref: KeyRef, opts: TlsKeySo
     if (!hasPemExport(store)) throw new EdgeTrustError("INTERNAL", "software key store cannot export its key for TLS");
     return { key: await store.exportPrivateKeyPem(ref) };
   }
-  const engine = opts.engine ?? DEFAULT_ENGINE;
+  const engine = opts.engine ?? defaultEngine();
   if (engine.includes("/") && !existsSync(engine)) {
     throw new EdgeTrustError("HSM_MODULE_NOT_FOUND", `OpenSSL engine ${engine} not found`, { hint: "install libengine-pkcs11-openssl or set hsm.engine" });
   }
@@ -96,6 +96,22 @@ export async function tlsKeyOptions(store: KeyStore, ref: KeyRef, opts: TlsKeySo
   if (opts.module) usePkcs11Module(opts.module);
   const info = await store.getKey(ref);
   return { privateKeyEngine: engine, privateKeyIdentifier: engineKeyIdentifier(info.uri, opts.pin, opts.tokenLabel) };
+}
+
+/**
+ * The engine to name when the caller gives none: the id `pkcs11` when this process's OPENSSL_CONF registers it
+ * (reliable), else the .so path (one TLS context per process).
+ */
+export function defaultEngine(env: NodeJS.ProcessEnv = process.env): string {
+  const conf = env.OPENSSL_CONF;
+  if (conf) {
+    try {
+      if (new RegExp(`^\\s*engine_id\\s*=\\s*${ENGINE_ID}\\s*$`, "m").test(readFileSync(conf, "utf8"))) return ENGINE_ID;
+    } catch {
+      /* unreadable config: fall back to the path */
+    }
+  }
+  return DEFAULT_ENGINE;
 }
 
 /**
