@@ -41,6 +41,8 @@ export class SoftwareKeyStore implements KeyStore {
   readonly dir: string;
   readonly #passphrase: string;
   readonly #cache = new Map<string, KeyObject>();
+  /** Sidecars by label: saves two file-system calls per sign (the store is single-process, development only). */
+  readonly #meta = new Map<string, Sidecar>();
   readonly #log: Logger;
 
   private constructor(dir: string, passphrase: string, log: Logger) {
@@ -85,6 +87,7 @@ export class SoftwareKeyStore implements KeyStore {
     writeFileAtomic(this.#pemPath(label), typeof pem === "string" ? pem : pem.toString("utf8"), 0o600);
     writeFileAtomic(this.#metaPath(label), JSON.stringify(meta, null, 2) + "\n", 0o600);
     this.#cache.set(label, privateKey);
+    this.#meta.set(label, meta);
     return this.#info(meta);
   }
 
@@ -129,10 +132,12 @@ export class SoftwareKeyStore implements KeyStore {
     unlinkSync(this.#pemPath(meta.label));
     unlinkSync(this.#metaPath(meta.label));
     this.#cache.delete(meta.label);
+    this.#meta.delete(meta.label);
   }
 
   async close(): Promise<void> {
     this.#cache.clear();
+    this.#meta.clear();
   }
 
   /**
@@ -158,6 +163,7 @@ export class SoftwareKeyStore implements KeyStore {
     writeFileAtomic(this.#pemPath(label), pem.toString(), 0o600);
     writeFileAtomic(this.#metaPath(label), JSON.stringify(meta, null, 2) + "\n", 0o600);
     this.#cache.set(label, privateKey);
+    this.#meta.set(label, meta);
     return this.#info(meta);
   }
 
@@ -182,10 +188,13 @@ export class SoftwareKeyStore implements KeyStore {
   }
 
   #readSidecar(label: string): Sidecar {
+    const cached = this.#meta.get(label);
+    if (cached) return cached;
     const raw: unknown = JSON.parse(readFileSync(this.#metaPath(label), "utf8"));
     if (!isSidecar(raw) || raw.label !== label) {
       throw new EdgeTrustError("HSM_OPERATION_FAILED", `software key store sidecar for ${label} is malformed`);
     }
+    this.#meta.set(label, raw);
     return raw;
   }
 
@@ -195,11 +204,11 @@ export class SoftwareKeyStore implements KeyStore {
     }
     let found: Sidecar | undefined;
     if (ref.label !== undefined) {
-      if (LABEL_RE.test(ref.label) && existsSync(this.#metaPath(ref.label))) found = this.#readSidecar(ref.label);
+      if (LABEL_RE.test(ref.label) && (this.#meta.has(ref.label) || existsSync(this.#metaPath(ref.label)))) found = this.#readSidecar(ref.label);
       if (found && ref.id !== undefined && found.id !== ref.id.toLowerCase()) found = undefined;
     } else if (ref.id !== undefined) {
       const id = ref.id.toLowerCase();
-      found = this.#sidecars().find((s) => s.id === id);
+      found = [...this.#meta.values()].find((s) => s.id === id) ?? this.#sidecars().find((s) => s.id === id);
     }
     if (!found) {
       throw new EdgeTrustError("HSM_KEY_NOT_FOUND", `no key ${describeRef(ref)} in the software key store`, {
