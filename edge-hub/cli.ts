@@ -1,0 +1,123 @@
+import { readFileSync, watchFile, unwatchFile } from "node:fs";
+import { join } from "node:path";
+import type { SecureContextOptions } from "node:tls";
+import * as x509 from "@peculiar/x509";
+import { Command } from "commander";
+import { EdgeTrustError, createLogger, loadConfig } from "../common/index.js";
+import { openKeyStore, readPin, tlsKeyOptions, type KeyStore } from "../hsm/index.js";
+import { loadPolicy } from "../policy/index.js";
+import { EdgeTrustConfig } from "../cli/config-schema.js";
+import { action, emit } from "../cli/output.js";
+import { MemoryAttestationSource, type ModuleAttestationState } from "./attestation.js";
+import { CrlCache } from "./crl.js";
+import { EdgeHub } from "./hub.js";
+import { HubMetrics, serveMetrics } from "./metrics.js";
+import { Redactor, loadOrCreateSecret } from "./privacy.js";
+import { parseRoutes, type Route } from "./routes.js";
+import { HubStore } from "./store.js";
+import { Upstream } from "./upstream.js";
+import { ClientVerifier } from "./verify.js";
+
+function certs(file: string): x509.X509Certificate[] {
+  const text = readFileSync(file, "utf8");
+  const pems = text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  if (pems.length === 0) throw new EdgeTrustError("INVALID_CONFIG", `${file} holds no PEM certificate`);
+  return pems.map((p) => new x509.X509Certificate(p));
+}
+
+/** The `routes` of an accepted manifest: its payload JSON, a JWS General JSON whose payload is the manifest, or {routes}. */
+export function routesFromFile(file: string): Route[] {
+  if (!file) return [];
+  let doc = JSON.parse(readFileSync(file, "utf8")) as { routes?: Record<string, string>; payload?: string };
+  if (typeof doc.payload === "string") doc = JSON.parse(Buffer.from(doc.payload, "base64url").toString("utf8")) as typeof doc;
+  return parseRoutes(doc.routes ?? {});
+}
+
+async function keyOption(spec: string, hsm: () => Promise<KeyStore>, cfg: { engine: string; module: string; pinFile: string; pinEnv: string }): Promise<SecureContextOptions> {
+  if (spec.startsWith("hsm:")) {
+    const store = await hsm();
+    const pin = store.kind === "pkcs11" ? readPin({ pinFile: cfg.pinFile, pinEnv: cfg.pinEnv }) : undefined;
+    return tlsKeyOptions(store, { label: spec.slice(4) }, { engine: cfg.engine, module: cfg.module, ...(pin ? { pin } : {}) });
+  }
+  return { key: readFileSync(spec) };
+}
+
+export function hubCommand(): Command {
+  const hub = new Command("hub").description("Edge hub: mTLS MQTT broker for attested modules and leaf devices");
+  hub
+    .command("run")
+    .description("Run the edge hub until SIGTERM/SIGINT (SIGHUP reloads the server certificate and the CRL)")
+    .option("-c, --config <file>", "edgetrust.yaml", "/etc/edgetrust/edgetrust.yaml")
+    .action(action(async (opts: { config: string }) => {
+      const all = loadConfig(EdgeTrustConfig, { file: opts.config });
+      const cfg = all.hub;
+      const log = createLogger("edge-hub", { level: all.log.level });
+      let store: KeyStore | undefined;
+      const hsm = async () => (store ??= await openKeyStore(all.hsm, { logger: log }));
+      const serverTls = async (): Promise<SecureContextOptions> => ({ cert: readFileSync(cfg.serverCertFile), ...(await keyOption(cfg.serverKey, hsm, all.hsm)) });
+
+      const policy = loadPolicy(cfg.policyFile).policy;
+      const attestation = new MemoryAttestationSource();
+      if (cfg.attestationFile) {
+        const m = JSON.parse(readFileSync(cfg.attestationFile, "utf8")) as Record<string, Record<string, ModuleAttestationState>>;
+        for (const [d, mods] of Object.entries(m)) for (const [name, st] of Object.entries(mods)) attestation.register(d, name, st);
+      }
+      const edgeCas = certs(cfg.edgeCaFile);
+      const issuingCas = certs(cfg.issuingCaFile);
+      const crl = new CrlCache({ source: cfg.crlSource, cacheDir: join(cfg.stateDir, "crl"), issuers: issuingCas, require: cfg.crlRequired, log });
+      await crl.start();
+      const hubStore = new HubStore(join(cfg.stateDir, "hub.db"), { maxMessages: cfg.outboxMaxMessages, maxBytes: cfg.outboxMaxBytes });
+      const metrics = new HubMetrics(() => hubStore.depth().messages, true);
+      let upstream: Upstream | undefined;
+      if (cfg.upstreamUrl) {
+        const key = await keyOption(cfg.upstreamKey, hsm, all.hsm);
+        upstream = new Upstream({
+          url: cfg.upstreamUrl, clientId: new ClientVerifier({ trustDomain: cfg.trustDomain, edgeCas, issuingCas, crl, attestation }).deviceId,
+          tls: { ...key, cert: readFileSync(cfg.upstreamCertFile), ca: readFileSync(cfg.upstreamCaFile) } as ConstructorParameters<typeof Upstream>[0]["tls"],
+          store: hubStore, maxInflight: cfg.maxInflight, drainRatePerSecond: cfg.drainRatePerSecond, reconnectMs: 2000, log,
+        });
+      }
+      const edgeHub = new EdgeHub({
+        host: cfg.host, port: cfg.port, serverTls,
+        clientCa: [...certs(cfg.trustBundleFile), ...issuingCas, ...edgeCas].map((c) => c.toString("pem")),
+        verifier: new ClientVerifier({ trustDomain: cfg.trustDomain, edgeCas, issuingCas, crl, attestation }),
+        attestation, policy,
+        limits: { maxPayloadBytes: cfg.maxPayloadBytes, maxTopicLevels: cfg.maxTopicLevels, allowRootWildcard: cfg.allowRootWildcard },
+        store: hubStore, routes: routesFromFile(cfg.routesFile), routeOptions: cfg.routeOptions,
+        defaultRoute: { priority: cfg.routePriority, ttlSeconds: cfg.routeTtlSeconds },
+        redactor: new Redactor(policy.privacy?.redact ?? [], loadOrCreateSecret(join(cfg.stateDir, "privacy.key"))),
+        ...(upstream ? { upstream } : {}),
+        upstreamTopicPrefix: cfg.upstreamTopicPrefix, metrics, log,
+      });
+      await edgeHub.start();
+      const m = cfg.metricsPort ? await serveMetrics(metrics, "127.0.0.1", cfg.metricsPort) : undefined;
+      const crlTimer = setInterval(() => void crl.refresh().catch((e: unknown) => log.warn({ err: (e as Error).message }, "CRL refresh failed")), cfg.crlRefreshSeconds * 1000);
+      const reload = () => void edgeHub.reloadServerCertificate().catch((e: unknown) => log.error({ err: (e as Error).message }, "server certificate reload failed"));
+      watchFile(cfg.serverCertFile, { interval: 5000 }, reload);
+      process.on("SIGHUP", () => {
+        reload();
+        void crl.refresh().catch(() => undefined);
+      });
+      emit(false, {}, () => `edge hub listening on ${cfg.host}:${edgeHub.boundPort}`);
+      await new Promise<void>((resolve) => {
+        const stop = () => resolve();
+        process.once("SIGTERM", stop);
+        process.once("SIGINT", stop);
+      });
+      clearInterval(crlTimer);
+      unwatchFile(cfg.serverCertFile);
+      await edgeHub.stop();
+      await new Promise<void>((r) => (m ? m.server.close(() => r()) : r()));
+      await store?.close();
+    }));
+  hub
+    .command("routes")
+    .description("Check the routes of a manifest (or {routes} file) and print them parsed")
+    .argument("<file>", "manifest payload JSON, JWS General JSON, or {routes: {...}}")
+    .option("--json", "print JSON")
+    .action(action((file: string, opts: { json?: boolean }) => {
+      const routes = routesFromFile(file);
+      emit(Boolean(opts.json), { ok: true, routes }, () => routes.map((r) => `${r.name}: ok (${r.sink.kind === "upstream" ? "$upstream" : `module ${r.sink.module} input ${r.sink.input}`})`).join("\n") || "no routes");
+    }));
+  return hub;
+}
