@@ -1,5 +1,6 @@
 import { Type } from "@sinclair/typebox";
 import { HsmConfig } from "../hsm/config.js";
+import { HubConfig } from "../edge-hub/config.js";
 import { CaConfig } from "../ca-service/config.js";
 
 /** The whole edgetrust.yaml: one section per component. Each section's schema lives beside its component. */
@@ -15,6 +16,7 @@ export const EdgeTrustConfig = Type.Object(
       { additionalProperties: false, default: {}, description: "Logging (JSON lines on stderr)" },
     ),
     hsm: HsmConfig,
+    hub: HubConfig,
     ca: CaConfig,
   },
   { additionalProperties: false },

@@ -6,6 +6,7 @@ import { configCommand } from "./config.js";
 import { demoCommand } from "./demo.js";
 import { benchCommand } from "../bench/cli.js";
 import { policyCommand, manifestCommand } from "../policy/cli.js";
+import { hubCommand } from "../edge-hub/cli.js";
 import { reportFailure } from "./output.js";
 
 export function buildProgram(): Command {
@@ -20,6 +21,7 @@ export function buildProgram(): Command {
   program.addCommand(demoCommand());
   program.addCommand(policyCommand());
   program.addCommand(manifestCommand());
+  program.addCommand(hubCommand());
   program.addCommand(benchCommand());
   return program;
 }
