@@ -7,3 +7,4 @@ export type { LoadConfigOptions } from "./config.js";
 export { parseYamlStrict, validateValue, formatLocated } from "./yaml-validate.js";
 export type { Located, ParsedYaml } from "./yaml-validate.js";
 export { writeFileAtomic } from "./fs.js";
+export { installProblemHandler } from "./http.js";

@@ -1,0 +1,80 @@
+import { chmodSync, rmSync, mkdirSync } from "node:fs";
+import { dirname } from "node:path";
+import Fastify, { type FastifyInstance } from "fastify";
+import { Type } from "@sinclair/typebox";
+import { EdgeTrustError, installProblemHandler, type Logger } from "../common/index.js";
+import { AttestedModuleSchema, type AttestedModule, type AttestedModules } from "./attested-modules.js";
+import type { WorkloadSockets } from "./workload-api.js";
+import type { ContainerVerdict } from "./container-check.js";
+
+export interface ManagementBackend {
+  /** Checked at registration: the agent may only vouch for a container that really runs the digest. */
+  checkContainer(m: AttestedModule): Promise<ContainerVerdict>;
+  status(): Record<string, unknown>;
+}
+
+const ModuleView = Type.Object({
+  name: Type.String(),
+  containerId: Type.String(),
+  imageRepository: Type.String(),
+  imageDigest: Type.String(),
+  manifestVersion: Type.Integer(),
+  deploymentId: Type.String(),
+  registeredAt: Type.String(),
+  socketPath: Type.String(),
+});
+const NameParams = Type.Object({ name: Type.String({ pattern: "^[a-z0-9][a-z0-9_-]{0,62}$" }) }, { additionalProperties: false });
+const DeregisterQuery = Type.Object({ reason: Type.Optional(Type.String({ maxLength: 200 })) }, { additionalProperties: false });
+
+/** The agent's API: root-only socket (0600), register/deregister attested modules, status. */
+export async function startManagementApi(opts: {
+  path: string;
+  modules: AttestedModules;
+  sockets: WorkloadSockets;
+  backend: ManagementBackend;
+  log: Logger;
+}): Promise<FastifyInstance> {
+  const { modules, sockets, backend, log } = opts;
+  const view = (m: AttestedModule) => ({ ...m, socketPath: sockets.socketPath(m.name) });
+  const app = Fastify({ logger: false, bodyLimit: 16 * 1024 });
+  installProblemHandler(app, log);
+
+  app.post("/v1/modules", { schema: { body: AttestedModuleSchema, response: { 201: ModuleView } } }, async (req, reply) => {
+    const input = req.body as typeof AttestedModuleSchema.static;
+    const candidate: AttestedModule = { ...input, registeredAt: new Date().toISOString() };
+    const verdict = await backend.checkContainer(candidate);
+    if (!verdict.ok) throw new EdgeTrustError("FORBIDDEN", `refused to attest module ${input.name}: ${verdict.reason}`);
+    const m = modules.register(input);
+    await sockets.open(m);
+    log.info({ module: m.name, digest: m.imageDigest, manifestVersion: m.manifestVersion }, "module attested");
+    return reply.code(201).send(view(m));
+  });
+
+  app.delete("/v1/modules/:name", { schema: { params: NameParams, querystring: DeregisterQuery } }, async (req, reply) => {
+    const { name } = req.params as { name: string };
+    const reason = (req.query as { reason?: string }).reason ?? "deregistered by agent";
+    const m = modules.deregister(name, reason);
+    if (!m) throw new EdgeTrustError("NOT_FOUND", `module ${name} is not registered`);
+    await sockets.close(name);
+    log.info({ module: name, reason }, "module deregistered");
+    return reply.code(204).send();
+  });
+
+  app.get("/v1/modules", { schema: { response: { 200: Type.Object({ modules: Type.Array(ModuleView) }) } } }, async () => ({
+    modules: modules.list().map(view),
+  }));
+
+  app.get("/v1/modules/:name", { schema: { params: NameParams, response: { 200: ModuleView } } }, async (req) => {
+    const m = modules.get((req.params as { name: string }).name);
+    if (!m) throw new EdgeTrustError("NOT_FOUND", `module ${(req.params as { name: string }).name} is not registered`);
+    return view(m);
+  });
+
+  app.get("/v1/status", async () => backend.status());
+
+  mkdirSync(dirname(opts.path), { recursive: true });
+  rmSync(opts.path, { force: true });
+  await app.listen({ path: opts.path });
+  chmodSync(opts.path, 0o600);
+  return app;
+}

@@ -1,0 +1,95 @@
+import { chmodSync, chownSync, mkdirSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import Fastify, { type FastifyInstance } from "fastify";
+import { Type } from "@sinclair/typebox";
+import { EdgeTrustError, installProblemHandler, type Logger } from "../common/index.js";
+import type { AttestedModule, AttestedModules } from "./attested-modules.js";
+
+/** What the workload API needs from the daemon: issue for an attested module, and the current trust bundle. */
+export interface WorkloadBackend {
+  /** Throws EdgeTrustError FORBIDDEN with the reason when the module may not have a certificate now. */
+  issueModuleCertificate(module: AttestedModule, csrPem: string): Promise<{ certificate: string; chain: string[]; notAfter: string }>;
+  trustBundle(): string[];
+}
+
+const CertificateRequest = Type.Object(
+  { csr: Type.String({ minLength: 100, maxLength: 16_384, pattern: "^-----BEGIN CERTIFICATE REQUEST-----" }) },
+  { additionalProperties: false },
+);
+const CertificateResponse = Type.Object({
+  certificate: Type.String(),
+  chain: Type.Array(Type.String()),
+  notAfter: Type.String(),
+});
+const TrustBundleResponse = Type.Object({ certificates: Type.Array(Type.String()) });
+
+export const WORKLOAD_SOCKET_NAME = "workload.sock";
+
+/**
+ * One unix socket per module, in a directory owned by the module's uid: the socket *is* the module's identity,
+ * because the agent mounts that directory into that module's container only.
+ */
+export class WorkloadSockets {
+  private readonly servers = new Map<string, FastifyInstance>();
+
+  constructor(
+    private readonly dir: string,
+    private readonly modules: AttestedModules,
+    private readonly backend: WorkloadBackend,
+    private readonly log: Logger,
+  ) {}
+
+  socketDir(module: string): string {
+    return join(this.dir, module);
+  }
+
+  socketPath(module: string): string {
+    return join(this.socketDir(module), WORKLOAD_SOCKET_NAME);
+  }
+
+  async open(m: AttestedModule): Promise<string> {
+    await this.close(m.name);
+    const dir = this.socketDir(m.name);
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    chownSync(dir, m.uid, m.gid);
+    chmodSync(dir, 0o700);
+    const path = this.socketPath(m.name);
+    rmSync(path, { force: true });
+    const app = this.build(m.name);
+    await app.listen({ path });
+    chownSync(path, m.uid, m.gid);
+    chmodSync(path, 0o600);
+    this.servers.set(m.name, app);
+    this.log.info({ module: m.name, socket: path }, "workload socket open");
+    return path;
+  }
+
+  async close(module: string): Promise<void> {
+    const app = this.servers.get(module);
+    if (!app) return;
+    this.servers.delete(module);
+    await app.close();
+    rmSync(this.socketPath(module), { force: true });
+    this.log.info({ module }, "workload socket closed");
+  }
+
+  async closeAll(): Promise<void> {
+    await Promise.all([...this.servers.keys()].map((m) => this.close(m)));
+  }
+
+  private build(moduleName: string): FastifyInstance {
+    const app = Fastify({ logger: false, bodyLimit: 32 * 1024 });
+    installProblemHandler(app, this.log);
+    app.post("/v1/certificate", { schema: { body: CertificateRequest, response: { 200: CertificateResponse } } }, async (req) => {
+      // Looked up on every call: a module deregistered a moment ago gets nothing.
+      const m = this.modules.get(moduleName);
+      if (!m) throw new EdgeTrustError("FORBIDDEN", `module ${moduleName} is not registered as attested`);
+      const { csr } = req.body as { csr: string };
+      const issued = await this.backend.issueModuleCertificate(m, csr);
+      this.log.info({ module: moduleName, notAfter: issued.notAfter }, "module certificate issued");
+      return issued;
+    });
+    app.get("/v1/trust-bundle", { schema: { response: { 200: TrustBundleResponse } } }, async () => ({ certificates: this.backend.trustBundle() }));
+    return app;
+  }
+}

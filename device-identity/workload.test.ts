@@ -1,0 +1,171 @@
+import { describe, it, expect, beforeAll, afterAll } from "vitest";
+import { execFileSync, execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { mkdtempSync, writeFileSync, readFileSync, statSync, existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import * as x509 from "@peculiar/x509";
+import type { FastifyInstance } from "fastify";
+import { createLogger } from "../common/index.js";
+import { DockerClient, ensureImage, createModuleContainer, type ResolvedImage } from "../edge-agent/index.js";
+import { parseModuleAttestation, certificateIdentity } from "../pki/index.js";
+import { buildBusyboxImage, DOCKER_SOCKET } from "../test/fixtures/images.js";
+import { makeEdgeCa } from "../test/fixtures/pki.js";
+import { AttestedModules } from "./attested-modules.js";
+import { WorkloadSockets } from "./workload-api.js";
+import { startManagementApi } from "./management-api.js";
+import { checkAttestedContainer } from "./container-check.js";
+import { issueModuleCertificate, type EdgeCa } from "./module-issuer.js";
+
+const docker = new DockerClient({ socketPath: DOCKER_SOCKET });
+const log = createLogger("device-identity-test", { level: "silent" });
+const TD = "edgetrust.test";
+const DEVICE = "dev-wl";
+const tag = `${process.pid}`;
+
+const execFileAsync = promisify(execFile);
+
+/** curl (a real client) over a unix socket; returns status and body. Async: the server runs in this process. */
+async function curl(socket: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: string }> {
+  const args = ["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket", socket, "-X", method, `http://localhost${path}`];
+  if (body !== undefined) args.push("-H", "content-type: application/json", "--data-binary", JSON.stringify(body));
+  const { stdout: out } = await execFileAsync("curl", args, { encoding: "utf8", timeout: 20_000 });
+  const nl = out.lastIndexOf("\n");
+  return { status: Number(out.slice(nl + 1)), body: out.slice(0, nl) };
+}
+
+function moduleCsr(dir: string, cn: string, sanUri?: string): string {
+  const key = join(dir, `${cn}.key`);
+  const args = ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-subj", `/CN=${cn}`];
+  if (sanUri) args.push("-addext", `subjectAltName=URI:${sanUri}`);
+  return execFileSync("openssl", args, { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
+}
+
+describe("device identity: management + workload sockets (real dockerd, curl, openssl)", () => {
+  const dir = mkdtempSync(join(tmpdir(), "et-di-"));
+  const mgmtSocket = join(dir, "mgmt.sock");
+  let image: ResolvedImage;
+  let containerId: string;
+  let stoppedId: string;
+  let mgmt: FastifyInstance;
+  let sockets: WorkloadSockets;
+  let chainFile: string;
+  let edgeCa: EdgeCa;
+
+  beforeAll(async () => {
+    const pki = await makeEdgeCa(TD, DEVICE);
+    edgeCa = { certificate: pki.edgeCa.certificate, signingKey: pki.edgeCa.signingKey, chain: [pki.edgeCa.certificate] };
+    chainFile = join(dir, "root.pem");
+    writeFileSync(chainFile, pki.root.certificate.toString("pem"));
+    writeFileSync(join(dir, "edge-ca.pem"), pki.edgeCa.certificate.toString("pem"));
+
+    image = await ensureImage(docker, buildBusyboxImage("wl", `wl-${tag}-${Date.now()}`));
+    const base = { deploymentId: "dep", manifestVersion: 3, image, user: "1000:1000", capAdd: [], binds: [], devices: [], network: "none" as const, readOnlyRootfs: true, env: {} };
+    containerId = await createModuleContainer(docker, { ...base, module: `sensor${tag}`, cmd: ["sleep", "300"] });
+    await docker.startContainer(containerId);
+    stoppedId = await createModuleContainer(docker, { ...base, module: `idle${tag}`, cmd: ["true"] });
+
+    const modules = new AttestedModules(join(dir, "attested.json"));
+    const checkContainer = (m: Parameters<typeof checkAttestedContainer>[1]) => checkAttestedContainer(docker, m);
+    sockets = new WorkloadSockets(join(dir, "modules"), modules, {
+      issueModuleCertificate: (m, csr) => issueModuleCertificate({ trustDomain: TD, deviceId: DEVICE, lifetimeSeconds: 3600, edgeCa: () => edgeCa, checkContainer }, m, csr),
+      trustBundle: () => [readFileSync(chainFile, "utf8")],
+    }, log);
+    mgmt = await startManagementApi({ path: mgmtSocket, modules, sockets, backend: { checkContainer, status: () => ({ device: DEVICE }) }, log });
+  });
+
+  afterAll(async () => {
+    await sockets?.closeAll();
+    await mgmt?.close();
+    await docker.removeContainer(containerId);
+    await docker.removeContainer(stoppedId);
+  });
+
+  const registration = (over: Record<string, unknown> = {}) => ({
+    name: `sensor${tag}`,
+    containerId,
+    imageRepository: image.repository,
+    imageDigest: image.digest,
+    manifestVersion: 3,
+    deploymentId: "dep",
+    uid: 1000,
+    gid: 1000,
+    ...over,
+  });
+
+  it("the management socket is root-only", async () => {
+    expect(statSync(mgmtSocket).mode & 0o777).toBe(0o600);
+  });
+
+  it("registers a running, correctly pinned container and opens its own socket, owned by the module's uid", async () => {
+    const r = await curl(mgmtSocket, "POST", "/v1/modules", registration());
+    expect(r.status).toBe(201);
+    const socketPath = JSON.parse(r.body).socketPath as string;
+    const st = statSync(socketPath);
+    expect(st.isSocket()).toBe(true);
+    expect([st.uid, st.gid, st.mode & 0o777]).toEqual([1000, 1000, 0o600]);
+  });
+
+  it("issues a short-lived module certificate with the module URI and the attested digest; openssl verifies the chain", async () => {
+    const socketPath = sockets.socketPath(`sensor${tag}`);
+    const r = await curl(socketPath, "POST", "/v1/certificate", { csr: moduleCsr(dir, "sensor") });
+    expect(r.status).toBe(200);
+    const body = JSON.parse(r.body) as { certificate: string; chain: string[] };
+    const cert = new x509.X509Certificate(body.certificate);
+    expect(certificateIdentity(cert)).toMatchObject({ trustDomain: TD, deviceId: DEVICE, moduleId: `sensor${tag}` });
+    expect(parseModuleAttestation(cert)).toMatchObject({ imageDigest: image.digest, manifestVersion: 3 });
+    expect(cert.notAfter.getTime() - Date.now()).toBeLessThanOrEqual(3600_000);
+    writeFileSync(join(dir, "module.pem"), body.certificate);
+    writeFileSync(join(dir, "untrusted.pem"), body.chain.join(""));
+    const out = execFileSync("openssl", ["verify", "-x509_strict", "-purpose", "sslclient", "-CAfile", chainFile, "-untrusted", join(dir, "untrusted.pem"), join(dir, "module.pem")], { encoding: "utf8" });
+    expect(out).toContain(": OK");
+  });
+
+  it("serves the trust bundle", async () => {
+    const r = await curl(sockets.socketPath(`sensor${tag}`), "GET", "/v1/trust-bundle");
+    expect(JSON.parse(r.body).certificates[0]).toContain("BEGIN CERTIFICATE");
+  });
+
+  it("refuses a CSR asking for another module's identity", async () => {
+    const r = await curl(sockets.socketPath(`sensor${tag}`), "POST", "/v1/certificate", { csr: moduleCsr(dir, "x", `edgetrust://${TD}/devices/${DEVICE}/modules/other`) });
+    expect(r.status).toBe(400);
+    expect(JSON.parse(r.body)).toMatchObject({ code: "PKI_PROFILE_VIOLATION" });
+  });
+
+  it("refuses garbage on the workload socket with problem+json, and stays up", async () => {
+    const bad = await curl(sockets.socketPath(`sensor${tag}`), "POST", "/v1/certificate", { csr: "nope" });
+    expect(bad.status).toBe(400);
+    expect(JSON.parse(bad.body).detail).toMatch(/body\/csr/);
+    expect((await curl(sockets.socketPath(`sensor${tag}`), "GET", "/v1/trust-bundle")).status).toBe(200);
+  });
+
+  it("refuses to attest a container that does not run, or with a digest it was not created for", async () => {
+    const notRunning = await curl(mgmtSocket, "POST", "/v1/modules", registration({ name: `idle${tag}`, containerId: stoppedId }));
+    expect(notRunning.status).toBe(403);
+    expect(JSON.parse(notRunning.body).detail).toMatch(/not running/);
+    const wrongDigest = await curl(mgmtSocket, "POST", "/v1/modules", registration({ imageDigest: "sha256:" + "ab".repeat(32) }));
+    expect(wrongDigest.status).toBe(403);
+    expect(JSON.parse(wrongDigest.body).detail).toMatch(/another image digest/);
+  });
+
+  it("refuses a malformed registration with the precise field", async () => {
+    const r = await curl(mgmtSocket, "POST", "/v1/modules", registration({ containerId: "../../etc" }));
+    expect(r.status).toBe(400);
+    expect(JSON.parse(r.body).detail).toMatch(/containerId/);
+  });
+
+  it("a module whose container stopped gets no certificate", async () => {
+    await docker.stopContainer(containerId, 0);
+    const r = await curl(sockets.socketPath(`sensor${tag}`), "POST", "/v1/certificate", { csr: moduleCsr(dir, "sensor2") });
+    expect(r.status).toBe(403);
+    expect(JSON.parse(r.body).detail).toMatch(/not running/);
+    await docker.startContainer(containerId);
+  });
+
+  it("deregistration closes the module's socket", async () => {
+    const socketPath = sockets.socketPath(`sensor${tag}`);
+    expect((await curl(mgmtSocket, "DELETE", `/v1/modules/sensor${tag}`)).status).toBe(204);
+    expect(existsSync(socketPath)).toBe(false);
+    expect((await curl(mgmtSocket, "GET", `/v1/modules/sensor${tag}`)).status).toBe(404);
+  });
+});
