@@ -67,8 +67,12 @@ export class SqliteDb implements Db {
     script: async (sql: string) => { this.db.exec(sql); },
   };
 
+  /**
+   * Reads never wait for the mutex: better-sqlite3 runs each statement synchronously, so a read is atomic; during an
+   * open transaction it sees that transaction's state (same connection), which is what a builder inside it needs.
+   * Writes outside a transaction wait for it, so they are never folded into (and rolled back with) someone else's.
+   */
   query<R extends Row = Row>(sql: string, params: Param[] = []): Promise<R[]> {
-    if (this.inTx) return this.mutex.lock(() => this.direct.query<R>(sql, params));
     return this.direct.query<R>(sql, params);
   }
 

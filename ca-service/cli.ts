@@ -1,0 +1,180 @@
+import { readFileSync, writeFileSync } from "node:fs";
+import { Command, Option } from "commander";
+import { EdgeTrustError, createLogger, loadConfig } from "../common/index.js";
+import { KEY_ALGORITHMS, type KeyAlgorithm } from "../hsm/index.js";
+import { EdgeTrustConfig } from "../cli/config-schema.js";
+import { action, emit } from "../cli/output.js";
+import { CA_PROFILES, type CaProfileName } from "./ca.js";
+import { initCa, rolloverIssuingCa } from "./init.js";
+import { createCaServer } from "./server.js";
+import { openCa, openCaStores } from "./service.js";
+import { REVOCATION_REASONS, type RevocationReason, type Role } from "./store.js";
+
+interface Common {
+  config?: string;
+  json?: boolean;
+}
+
+function load(opts: Common) {
+  const cfg = loadConfig(EdgeTrustConfig, opts.config ? { file: opts.config, required: true } : {});
+  return cfg;
+}
+
+const configOpt = () => new Option("-c, --config <file>", "edgetrust.yaml (default: built-in defaults + EDGETRUST_* environment)");
+const jsonOpt = () => new Option("--json", "machine-readable output");
+
+export function caCommand(): Command {
+  const cmd = new Command("ca").description("Cloud CA: init the hierarchy, serve the HTTPS API, issue, revoke, audit");
+
+  cmd.command("init")
+    .description("create the offline root and the online issuing CA (keys in the HSM) and the first admin token")
+    .addOption(configOpt()).addOption(jsonOpt())
+    .addOption(new Option("--algorithm <alg>", "issuing CA key (root: EC-P384 for EC-P256, else the same)").choices([...KEY_ALGORITHMS]).default("EC-P256"))
+    .option("--root-name <cn>", "root CA common name", "edgetrust Root CA")
+    .option("--issuing-name <cn>", "issuing CA common name", "edgetrust Issuing CA 1")
+    .option("--root-out <file>", "also write the root certificate (PEM) here")
+    .action(action(async (o: Common & { algorithm: KeyAlgorithm; rootName: string; issuingName: string; rootOut?: string }) => {
+      const cfg = load(o);
+      const { store, keys } = await openCaStores(cfg.ca, cfg.hsm);
+      try {
+        const r = await initCa(store, keys, { algorithm: o.algorithm, rootName: o.rootName, issuingName: o.issuingName, actor: "cli:ca-init" });
+        if (o.rootOut) writeFileSync(o.rootOut, r.root.certPem, { mode: 0o644 });
+        emit(Boolean(o.json), { ok: true, root: r.root.id, issuing: r.issuing.id, rootCertificatePem: r.root.certPem, adminToken: r.adminToken, adminTokenId: r.adminTokenId, keyStore: keys.kind },
+          () => `root CA ${r.root.id}\nissuing CA ${r.issuing.id}\nkey store: ${keys.kind}${keys.kind === "software" ? " (DEVELOPMENT ONLY)" : ""}\nadmin token (shown once): ${r.adminToken}`);
+      } finally {
+        await store.close();
+        await keys.close();
+      }
+    }));
+
+  cmd.command("serve")
+    .description("serve the HTTPS API (and CRL/OCSP over plain HTTP on ca.revocationPort); SIGTERM shuts down gracefully")
+    .addOption(configOpt())
+    .action(action(async (o: Common) => {
+      const cfg = load(o);
+      const logger = createLogger("ca-service", { level: cfg.log.level });
+      const opened = await openCa(cfg.ca, cfg.hsm, { logger });
+      const server = await createCaServer(cfg.ca, { ca: opened.ca, store: opened.store, logger });
+      const addr = await server.listen();
+      logger.info({ ...addr, database: opened.store.dialect, keyStore: opened.keys.kind }, "ca-service listening");
+      process.stdout.write(JSON.stringify({ listening: addr.url, revocation: addr.revocationUrl ?? null }) + "\n");
+      await new Promise<void>((resolve) => {
+        const stop = (sig: string) => {
+          logger.info({ signal: sig }, "shutting down");
+          server.close().then(() => opened.close()).then(resolve, (e: unknown) => { logger.error({ err: e }, "shutdown failed"); resolve(); });
+        };
+        process.once("SIGTERM", () => stop("SIGTERM"));
+        process.once("SIGINT", () => stop("SIGINT"));
+      });
+    }));
+
+  cmd.command("issue")
+    .description("issue a certificate from a CSR for an enrolled device (subject and SANs from the record)")
+    .addOption(configOpt()).addOption(jsonOpt())
+    .requiredOption("--device <id>", "device id of the enrollment record")
+    .addOption(new Option("--profile <name>", "certificate profile").choices([...CA_PROFILES]).default("device-identity"))
+    .requiredOption("--csr <file>", "PKCS#10 request, PEM")
+    .option("--host-name <name>", "edge-hub-server: the device host name")
+    .option("--out <file>", "write the certificate chain (PEM) here")
+    .action(action(async (o: Common & { device: string; profile: CaProfileName; csr: string; hostName?: string; out?: string }) => {
+      const cfg = load(o);
+      const opened = await openCa(cfg.ca, cfg.hsm);
+      try {
+        const r = await opened.ca.issue({ csrPem: readFileSync(o.csr, "utf8"), profile: o.profile, deviceId: o.device, ...(o.hostName ? { hostName: o.hostName } : {}) }, "cli:ca-issue");
+        if (o.out) writeFileSync(o.out, r.chainPem);
+        emit(Boolean(o.json), { serial: r.record.serial, notAfter: r.record.notAfter, chainPem: r.chainPem }, () => o.out ? `issued ${r.record.serial} → ${o.out}` : r.chainPem);
+      } finally {
+        await opened.close();
+      }
+    }));
+
+  cmd.command("revoke")
+    .description("revoke a certificate by serial and publish a new CRL")
+    .addOption(configOpt()).addOption(jsonOpt())
+    .argument("<serial>", "hex serial")
+    .addOption(new Option("--reason <reason>", "RFC 5280 reason").choices([...REVOCATION_REASONS]).default("unspecified"))
+    .action(action(async (serial: string, o: Common & { reason: RevocationReason }) => {
+      const cfg = load(o);
+      const opened = await openCa(cfg.ca, cfg.hsm);
+      try {
+        const r = await opened.ca.revoke(serial, o.reason, "cli:ca-revoke");
+        emit(Boolean(o.json), { serial: r.serial, status: r.status, reason: r.revocationReason, revokedAt: r.revokedAt }, () => `revoked ${r.serial} (${o.reason})`);
+      } finally {
+        await opened.close();
+      }
+    }));
+
+  cmd.command("rollover")
+    .description("add a new issuing CA under the root (overlapping validity; devices need nothing new)")
+    .addOption(configOpt()).addOption(jsonOpt())
+    .option("--name <cn>", "common name of the new issuing CA")
+    .option("--retire-previous", "stop issuing from the previous issuing CAs (they keep serving CRL/OCSP)")
+    .action(action(async (o: Common & { name?: string; retirePrevious?: boolean }) => {
+      const cfg = load(o);
+      const { store, keys } = await openCaStores(cfg.ca, cfg.hsm);
+      try {
+        const r = await rolloverIssuingCa(store, keys, { ...(o.name ? { name: o.name } : {}), retirePrevious: Boolean(o.retirePrevious), actor: "cli:ca-rollover" });
+        emit(Boolean(o.json), { id: r.id, name: r.name, notAfter: r.notAfter }, () => `issuing CA ${r.id} (${r.name}) added`);
+      } finally {
+        await store.close();
+        await keys.close();
+      }
+    }));
+
+  const audit = cmd.command("audit").description("the hash-chained audit log");
+  audit.command("verify")
+    .description("walk the chain; exit 1 on an edited, deleted, reordered or truncated entry")
+    .addOption(configOpt()).addOption(jsonOpt())
+    .action(action(async (o: Common) => {
+      const cfg = load(o);
+      const { CaStore } = await import("./store.js");
+      const store = await CaStore.open({ databaseUrl: cfg.ca.databaseUrl, sqlitePath: cfg.ca.sqlitePath, schema: cfg.ca.databaseSchema });
+      try {
+        const v = await store.verifyAudit();
+        if (!v.ok && !o.json) throw new EdgeTrustError("CONFLICT", `audit chain broken at entry ${v.problem?.seq ?? "?"}: ${v.problem?.reason ?? "unknown"}`, { hint: "restore the audit log from a backup and investigate" });
+        emit(Boolean(o.json), v, () => `audit chain ok: ${v.entries} entries`);
+        if (!v.ok) process.exitCode = 1;
+      } finally {
+        await store.close();
+      }
+    }));
+
+  const token = cmd.command("token").description("admin and auditor API tokens");
+  token.command("create")
+    .description("create an API token (printed once; only its sha256 is stored)")
+    .addOption(configOpt()).addOption(jsonOpt())
+    .requiredOption("--name <name>", "who or what holds it")
+    .addOption(new Option("--role <role>", "role").choices(["admin", "auditor"]).default("auditor"))
+    .action(action(async (o: Common & { name: string; role: Role }) => {
+      const cfg = load(o);
+      const { CaStore } = await import("./store.js");
+      const store = await CaStore.open({ databaseUrl: cfg.ca.databaseUrl, sqlitePath: cfg.ca.sqlitePath, schema: cfg.ca.databaseSchema });
+      try {
+        const t = await store.createToken(o.name, o.role, "cli:token-create");
+        emit(Boolean(o.json), t, () => `${t.role} token ${t.id} (shown once): ${t.token}`);
+      } finally {
+        await store.close();
+      }
+    }));
+
+  const enr = cmd.command("enrollment").description("device records issuance reads subject and SANs from (the enrollment API is a later component)");
+  enr.command("set")
+    .description("create or update a device record")
+    .addOption(configOpt()).addOption(jsonOpt())
+    .argument("<deviceId>", "device id")
+    .addOption(new Option("--kind <kind>", "record kind").choices(["device", "leaf"]).default("device"))
+    .option("--common-name <cn>", "subject CN (default: the device id)")
+    .option("--dns <name...>", "the device's DNS names (Edge CA name constraints, hub server SANs)")
+    .action(action(async (deviceId: string, o: Common & { kind: "device" | "leaf"; commonName?: string; dns?: string[] }) => {
+      const cfg = load(o);
+      const { CaStore } = await import("./store.js");
+      const store = await CaStore.open({ databaseUrl: cfg.ca.databaseUrl, sqlitePath: cfg.ca.sqlitePath, schema: cfg.ca.databaseSchema });
+      try {
+        const r = await store.upsertEnrollment({ deviceId, kind: o.kind, commonName: o.commonName ?? deviceId, dnsNames: (o.dns ?? []).map((d) => d.toLowerCase()) }, "cli:enrollment-set");
+        emit(Boolean(o.json), r, () => `record ${r.deviceId} (${r.kind}) saved`);
+      } finally {
+        await store.close();
+      }
+    }));
+  return cmd;
+}

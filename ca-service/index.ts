@@ -1,0 +1,23 @@
+/** ca-service/: the cloud CA — issuance, renewal, revocation (CRL, OCSP), audit, admin API. */
+export { CaConfig } from "./config.js";
+export { CaStore, REVOCATION_REASONS, REVOCATION_REASON_CODES, normalizeSerial, auditHash, sha256Hex } from "./store.js";
+export type {
+  CaRecord, CertificateRecord, EnrollmentRecord, Principal, Role, AuditEntry, AuditInput, AuditVerifyResult, RevocationReason, NewCertificate,
+} from "./store.js";
+export { openDb, SqliteDb, PostgresDb } from "./db.js";
+export type { Db, Queryable, OpenDbOptions } from "./db.js";
+export { migrate, schemaVersion, MIGRATIONS } from "./migrations.js";
+export type { Migration } from "./migrations.js";
+export { CertificateAuthority, CA_PROFILES, resolveProfile, overridesFromPolicy, durationSeconds, POLICY_CERT_KINDS } from "./ca.js";
+export type { CaProfileName, ProfileOverride, ProfileOverrides, CaOptions, IssueRequest, Issued, LoadedCa } from "./ca.js";
+export { checkCsr } from "./csr.js";
+export { respondOcsp } from "./ocsp.js";
+export type { OcspOutcome, OcspResult } from "./ocsp.js";
+export { initCa, rolloverIssuingCa } from "./init.js";
+export type { InitCaOptions, InitCaResult, RolloverOptions } from "./init.js";
+export { createCaServer } from "./server.js";
+export type { CaServer, CaServerDeps } from "./server.js";
+export { openCa, openCaStores, profileOverrides } from "./service.js";
+export type { OpenCaOptions } from "./service.js";
+export { authenticate, requireRole, installProblemHandlers } from "./http.js";
+export { caCommand } from "./cli.js";

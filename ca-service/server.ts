@@ -1,0 +1,175 @@
+import "reflect-metadata";
+import { readFileSync } from "node:fs";
+import { isIP } from "node:net";
+import type { AddressInfo } from "node:net";
+import Fastify, { type FastifyInstance } from "fastify";
+import swagger from "@fastify/swagger";
+import rateLimit from "@fastify/rate-limit";
+import * as x509 from "@peculiar/x509";
+import { createLogger, type Logger } from "../common/index.js";
+import { EKU_SERVER_AUTH, randomSerial } from "../pki/index.js";
+import { signingAlgorithmFor, type CertificateAuthority } from "./ca.js";
+import type { CaConfig } from "./config.js";
+import { installProblemHandlers } from "./http.js";
+import { CaMetrics } from "./metrics.js";
+import { normalizeSerial, sha256Hex, type CaStore } from "./store.js";
+import { healthRoutes } from "./routes/health.js";
+import { metricsRoutes } from "./routes/metrics.js";
+import { openapiRoutes } from "./routes/openapi.js";
+import { casRoutes } from "./routes/v1-cas.js";
+import { issueRoutes } from "./routes/v1-certificates-issue.js";
+import { certificateReadRoutes } from "./routes/v1-certificates-get.js";
+import { revokeRoutes } from "./routes/v1-certificates-revoke.js";
+import { crlRoutes } from "./routes/v1-crl.js";
+import { ocspRoutes } from "./routes/v1-ocsp.js";
+import { renewRoutes } from "./routes/v1-renew.js";
+import { auditRoutes } from "./routes/v1-audit.js";
+import { adminRoutes } from "./routes/v1-admin.js";
+import type { RouteDeps } from "./routes/types.js";
+
+export interface CaServerDeps {
+  ca: CertificateAuthority;
+  store: CaStore;
+  logger?: Logger;
+  /** PEM TLS material; default from config.tlsCert/tlsKey, else a certificate the issuing CA issues at start. */
+  tls?: { cert: string; key: string };
+  /** Plain HTTP instead of HTTPS (tests using inject; never in production: renewal needs mTLS). */
+  plainHttp?: boolean;
+}
+
+export interface CaServer {
+  /** The HTTPS API (every route). */
+  app: FastifyInstance;
+  /** The plain-HTTP revocation listener (CRL + OCSP + health), when config.revocationPort >= 0. */
+  revocationApp?: FastifyInstance;
+  metrics: CaMetrics;
+  /** The PEM certificate the HTTPS listener presents. */
+  tlsCertPem?: string;
+  listen(): Promise<{ url: string; revocationUrl?: string }>;
+  close(): Promise<void>;
+}
+
+/** A TLS server certificate for the CA's own listener, issued by the current issuing CA and recorded like any other. */
+async function selfIssuedTls(ca: CertificateAuthority, config: CaConfig): Promise<{ cert: string; key: string }> {
+  const keys = (await globalThis.crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, ["sign", "verify"])) as CryptoKeyPair;
+  const issuer = ca.current();
+  const names: x509.JsonGeneralName[] = config.serverNames.map((n) => ({ type: isIP(n) ? "ip" : "dns", value: n }));
+  const cert = await x509.X509CertificateGenerator.create({
+    serialNumber: randomSerial(),
+    subject: new x509.Name([{ CN: [config.serverNames[0] ?? "localhost"] }]),
+    issuer: issuer.cert.subjectName,
+    notBefore: new Date(Date.now() - 300e3),
+    notAfter: new Date(Math.min(Date.now() + 30 * 86400e3, issuer.cert.notAfter.getTime())),
+    publicKey: keys.publicKey,
+    signingKey: issuer.key,
+    signingAlgorithm: signingAlgorithmFor(issuer.key),
+    extensions: [
+      new x509.BasicConstraintsExtension(false, undefined, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+      new x509.ExtendedKeyUsageExtension([EKU_SERVER_AUTH], false),
+      new x509.SubjectAlternativeNameExtension(names, false),
+      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey, false),
+      new x509.AuthorityKeyIdentifierExtension(issuer.cert.getExtension(x509.SubjectKeyIdentifierExtension)?.keyId ?? "", false),
+    ],
+  }, ca.crypto);
+  await ca.store.recordIssued({
+    serial: normalizeSerial(cert.serialNumber), issuerId: issuer.record.id, profile: "ca-server", subject: cert.subject,
+    sans: names.map((n) => `${n.type}:${n.value}`), deviceId: null, spkiSha256: sha256Hex(new Uint8Array(cert.publicKey.rawData)),
+    fingerprintSha256: sha256Hex(new Uint8Array(cert.rawData)), notBefore: cert.notBefore.toISOString(), notAfter: cert.notAfter.toISOString(),
+    certPem: cert.toString("pem"), replacesSerial: null,
+  }, "ca-service:start", "cert.issue.server");
+  const pkcs8 = await globalThis.crypto.subtle.exportKey("pkcs8", keys.privateKey);
+  const key = x509.PemConverter.encode(pkcs8, "PRIVATE KEY");
+  return { cert: [cert.toString("pem"), issuer.cert.toString("pem")].join("\n"), key };
+}
+
+function baseOptions(config: CaConfig, logger: Logger) {
+  return {
+    loggerInstance: logger,
+    bodyLimit: config.bodyLimitBytes,
+    return503OnClosing: true,
+    ajv: { customOptions: { removeAdditional: false as const, coerceTypes: "array" as const, allErrors: false } },
+  };
+}
+
+function instrument(app: FastifyInstance, metrics: CaMetrics): void {
+  app.addHook("onResponse", async (req, reply) => {
+    const route = req.routeOptions.url ?? "unmatched";
+    metrics.httpRequests.inc({ method: req.method, route, status: String(reply.statusCode) });
+    metrics.httpDuration.observe({ method: req.method, route }, reply.elapsedTime / 1000);
+  });
+}
+
+/**
+ * Build the CA's HTTPS service (and its plain-HTTP revocation listener) on a loaded CertificateAuthority. Every route
+ * is a plugin with a TypeBox schema; errors are problem+json; OpenAPI at /openapi.json; /metrics; /healthz.
+ */
+export async function createCaServer(config: CaConfig, deps: CaServerDeps): Promise<CaServer> {
+  const logger = deps.logger ?? createLogger("ca-service");
+  const metrics = new CaMetrics();
+  let tls: { cert: string; key: string } | undefined;
+  if (!deps.plainHttp) {
+    tls = deps.tls ?? (config.tlsCert && config.tlsKey
+      ? { cert: readFileSync(config.tlsCert, "utf8"), key: readFileSync(config.tlsKey, "utf8") }
+      : await selfIssuedTls(deps.ca, config));
+  }
+  const clientCas = [...deps.ca.rootCertificates(), ...deps.ca.issuers().map((c) => c.cert)].map((c) => c.toString("pem"));
+  const app = (tls
+    ? Fastify({ ...baseOptions(config, logger), https: { cert: tls.cert, key: tls.key, ca: clientCas, requestCert: true, rejectUnauthorized: false, minVersion: "TLSv1.2" as const } })
+    : Fastify(baseOptions(config, logger))) as unknown as FastifyInstance;
+
+  const routeDeps: RouteDeps = { ca: deps.ca, store: deps.store, config, metrics };
+  installProblemHandlers(app);
+  instrument(app, metrics);
+  await app.register(rateLimit, { max: config.rateLimitPerMinute, timeWindow: 60_000 });
+  await app.register(swagger, {
+    openapi: {
+      openapi: "3.0.3",
+      info: { title: "edgetrust CA", version: "1", description: "Cloud CA of edgetrust: issuance, renewal, revocation (CRL, OCSP), audit" },
+      components: { securitySchemes: { bearer: { type: "http", scheme: "bearer", description: "admin or auditor API token" } } },
+    },
+  });
+  await app.register(healthRoutes, routeDeps);
+  await app.register(metricsRoutes, routeDeps);
+  await app.register(openapiRoutes);
+  await app.register(casRoutes, routeDeps);
+  await app.register(issueRoutes, routeDeps);
+  await app.register(certificateReadRoutes, routeDeps);
+  await app.register(revokeRoutes, routeDeps);
+  await app.register(crlRoutes, routeDeps);
+  await app.register(ocspRoutes, routeDeps);
+  await app.register(renewRoutes, routeDeps);
+  await app.register(auditRoutes, routeDeps);
+  await app.register(adminRoutes, routeDeps);
+
+  let revocationApp: FastifyInstance | undefined;
+  if (config.revocationPort >= 0) {
+    revocationApp = Fastify(baseOptions(config, logger)) as unknown as FastifyInstance;
+    installProblemHandlers(revocationApp);
+    instrument(revocationApp, metrics);
+    await revocationApp.register(rateLimit, { max: config.rateLimitPerMinute, timeWindow: 60_000 });
+    await revocationApp.register(crlRoutes, routeDeps);
+    await revocationApp.register(ocspRoutes, routeDeps);
+    await revocationApp.register(healthRoutes, routeDeps);
+  }
+
+  const server: CaServer = {
+    app,
+    metrics,
+    ...(revocationApp ? { revocationApp } : {}),
+    ...(tls ? { tlsCertPem: tls.cert } : {}),
+    async listen() {
+      await app.listen({ host: config.host, port: config.port });
+      const a = app.server.address() as AddressInfo;
+      const url = `${tls ? "https" : "http"}://${config.host}:${a.port}`;
+      if (!revocationApp) return { url };
+      await revocationApp.listen({ host: config.host, port: config.revocationPort });
+      const r = revocationApp.server.address() as AddressInfo;
+      return { url, revocationUrl: `http://${config.host}:${r.port}` };
+    },
+    async close() {
+      await Promise.all([app.close(), revocationApp?.close()]);
+    },
+  };
+  return server;
+}
