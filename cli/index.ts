@@ -5,6 +5,7 @@ import { certsDevCommand } from "../certs-dev/cli.js";
 import { configCommand } from "./config.js";
 import { demoCommand } from "./demo.js";
 import { benchCommand } from "../bench/cli.js";
+import { caCommand } from "../ca-service/cli.js";
 import { policyCommand, manifestCommand } from "../policy/cli.js";
 import { hubCommand } from "../edge-hub/cli.js";
 import { reportFailure } from "./output.js";
@@ -22,6 +23,7 @@ export function buildProgram(): Command {
   program.addCommand(policyCommand());
   program.addCommand(manifestCommand());
   program.addCommand(hubCommand());
+  program.addCommand(caCommand());
   program.addCommand(benchCommand());
   return program;
 }
