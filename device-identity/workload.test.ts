@@ -64,14 +64,17 @@ describe("device identity: management + workload sockets (real dockerd, curl, op
     containerId = await createModuleContainer(docker, { ...base, module: `sensor${tag}`, cmd: ["sleep", "300"] });
     await docker.startContainer(containerId);
     stoppedId = await createModuleContainer(docker, { ...base, module: `idle${tag}`, cmd: ["true"] });
+    await docker.startContainer(stoppedId);
+    await docker.waitContainer(stoppedId);
 
     const modules = new AttestedModules(join(dir, "attested.json"));
     const checkContainer = (m: Parameters<typeof checkAttestedContainer>[1]) => checkAttestedContainer(docker, m);
+    const checkRegistration = (m: Parameters<typeof checkAttestedContainer>[1]) => checkAttestedContainer(docker, m, { allowCreated: true });
     sockets = new WorkloadSockets(join(dir, "modules"), modules, {
       issueModuleCertificate: (m, csr) => issueModuleCertificate({ trustDomain: TD, deviceId: DEVICE, lifetimeSeconds: 3600, edgeCa: () => edgeCa, checkContainer }, m, csr),
       trustBundle: () => [readFileSync(chainFile, "utf8")],
     }, log);
-    mgmt = await startManagementApi({ path: mgmtSocket, modules, sockets, backend: { checkContainer, status: () => ({ device: DEVICE }) }, log });
+    mgmt = await startManagementApi({ path: mgmtSocket, modules, sockets, backend: { checkContainer: checkRegistration, status: () => ({ device: DEVICE }) }, log });
   });
 
   afterAll(async () => {
@@ -142,7 +145,7 @@ describe("device identity: management + workload sockets (real dockerd, curl, op
   it("refuses to attest a container that does not run, or with a digest it was not created for", async () => {
     const notRunning = await curl(mgmtSocket, "POST", "/v1/modules", registration({ name: `idle${tag}`, containerId: stoppedId }));
     expect(notRunning.status).toBe(403);
-    expect(JSON.parse(notRunning.body).detail).toMatch(/not running/);
+    expect(JSON.parse(notRunning.body).detail).toMatch(/not running \(exited\)/);
     const wrongDigest = await curl(mgmtSocket, "POST", "/v1/modules", registration({ imageDigest: "sha256:" + "ab".repeat(32) }));
     expect(wrongDigest.status).toBe(403);
     expect(JSON.parse(wrongDigest.body).detail).toMatch(/another image digest/);
