@@ -42,6 +42,11 @@ export const ErrorCodes = {
   MANIFEST_REJECTED: { status: 400, title: "Deployment manifest failed verification" },
   MANIFEST_SIGN_FAILED: { status: 500, title: "Deployment manifest could not be signed" },
   MANIFEST_STATE_INVALID: { status: 500, title: "Manifest state file invalid" },
+  // ca-service enrollment (provisioning lines, registration, EST, DPS)
+  QUOTA_EXCEEDED: { status: 429, title: "Quota exceeded" },
+  ENROLLMENT_DISABLED: { status: 403, title: "Enrollment disabled" },
+  REGISTRATION_CONFLICT: { status: 409, title: "Registration conflicts with an earlier one" },
+  IDEMPOTENCY_KEY_REUSED: { status: 422, title: "Idempotency key reused with a different request" },
   // edge-hub
   HUB_CLIENT_REJECTED: { status: 403, title: "Edge hub refused the client certificate" },
   HUB_NOT_AUTHORIZED: { status: 403, title: "Edge hub refused the topic" },
