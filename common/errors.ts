@@ -55,6 +55,14 @@ export const ErrorCodes = {
   HUB_OUTBOX_FULL: { status: 507, title: "Edge hub outbox full" },
   HUB_METHOD_TIMEOUT: { status: 504, title: "Direct method timed out" },
   HUB_UPSTREAM_FAILED: { status: 502, title: "Edge hub upstream failed" },
+  // device-identity
+  DEVICE_NOT_PROVISIONED: { status: 503, title: "Device not provisioned" },
+  DEVICE_STATE_INVALID: { status: 500, title: "Device identity state invalid" },
+  DEVICE_CLOCK_INVALID: { status: 503, title: "Device clock is wrong" },
+  DEVICE_ENROLL_FAILED: { status: 502, title: "Enrollment or renewal with the CA failed" },
+  // attestation (ca-service verifier)
+  ATTESTATION_NONCE_INVALID: { status: 400, title: "Attestation nonce unknown, used or expired" },
+  ATTESTATION_EVIDENCE_INVALID: { status: 400, title: "Attestation evidence invalid" },
 } as const satisfies Record<string, { status: number; title: string }>;
 
 export type ErrorCode = keyof typeof ErrorCodes;
