@@ -1,4 +1,5 @@
 import type { Db } from "./db.js";
+import { ENROLLMENT_MIGRATIONS } from "./enrollment/migrations.js";
 
 /**
  * Schema migrations, one list for both dialects. Each migration is plain SQL shared by SQLite and PostgreSQL, with
@@ -107,6 +108,7 @@ CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log
   FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
 `,
   },
+  ...ENROLLMENT_MIGRATIONS,
 ];
 
 /** Apply every migration not yet applied; returns the versions applied now. */
