@@ -87,6 +87,8 @@ export interface IssueRequest {
   hostName?: string;
   /** Renewal: the serial this certificate replaces. */
   replacesSerial?: string;
+  /** A shorter lifetime than the profile's (an enrollment's own lifetime); never lengthens it. */
+  lifetimeSeconds?: number;
 }
 
 export interface Issued {
@@ -214,7 +216,8 @@ export class CertificateAuthority {
     if ((req.profile === "leaf-device") !== (enr.kind === "leaf")) {
       throw new EdgeTrustError("PKI_PROFILE_VIOLATION", `profile ${req.profile} does not fit a ${enr.kind} enrollment`);
     }
-    const profile = this.profile(req.profile);
+    const base = this.profile(req.profile);
+    const profile = req.lifetimeSeconds !== undefined && req.lifetimeSeconds > 0 ? { ...base, lifetimeSeconds: Math.min(base.lifetimeSeconds, req.lifetimeSeconds) } : base;
     const td = this.options.trustDomain;
     const uri = `edgetrust://${td}/devices/${enr.deviceId}`;
     let identity: { trustDomain: string; deviceId: string; dnsNames?: string[]; hostName?: string };
