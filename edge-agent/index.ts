@@ -4,3 +4,7 @@ export { ensureImage, imageStillPinned } from "./images.js";
 export type { PinnedImage, ResolvedImage } from "./images.js";
 export { createSpec, createModuleContainer, listManaged, containerName, LABELS, WORKLOAD_MOUNT } from "./containers.js";
 export type { ContainerPlan, BindMount, ManagedContainer } from "./containers.js";
+export { EdgeAgent } from "./agent.js";
+export type { AgentOptions, AgentReport, ApplyResult, IdentityRegistrar, ModuleStatus, ModuleState } from "./agent.js";
+export { ManagementSocketRegistrar } from "./identity-client.js";
+export { modulesInOrder, containerPlan } from "./plan.js";
