@@ -1,0 +1,74 @@
+import { Command } from "commander";
+import { readFileSync } from "node:fs";
+import { createLogger, loadConfig, EdgeTrustError } from "../common/index.js";
+import { loadPolicy, resolveTrust } from "../policy/index.js";
+import { EdgeTrustConfig } from "../cli/config-schema.js";
+import { action, emit } from "../cli/output.js";
+import { DockerClient } from "./docker.js";
+import { EdgeAgent } from "./agent.js";
+import { ManagementSocketRegistrar } from "./identity-client.js";
+
+interface RunOptions {
+  config?: string;
+  manifest?: string;
+  deviceId?: string;
+  once?: boolean;
+  json?: boolean;
+}
+
+export function agentCommand(): Command {
+  const cmd = new Command("agent").description("Edge agent: verify the deployment manifest, start attested modules, supervise them");
+  cmd
+    .command("run")
+    .description("boot the last-known-good deployment, apply a newer signed manifest, then supervise until SIGTERM")
+    .option("-c, --config <file>", "edgetrust.yaml", "/etc/edgetrust/edgetrust.yaml")
+    .option("--manifest <file>", "signed manifest (JWS JSON) to apply; overrides agent.manifestFile")
+    .option("--device-id <id>", "this device's id; overrides agent.deviceId")
+    .option("--once", "apply, print the module states and exit (no supervision)")
+    .option("--json", "machine-readable output")
+    .action(action(async (opts: RunOptions) => {
+      const cfg = loadConfig(EdgeTrustConfig, { ...(opts.config ? { file: opts.config } : {}) }).agent;
+      const deviceId = opts.deviceId ?? cfg.deviceId;
+      if (!deviceId) throw new EdgeTrustError("INVALID_CONFIG", "no device id", { hint: "set agent.deviceId or pass --device-id" });
+      const log = createLogger("edge-agent");
+      const { policy, file } = loadPolicy(cfg.policyFile);
+      const agent = new EdgeAgent({
+        docker: new DockerClient({ socketPath: cfg.dockerSocket }),
+        identity: new ManagementSocketRegistrar(cfg.managementSocket, cfg.workloadSocketsDir),
+        policy,
+        trustRoot: await resolveTrust(policy, file),
+        deviceId,
+        stateDir: cfg.stateDir,
+        log,
+        backoff: { baseMs: cfg.restartBackoffMs, maxMs: cfg.restartBackoffMaxMs },
+        onPull: (module, p) => process.stderr.write(`pull ${module}: ${p.status}${p.progress ? " " + p.progress : ""}\n`),
+        report: (r) => log.info({ report: r }, `report: ${r.kind}`),
+      });
+      const booted = await agent.boot();
+      let result = booted;
+      const manifestFile = opts.manifest ?? cfg.manifestFile;
+      if (manifestFile) {
+        const r = await agent.apply(readFileSync(manifestFile));
+        if (r.applied || !booted) result = r;
+        if (!r.applied) {
+          for (const reason of r.verdict.reasons) process.stderr.write(`manifest rejected: ${reason.check}: ${reason.message}\n`);
+        }
+      }
+      const summary = { applied: result?.applied ?? false, version: agent.current()?.version ?? null, modules: agent.status() };
+      if (opts.once) {
+        emit(Boolean(opts.json), summary, () =>
+          [`deployment version ${summary.version ?? "none"}`, ...summary.modules.map((m) => `  ${m.name}: ${m.state}${m.reason ? ` (${m.reason})` : ""}`)].join("\n"));
+        if (manifestFile && !result?.applied) process.exitCode = 1;
+        return;
+      }
+      agent.supervise(cfg.superviseIntervalMs);
+      await new Promise<void>((resolve) => {
+        const stop = () => resolve();
+        process.once("SIGTERM", stop);
+        process.once("SIGINT", stop);
+      });
+      log.info("stopping: modules keep running; the next start reconciles them");
+      await agent.stop();
+    }));
+  return cmd;
+}

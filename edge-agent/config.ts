@@ -1,0 +1,20 @@
+import { Type, type Static } from "@sinclair/typebox";
+
+/** `agent:` section of edgetrust.yaml. */
+export const AgentConfig = Type.Object(
+  {
+    deviceId: Type.String({ default: "", description: "This device's id (manifests must target it); empty = read from the device identity state" }),
+    policyFile: Type.String({ default: "/etc/edgetrust/policy.yaml", description: "Policy file (its trust section names the manifest signers)" }),
+    stateDir: Type.String({ default: "/var/lib/edgetrust/agent", description: "Last-known-good manifest and the accepted-version state" }),
+    manifestFile: Type.String({ default: "", description: "Apply this signed manifest file at start when newer than the accepted one (offline source)" }),
+    dockerSocket: Type.String({ default: "/run/edgetrust/docker.sock", description: "Docker Engine API socket" }),
+    managementSocket: Type.String({ default: "/run/edgetrust/identity/management.sock", description: "device-identity management socket (root-only)" }),
+    workloadSocketsDir: Type.String({ default: "/run/edgetrust/identity/modules", description: "device-identity's per-module workload socket directories" }),
+    superviseIntervalMs: Type.Integer({ minimum: 200, maximum: 600_000, default: 2000, description: "How often containers are checked against the manifest" }),
+    restartBackoffMs: Type.Integer({ minimum: 0, maximum: 600_000, default: 1000, description: "First restart delay; doubles per consecutive restart" }),
+    restartBackoffMaxMs: Type.Integer({ minimum: 0, maximum: 3_600_000, default: 60_000, description: "Restart delay cap" }),
+    reportQueueFile: Type.String({ default: "/var/lib/edgetrust/agent/reports.jsonl", description: "Reports queued here while the cloud is unreachable" }),
+  },
+  { additionalProperties: false, default: {}, description: "Edge agent (attested boot flow)" },
+);
+export type AgentConfig = Static<typeof AgentConfig>;
