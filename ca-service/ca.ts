@@ -310,8 +310,8 @@ export class CertificateAuthority {
     const ca = this.cas.get(issuerId);
     if (!ca) throw new EdgeTrustError("NOT_FOUND", `no issuing CA ${issuerId}`);
     const hours = this.options.crlValidityHours ?? 24;
-    return this.store.nextCrl(issuerId, async (crlNumber) => {
-      const revoked = await this.store.revokedBy(issuerId);
+    return this.store.nextCrl(issuerId, async (crlNumber, tx) => {
+      const revoked = await this.store.revokedBy(issuerId, tx);
       const thisUpdate = new Date(Math.floor(Date.now() / 1000) * 1000);
       const nextUpdate = new Date(thisUpdate.getTime() + hours * 3600e3);
       const ski = ca.cert.getExtension(x509.SubjectKeyIdentifierExtension)?.keyId;

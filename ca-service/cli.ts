@@ -61,6 +61,8 @@ export function caCommand(): Command {
       await new Promise<void>((resolve) => {
         const stop = (sig: string) => {
           logger.info({ signal: sig }, "shutting down");
+          // In-flight requests finish; anything still open after 10 s is cut off.
+          setTimeout(() => { logger.error("graceful shutdown timed out"); process.exit(1); }, 10_000).unref();
           server.close().then(() => opened.close()).then(resolve, (e: unknown) => { logger.error({ err: e }, "shutdown failed"); resolve(); });
         };
         process.once("SIGTERM", () => stop("SIGTERM"));

@@ -341,8 +341,8 @@ export class CaStore {
     return out;
   }
 
-  async revokedBy(issuerId: string): Promise<{ serial: string; revokedAt: string; reason: RevocationReason }[]> {
-    const rows = await this.db.query("SELECT serial, revoked_at, revocation_reason FROM certificates WHERE issuer_id = ? AND status = 'revoked' ORDER BY serial", [issuerId]);
+  async revokedBy(issuerId: string, q: Queryable = this.db): Promise<{ serial: string; revokedAt: string; reason: RevocationReason }[]> {
+    const rows = await q.query("SELECT serial, revoked_at, revocation_reason FROM certificates WHERE issuer_id = ? AND status = 'revoked' ORDER BY serial", [issuerId]);
     return rows.map((r) => ({ serial: str(r.serial), revokedAt: str(r.revoked_at), reason: str(r.revocation_reason) as RevocationReason }));
   }
 
@@ -352,12 +352,13 @@ export class CaStore {
    * Build and store the next CRL for an issuer under that issuer's row lock: the CRL number is strictly increasing
    * across every process, and the stored CRL is the one built with that number.
    */
-  async nextCrl(issuerId: string, build: (crlNumber: number) => Promise<{ der: Uint8Array; thisUpdate: Date; nextUpdate: Date }>): Promise<{ crlNumber: number; der: Buffer }> {
+  async nextCrl(issuerId: string, build: (crlNumber: number, tx: Queryable) => Promise<{ der: Uint8Array; thisUpdate: Date; nextUpdate: Date }>): Promise<{ crlNumber: number; der: Buffer }> {
     return this.db.exclusive(`crl:${issuerId}`, async (tx) => {
       const row = (await tx.query<{ crl_number: number | string }>(`SELECT crl_number FROM crls WHERE issuer_id = ?${this.db.forUpdate}`, [issuerId]))[0];
       if (!row) throw new EdgeTrustError("NOT_FOUND", `no CA ${issuerId}`);
       const n = Number(row.crl_number) + 1;
-      const crl = await build(n);
+      // The builder reads through this transaction: a second pool connection here could deadlock under load.
+      const crl = await build(n, tx);
       const der = Buffer.from(crl.der);
       await tx.run("UPDATE crls SET crl_number = ?, this_update = ?, next_update = ?, der_b64 = ? WHERE issuer_id = ?", [
         n, crl.thisUpdate.toISOString(), crl.nextUpdate.toISOString(), der.toString("base64"), issuerId,
