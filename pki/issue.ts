@@ -89,7 +89,10 @@ function nameConstraintsExtension(trustDomain: string, dnsNames: string[]): x509
     new GeneralSubtree({ base: new AsnGeneralName({ uniformResourceIdentifier: trustDomain }) }),
     ...dnsNames.map((d) => new GeneralSubtree({ base: new AsnGeneralName({ dNSName: d }) })),
   ];
-  const nc = new NameConstraints({ permittedSubtrees: new GeneralSubtrees(subtrees) });
+  // No IP addresses at all: an Edge CA (a key on a device) must not vouch for any address. Excluding 0.0.0.0/0 and
+  // ::/0 closes the gap that "permitted" leaves open for name types it does not list.
+  const excluded = ["0.0.0.0/0", "::/0"].map((cidr) => new GeneralSubtree({ base: new AsnGeneralName({ iPAddress: cidr }) }));
+  const nc = new NameConstraints({ permittedSubtrees: new GeneralSubtrees(subtrees), excludedSubtrees: new GeneralSubtrees(excluded) });
   return new x509.Extension(id_ce_nameConstraints, true, AsnConvert.serialize(nc));
 }
 

@@ -173,6 +173,29 @@ describe("edge CA name constraints", () => {
     expect(r.out).toMatch(/permitted subtree violation/);
   });
 
+  it("openssl rejects any IP address SAN under an Edge CA (excluded 0.0.0.0/0 and ::/0)", async () => {
+    const text = openssl(["x509", "-noout", "-text", "-in", join(dir, "edgeCa.pem")]).out;
+    expect(text).toMatch(/Excluded:\s+IP:0.0.0.0\/0.0.0.0\s+IP:0:0:0:0:0:0:0:0\/0:0:0:0:0:0:0:0/);
+    for (const ip of ["127.0.0.1", "::1"]) {
+      const kp = generateKeyPairSync("ec", { namedCurve: "P-256" });
+      const pub = new x509.PublicKey(kp.publicKey.export({ type: "spki", format: "der" }));
+      const bad = await x509.X509CertificateGenerator.create({
+        subject: "CN=edgehub", issuer: certs.edgeCa!.subjectName, notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 3_600_000),
+        publicKey: pub, signingKey: issuers.edge!.signingKey, signingAlgorithm: { name: "ECDSA", hash: "SHA-256" },
+        extensions: [
+          new x509.BasicConstraintsExtension(false, undefined, true),
+          new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+          await x509.SubjectKeyIdentifierExtension.create(pub),
+          new x509.AuthorityKeyIdentifierExtension(certs.edgeCa!.getExtension(x509.SubjectKeyIdentifierExtension)!.keyId),
+          new x509.SubjectAlternativeNameExtension([{ type: "dns", value: "edgehub" }, { type: "ip", value: ip }]),
+        ],
+      }, shim);
+      const r = opensslVerify({ root: join(dir, "root.pem"), untrusted: [join(dir, "issuing.pem"), join(dir, "edgeCa.pem")], leaf: file(`ip-${ip}.pem`, bad) });
+      expect(r.status).not.toBe(0);
+      expect(r.out).toMatch(/excluded subtree violation/);
+    }
+  });
+
   it("issueCertificate refuses a module of another device under an Edge CA, and checkModuleDevice catches it", async () => {
     await expect(issueCertificate({
       profile: "module", subject: { commonName: "m" }, identity: { trustDomain: TD, deviceId: "dev2", moduleId: "m" },
