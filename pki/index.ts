@@ -11,7 +11,7 @@ export {
   isModuleAttestationOid,
 } from "./attestation.js";
 export type { ModuleAttestation } from "./attestation.js";
-export { URI_SCHEME, deviceUri, moduleUri, parseWorkloadUri, certificateIdentity } from "./identity.js";
+export { URI_SCHEME, deviceUri, moduleUri, parseWorkloadUri, certificateIdentity, checkTrustDomain, checkId, checkDnsName } from "./identity.js";
 export type { WorkloadIdentity } from "./identity.js";
-export { keyAlgorithmOfSpki, toPublicKey } from "./keys.js";
+export { keyAlgorithmOfSpki, toPublicKey, signingAlgorithmFor } from "./keys.js";
 export type { PublicKeyInput } from "./keys.js";
