@@ -6,11 +6,16 @@ import { EdgeTrustError, installProblemHandler, type Logger } from "../common/in
 import { AttestedModuleSchema, type AttestedModule, type AttestedModules } from "./attested-modules.js";
 import type { WorkloadSockets } from "./workload-api.js";
 import type { ContainerVerdict } from "./container-check.js";
+import type { ModuleEventLog } from "./events.js";
 
 export interface ManagementBackend {
   /** Checked at registration: the agent may only vouch for a container that really runs the digest. */
   checkContainer(m: AttestedModule): Promise<ContainerVerdict>;
   status(): Record<string, unknown>;
+  /** Renew now (operators, tests); absent in tests that only exercise the module registry. */
+  renew?(kind: "device" | "edge-ca" | "hub", rekey: boolean): Promise<Record<string, unknown>>;
+  /** Attestation evidence (EAT-style JWT signed with the device key) for a verifier's nonce. */
+  evidence?(nonce: string): Promise<string>;
 }
 
 const ModuleView = Type.Object({
@@ -24,6 +29,23 @@ const ModuleView = Type.Object({
   socketPath: Type.String(),
 });
 const NameParams = Type.Object({ name: Type.String({ pattern: "^[a-z0-9][a-z0-9_-]{0,62}$" }) }, { additionalProperties: false });
+const EventsQuery = Type.Object(
+  { after: Type.Integer({ minimum: 0, default: 0 }), waitSeconds: Type.Integer({ minimum: 0, maximum: 60, default: 0 }) },
+  { additionalProperties: false },
+);
+const ModuleEventSchema = Type.Object({
+  seq: Type.Integer(),
+  type: Type.Union([Type.Literal("registered"), Type.Literal("updated"), Type.Literal("deregistered")]),
+  module: Type.String(),
+  at: Type.String(),
+  reason: Type.Optional(Type.String()),
+});
+const EventsPage = Type.Object({ epoch: Type.String(), events: Type.Array(ModuleEventSchema), next: Type.Integer(), gap: Type.Boolean() });
+const RenewBody = Type.Object(
+  { kind: Type.Union([Type.Literal("device"), Type.Literal("edge-ca"), Type.Literal("hub")]), rekey: Type.Boolean({ default: false }) },
+  { additionalProperties: false },
+);
+const EvidenceBody = Type.Object({ nonce: Type.String({ minLength: 16, maxLength: 128, pattern: "^[A-Za-z0-9_-]+$" }) }, { additionalProperties: false });
 const DeregisterQuery = Type.Object({ reason: Type.Optional(Type.String({ maxLength: 200 })) }, { additionalProperties: false });
 
 /** The agent's API: root-only socket (0600), register/deregister attested modules, status. */
@@ -32,9 +54,11 @@ export async function startManagementApi(opts: {
   modules: AttestedModules;
   sockets: WorkloadSockets;
   backend: ManagementBackend;
+  /** Attestation change log for `GET /v1/events` (the hub's cross-process AttestationSource). */
+  events?: ModuleEventLog;
   log: Logger;
 }): Promise<FastifyInstance> {
-  const { modules, sockets, backend, log } = opts;
+  const { modules, sockets, backend, log, events } = opts;
   const view = (m: AttestedModule) => ({ ...m, socketPath: sockets.socketPath(m.name) });
   const app = Fastify({ logger: false, bodyLimit: 16 * 1024 });
   installProblemHandler(app, log);
@@ -71,6 +95,27 @@ export async function startManagementApi(opts: {
   });
 
   app.get("/v1/status", async () => backend.status());
+
+  app.get("/v1/events", { schema: { querystring: EventsQuery, response: { 200: EventsPage } } }, async (req) => {
+    if (!events) throw new EdgeTrustError("NOT_FOUND", "this daemon keeps no event log");
+    const q = req.query as { after: number; waitSeconds: number };
+    const abort = new AbortController();
+    req.raw.once("close", () => abort.abort());
+    await events.wait(q.after, q.waitSeconds * 1000, abort.signal);
+    const { events: list, gap } = events.since(q.after);
+    return { epoch: events.epoch, events: list, next: events.lastSeq, gap };
+  });
+
+  app.post("/v1/renew", { schema: { body: RenewBody } }, async (req) => {
+    if (!backend.renew) throw new EdgeTrustError("NOT_FOUND", "renewal is not available on this socket");
+    const b = req.body as { kind: "device" | "edge-ca" | "hub"; rekey: boolean };
+    return backend.renew(b.kind, b.rekey);
+  });
+
+  app.post("/v1/attestation/evidence", { schema: { body: EvidenceBody, response: { 200: Type.Object({ evidence: Type.String() }) } } }, async (req) => {
+    if (!backend.evidence) throw new EdgeTrustError("NOT_FOUND", "attestation evidence is not available on this socket");
+    return { evidence: await backend.evidence((req.body as { nonce: string }).nonce) };
+  });
 
   mkdirSync(dirname(opts.path), { recursive: true });
   rmSync(opts.path, { force: true });

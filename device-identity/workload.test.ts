@@ -16,6 +16,9 @@ import { WorkloadSockets } from "./workload-api.js";
 import { startManagementApi } from "./management-api.js";
 import { checkAttestedContainer } from "./container-check.js";
 import { issueModuleCertificate, type EdgeCa } from "./module-issuer.js";
+import { ModuleEventLog, LocalAttestationSource } from "./events.js";
+import { ManagementClient, ManagementAttestationSource } from "./management-client.js";
+import type { AttestationEvent } from "../edge-hub/index.js";
 
 const docker = new DockerClient({ socketPath: DOCKER_SOCKET });
 const log = createLogger("device-identity-test", { level: "silent" });
@@ -51,6 +54,8 @@ describe("device identity: management + workload sockets (real dockerd, curl, op
   let sockets: WorkloadSockets;
   let chainFile: string;
   let edgeCa: EdgeCa;
+  let events: ModuleEventLog;
+  let modules: AttestedModules;
 
   beforeAll(async () => {
     const pki = await makeEdgeCa(TD, DEVICE);
@@ -67,17 +72,19 @@ describe("device identity: management + workload sockets (real dockerd, curl, op
     await docker.startContainer(stoppedId);
     await docker.waitContainer(stoppedId);
 
-    const modules = new AttestedModules(join(dir, "attested.json"));
+    modules = new AttestedModules(join(dir, "attested.json"));
+    events = new ModuleEventLog(modules);
     const checkContainer = (m: Parameters<typeof checkAttestedContainer>[1]) => checkAttestedContainer(docker, m);
     const checkRegistration = (m: Parameters<typeof checkAttestedContainer>[1]) => checkAttestedContainer(docker, m, { allowCreated: true });
     sockets = new WorkloadSockets(join(dir, "modules"), modules, {
       issueModuleCertificate: (m, csr) => issueModuleCertificate({ trustDomain: TD, deviceId: DEVICE, lifetimeSeconds: 3600, edgeCa: () => edgeCa, checkContainer }, m, csr),
       trustBundle: () => [readFileSync(chainFile, "utf8")],
     }, log);
-    mgmt = await startManagementApi({ path: mgmtSocket, modules, sockets, backend: { checkContainer: checkRegistration, status: () => ({ device: DEVICE }) }, log });
+    mgmt = await startManagementApi({ path: mgmtSocket, modules, sockets, backend: { checkContainer: checkRegistration, status: () => ({ device: DEVICE }) }, events, log });
   });
 
   afterAll(async () => {
+    events?.close();
     await sockets?.closeAll();
     await mgmt?.close();
     await docker.removeContainer(containerId);
@@ -163,6 +170,35 @@ describe("device identity: management + workload sockets (real dockerd, curl, op
     expect(r.status).toBe(403);
     expect(JSON.parse(r.body).detail).toMatch(/not running/);
     await docker.startContainer(containerId);
+  });
+
+  it("ManagementClient and both AttestationSources (in-process, and long-polling the socket) follow changes", async () => {
+    const client = new ManagementClient(mgmtSocket);
+    const name = `sensor${tag}`;
+    expect((await client.list()).map((m) => m.name)).toContain(name);
+    const local = new LocalAttestationSource(modules, events, DEVICE);
+    const remote = new ManagementAttestationSource(client, DEVICE, { waitSeconds: 5, retryMs: 100, log });
+    await remote.start();
+    try {
+      expect(remote.current(DEVICE, name)).toEqual({ imageDigest: image.digest, manifestVersion: 3 });
+      expect(remote.current("other-device", name)).toBeUndefined();
+      const seenLocal: AttestationEvent[] = [];
+      const seenRemote: AttestationEvent[] = [];
+      const offLocal = local.subscribe((e) => seenLocal.push(e));
+      const gotUpdate = new Promise<void>((res) => { const off = remote.subscribe((e) => { seenRemote.push(e); if (e.type === "updated") { off(); res(); } }); });
+      // A new manifest version for the same container: the hub must hear "updated".
+      const v = await client.register(registration({ manifestVersion: 4 }));
+      expect(v.manifestVersion).toBe(4);
+      await gotUpdate;
+      expect(remote.current(DEVICE, name)?.manifestVersion).toBe(4);
+      expect(seenLocal).toEqual([{ type: "updated", deviceId: DEVICE, module: name }]);
+      offLocal();
+      // A refusal comes back as an EdgeTrustError with the daemon's reason.
+      await expect(client.register(registration({ imageDigest: "sha256:" + "cd".repeat(32) }))).rejects.toMatchObject({ code: "FORBIDDEN" });
+      await client.register(registration());
+    } finally {
+      await remote.stop();
+    }
   });
 
   it("deregistration closes the module's socket", async () => {

@@ -1,0 +1,226 @@
+import { EventEmitter } from "node:events";
+import { request } from "node:http";
+import { EdgeTrustError, ErrorCodes, createLogger, type ErrorCode, type Logger } from "../common/index.js";
+import type { AttestationEvent, AttestationSource, ModuleAttestationState } from "../edge-hub/index.js";
+import type { AttestedModuleInput } from "./attested-modules.js";
+import type { ModuleEvent } from "./events.js";
+
+/** A registered module as the management API shows it. */
+export interface ModuleView extends AttestedModuleInput {
+  registeredAt: string;
+  /** The module's workload socket: mount its directory into that module's container only. */
+  socketPath: string;
+}
+
+export interface EventsPage {
+  epoch: string;
+  events: ModuleEvent[];
+  /** Pass as `after` next time. */
+  next: number;
+  /** Events were dropped before `after`: resynchronise with `list()`. */
+  gap: boolean;
+}
+
+export type RenewKind = "device" | "edge-ca" | "hub";
+
+/**
+ * Client of the device identity daemon's management socket (root-only), for the edge agent and the hub. Every failure
+ * is an EdgeTrustError carrying the daemon's problem+json code and detail (403 FORBIDDEN says why a module was refused).
+ */
+export class ManagementClient {
+  constructor(readonly socketPath: string, private readonly timeoutMs = 30_000) {}
+
+  /** Vouch for a module the agent created from a verified manifest; the daemon checks the container before it agrees. */
+  register(m: AttestedModuleInput): Promise<ModuleView> {
+    return this.call<ModuleView>("POST", "/v1/modules", m);
+  }
+
+  async deregister(name: string, reason?: string): Promise<void> {
+    const q = reason ? `?reason=${encodeURIComponent(reason)}` : "";
+    await this.call<undefined>("DELETE", `/v1/modules/${encodeURIComponent(name)}${q}`);
+  }
+
+  async list(): Promise<ModuleView[]> {
+    return (await this.call<{ modules: ModuleView[] }>("GET", "/v1/modules")).modules;
+  }
+
+  /** The module, or undefined when it is not registered. */
+  async get(name: string): Promise<ModuleView | undefined> {
+    try {
+      return await this.call<ModuleView>("GET", `/v1/modules/${encodeURIComponent(name)}`);
+    } catch (e) {
+      if (e instanceof EdgeTrustError && e.code === "NOT_FOUND") return undefined;
+      throw e;
+    }
+  }
+
+  status(): Promise<Record<string, unknown>> {
+    return this.call<Record<string, unknown>>("GET", "/v1/status");
+  }
+
+  /** Attestation changes after `after`; waits up to `waitSeconds` for one (long poll). */
+  events(after: number, waitSeconds = 0, signal?: AbortSignal): Promise<EventsPage> {
+    return this.call<EventsPage>("GET", `/v1/events?after=${after}&waitSeconds=${waitSeconds}`, undefined, signal, (waitSeconds + 10) * 1000);
+  }
+
+  /** Renew now, whatever the schedule says (operators, tests). */
+  renew(kind: RenewKind, rekey = false): Promise<Record<string, unknown>> {
+    return this.call<Record<string, unknown>>("POST", "/v1/renew", { kind, rekey });
+  }
+
+  /** Attestation evidence (EAT-style JWT signed by the device key) bound to the verifier's nonce. */
+  async evidence(nonce: string): Promise<string> {
+    return (await this.call<{ evidence: string }>("POST", "/v1/attestation/evidence", { nonce })).evidence;
+  }
+
+  private call<T>(method: string, path: string, body?: unknown, signal?: AbortSignal, timeoutMs = this.timeoutMs): Promise<T> {
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    return new Promise<T>((resolve, reject) => {
+      const req = request(
+        {
+          socketPath: this.socketPath, method, path, timeout: timeoutMs,
+          headers: { host: "localhost", ...(payload ? { "content-type": "application/json", "content-length": payload.length } : {}) },
+          ...(signal ? { signal } : {}),
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on("data", (c: Buffer) => chunks.push(c));
+          res.on("error", reject);
+          res.on("end", () => {
+            const text = Buffer.concat(chunks).toString("utf8");
+            const status = res.statusCode ?? 0;
+            if (status >= 200 && status < 300) {
+              resolve((text ? JSON.parse(text) : undefined) as T);
+              return;
+            }
+            let problem: { code?: string; detail?: string; hint?: string } = {};
+            try {
+              problem = JSON.parse(text) as typeof problem;
+            } catch {
+              /* not problem+json */
+            }
+            const code: ErrorCode = problem.code && problem.code in ErrorCodes ? (problem.code as ErrorCode) : status === 403 ? "FORBIDDEN" : "UNAVAILABLE";
+            reject(new EdgeTrustError(code, problem.detail ?? `device identity daemon answered ${status} to ${method} ${path}`, problem.hint ? { hint: problem.hint } : {}));
+          });
+        },
+      );
+      req.on("timeout", () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
+      req.on("error", (e) => {
+        if (e instanceof EdgeTrustError) return reject(e);
+        reject(new EdgeTrustError("UNAVAILABLE", `device identity daemon at ${this.socketPath} unreachable: ${e.message}`, {
+          hint: "is `edgetrust device run` running, and is this process root?",
+          cause: e,
+        }));
+      });
+      if (payload) req.write(payload);
+      req.end();
+    });
+  }
+}
+
+/**
+ * AttestationSource over the management socket, for a hub in another process: a cache filled from `GET /v1/modules`
+ * and kept current by long-polling `GET /v1/events`. While the daemon is unreachable the last known state is kept
+ * (modules keep working offline); after it restarts (new epoch) the cache is rebuilt and differences are reported.
+ */
+export class ManagementAttestationSource implements AttestationSource {
+  private readonly cache = new Map<string, ModuleAttestationState>();
+  private readonly emitter = new EventEmitter();
+  private epoch = "";
+  private after = 0;
+  private stopped = false;
+  private readonly abort = new AbortController();
+  private loop: Promise<void> | undefined;
+  private readonly log: Logger;
+
+  constructor(private readonly client: ManagementClient, private readonly deviceId: string, opts: { waitSeconds?: number; retryMs?: number; log?: Logger } = {}) {
+    this.waitSeconds = opts.waitSeconds ?? 25;
+    this.retryMs = opts.retryMs ?? 2000;
+    this.log = opts.log ?? createLogger("device-identity");
+  }
+  private readonly waitSeconds: number;
+  private readonly retryMs: number;
+
+  /** Load the current modules, then follow changes in the background. */
+  async start(): Promise<void> {
+    await this.resync();
+    this.loop = this.follow();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.abort.abort();
+    await this.loop;
+  }
+
+  current(deviceId: string, module: string): ModuleAttestationState | undefined {
+    if (deviceId !== this.deviceId) return undefined;
+    const v = this.cache.get(module);
+    return v ? { ...v } : undefined;
+  }
+
+  subscribe(listener: (event: AttestationEvent) => void): () => void {
+    this.emitter.on("event", listener);
+    return () => this.emitter.off("event", listener);
+  }
+
+  private emit(type: AttestationEvent["type"], module: string): void {
+    this.emitter.emit("event", { type, deviceId: this.deviceId, module } satisfies AttestationEvent);
+  }
+
+  private async resync(): Promise<void> {
+    const page = await this.client.events(0, 0, this.abort.signal);
+    const mods = await this.client.list();
+    const seen = new Set<string>();
+    for (const m of mods) {
+      seen.add(m.name);
+      const prev = this.cache.get(m.name);
+      this.cache.set(m.name, { imageDigest: m.imageDigest, manifestVersion: m.manifestVersion });
+      if (prev && (prev.imageDigest !== m.imageDigest || prev.manifestVersion !== m.manifestVersion)) this.emit("updated", m.name);
+    }
+    for (const name of [...this.cache.keys()]) {
+      if (!seen.has(name)) {
+        this.cache.delete(name);
+        this.emit("deregistered", name);
+      }
+    }
+    this.epoch = page.epoch;
+    this.after = page.next;
+  }
+
+  private async refresh(name: string, type: ModuleEvent["type"]): Promise<void> {
+    if (type === "deregistered") {
+      if (this.cache.delete(name)) this.emit("deregistered", name);
+      return;
+    }
+    const m = await this.client.get(name);
+    const prev = this.cache.get(name);
+    if (!m) {
+      if (prev) {
+        this.cache.delete(name);
+        this.emit("deregistered", name);
+      }
+      return;
+    }
+    this.cache.set(name, { imageDigest: m.imageDigest, manifestVersion: m.manifestVersion });
+    if (prev && (prev.imageDigest !== m.imageDigest || prev.manifestVersion !== m.manifestVersion)) this.emit("updated", name);
+  }
+
+  private async follow(): Promise<void> {
+    while (!this.stopped) {
+      try {
+        const page = await this.client.events(this.after, this.waitSeconds, this.abort.signal);
+        if (page.epoch !== this.epoch || page.gap) {
+          await this.resync();
+          continue;
+        }
+        for (const ev of page.events) await this.refresh(ev.module, ev.type);
+        this.after = page.next;
+      } catch (e) {
+        if (this.stopped) return;
+        this.log.warn({ err: (e as Error).message }, "attestation events unavailable; keeping the last known modules");
+        await new Promise((r) => setTimeout(r, this.retryMs));
+      }
+    }
+  }
+}
