@@ -5,6 +5,8 @@ export { PolicySchema, CaseFileSchema, ManifestSchema, ModuleOptionsSchema, Trus
 export type { Policy, ModulePermissions, HubRule, CertProfile, RedactRule, Manifest, ManifestModule, ModuleOptions, TrustKey, TrustRootBody, CertKind, CaseFile } from "./schema.js";
 export { decideModuleOptions, decideImage, decideTopic, parsePinnedImage } from "./decide.js";
 export type { Decision, RuleHit, HubIdentity, ParsedImage } from "./decide.js";
+/** MQTT topic-filter match (`+` one level, `#` the rest; a leading wildcard never matches a `$` topic), as the hub rules use it. */
+export { topicMatches } from "./match.js";
 export { loadTrustRoot, parseTrustRoot, resolveTrust, verifyTrustRootRotation, signTrustRoot, trustRootExpired } from "./trust-root.js";
 export type { TrustRoot, RotationResult } from "./trust-root.js";
 export { signManifest, verifyManifest, validateManifest, ManifestStateStore, ManifestStateSchema, MAX_CLOCK_SKEW_MS } from "./manifest.js";
