@@ -136,8 +136,10 @@ export function decideModuleOptions(policy: Policy, name: string, options: Modul
 
   const ro = perm(policy, name, "readOnlyRootfs");
   const roMode = ro.value ?? "required";
-  if (roMode === "required" && options.readOnlyRootfs !== true) rules.push({ rule: ro.from, effect: "deny", reason: "read-only root filesystem is required" });
-  else rules.push({ rule: ro.from, effect: "allow", reason: options.readOnlyRootfs ? "read-only root filesystem" : "writable root filesystem allowed" });
+  // Omitted means read-only: the agent mounts the root filesystem read-only unless a manifest asks otherwise.
+  const readOnly = options.readOnlyRootfs ?? true;
+  if (roMode === "required" && !readOnly) rules.push({ rule: ro.from, effect: "deny", reason: "read-only root filesystem is required" });
+  else rules.push({ rule: ro.from, effect: "allow", reason: readOnly ? "read-only root filesystem" : "writable root filesystem allowed" });
 
   return decision(policy, "module", `module ${name}`, rules);
 }

@@ -76,6 +76,11 @@ describe("decisions: deny by default, with the rules that decided", () => {
     ]);
     expect(decideModuleOptions(p, "mod1", { network: "host", readOnlyRootfs: true }).rules.some((r) => /user is not set/.test(r.reason))).toBe(true);
   });
+  it("an omitted readOnlyRootfs means read-only (the agent's default), so `required` allows it", () => {
+    const p = fixturePolicy();
+    expect(decideModuleOptions(p, "mod1", { network: "host", user: "1000:1000" }).allowed).toBe(true);
+    expect(decideModuleOptions(p, "mod1", { network: "host", user: "1000:1000", readOnlyRootfs: false }).allowed).toBe(false);
+  });
   it("hub: {device}/{module} bind rules to the caller's own ids; subscriptions cannot widen", () => {
     const p = loadPolicy("policy/examples/policy.yaml").policy;
     const me = { principal: "module" as const, device: "d1", module: "sensor" };
