@@ -5,7 +5,7 @@ import { Certificate as AsnCertificate, CRLNumber, id_ce_cRLNumber } from "@pecu
 import * as x509 from "@peculiar/x509";
 import { EdgeTrustError, createLogger, isEdgeTrustError, type Logger } from "../common/index.js";
 import { keyStoreCrypto, keyStoreCryptoKey, type KeyAlgorithm, type KeyStore } from "../hsm/index.js";
-import { issueCertificate, getProfile, type Profile, type ProfileName } from "../pki/index.js";
+import { issueCertificate, getProfile, signingAlgorithmFor, type Profile, type ProfileName } from "../pki/index.js";
 import { checkCsr, sanKey } from "./csr.js";
 import { normalizeSerial, REVOCATION_REASON_CODES, sha256Hex, type CaRecord, type CaStore, type CertificateRecord, type RevocationReason } from "./store.js";
 
@@ -96,14 +96,6 @@ export interface Issued {
   certificate: x509.X509Certificate;
   /** Leaf first, then the issuing CA (the root is the trust anchor, served by /v1/cas). */
   chainPem: string;
-}
-
-/** The signature algorithm a CA key signs with (hash matched to the key); the same rule pki/ applies to certificates. */
-export function signingAlgorithmFor(key: CryptoKey): { name: string; hash: "SHA-256" | "SHA-384" | "SHA-512" } {
-  const alg = key.algorithm as Algorithm & { namedCurve?: string; hash?: { name: string } };
-  if (alg.name === "ECDSA") return { name: "ECDSA", hash: alg.namedCurve === "P-384" ? "SHA-384" : "SHA-256" };
-  const h = alg.hash?.name;
-  return { name: alg.name, hash: h === "SHA-384" || h === "SHA-512" ? h : "SHA-256" };
 }
 
 function hashHex(alg: "sha1" | "sha256", data: ArrayBuffer | Uint8Array): string {

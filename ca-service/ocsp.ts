@@ -6,7 +6,8 @@ import {
 } from "@peculiar/asn1-ocsp";
 import { CRLReason, type AlgorithmIdentifier, type Extension as AsnExtension } from "@peculiar/asn1-x509";
 import * as x509 from "@peculiar/x509";
-import { signingAlgorithmFor, type CertificateAuthority, type LoadedCa } from "./ca.js";
+import { signingAlgorithmFor } from "../pki/index.js";
+import type { CertificateAuthority, LoadedCa } from "./ca.js";
 import { normalizeSerial, REVOCATION_REASON_CODES } from "./store.js";
 
 /**
