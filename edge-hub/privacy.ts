@@ -1,7 +1,7 @@
 import { createHmac, randomBytes } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { writeFileAtomic } from "../common/index.js";
-import type { RedactRule } from "../policy/index.js";
+import { topicMatches, type RedactRule } from "../policy/index.js";
 
 /**
  * Privacy redaction before anything leaves the device. Rules come from the policy's `privacy.redact`: a dotted path
@@ -17,7 +17,7 @@ export class Redactor {
 
   /** Rules that apply to an upstream topic. */
   applicable(topic: string): RedactRule[] {
-    return this.rules.filter((r) => !r.topics || r.topics.some((f) => filterMatches(f, topic)));
+    return this.rules.filter((r) => !r.topics || r.topics.some((f) => topicMatches(f, topic)));
   }
 
   /**
@@ -44,6 +44,8 @@ export class Redactor {
     if (head === undefined) return;
     const obj = node as Record<string, unknown>;
     const keys = head === "*" ? Object.keys(obj) : Object.prototype.hasOwnProperty.call(obj, head) ? [head] : [];
+    // Removing array elements shifts the ones after them: remove from the highest index down so none is skipped.
+    if (Array.isArray(obj) && action === "remove" && rest.length === 0) keys.sort((a, b) => Number(b) - Number(a));
     for (const k of keys) {
       if (rest.length > 0) {
         this.apply(obj[k], rest, action);
@@ -67,16 +69,4 @@ export function loadOrCreateSecret(file: string): Buffer {
   const s = randomBytes(32);
   writeFileAtomic(file, s, 0o600);
   return s;
-}
-
-/** MQTT filter match (`+` one level, `#` the rest) for the `topics` of a redact rule. */
-function filterMatches(filter: string, topic: string): boolean {
-  const f = filter.split("/");
-  const t = topic.split("/");
-  for (let i = 0; i < f.length; i++) {
-    if (f[i] === "#") return true;
-    if (i >= t.length) return false;
-    if (f[i] !== "+" && f[i] !== t[i]) return false;
-  }
-  return f.length === t.length;
 }

@@ -65,4 +65,34 @@ describe("privacy", () => {
     expect(again).toEqual({ k: 2 });
     expect(r.redact("devices/d/messages/events/", Buffer.from("not json"))).toBeUndefined();
   });
+
+  it("`remove` with `*` over an array removes every element (no index shift skips one); nested and indexed paths too", () => {
+    const r = new Redactor([
+      { path: "tags.*", action: "remove" },
+      { path: "items.*.secret", action: "remove" },
+      { path: "pair.1", action: "remove" },
+      { path: "names.*", action: "hash" },
+    ], Buffer.alloc(32, 3));
+    const body = { tags: ["a", "b", "c", "d", "e"], items: [{ secret: 1, k: 1 }, { secret: 2, k: 2 }, { k: 3 }], pair: ["x", "y", "z"], names: ["p", "q"] };
+    const out = JSON.parse(r.redact("t", Buffer.from(JSON.stringify(body)))?.toString() ?? "null") as typeof body;
+    expect(out.tags).toEqual([]);
+    expect(out.items).toEqual([{ k: 1 }, { k: 2 }, { k: 3 }]);
+    expect(out.pair).toEqual(["x", "z"]);
+    expect(out.names).toHaveLength(2);
+    expect(out.names.every((n) => /^hmac-sha256:[0-9a-f]{64}$/.test(n))).toBe(true);
+    // A top-level array body.
+    const top = new Redactor([{ path: "*", action: "remove" }], Buffer.alloc(32, 3));
+    expect(top.redact("t", Buffer.from("[1,2,3,4]"))?.toString()).toBe("[]");
+  });
+
+  it("a rule's `topics` use the policy's MQTT filter matcher (one matcher for ACLs and privacy)", () => {
+    const r = new Redactor([{ path: "gps", action: "remove", topics: ["devices/+/modules/+/messages/events/#"] }], Buffer.alloc(32, 4));
+    const body = Buffer.from('{"gps":1}');
+    expect(r.redact("devices/d1/modules/m/messages/events/", body)?.toString()).toBe("{}");
+    expect(r.redact("devices/d1/modules/m/messages/events/a=1", body)?.toString()).toBe("{}");
+    expect(r.redact("devices/d1/messages/events/", body)?.toString()).toBe('{"gps":1}');
+    const any = new Redactor([{ path: "gps", action: "remove", topics: ["#"] }], Buffer.alloc(32, 4));
+    expect(any.redact("$iothub/x", body)?.toString()).toBe('{"gps":1}'); // MQTT: a leading wildcard never matches `$` topics
+    expect(any.redact("x/y", body)?.toString()).toBe("{}");
+  });
 });
