@@ -1,0 +1,230 @@
+import "reflect-metadata";
+import type { X509Certificate as NodeX509 } from "node:crypto";
+import { EdgeTrustError, isEdgeTrustError } from "../../common/index.js";
+import { verifyCsr } from "../../pki/index.js";
+import type { CertificateAuthority, Issued } from "../ca.js";
+import { sha256Hex } from "../store.js";
+import { chainsTo, commonNameOf, deriveDeviceKey, parseSas, sameKey, verifySas } from "./credentials.js";
+import { checkRegistrationId, effectiveDnsNames, type EnrollmentProfile } from "./model.js";
+import type { EnrollmentStore, RegistrationRecord } from "./store.js";
+
+/** How a device proves it may register (besides the CSR signature, always required). */
+export type RegistrationCredential =
+  /** Nothing besides the CSR: only an individual `publicKey` enrollment accepts this (the CSR key must be the enrolled key). */
+  | { kind: "none" }
+  /** The bootstrap certificate presented as the TLS client certificate (the handshake proved its key). */
+  | { kind: "x509"; cert: NodeX509 }
+  /** `Authorization: SharedAccessSignature sr=<idScope>/registrations/<id>&sig=...&se=...&skn=registration`. */
+  | { kind: "sas"; header: string; idScope: string }
+  /** HTTP Basic (EST): the password is the device key derived from its group key. */
+  | { kind: "basic"; password: string };
+
+export type RegistrationChannel = "api" | "est" | "dps";
+
+export interface RegisterInput {
+  registrationId: string;
+  /** PKCS#10 PEM for the device identity key (the device's HSM key). */
+  csr: string;
+  /** PKCS#10 PEM for the Edge CA key, when the enrollment issues an Edge CA. */
+  edgeCaCsr?: string;
+  /** Same key + same request: the stored result comes back; a different key for a registered id is refused. */
+  idempotencyKey: string;
+  credential: RegistrationCredential;
+  channel: RegistrationChannel;
+  /** Issue only the identity certificate even when the enrollment has an Edge CA (EST simpleenroll returns one certificate). */
+  identityOnly?: boolean;
+}
+
+/** One issued certificate in a registration result. */
+export interface IssuedCertificate {
+  serial: string;
+  notAfter: string;
+  certificatePem: string;
+  /** Leaf, then the issuing CA. */
+  chainPem: string;
+}
+
+/** What a device receives from a registration (own API, DPS `registrationState.payload`). */
+export interface RegistrationResult {
+  registrationId: string;
+  deviceId: string;
+  status: "assigned";
+  operationId: string;
+  assignedAt: string;
+  enrollment: { kind: "individual" | "group"; id: string; attestation: string };
+  identity: IssuedCertificate;
+  edgeCa: IssuedCertificate | null;
+  /** Roots and every issuing CA (PEM): what the device trusts. */
+  trustBundlePem: string;
+  labels: Record<string, string>;
+}
+
+interface Resolved {
+  kind: "individual" | "group";
+  id: string;
+  attestation: string;
+  profile: EnrollmentProfile;
+  lifetimeDays: number | null;
+  edgeCa: boolean;
+  dnsNames: string[];
+  labels: Record<string, string>;
+  /** publicKey enrollments: the CSR's SPKI must hash to this. */
+  requiredSpkiSha256?: string;
+}
+
+function unauth(message: string, hint?: string): EdgeTrustError {
+  return new EdgeTrustError("UNAUTHENTICATED", message, hint ? { hint } : {});
+}
+
+function disabled(what: string): EdgeTrustError {
+  return new EdgeTrustError("ENROLLMENT_DISABLED", `${what} is disabled`, { hint: "ask the provisioning line or an admin to enable it" });
+}
+
+function certValidNow(cert: NodeX509): boolean {
+  const now = Date.now();
+  return Date.parse(cert.validFrom) <= now && Date.parse(cert.validTo) >= now;
+}
+
+function view(i: Issued): IssuedCertificate {
+  return { serial: i.record.serial, notAfter: i.record.notAfter, certificatePem: i.record.certPem, chainPem: i.chainPem };
+}
+
+/**
+ * Device registration, shared by the JSON API, EST and the DPS-compatible route: authenticate the bootstrap
+ * credential against the enrollment (individual first, then groups), check the CSR, claim the registration id with
+ * the idempotency key, write the device record, issue the identity (and Edge CA) certificate, record the result.
+ */
+export class RegistrationService {
+  constructor(readonly ca: CertificateAuthority, readonly enrollments: EnrollmentStore) {}
+
+  /** Which registration id a bootstrap certificate stands for (EST without a path id): individual by fingerprint, else its CN. */
+  async registrationIdForCertificate(cert: NodeX509): Promise<string> {
+    const ind = await this.enrollments.findIndividualByCredential(sha256Hex(new Uint8Array(cert.raw)));
+    if (ind && ind.attestation === "x509") return ind.registrationId;
+    const cn = commonNameOf(cert);
+    if (!cn) throw unauth("the bootstrap certificate has no CN naming the registration id");
+    return checkRegistrationId(cn);
+  }
+
+  /** Authenticate a credential for a registration id (also used by DPS operation polls); returns the enrollment it matched. */
+  async authenticate(registrationId: string, cred: RegistrationCredential): Promise<{ kind: "individual" | "group"; id: string; labels: Record<string, string> }> {
+    const r = await this.resolve(checkRegistrationId(registrationId), cred);
+    return { kind: r.kind, id: r.id, labels: r.labels };
+  }
+
+  private async resolve(registrationId: string, cred: RegistrationCredential): Promise<Resolved> {
+    const ind = await this.enrollments.getIndividual(registrationId);
+    if (ind) {
+      let required: string | undefined;
+      if (ind.attestation === "x509") {
+        if (cred.kind !== "x509") throw unauth("this enrollment needs the bootstrap certificate as the TLS client certificate");
+        if (sha256Hex(new Uint8Array(cred.cert.raw)) !== ind.credentialSha256) throw unauth("the client certificate is not the enrolled bootstrap certificate");
+        if (!certValidNow(cred.cert)) throw unauth("the bootstrap certificate is expired or not yet valid");
+      } else if (ind.attestation === "tpm") {
+        throw new EdgeTrustError("FORBIDDEN", "TPM endorsement-key attestation is recorded but registration with it is not supported yet", { hint: "enroll the device's public key (publicKey) or a bootstrap certificate" });
+      } else {
+        required = ind.credentialSha256;
+      }
+      if (ind.status !== "enabled") throw disabled(`enrollment ${registrationId}`);
+      return {
+        kind: "individual", id: ind.registrationId, attestation: ind.attestation, profile: ind.profile, lifetimeDays: ind.lifetimeDays, edgeCa: ind.edgeCa,
+        dnsNames: effectiveDnsNames(registrationId, ind.dnsNames), labels: ind.labels, ...(required ? { requiredSpkiSha256: required } : {}),
+      };
+    }
+    const fromGroup = async (): Promise<Resolved> => {
+      if (cred.kind === "x509") {
+        const groups = await this.enrollments.listGroups({ attestation: "x509CA" });
+        const g = groups.find((x) => x.caCertPem && chainsTo(cred.cert, x.caCertPem));
+        if (!g) throw unauth("the bootstrap certificate does not chain to a configured enrollment group CA (or is expired)");
+        if (commonNameOf(cred.cert) !== registrationId) throw unauth("the bootstrap certificate's CN is not this registration id");
+        if (g.status !== "enabled") throw disabled(`enrollment group ${g.id}`);
+        return { kind: "group", id: g.id, attestation: "x509CA", profile: g.profile, lifetimeDays: g.lifetimeDays, edgeCa: g.edgeCa, dnsNames: effectiveDnsNames(registrationId, []), labels: g.labels };
+      }
+      if (cred.kind === "sas" || cred.kind === "basic") {
+        const sas = cred.kind === "sas" ? parseSas(cred.header) : undefined;
+        const groups = await this.enrollments.listGroups({ attestation: "symmetricKey" });
+        let lastError: EdgeTrustError | undefined;
+        for (const g of groups) {
+          const key = await this.enrollments.groupKey(g.id);
+          if (!key) continue;
+          const deviceKey = deriveDeviceKey(key, registrationId);
+          try {
+            if (sas && cred.kind === "sas") verifySas(sas, { idScope: cred.idScope, registrationId, deviceKeyB64: deviceKey });
+            else if (cred.kind === "basic" && !sameKey(cred.password, deviceKey)) throw unauth("the password is not this device's key");
+          } catch (e) {
+            if (!isEdgeTrustError(e, "UNAUTHENTICATED")) throw e;
+            // sr and expiry failures are the same for every group: report them as they are.
+            if (!/signature|password/.test(e.message)) throw e;
+            lastError = e;
+            continue;
+          }
+          if (g.status !== "enabled") throw disabled(`enrollment group ${g.id}`);
+          return { kind: "group", id: g.id, attestation: "symmetricKey", profile: g.profile, lifetimeDays: g.lifetimeDays, edgeCa: g.edgeCa, dnsNames: effectiveDnsNames(registrationId, []), labels: g.labels };
+        }
+        throw lastError ?? unauth("no symmetric-key enrollment group accepts this key");
+      }
+      throw unauth(`no enrollment for registration id ${registrationId} accepts this credential`, "present the bootstrap certificate or a SAS token, or enroll the device's public key");
+    };
+    return fromGroup();
+  }
+
+  async register(input: RegisterInput): Promise<{ result: RegistrationResult; replayed: boolean }> {
+    const registrationId = checkRegistrationId(input.registrationId);
+    if (!/^[\x21-\x7e]{8,128}$/.test(input.idempotencyKey)) throw new EdgeTrustError("INVALID_INPUT", "Idempotency-Key must be 8..128 printable ASCII characters");
+    const r = await this.resolve(registrationId, input.credential);
+    const actor = `device:${registrationId} via ${input.channel}`;
+
+    const profile = this.ca.profile(r.profile);
+    const csr = await verifyCsr(input.csr, { allowedKeyAlgorithms: profile.allowedKeyAlgorithms });
+    const spkiSha = sha256Hex(new Uint8Array(csr.publicKey.rawData));
+    if (r.requiredSpkiSha256 && spkiSha !== r.requiredSpkiSha256) {
+      throw unauth("the CSR's key is not the enrolled public key", "sign the CSR with the key that was enrolled");
+    }
+    if (r.edgeCa && !input.edgeCaCsr && !input.identityOnly) throw new EdgeTrustError("INVALID_INPUT", "this enrollment issues an Edge CA: send edgeCaCsr too");
+    if (!r.edgeCa && input.edgeCaCsr) throw new EdgeTrustError("INVALID_INPUT", "this enrollment does not issue an Edge CA certificate");
+    if (input.edgeCaCsr) {
+      const e = await verifyCsr(input.edgeCaCsr, { allowedKeyAlgorithms: this.ca.profile("edge-ca").allowedKeyAlgorithms });
+      if (sha256Hex(new Uint8Array(e.publicKey.rawData)) === spkiSha) throw new EdgeTrustError("PKI_PROFILE_VIOLATION", "the Edge CA key must differ from the device identity key");
+    }
+
+    const requestSha = sha256Hex(JSON.stringify([input.csr.trim(), input.edgeCaCsr?.trim() ?? null]));
+    const source = `${r.kind}:${r.id}`;
+    const claim = await this.enrollments.beginRegistration(registrationId, source, input.idempotencyKey, requestSha, actor);
+    if (!claim.fresh) return { result: await this.waitFor(claim.record), replayed: true };
+
+    try {
+      await this.ca.store.upsertEnrollment({ deviceId: registrationId, kind: r.profile === "leaf-device" ? "leaf" : "device", commonName: registrationId.slice(0, 64), dnsNames: r.dnsNames }, actor);
+      const lifetime = r.lifetimeDays ? { lifetimeSeconds: r.lifetimeDays * 86400 } : {};
+      const identity = await this.ca.issue({ csrPem: input.csr, profile: r.profile, deviceId: registrationId, ...lifetime }, actor, "cert.issue.registration");
+      const edgeCa = input.edgeCaCsr ? await this.ca.issue({ csrPem: input.edgeCaCsr, profile: "edge-ca", deviceId: registrationId, ...lifetime }, actor, "cert.issue.registration") : null;
+      const result: RegistrationResult = {
+        registrationId, deviceId: registrationId, status: "assigned", operationId: claim.operationId, assignedAt: new Date().toISOString(),
+        enrollment: { kind: r.kind, id: r.id, attestation: r.attestation }, identity: view(identity), edgeCa: edgeCa ? view(edgeCa) : null,
+        trustBundlePem: this.ca.trustBundlePem(), labels: r.labels,
+      };
+      await this.enrollments.completeRegistration(registrationId, result, { source, channel: input.channel, identity: identity.record.serial, edgeCa: edgeCa?.record.serial ?? null }, actor);
+      return { result, replayed: false };
+    } catch (e) {
+      await this.enrollments.failRegistration(registrationId, e instanceof Error ? e.message : String(e), actor).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /** A replay of a registration still being processed by another request waits (briefly) for its result. */
+  private async waitFor(rec: RegistrationRecord): Promise<RegistrationResult> {
+    let cur: RegistrationRecord | undefined = rec;
+    for (let i = 0; cur?.status === "assigning" && i < 100; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      cur = await this.enrollments.getRegistration(rec.registrationId);
+    }
+    if (cur?.status !== "assigned" || !cur.result) throw new EdgeTrustError("CONFLICT", `registration ${rec.registrationId} is still in progress`, { hint: "retry shortly" });
+    return cur.result as RegistrationResult;
+  }
+
+  /** The stored registration for a DPS operation poll. */
+  async operation(registrationId: string, operationId: string): Promise<RegistrationRecord> {
+    const rec = await this.enrollments.getRegistration(checkRegistrationId(registrationId));
+    if (!rec || rec.operationId !== operationId) throw new EdgeTrustError("NOT_FOUND", `no operation ${operationId} for ${registrationId}`);
+    return rec;
+  }
+}

@@ -1,0 +1,89 @@
+import type { FastifyPluginAsync, FastifyRequest } from "fastify";
+import { Type, type Static } from "@sinclair/typebox";
+import { EdgeTrustError } from "../../common/index.js";
+import { actorOf, peerCertificate, problemResponses, requireRole, SecurityBearer } from "../http.js";
+import { RegistrationService, type RegistrationCredential } from "../enrollment/registration.js";
+import { EnrollmentStore } from "../enrollment/store.js";
+import { CsrPem } from "./schemas.js";
+import { RegistrationIdParam } from "./v1-enrollments.js";
+import type { RouteDeps } from "./types.js";
+
+const Issued = Type.Object({ serial: Type.String(), notAfter: Type.String(), certificatePem: Type.String(), chainPem: Type.String() });
+
+/** The registration contract of the device daemon (`RegistrationRequestBody` in, `RegistrationResultSchema` out). */
+export const RegistrationRequestBody = Type.Object({
+  csr: CsrPem,
+  edgeCaCsr: Type.Optional(CsrPem),
+}, { additionalProperties: false, description: "PKCS#10 requests: the device identity key, and the Edge CA key when the enrollment issues one" });
+
+export const RegistrationResultSchema = Type.Object({
+  registrationId: Type.String(),
+  deviceId: Type.String(),
+  status: Type.Literal("assigned"),
+  operationId: Type.String(),
+  assignedAt: Type.String(),
+  enrollment: Type.Object({ kind: Type.Union([Type.Literal("individual"), Type.Literal("group")]), id: Type.String(), attestation: Type.String() }),
+  identity: Issued,
+  edgeCa: Type.Union([Issued, Type.Null()]),
+  trustBundlePem: Type.String(),
+  labels: Type.Record(Type.String(), Type.String()),
+});
+
+const Params = Type.Object({ registrationId: RegistrationIdParam });
+const Headers = Type.Object({ "idempotency-key": Type.String({ minLength: 8, maxLength: 128, pattern: "^[\\x21-\\x7e]+$" }) });
+
+/** The bootstrap credential of a device request: TLS client certificate, HTTP Basic (derived key), or just the CSR. */
+export function registrationCredential(req: FastifyRequest, idScope?: string): RegistrationCredential {
+  const auth = req.headers.authorization;
+  if (auth !== undefined) {
+    if (auth.startsWith("SharedAccessSignature ")) {
+      if (idScope === undefined) throw new EdgeTrustError("UNAUTHENTICATED", "SAS tokens are accepted on the DPS-compatible route; use Basic or a bootstrap certificate here");
+      return { kind: "sas", header: auth, idScope };
+    }
+    const m = /^Basic ([A-Za-z0-9+/=]{4,1024})$/.exec(auth);
+    if (!m?.[1]) throw new EdgeTrustError("UNAUTHENTICATED", "unsupported Authorization scheme", { hint: "Basic <registrationId:derived key>, SharedAccessSignature (DPS), or a bootstrap client certificate" });
+    const text = Buffer.from(m[1], "base64").toString("utf8");
+    const i = text.indexOf(":");
+    if (i < 0) throw new EdgeTrustError("UNAUTHENTICATED", "malformed Basic credentials");
+    return { kind: "basic", password: text.slice(i + 1) };
+  }
+  const cert = peerCertificate(req);
+  if (cert) return { kind: "x509", cert };
+  return { kind: "none" };
+}
+
+/**
+ * PUT /v1/registrations/:registrationId — a device registers: it proves possession of its key (CSR signature) and
+ * its bootstrap credential, and receives its identity certificate, its Edge CA certificate and the trust bundle.
+ * `Idempotency-Key` is required: a retry with the same key returns the same result (200); another key is refused.
+ */
+export const registrationRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, store, metrics }) => {
+  const es = new EnrollmentStore(store);
+  const svc = new RegistrationService(ca, es);
+  app.put<{ Params: Static<typeof Params>; Body: Static<typeof RegistrationRequestBody>; Headers: Static<typeof Headers> }>("/v1/registrations/:registrationId", {
+    schema: {
+      summary: "Register a device (bootstrap certificate over mTLS, Basic with the derived group key, or an enrolled public key)", tags: ["registration"],
+      params: Params, headers: Headers, body: RegistrationRequestBody, response: { 200: RegistrationResultSchema, 201: RegistrationResultSchema, ...problemResponses(400, 401, 403, 409, 422, 429) },
+    },
+  }, async (req, reply) => {
+    const b = req.params.registrationId;
+    if (req.headers.authorization?.startsWith("Basic ")) {
+      const user = Buffer.from(req.headers.authorization.slice(6), "base64").toString("utf8").split(":")[0];
+      if (user !== b) throw new EdgeTrustError("UNAUTHENTICATED", "the Basic user name is not this registration id");
+    }
+    const out = await svc.register({
+      registrationId: b, csr: req.body.csr, ...(req.body.edgeCaCsr ? { edgeCaCsr: req.body.edgeCaCsr } : {}),
+      idempotencyKey: req.headers["idempotency-key"], credential: registrationCredential(req), channel: "api",
+    });
+    if (!out.replayed) metrics.issued.inc({ profile: "registration", kind: "issue" });
+    reply.code(out.replayed ? 200 : 201).header("cache-control", "no-store");
+    return out.result;
+  });
+  app.delete<{ Params: Static<typeof Params> }>("/v1/registrations/:registrationId", {
+    preHandler: requireRole(store, "admin"),
+    schema: { summary: "Reset a registration so a wiped device may register again (its certificates stay valid; revoke them separately)", tags: ["registration"], security: SecurityBearer, params: Params, response: { 204: Type.Null(), ...problemResponses(400, 401, 403, 404) } },
+  }, async (req, reply) => {
+    await es.resetRegistration(req.params.registrationId, actorOf(req));
+    return reply.code(204).send();
+  });
+};
