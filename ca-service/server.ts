@@ -26,6 +26,7 @@ import { renewRoutes } from "./routes/v1-renew.js";
 import { auditRoutes } from "./routes/v1-audit.js";
 import { adminRoutes } from "./routes/v1-admin.js";
 import type { RouteDeps } from "./routes/types.js";
+import { enrollmentApiRoutes } from "./enrollment/routes.js";
 
 export interface CaServerDeps {
   ca: CertificateAuthority;
@@ -141,6 +142,7 @@ export async function createCaServer(config: CaConfig, deps: CaServerDeps): Prom
   await app.register(renewRoutes, routeDeps);
   await app.register(auditRoutes, routeDeps);
   await app.register(adminRoutes, routeDeps);
+  await app.register(enrollmentApiRoutes, routeDeps);
 
   let revocationApp: FastifyInstance | undefined;
   if (config.revocationPort >= 0) {
