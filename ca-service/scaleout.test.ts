@@ -8,7 +8,7 @@ import { fileURLToPath } from "node:url";
 import * as x509 from "@peculiar/x509";
 import { SOFTHSM_MODULE } from "../hsm/index.js";
 import { initCa } from "./init.js";
-import { DATABASE_URL, PG_SKIP_REASON, pgStore, quietLogger, softHsm, TEST_PIN, uniqueSchema, type SoftHsm, type TestStore } from "./test-helpers.js";
+import { DATABASE_URL, PG_SKIP_REASON, announcePgSkip, pgStore, quietLogger, softHsm, TEST_PIN, uniqueSchema, type SoftHsm, type TestStore } from "./test-helpers.js";
 
 const ENTRY = fileURLToPath(new URL("./testdata/cli-entry.ts", import.meta.url));
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -34,6 +34,7 @@ async function csrFor(cn: string): Promise<string> {
   return csr.toString("pem");
 }
 
+announcePgSkip("ca-service/scaleout.test.ts");
 describe.skipIf(!DATABASE_URL)(`scale-out: ${PROCESSES} \`ca serve\` processes on one PostgreSQL${DATABASE_URL ? "" : ` (skipped: ${PG_SKIP_REASON})`}`, () => {
   let hsm: SoftHsm;
   let ts: TestStore;

@@ -1,6 +1,6 @@
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
 import { randomBytes } from "node:crypto";
-import { DATABASE_URL, PG_SKIP_REASON, pgStore, sqliteStore, type TestStore } from "./test-helpers.js";
+import { DATABASE_URL, PG_SKIP_REASON, announcePgSkip, pgStore, sqliteStore, type TestStore } from "./test-helpers.js";
 import { type CaStore, type NewCertificate, sha256Hex } from "./store.js";
 import { isEdgeTrustError } from "../common/index.js";
 import { migrate, schemaVersion, MIGRATIONS } from "./migrations.js";
@@ -158,6 +158,7 @@ function tamperSuite(name: string, make: () => Promise<TestStore>) {
 storeSuite("CaStore on SQLite", sqliteStore);
 tamperSuite("SQLite", sqliteStore);
 
+announcePgSkip("ca-service/store.test.ts");
 describe.skipIf(!DATABASE_URL)(`CaStore on PostgreSQL${DATABASE_URL ? "" : ` (skipped: ${PG_SKIP_REASON})`}`, () => {
   storeSuite("CaStore on PostgreSQL", () => pgStore());
   tamperSuite("PostgreSQL", () => pgStore());

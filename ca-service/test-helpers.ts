@@ -17,7 +17,10 @@ import { initCa, type InitCaResult } from "./init.js";
 export const DATABASE_URL = process.env.DATABASE_URL ?? "";
 export const PG_SKIP_REASON = "DATABASE_URL is not set: PostgreSQL store tests skipped (e.g. DATABASE_URL=postgres://postgres@127.0.0.1:5432/test)";
 
-if (!DATABASE_URL) process.stderr.write(`ca-service: ${PG_SKIP_REASON}\n`);
+/** Say why PostgreSQL tests skip (called by the files that have them). */
+export function announcePgSkip(file: string): void {
+  if (!DATABASE_URL) process.stderr.write(`${file}: ${PG_SKIP_REASON}\n`);
+}
 
 /** A unique PG schema name per test run so parallel runs never collide. */
 export function uniqueSchema(prefix = "et_ca"): string {
