@@ -1,0 +1,111 @@
+import { readFileSync } from "node:fs";
+import { Command } from "commander";
+import { EdgeTrustError, createLogger, loadConfig } from "../common/index.js";
+import { openKeyStore } from "../hsm/index.js";
+import { EdgeTrustConfig } from "../cli/config-schema.js";
+import { action, emit } from "../cli/output.js";
+import { CaClient } from "./ca-client.js";
+import { DeviceDaemon, identityFromConfig } from "./daemon.js";
+import type { DeviceConfig } from "./config.js";
+import { ManagementClient } from "./management-client.js";
+
+function bootstrapToken(cfg: DeviceConfig, explicitFile?: string): string {
+  const file = explicitFile ?? cfg.bootstrapTokenFile;
+  const token = file ? readFileSync(file, "utf8").split("\n")[0]?.trim() : process.env[cfg.bootstrapTokenEnv]?.trim();
+  if (!token) {
+    throw new EdgeTrustError("UNAUTHENTICATED", "no bootstrap token for enrollment", { hint: `give --token-file, device.bootstrapTokenFile or ${cfg.bootstrapTokenEnv}` });
+  }
+  return token;
+}
+
+/** `edgetrust device provision|run|status|attest`. */
+export function deviceCommand(): Command {
+  const device = new Command("device").description("Device identity daemon: provisioning, renewal, Edge CA, workload and management sockets, attestation");
+
+  device
+    .command("provision")
+    .description("Generate the device and Edge CA keys in the HSM, enroll with ca-service, store certificates and trust bundle atomically")
+    .option("-c, --config <file>", "edgetrust.yaml", "/etc/edgetrust/edgetrust.yaml")
+    .option("--token-file <file>", "bootstrap (enrollment) token file")
+    .option("--force", "enroll again with new keys even if already provisioned (old keys erased after the new state is stored)")
+    .option("--json", "machine-readable output")
+    .action(action(async (opts: { config: string; tokenFile?: string; force?: boolean; json?: boolean }) => {
+      const all = loadConfig(EdgeTrustConfig, { file: opts.config });
+      const log = createLogger("device-identity", { level: all.log.level });
+      const keys = await openKeyStore(all.hsm, { logger: log });
+      try {
+        const id = identityFromConfig(all.device, all.hsm, { keys, log });
+        await id.provision(bootstrapToken(all.device, opts.tokenFile), { force: Boolean(opts.force) });
+        const st = id.status();
+        emit(Boolean(opts.json), { ok: true, stateDir: all.device.stateDir, ...st }, () =>
+          [`device ${st.deviceId} provisioned (generation ${st.generation}) in ${all.device.stateDir}`,
+            ...st.certificates.map((c) => `  ${c.kind}: serial ${c.serial}, valid until ${c.notAfter}, renew at ${c.renewAt}`)].join("\n"));
+      } finally {
+        await keys.close();
+      }
+    }));
+
+  device
+    .command("run")
+    .description("Run the daemon until SIGTERM/SIGINT: renew on schedule, serve the management and workload sockets")
+    .option("-c, --config <file>", "edgetrust.yaml", "/etc/edgetrust/edgetrust.yaml")
+    .action(action(async (opts: { config: string }) => {
+      const all = loadConfig(EdgeTrustConfig, { file: opts.config });
+      const log = createLogger("device-identity", { level: all.log.level });
+      const d = await DeviceDaemon.start({ config: all.device, hsm: all.hsm, log });
+      await new Promise<void>((resolve) => {
+        const stop = (sig: string): void => {
+          log.info({ signal: sig }, "shutting down");
+          d.stop().then(resolve, (e: unknown) => {
+            log.error({ err: (e as Error).message }, "shutdown failed");
+            resolve();
+          });
+        };
+        process.once("SIGTERM", () => stop("SIGTERM"));
+        process.once("SIGINT", () => stop("SIGINT"));
+      });
+    }));
+
+  device
+    .command("status")
+    .description("Certificates, renewal schedule, clock problems and attested modules (asks the running daemon, else reads the state)")
+    .option("-c, --config <file>", "edgetrust.yaml", "/etc/edgetrust/edgetrust.yaml")
+    .option("--json", "machine-readable output")
+    .action(action(async (opts: { config: string; json?: boolean }) => {
+      const all = loadConfig(EdgeTrustConfig, { file: opts.config });
+      let st: Record<string, unknown>;
+      try {
+        st = { running: true, ...(await new ManagementClient(all.device.managementSocket, 5000).status()) };
+      } catch (e) {
+        if (!(e instanceof EdgeTrustError) || e.code !== "UNAVAILABLE") throw e;
+        const log = createLogger("device-identity", { level: "error" });
+        const keys = await openKeyStore(all.hsm, { logger: log });
+        try {
+          const id = identityFromConfig(all.device, all.hsm, { keys, log });
+          await id.load();
+          st = { running: false, ...id.status() };
+        } finally {
+          await keys.close();
+        }
+      }
+      emit(Boolean(opts.json), st, () => JSON.stringify(st, null, 2));
+    }));
+
+  device
+    .command("attest")
+    .description("Remote attestation: nonce from ca-service, evidence signed by the device key (via the daemon), the CA's EAR result")
+    .option("-c, --config <file>", "edgetrust.yaml", "/etc/edgetrust/edgetrust.yaml")
+    .option("--json", "machine-readable output")
+    .action(action(async (opts: { config: string; json?: boolean }) => {
+      const all = loadConfig(EdgeTrustConfig, { file: opts.config });
+      const bundle = readFileSync(`${all.device.stateDir}/ca-bundle.pem`, "utf8");
+      const ca = new CaClient(all.device.caUrl, [bundle]);
+      const { body: n } = await ca.json<{ nonce: string }>("POST", "/v1/attestation/nonce", {});
+      const evidence = await new ManagementClient(all.device.managementSocket).evidence(n.nonce);
+      const { body: r } = await ca.json<{ status: string; result: string; claims: Record<string, { status: string; reason?: string }> }>("POST", "/v1/attestation/verify", { evidence });
+      emit(Boolean(opts.json), r, () => [`attestation: ${r.status}`, ...Object.entries(r.claims).map(([k, v]) => `  ${k}: ${v.status}${v.reason ? ` — ${v.reason}` : ""}`)].join("\n"));
+      if (r.status === "contraindicated") process.exitCode = 1;
+    }));
+
+  return device;
+}

@@ -1,0 +1,232 @@
+import { readFileSync, existsSync } from "node:fs";
+import { join } from "node:path";
+import type { FastifyInstance } from "fastify";
+import { EdgeTrustError, createLogger, writeFileAtomic, type Logger } from "../common/index.js";
+import { DEFAULT_ENGINE, openKeyStore, readPin, tlsKeyOptions, type HsmConfig, type KeyStore } from "../hsm/index.js";
+import { DockerClient } from "../edge-agent/index.js";
+import { loadPolicy } from "../policy/index.js";
+import { AttestedModules, type AttestedModule } from "./attested-modules.js";
+import type { CaClient } from "./ca-client.js";
+import type { DeviceConfig } from "./config.js";
+import { checkAttestedContainer, type ContainerVerdict } from "./container-check.js";
+import { ModuleEventLog, LocalAttestationSource } from "./events.js";
+import { sha256File, signEvidence, type Measurements } from "./evidence.js";
+import { DeviceIdentity, type IdentityOptions } from "./identity.js";
+import { startManagementApi } from "./management-api.js";
+import { issueModuleCertificate } from "./module-issuer.js";
+import { WorkloadSockets } from "./workload-api.js";
+
+/** `30d`, `12h`, `90m` → seconds (policy durations). */
+function seconds(d: string): number {
+  const m = /^([1-9][0-9]*)(m|h|d)$/.exec(d);
+  if (!m) throw new EdgeTrustError("INVALID_CONFIG", `duration ${JSON.stringify(d)} must be <n>m, <n>h or <n>d`);
+  return Number(m[1]) * (m[2] === "m" ? 60 : m[2] === "h" ? 3600 : 86400);
+}
+
+/** Renewal thresholds and module lifetime: the policy's `certificates` section when a policy file is given. */
+export function certificateSettings(cfg: DeviceConfig): { renewAtPercent: IdentityOptions["renewAtPercent"]; moduleLifetimeSeconds: number } {
+  const out = { renewAtPercent: { device: cfg.renewAtPercent, edgeCa: cfg.renewAtPercent, hub: cfg.renewAtPercent }, moduleLifetimeSeconds: cfg.moduleLifetimeSeconds };
+  if (!cfg.policyFile) return out;
+  const c = loadPolicy(cfg.policyFile).policy.certificates;
+  if (c?.device) out.renewAtPercent.device = c.device.renewAt;
+  if (c?.edgeCa) out.renewAtPercent.edgeCa = c.edgeCa.renewAt;
+  if (c?.hub) out.renewAtPercent.hub = c.hub.renewAt;
+  if (c?.module) out.moduleLifetimeSeconds = seconds(c.module.lifetime);
+  return out;
+}
+
+export interface IdentityFromConfigOptions {
+  keys: KeyStore;
+  log: Logger;
+  now?: () => Date;
+  attestationForRenewal?: (ca: CaClient) => Promise<string>;
+}
+
+/** A DeviceIdentity from the `device` and `hsm` config sections. */
+export function identityFromConfig(cfg: DeviceConfig, hsm: HsmConfig, o: IdentityFromConfigOptions): DeviceIdentity {
+  if (!cfg.deviceId) throw new EdgeTrustError("INVALID_CONFIG", "device.deviceId is not set", { hint: "set device.deviceId (or EDGETRUST_DEVICE_DEVICEID)" });
+  const settings = certificateSettings(cfg);
+  let pin: string | undefined;
+  return new DeviceIdentity({
+    deviceId: cfg.deviceId,
+    trustDomain: cfg.trustDomain,
+    ...(cfg.hostName ? { hostName: cfg.hostName } : {}),
+    stateDir: cfg.stateDir,
+    keys: o.keys,
+    keyAlgorithm: cfg.keyAlgorithm,
+    hubKeyLabel: cfg.hubKeyLabel,
+    tlsKey: async (label) => {
+      if (o.keys.kind === "pkcs11") pin ??= readPin({ pinFile: hsm.pinFile, pinEnv: hsm.pinEnv });
+      // The configured .so path backs one TLS context per process; let the key source pick the registered engine id.
+      return tlsKeyOptions(o.keys, { label }, { ...(hsm.engine !== DEFAULT_ENGINE ? { engine: hsm.engine } : {}), module: hsm.module, tokenLabel: hsm.tokenLabel, ...(pin ? { pin } : {}) });
+    },
+    caUrl: cfg.caUrl,
+    caTrust: cfg.caTrustFile ? [readFileSync(cfg.caTrustFile, "utf8")] : [],
+    renewAtPercent: settings.renewAtPercent,
+    hubLifetimeSeconds: cfg.hubLifetimeSeconds,
+    rotateKeys: cfg.rotateKeys,
+    retryInitialMs: cfg.retryInitialSeconds * 1000,
+    retryMaxMs: cfg.retryMaxSeconds * 1000,
+    log: o.log,
+    ...(o.now ? { now: o.now } : {}),
+    ...(o.attestationForRenewal ? { attestationForRenewal: o.attestationForRenewal } : {}),
+  });
+}
+
+/** Measurements for attestation evidence, from the configured files and the attested-module registry. */
+export function collectMeasurements(cfg: DeviceConfig, modules: AttestedModules): Measurements {
+  const m = cfg.measurements;
+  let version = 0;
+  if (existsSync(m.manifestFile)) {
+    try {
+      let doc = JSON.parse(readFileSync(m.manifestFile, "utf8")) as { version?: number; payload?: string };
+      if (typeof doc.payload === "string") doc = JSON.parse(Buffer.from(doc.payload, "base64url").toString("utf8")) as typeof doc;
+      version = typeof doc.version === "number" ? doc.version : 0;
+    } catch {
+      version = 0;
+    }
+  }
+  return {
+    agent: sha256File(m.agentFile || process.argv[1] || ""),
+    policy: sha256File(m.policyFile),
+    trustRoot: sha256File(m.trustRootFile),
+    manifest: { digest: sha256File(m.manifestFile), version },
+    modules: Object.fromEntries(modules.list().map((x) => [x.name, { imageDigest: x.imageDigest, manifestVersion: x.manifestVersion }])),
+  };
+}
+
+export interface DaemonOptions {
+  config: DeviceConfig;
+  hsm: HsmConfig;
+  log?: Logger;
+  /** Use this key store (tests, embedding) instead of opening the one `hsm` describes; the daemon does not close it. */
+  keys?: KeyStore;
+  now?: () => Date;
+  /** Override the container check (default: the Docker Engine API on config.dockerSocket). */
+  checkContainer?: (m: AttestedModule, opts: { allowCreated?: boolean }) => Promise<ContainerVerdict>;
+  attestationForRenewal?: (ca: CaClient) => Promise<string>;
+}
+
+/**
+ * `edgetrust device run`: one process holding the HSM session, the identity (renewed on schedule, offline-tolerant),
+ * the management socket for the agent, one workload socket per attested module, and the hub server certificate file.
+ */
+export class DeviceDaemon {
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
+  private checking: Promise<void> = Promise.resolve();
+
+  private constructor(
+    readonly config: DeviceConfig,
+    readonly identity: DeviceIdentity,
+    readonly modules: AttestedModules,
+    readonly events: ModuleEventLog,
+    readonly sockets: WorkloadSockets,
+    readonly management: FastifyInstance,
+    private readonly keys: KeyStore,
+    private readonly ownsKeys: boolean,
+    readonly log: Logger,
+  ) {}
+
+  /** The hub's AttestationSource when the hub runs in this process. */
+  attestationSource(): LocalAttestationSource {
+    return new LocalAttestationSource(this.modules, this.events, this.config.deviceId);
+  }
+
+  static async start(o: DaemonOptions): Promise<DeviceDaemon> {
+    const cfg = o.config;
+    const log = o.log ?? createLogger("device-identity");
+    const keys = o.keys ?? (await openKeyStore(o.hsm, { logger: log }));
+    try {
+      const identity = identityFromConfig(cfg, o.hsm, { keys, log, ...(o.now ? { now: o.now } : {}), ...(o.attestationForRenewal ? { attestationForRenewal: o.attestationForRenewal } : {}) });
+      await identity.load();
+      const docker = new DockerClient({ socketPath: cfg.dockerSocket });
+      const check = o.checkContainer ?? ((m: AttestedModule, opts: { allowCreated?: boolean }) => checkAttestedContainer(docker, m, opts));
+      const settings = certificateSettings(cfg);
+      const modules = new AttestedModules(join(cfg.stateDir, "attested-modules.json"));
+      const events = new ModuleEventLog(modules);
+      const sockets = new WorkloadSockets(cfg.workloadDir, modules, {
+        issueModuleCertificate: async (m, csr) => {
+          identity.assertCanIssue(m);
+          return issueModuleCertificate({
+            trustDomain: cfg.trustDomain, deviceId: cfg.deviceId, lifetimeSeconds: settings.moduleLifetimeSeconds,
+            edgeCa: () => edgeCa, checkContainer: (x) => check(x, {}),
+          }, m, csr);
+        },
+        trustBundle: () => identity.trustBundle(),
+      }, log);
+      let edgeCa = await identity.edgeCa();
+      const writeHubCert = (): void => {
+        const s = identity.current();
+        writeFileAtomic(cfg.hubServerCertFile, [s.hub.cert, s.edgeCa.cert, ...s.edgeCa.chain].join(""), 0o644);
+      };
+      identity.onChange(async () => {
+        edgeCa = await identity.edgeCa();
+        writeHubCert();
+      });
+      writeHubCert();
+      const daemonRef: { d?: DeviceDaemon } = {};
+      const management = await startManagementApi({
+        path: cfg.managementSocket, modules, sockets, events, log,
+        backend: {
+          checkContainer: (m) => check(m, { allowCreated: true }),
+          status: () => ({ ...identity.status(), modules: modules.list().length, managementSocket: cfg.managementSocket }),
+          renew: async (kind, rekey) => {
+            await identity.renew(kind, rekey);
+            return identity.status();
+          },
+          evidence: async (nonce) => daemonRef.d!.evidence(nonce),
+        },
+      });
+      const d = new DeviceDaemon(cfg, identity, modules, events, sockets, management, keys, !o.keys, log);
+      daemonRef.d = d;
+      // Modules registered before a restart get their sockets back; issuance re-checks their containers every time.
+      for (const m of modules.list()) await sockets.open(m);
+      await d.runCheck();
+      log.info({ deviceId: cfg.deviceId, managementSocket: cfg.managementSocket, modules: modules.list().length }, "device identity daemon running");
+      return d;
+    } catch (e) {
+      if (!o.keys) await keys.close();
+      throw e;
+    }
+  }
+
+  /** Evidence for a verifier's nonce, signed by the device key in the HSM. */
+  async evidence(nonce: string): Promise<string> {
+    const s = this.identity.current();
+    return signEvidence({
+      store: this.keys, keyLabel: s.keys.device, deviceUri: this.identity.deviceUri(), chainPem: [s.device.cert, ...s.device.chain],
+      nonce, measurements: collectMeasurements(this.config, this.modules), now: this.identity.now(),
+    });
+  }
+
+  /** One renewal pass now, then the next one scheduled (never more than checkIntervalSeconds away: clock jumps). */
+  runCheck(): Promise<void> {
+    this.checking = this.checking.then(async () => {
+      if (this.stopped) return;
+      if (this.timer) clearTimeout(this.timer);
+      let wait = this.config.checkIntervalSeconds * 1000;
+      try {
+        wait = await this.identity.check(wait);
+      } catch (e) {
+        this.log.error({ err: (e as Error).message }, "renewal check failed");
+      }
+      if (!this.stopped) {
+        this.timer = setTimeout(() => void this.runCheck(), Math.max(1000, wait));
+        this.timer.unref();
+      }
+    });
+    return this.checking;
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    await this.checking;
+    this.events.close();
+    await this.management.close();
+    await this.sockets.closeAll();
+    if (this.ownsKeys) await this.keys.close();
+    this.log.info("device identity daemon stopped");
+  }
+}
