@@ -2,6 +2,7 @@ import { Type } from "@sinclair/typebox";
 import { HsmConfig } from "../hsm/config.js";
 import { HubConfig } from "../edge-hub/config.js";
 import { CaConfig } from "../ca-service/config.js";
+import { DeviceConfig } from "../device-identity/config.js";
 import { AgentConfig } from "../edge-agent/config.js";
 
 /** The whole edgetrust.yaml: one section per component. Each section's schema lives beside its component. */
@@ -19,6 +20,7 @@ export const EdgeTrustConfig = Type.Object(
     hsm: HsmConfig,
     hub: HubConfig,
     ca: CaConfig,
+    device: DeviceConfig,
     agent: AgentConfig,
   },
   { additionalProperties: false },

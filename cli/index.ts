@@ -8,6 +8,7 @@ import { benchCommand } from "../bench/cli.js";
 import { caCommand } from "../ca-service/cli.js";
 import { policyCommand, manifestCommand } from "../policy/cli.js";
 import { hubCommand } from "../edge-hub/cli.js";
+import { deviceCommand } from "../device-identity/cli.js";
 import { agentCommand } from "../edge-agent/cli.js";
 import { reportFailure } from "./output.js";
 
@@ -26,6 +27,7 @@ export function buildProgram(): Command {
   program.addCommand(hubCommand());
   program.addCommand(agentCommand());
   program.addCommand(caCommand());
+  program.addCommand(deviceCommand());
   program.addCommand(benchCommand());
   return program;
 }
