@@ -27,6 +27,7 @@ import { auditRoutes } from "./routes/v1-audit.js";
 import { adminRoutes } from "./routes/v1-admin.js";
 import type { RouteDeps } from "./routes/types.js";
 import { enrollmentApiRoutes } from "./enrollment/routes.js";
+import { deploymentRoutes } from "./deployments/routes.js";
 
 export interface CaServerDeps {
   ca: CertificateAuthority;
@@ -143,6 +144,7 @@ export async function createCaServer(config: CaConfig, deps: CaServerDeps): Prom
   await app.register(auditRoutes, routeDeps);
   await app.register(adminRoutes, routeDeps);
   await app.register(enrollmentApiRoutes, routeDeps);
+  await app.register(deploymentRoutes, routeDeps);
 
   let revocationApp: FastifyInstance | undefined;
   if (config.revocationPort >= 0) {

@@ -6,14 +6,14 @@ export type { Policy, ModulePermissions, HubRule, CertProfile, RedactRule, Manif
 export { decideModuleOptions, decideImage, decideTopic, parsePinnedImage } from "./decide.js";
 export type { Decision, RuleHit, HubIdentity, ParsedImage } from "./decide.js";
 /** MQTT topic-filter match (`+` one level, `#` the rest; a leading wildcard never matches a `$` topic), as the hub rules use it. */
-export { topicMatches } from "./match.js";
+export { topicMatches, nameGlobMatch } from "./match.js";
 export { loadTrustRoot, parseTrustRoot, resolveTrust, verifyTrustRootRotation, signTrustRoot, trustRootExpired } from "./trust-root.js";
 export type { TrustRoot, RotationResult } from "./trust-root.js";
 export { signManifest, verifyManifest, validateManifest, ManifestStateStore, ManifestStateSchema, MAX_CLOCK_SKEW_MS } from "./manifest.js";
 export type { Verdict, VerdictReason, VerifyOptions, ManifestState, Check } from "./manifest.js";
 export { signerFromKeyFile, signerFromPrivateKey, signerFromKeyStore, trustKeyFromJwk, addSignature } from "./sign.js";
 export type { JwsSigner } from "./sign.js";
-export { ACCEPTED_ALGS, MANIFEST_TYP, TRUST_ROOT_TYP, verifyJwsSignature, rawVerify } from "./jws.js";
+export { ACCEPTED_ALGS, MANIFEST_TYP, TRUST_ROOT_TYP, verifyJwsSignature, rawVerify, parseGeneralJws, decodePayload } from "./jws.js";
 export type { GeneralJws, JwsAlg } from "./jws.js";
 export { explainPolicy, runCases } from "./explain.js";
 export type { CaseResult } from "./explain.js";
