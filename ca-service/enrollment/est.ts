@@ -29,9 +29,9 @@ export function certsOnlyPkcs7(certs: (string | x509.X509Certificate)[]): Buffer
   return Buffer.from(AsnConvert.serialize(new ContentInfo({ contentType: id_signedData, content: AsnConvert.serialize(signed) })));
 }
 
-/** RFC 7030 §4.1.3 / RFC 8951: base64 with line breaks every 64 characters. */
+/** RFC 7030 §4.1.3 / RFC 8951: base64 with LF line breaks every 64 characters (GNU `base64 -d` rejects CR). */
 export function base64Body(der: Uint8Array): string {
-  return (Buffer.from(der).toString("base64").match(/.{1,64}/g) ?? []).join("\r\n") + "\r\n";
+  return (Buffer.from(der).toString("base64").match(/.{1,64}/g) ?? []).join("\n") + "\n";
 }
 
 /** CsrAttrs ::= SEQUENCE SIZE (0..MAX) OF AttrOrOID — here only OIDs (the attributes we want the CSR to use). */
