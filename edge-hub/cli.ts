@@ -87,7 +87,7 @@ export function hubCommand(): Command {
         defaultRoute: { priority: cfg.routePriority, ttlSeconds: cfg.routeTtlSeconds },
         redactor: new Redactor(policy.privacy?.redact ?? [], loadOrCreateSecret(join(cfg.stateDir, "privacy.key"))),
         ...(upstream ? { upstream } : {}),
-        upstreamTopicPrefix: cfg.upstreamTopicPrefix, metrics, log,
+        upstreamTopicPrefix: cfg.upstreamTopicPrefix, crl, metrics, log,
       });
       await edgeHub.start();
       const m = cfg.metricsPort ? await serveMetrics(metrics, "127.0.0.1", cfg.metricsPort) : undefined;

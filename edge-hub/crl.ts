@@ -1,4 +1,5 @@
 import "reflect-metadata";
+import { EventEmitter } from "node:events";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
@@ -28,12 +29,18 @@ export type RevocationStatus =
   | { ok: true; stale: boolean }
   | { ok: false; reason: "revoked" | "crl-missing"; detail: string };
 
-export class CrlCache {
+export interface CrlEvents {
+  /** A newer verified CRL was loaded: connections should be checked again. */
+  updated: [];
+}
+
+export class CrlCache extends EventEmitter<CrlEvents> {
   private crl: x509.X509Crl | undefined;
   private crlIssuer: x509.X509Certificate | undefined;
   private readonly cacheFile: string;
 
   constructor(private readonly opts: CrlOptions) {
+    super();
     this.cacheFile = join(opts.cacheDir, "crl.der");
   }
 
@@ -98,6 +105,7 @@ export class CrlCache {
     this.crlIssuer = issuer;
     if (persist) writeFileAtomic(this.cacheFile, Buffer.from(crl.rawData), 0o644);
     this.opts.log?.info({ issuer: crl.issuer, entries: crl.entries.length, nextUpdate: crl.nextUpdate?.toISOString() }, "CRL loaded");
+    this.emit("updated");
   }
 
   /**

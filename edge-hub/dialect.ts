@@ -97,3 +97,57 @@ export const twinResponseTopic = (status: number, rid: string, version?: number)
 export const desiredPatchTopic = (version: number): string => `$iothub/twin/PATCH/properties/desired/?$version=${version}`;
 
 export const methodRequestTopic = (method: string, rid: string): string => `$iothub/methods/POST/${encodeURIComponent(method)}/?$rid=${encodeURIComponent(rid)}`;
+
+/**
+ * Cloud → device traffic on the upstream broker. One upstream connection (the device identity) carries it for every
+ * identity behind the hub, so the IoT Hub topics are prefixed with the identity they are for:
+ *   devices/{d}[/modules/{m}]/$iothub/methods/POST/{method}/?$rid={rid}            a direct method call
+ *   devices/{d}[/modules/{m}]/$iothub/methods/res/{status}/?$rid={rid}             the hub's answer (upstream)
+ *   devices/{d}[/modules/{m}]/$iothub/twin/PATCH/properties/desired/?$version={v}  a desired-properties patch
+ */
+export type CloudTopic =
+  | { kind: "method"; deviceId: string; moduleId?: string; method: string; rid: string }
+  | { kind: "desired"; deviceId: string; moduleId?: string; version?: number };
+
+export function parseCloudTopic(topic: string): CloudTopic | undefined {
+  const lv = topic.split("/");
+  if (lv[0] !== "devices" || !lv[1]) return undefined;
+  const deviceId = lv[1];
+  let i = 2;
+  let moduleId: string | undefined;
+  if (lv[2] === "modules") {
+    if (!lv[3]) return undefined;
+    moduleId = lv[3];
+    i = 4;
+  }
+  const rest = lv.slice(i);
+  const who = moduleId === undefined ? { deviceId } : { deviceId, moduleId };
+  const last = rest[rest.length - 1] ?? "";
+  const q = last.startsWith("?") ? query(last) : undefined;
+  if (rest.length === 5 && rest[0] === "$iothub" && rest[1] === "methods" && rest[2] === "POST" && rest[3]) {
+    const rid = q?.get("$rid");
+    let method: string;
+    try {
+      method = decodeURIComponent(rest[3]);
+    } catch {
+      return undefined;
+    }
+    return rid ? { kind: "method", ...who, method, rid } : undefined;
+  }
+  if (rest.length === 6 && rest.slice(0, 5).join("/") === "$iothub/twin/PATCH/properties/desired" && (q || last === "")) {
+    const v = q?.get("$version");
+    const version = v !== null && v !== undefined && /^[0-9]{1,15}$/.test(v) ? Number(v) : undefined;
+    return version === undefined ? { kind: "desired", ...who } : { kind: "desired", ...who, version };
+  }
+  return undefined;
+}
+
+/** Where the cloud listens for the answer to a relayed method call. */
+export const cloudMethodResponseTopic = (deviceId: string, moduleId: string | undefined, status: number, rid: string): string =>
+  `devices/${deviceId}${moduleId === undefined ? "" : `/modules/${moduleId}`}/$iothub/methods/res/${status}/?$rid=${encodeURIComponent(rid)}`;
+
+/** The filters the hub subscribes to upstream for one identity (`+` as moduleId = every module of the device). */
+export const cloudFilters = (deviceId: string, moduleId?: string): string[] => {
+  const base = `devices/${deviceId}${moduleId === undefined ? "" : `/modules/${moduleId}`}/$iothub`;
+  return [`${base}/methods/POST/#`, `${base}/twin/PATCH/properties/desired/#`];
+};

@@ -208,12 +208,12 @@ export interface TestHub {
 }
 
 /** A hub on 127.0.0.1 (port 0 = any) with the test PKI and policy; override any option. */
-export async function startTestHub(pki: TestPki, o: Partial<HubOptions> & { port?: number; crlSource?: string; storeFile?: string; maxMessages?: number; attestation?: MemoryAttestationSource } = {}): Promise<TestHub> {
+export async function startTestHub(pki: TestPki, o: Partial<HubOptions> & { port?: number; crlSource?: string; crlCacheDir?: string; crlRequired?: boolean; storeFile?: string; maxMessages?: number; attestation?: MemoryAttestationSource } = {}): Promise<TestHub> {
   const dir = mkdtempSync(join(tmpdir(), "edgehub-"));
   mkdirSync(join(dir, "crl"), { recursive: true });
   const attestation = o.attestation ?? new MemoryAttestationSource();
   const log = createLogger("edge-hub", { level: process.env.EDGETRUST_LOG_LEVEL ?? "silent" });
-  const crl = new CrlCache({ source: o.crlSource ?? "", cacheDir: join(dir, "crl"), issuers: [pki.issuing.certificate], require: false, log });
+  const crl = new CrlCache({ source: o.crlSource ?? "", cacheDir: o.crlCacheDir ?? join(dir, "crl"), issuers: [pki.issuing.certificate], require: o.crlRequired ?? false, log, fetchTimeoutMs: 5000 });
   await crl.start();
   const store = o.store ?? new HubStore(o.storeFile ?? join(dir, "hub.db"), { maxMessages: o.maxMessages ?? 10_000, maxBytes: 64 * 1024 * 1024 });
   const verifier = new ClientVerifier({ trustDomain: TRUST_DOMAIN, edgeCas: [pki.edgeCa.certificate], issuingCas: [pki.issuing.certificate], crl, attestation });
@@ -230,6 +230,7 @@ export async function startTestHub(pki: TestPki, o: Partial<HubOptions> & { port
     store,
     routes: [],
     defaultRoute: { priority: 0, ttlSeconds: 3600 },
+    crl,
     log,
     ...o,
   });

@@ -6,7 +6,8 @@ import { Aedes, type AuthErrorCode, type AuthenticateError, type Client, type Pu
 import { EdgeTrustError, createLogger, isEdgeTrustError, type Logger } from "../common/index.js";
 import { decideTopic, type Policy } from "../policy/index.js";
 import type { AttestationEvent, AttestationSource } from "./attestation.js";
-import { IOTHUB_SUBSCRIPTIONS, desiredPatchTopic, inputTopic, methodRequestTopic, parseTopic, telemetryTopic, twinResponseTopic } from "./dialect.js";
+import type { CrlCache } from "./crl.js";
+import { IOTHUB_SUBSCRIPTIONS, cloudFilters, cloudMethodResponseTopic, desiredPatchTopic, inputTopic, methodRequestTopic, parseCloudTopic, parseTopic, telemetryTopic, twinResponseTopic } from "./dialect.js";
 import { HubMetrics } from "./metrics.js";
 import type { Redactor } from "./privacy.js";
 import { matchRoutes, type Route } from "./routes.js";
@@ -46,6 +47,8 @@ export interface HubOptions {
   /** Prepended to IoT Hub topics sent upstream (e.g. `edgetrust/`). */
   upstreamTopicPrefix?: string;
   methodTimeoutMs?: number;
+  /** The verifier's CRL cache: when it loads a new CRL, connected clients are checked again (revoked ones cut off). */
+  crl?: CrlCache;
   metrics?: HubMetrics;
   log?: Logger;
 }
@@ -82,6 +85,8 @@ export interface HubEvents {
 
 interface ClientState {
   identity?: ClientIdentity;
+  /** The peer certificate (DER), to check the connection again when revocation or attestation changes. */
+  der?: Buffer;
   rejected?: { reason: HubRejectReason; detail: string };
 }
 
@@ -107,6 +112,7 @@ export class EdgeHub extends EventEmitter<HubEvents> {
   private readonly clients = new Map<string, Client>();
   private readonly pendingMethods = new Map<string, { resolve: (r: { status: number; payload: Buffer }) => void; timer: NodeJS.Timeout }>();
   private unsubscribeAttestation: (() => void) | undefined;
+  private unsubscribeCrl: (() => void) | undefined;
   private routes: Route[];
   boundPort = 0;
 
@@ -184,12 +190,16 @@ export class EdgeHub extends EventEmitter<HubEvents> {
       this.metrics.connections.inc({ result: "accepted", principal: id.principal });
       this.metrics.connected.inc();
       this.log.info({ identity: id.uri }, "client connected");
+      if (id.principal === "leaf") for (const f of cloudFilters(id.deviceId)) this.opts.upstream?.subscribe(this.upstreamPrefix + f);
       this.emit("connected", id);
     });
     broker.on("clientDisconnect", (client) => {
       const id = this.states.get(client)?.identity;
       if (!id) return;
-      if (this.clients.get(id.key) === client) this.clients.delete(id.key);
+      if (this.clients.get(id.key) === client) {
+        this.clients.delete(id.key);
+        if (id.principal === "leaf") for (const f of cloudFilters(id.deviceId)) this.opts.upstream?.unsubscribe(this.upstreamPrefix + f);
+      }
       this.metrics.connected.dec();
       this.emit("disconnected", id);
     });
@@ -217,8 +227,18 @@ export class EdgeHub extends EventEmitter<HubEvents> {
     this.boundPort = (server.address() as AddressInfo).port;
 
     this.unsubscribeAttestation = this.opts.attestation.subscribe((ev) => this.onAttestation(ev));
+    const crl = this.opts.crl;
+    if (crl) {
+      const onCrl = () => this.recheckAll("CRL updated");
+      crl.on("updated", onCrl);
+      this.unsubscribeCrl = () => crl.off("updated", onCrl);
+    }
     const up = this.opts.upstream;
     if (up) {
+      // Cloud → device: direct methods and desired properties for this device and its modules (leaf devices are
+      // added while they are connected).
+      for (const f of [...cloudFilters(this.opts.verifier.deviceId), ...cloudFilters(this.opts.verifier.deviceId, "+")]) up.subscribe(this.upstreamPrefix + f);
+      up.on("message", (topic, payload) => this.onCloud(topic, payload));
       up.on("connected", () => this.metrics.upstreamUp.set(1));
       up.on("disconnected", () => this.metrics.upstreamUp.set(0));
       up.on("delivered", () => this.metrics.messagesOut.inc({ destination: "upstream" }));
@@ -264,7 +284,7 @@ export class EdgeHub extends EventEmitter<HubEvents> {
       this.states.set(client, { rejected: { reason: res.reason, detail: res.detail } });
       return;
     }
-    const st: ClientState = { identity: res.identity };
+    const st: ClientState = { identity: res.identity, ...(peer && "raw" in peer ? { der: peer.raw } : {}) };
     if (will) {
       try {
         this.checkPublish(res.identity, will.topic, will.payload);
@@ -428,7 +448,19 @@ export class EdgeHub extends EventEmitter<HubEvents> {
   }
 
   /** Invoke a direct method on a connected client; only that client's response (same identity, same $rid) counts. */
-  invokeMethod(identity: string, method: string, payload: unknown, timeoutMs = this.opts.methodTimeoutMs ?? 30_000): Promise<{ status: number; payload: unknown }> {
+  async invokeMethod(identity: string, method: string, payload: unknown, timeoutMs = this.opts.methodTimeoutMs ?? 30_000): Promise<{ status: number; payload: unknown }> {
+    const r = await this.callMethod(identity, method, Buffer.from(JSON.stringify(payload ?? null)), timeoutMs);
+    let body: unknown = r.payload.toString("utf8");
+    try {
+      body = JSON.parse(String(body));
+    } catch {
+      /* not JSON: the text */
+    }
+    return { status: r.status, payload: body };
+  }
+
+  /** The method request goes to that connection only, under a request id the hub makes (never the caller's). */
+  private callMethod(identity: string, method: string, payload: Buffer, timeoutMs: number): Promise<{ status: number; payload: Buffer }> {
     const client = this.clients.get(identity);
     if (!client) return Promise.reject(new EdgeTrustError("NOT_FOUND", `${identity} is not connected`));
     const rid = randomBytes(8).toString("hex");
@@ -438,28 +470,87 @@ export class EdgeHub extends EventEmitter<HubEvents> {
         this.pendingMethods.delete(k);
         reject(new EdgeTrustError("HUB_METHOD_TIMEOUT", `method ${method} on ${identity} did not answer within ${timeoutMs} ms`));
       }, timeoutMs);
-      this.pendingMethods.set(k, {
-        timer,
-        resolve: (r) => {
-          let body: unknown = r.payload.toString("utf8");
-          try {
-            body = JSON.parse(String(body));
-          } catch {
-            /* not JSON: the text */
-          }
-          resolve({ status: r.status, payload: body });
-        },
-      });
-      this.writeTo(client, methodRequestTopic(method, rid), JSON.stringify(payload ?? null));
+      this.pendingMethods.set(k, { timer, resolve });
+      this.writeTo(client, methodRequestTopic(method, rid), payload);
     });
   }
 
   /** Patch an identity's desired properties; a connected client gets the patch on its own connection. */
   updateDesired(identity: string, patch: Record<string, unknown>): number {
     const v = this.opts.store.patchDesired(identity, patch);
-    const client = this.clients.get(identity);
-    if (client) this.writeTo(client, desiredPatchTopic(v), JSON.stringify({ ...patch, $version: v }));
+    this.pushDesired(identity, patch, v);
     return v;
+  }
+
+  private pushDesired(identity: string, patch: Record<string, unknown>, version: number): void {
+    const client = this.clients.get(identity);
+    if (client) this.writeTo(client, desiredPatchTopic(version), JSON.stringify({ ...patch, $version: version }));
+  }
+
+  private get upstreamPrefix(): string {
+    return this.opts.upstreamTopicPrefix ?? "";
+  }
+
+  /**
+   * A message from the cloud broker: a direct method call or a desired patch for this device, one of its modules or a
+   * connected leaf device. Relayed to that identity's connection only; the method's answer goes back upstream.
+   */
+  private onCloud(topic: string, payload: Buffer): void {
+    const prefix = this.upstreamPrefix;
+    if (!topic.startsWith(prefix)) return;
+    const t = parseCloudTopic(topic.slice(prefix.length));
+    if (!t) {
+      this.log.debug({ topic: topic.slice(0, 120) }, "cloud message ignored");
+      return;
+    }
+    const self = this.opts.verifier.deviceId;
+    // Modules exist only on this device; other device ids are leaf devices (subscribed only while connected here).
+    if (t.moduleId !== undefined && t.deviceId !== self) return;
+    const identity = t.moduleId === undefined ? t.deviceId : `${t.deviceId}/${t.moduleId}`;
+    if (t.kind === "method") {
+      const answer = (status: number, body: Buffer) => this.opts.upstream?.publishDirect(prefix + cloudMethodResponseTopic(t.deviceId, t.moduleId, status, t.rid), body);
+      this.callMethod(identity, t.method, payload, this.opts.methodTimeoutMs ?? 30_000).then(
+        (r) => answer(r.status, r.payload),
+        (e: unknown) => {
+          const notConnected = isEdgeTrustError(e, "NOT_FOUND");
+          answer(notConnected ? 404 : 504, Buffer.from(JSON.stringify({ message: (e as Error).message })));
+        },
+      );
+      this.log.info({ identity, method: t.method }, "cloud method relayed");
+      return;
+    }
+    let patch: unknown;
+    try {
+      patch = JSON.parse(payload.toString("utf8"));
+    } catch {
+      patch = undefined;
+    }
+    if (typeof patch !== "object" || patch === null || Array.isArray(patch)) {
+      this.log.warn({ identity }, "cloud desired patch is not a JSON object; ignored");
+      return;
+    }
+    const body = { ...(patch as Record<string, unknown>) };
+    const inBody = body.$version;
+    delete body.$version;
+    const version = t.version ?? (typeof inBody === "number" && Number.isSafeInteger(inBody) && inBody > 0 ? inBody : undefined);
+    const v = this.opts.store.applyCloudDesired(identity, body, version);
+    if (v === undefined) {
+      this.log.debug({ identity, version }, "cloud desired patch already applied (duplicate or stale); ignored");
+      return;
+    }
+    this.pushDesired(identity, body, v);
+  }
+
+  /** Check every connection's certificate again (a new CRL): what no longer passes is disconnected. */
+  private recheckAll(why: string): void {
+    for (const [key, client] of this.clients) {
+      const st = this.states.get(client);
+      if (!st?.der) continue;
+      const res = this.opts.verifier.verify(st.der);
+      if (res.ok) continue;
+      this.reject({ stage: "session", reason: res.reason, detail: `${why}: ${res.detail}; disconnected`, identity: key });
+      client.close();
+    }
   }
 
   private onAttestation(ev: AttestationEvent): void {
@@ -476,6 +567,7 @@ export class EdgeHub extends EventEmitter<HubEvents> {
   /** Stop accepting, disconnect clients, stop upstream, close the store. */
   async stop(): Promise<void> {
     this.unsubscribeAttestation?.();
+    this.unsubscribeCrl?.();
     for (const p of this.pendingMethods.values()) clearTimeout(p.timer);
     this.pendingMethods.clear();
     const server = this.server;

@@ -178,6 +178,21 @@ export class HubStore {
     })();
   }
 
+  /**
+   * A desired patch from the cloud. With the cloud's `version`, a patch at or below the twin's version is a duplicate
+   * (upstream delivery is at-least-once) or stale and is ignored (`undefined`); otherwise the twin takes that version.
+   */
+  applyCloudDesired(identity: string, patch: Record<string, unknown>, version?: number): number | undefined {
+    return this.db.transaction(() => {
+      const t = this.getTwin(identity);
+      if (version !== undefined && version <= t.desiredVersion) return undefined;
+      t.desired = mergePatch(t.desired, patch);
+      t.desiredVersion = version ?? t.desiredVersion + 1;
+      this.putTwin(identity, t);
+      return t.desiredVersion;
+    })();
+  }
+
   close(): void {
     if (this.db.open) this.db.close();
   }

@@ -1,12 +1,12 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { createServer } from "node:net";
+import { mkdirSync, readFileSync } from "node:fs";
+import { createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
-import { readFileSync } from "node:fs";
 import mqtt, { type MqttClient } from "mqtt";
 import { createLogger, isEdgeTrustError } from "../common/index.js";
-import { TestPki, startTestHub, stopTestHub, testPolicy, writeTemp, type Credential, type TestHub } from "./fixtures.js";
+import { DEVICE, TestPki, digest, startTestHub, stopTestHub, testPolicy, writeTemp, type Credential, type TestHub } from "./fixtures.js";
 import { parseRoutes } from "./routes.js";
 import { Redactor } from "./privacy.js";
 import { HubStore } from "./store.js";
@@ -15,29 +15,65 @@ import type { Rejection } from "./hub.js";
 
 /**
  * Durable store-and-forward: a real Mosquitto with TLS + client certificates is the "cloud" broker, started from a
- * config file on a free loopback port. Messages sent while it is down wait in the SQLite outbox, survive a hub restart,
- * and arrive in order when it is up; privacy rules apply before anything leaves.
+ * config file on a loopback port this file owns. Messages sent while it is down wait in the SQLite outbox, survive a
+ * hub restart, and arrive in order when it is up; privacy rules apply before anything leaves. Cloud → device direct
+ * methods and desired properties come back down the same upstream connection.
+ *
+ * Determinism (these tests once failed only under parallel load):
+ * - "upstream down" is a port this file holds with a listener that closes every connection, never a port that was
+ *   merely free a while ago (another process could bind it, and a previous test's broker could still be on it);
+ * - Mosquitto's log pipe is always read (an unread stderr pipe fills and blocks the broker mid-test);
+ * - every hub, client and broker a test starts is closed in afterEach, so one failure never leaks into the next test;
+ * - "delivered" means the hub saw the cloud broker's PUBACK (its own outbox is empty), not only that a subscriber
+ *   received the message (the broker forwards before the hub processes its PUBACK).
  */
 let pki: TestPki;
 let dir: string;
 let leaf: Credential;
-let port: number;
-let mosq: ChildProcess | undefined;
+let sensor: Credential;
+let monitor: Credential;
 const SECRET = Buffer.alloc(32, 7);
+const ATT = { imageDigest: digest("f"), manifestVersion: 2 };
+const silent = createLogger("edge-hub", { level: "silent" });
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => resolve(p));
-    });
-  });
+/** Undo-list of what the running test started, newest first. */
+let cleanups: (() => Promise<void> | void)[] = [];
+const later = (f: () => Promise<void> | void): void => void cleanups.unshift(f);
+
+function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([p, new Promise<T>((_, rej) => (timer = setTimeout(() => rej(new Error(`${what}: not within ${ms} ms`)), ms)))]).finally(() => clearTimeout(timer));
 }
 
-async function startMosquitto(): Promise<void> {
-  const d = join(pki.dir, "pki");
-  const conf = writeTemp(dir, "mosquitto.conf", [
+/** A loopback port held by a listener that accepts and immediately closes: an upstream that is down, for sure. */
+async function holdPort(): Promise<{ port: number; release: () => Promise<void> }> {
+  const socks = new Set<Socket>();
+  const s: Server = createServer((sock) => {
+    socks.add(sock);
+    sock.on("close", () => socks.delete(sock));
+    sock.destroy();
+  });
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", () => r()));
+  const port = (s.address() as { port: number }).port;
+  let released = false;
+  const release = async () => {
+    if (released) return;
+    released = true;
+    for (const k of socks) k.destroy();
+    await new Promise<void>((r) => s.close(() => r()));
+  };
+  later(release);
+  return { port, release };
+}
+
+function tlsFor(c: Credential) {
+  return { cert: c.chainPem, key: c.keyPem, ca: pki.rootPem(), servername: "localhost" };
+}
+
+/** Mosquitto (TLS, client certificates required) on `port`; resolves when it says it is running. */
+async function startMosquitto(port: number): Promise<ChildProcess> {
+  const d = pki.out;
+  const conf = writeTemp(dir, `mosquitto-${port}.conf`, [
     `listener ${port} 127.0.0.1`,
     `cafile ${join(d, "trust-bundle.pem")}`,
     `certfile ${join(d, "edge-hub-server.chain.pem")}`,
@@ -47,92 +83,152 @@ async function startMosquitto(): Promise<void> {
     "persistence false",
     "user root",
     "log_dest stderr",
+    "log_type error",
+    "log_type warning",
+    "log_type notice",
+    "log_type information",
     "",
   ].join("\n"));
   const p = spawn("mosquitto", ["-c", conf], { stdio: ["ignore", "ignore", "pipe"] });
-  mosq = p;
-  for (let i = 0; i < 50; i++) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const c = mqtt.connect(`mqtts://127.0.0.1:${port}`, { ...tlsFor(leaf), reconnectPeriod: 0, connectTimeout: 1000 });
-      c.once("connect", () => { c.end(true); resolve(true); });
-      c.once("error", () => { c.end(true); resolve(false); });
-      c.once("close", () => resolve(false));
+  later(async () => {
+    if (p.exitCode !== null || p.signalCode !== null) return;
+    const done = new Promise<void>((r) => p.once("exit", () => r()));
+    p.kill("SIGTERM");
+    await done;
+  });
+  let log = "";
+  await within(new Promise<void>((resolve, reject) => {
+    // Always drain the pipe (kept short): a full stderr pipe blocks Mosquitto on its next log line.
+    p.stderr?.on("data", (b: Buffer) => {
+      log = (log + b.toString()).slice(-8192);
+      if (/mosquitto version \S+ running/.test(log)) resolve();
     });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error("mosquitto did not start");
+    p.once("exit", (code) => reject(new Error(`mosquitto exited (${code}): ${log}`)));
+  }), 15_000, "mosquitto start");
+  return p;
 }
 
-async function stopMosquitto(): Promise<void> {
-  const p = mosq;
-  mosq = undefined;
-  if (!p || p.exitCode !== null) return;
+async function stopProcess(p: ChildProcess): Promise<void> {
+  if (p.exitCode !== null || p.signalCode !== null) return;
   const done = new Promise<void>((r) => p.once("exit", () => r()));
   p.kill("SIGTERM");
   await done;
 }
 
-function tlsFor(c: Credential) {
-  return { cert: c.chainPem, key: c.keyPem, ca: pki.rootPem(), servername: "localhost" };
+interface UpHub extends TestHub {
+  upstream: Upstream;
+  /** Filters the cloud broker has granted the hub so far. */
+  granted: Set<string>;
+  /** Resolves once every filter is granted. */
+  subscribed(filters: string[]): Promise<void>;
+  stop(): Promise<void>;
 }
 
-async function hubWithUpstream(storeFile: string, maxMessages = 1000): Promise<TestHub> {
-  const d = join(pki.dir, "pki");
-  const store = new HubStore(storeFile, { maxMessages, maxBytes: 1 << 24 });
+async function hubWithUpstream(port: number, storeFile: string, o: { maxMessages?: number; methodTimeoutMs?: number } = {}): Promise<UpHub> {
+  const d = pki.out;
+  const store = new HubStore(storeFile, { maxMessages: o.maxMessages ?? 1000, maxBytes: 1 << 24 });
   const upstream = new Upstream({
-    url: `mqtts://127.0.0.1:${port}`, clientId: "d1",
+    url: `mqtts://127.0.0.1:${port}`, clientId: DEVICE,
     tls: { cert: readFileSync(join(d, "device-identity.chain.pem")), key: readFileSync(join(d, "device-identity.key.pem")), ca: pki.rootPem(), servername: "localhost" },
-    store, maxInflight: 10, drainRatePerSecond: 500, reconnectMs: 200, log: createLogger("edge-hub", { level: "silent" }),
+    store, maxInflight: 10, drainRatePerSecond: 500, reconnectMs: 200, log: silent,
   });
-  return startTestHub(pki, {
+  const granted = new Set<string>();
+  upstream.on("subscribed", (fs) => fs.forEach((f) => granted.add(f)));
+  const t = await startTestHub(pki, {
     store, upstream, routes: parseRoutes({ all: "FROM /messages/* INTO $upstream" }),
     redactor: new Redactor(testPolicy().privacy?.redact ?? [], SECRET),
+    ...(o.methodTimeoutMs ? { methodTimeoutMs: o.methodTimeoutMs } : {}),
   });
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    await stopTestHub(t);
+  };
+  later(stop);
+  t.attestation.register(DEVICE, "sensor", ATT);
+  t.attestation.register(DEVICE, "monitor", ATT);
+  const subscribed = (filters: string[]) => within(new Promise<void>((resolve) => {
+    const check = () => {
+      if (filters.every((f) => granted.has(f))) {
+        upstream.off("subscribed", check);
+        resolve();
+      }
+    };
+    upstream.on("subscribed", check);
+    check();
+  }), 15_000, `upstream subscriptions ${filters.join(", ")}`);
+  return Object.assign(t, { upstream, granted, subscribed, stop });
 }
 
-async function leafClient(t: TestHub): Promise<MqttClient> {
-  return mqtt.connectAsync(`mqtts://127.0.0.1:${t.hub.boundPort}`, { ...tlsFor(leaf), reconnectPeriod: 0, protocolVersion: 4 });
+async function client(port: number, cred: Credential, extra: mqtt.IClientOptions = {}): Promise<MqttClient> {
+  const c = await within(mqtt.connectAsync(`mqtts://127.0.0.1:${port}`, { ...tlsFor(cred), reconnectPeriod: 0, protocolVersion: 4, connectTimeout: 10_000, ...extra }), 15_000, "connect");
+  later(() => c.endAsync(true).then(() => undefined, () => undefined));
+  return c;
+}
+
+/** The next message on `c` whose topic matches `re`. */
+function nextMessage(c: MqttClient, re: RegExp, what: string): Promise<{ topic: string; payload: Buffer }> {
+  return within(new Promise((resolve) => {
+    const on = (topic: string, payload: Buffer) => {
+      if (!re.test(topic)) return;
+      c.off("message", on);
+      resolve({ topic, payload });
+    };
+    c.on("message", on);
+  }), 15_000, what);
 }
 
 beforeAll(async () => {
   pki = await TestPki.create();
   dir = join(pki.dir, "work");
-  const { mkdirSync } = await import("node:fs");
   mkdirSync(dir, { recursive: true });
   leaf = await pki.leaf("leaf1");
-  port = await freePort();
+  sensor = await pki.module("sensor", ATT);
+  monitor = await pki.module("monitor", ATT);
 });
 
-afterAll(async () => {
-  await stopMosquitto();
-  pki.cleanup();
+afterEach(async () => {
+  const fs = cleanups;
+  cleanups = [];
+  for (const f of fs) await f();
 });
+
+afterAll(() => pki?.cleanup());
 
 describe("upstream outbox", () => {
   it("queues while upstream is down, survives a hub restart, then delivers everything in order with privacy applied", async () => {
     const storeFile = join(dir, "hub.db");
-    let t = await hubWithUpstream(storeFile);
-    let c = await leafClient(t);
+    const down = await holdPort();
+    let t = await hubWithUpstream(down.port, storeFile);
+    let c = await client(t.hub.boundPort, leaf);
     for (let i = 0; i < 20; i++) {
       await c.publishAsync("devices/leaf1/messages/events/", JSON.stringify({ seq: i, location: "52.1,4.3", operator: { name: "alice" } }), { qos: 1 });
     }
+    // PUBACKed to the client = committed to the outbox; nothing can have left (the port only closes connections).
     expect(t.store.depth().messages).toBe(20);
     await c.endAsync();
-    await stopTestHub(t);
+    await t.stop();
 
-    await startMosquitto();
-    const sub = await mqtt.connectAsync(`mqtts://127.0.0.1:${port}`, { ...tlsFor(leaf), clientId: "cloud-reader", reconnectPeriod: 0 });
+    // The cloud broker comes up on that very port; a fresh hub process state (new Upstream, same outbox file).
+    await down.release();
+    const mosq = await startMosquitto(down.port);
+    const sub = await client(down.port, leaf, { clientId: "cloud-reader" });
     const got: { topic: string; body: { seq: number; location?: string; operator: { name: string } } }[] = [];
     sub.on("message", (topic, p) => got.push({ topic, body: JSON.parse(p.toString()) as (typeof got)[number]["body"] }));
-    await sub.subscribeAsync("devices/#", { qos: 1 });
+    await sub.subscribeAsync("devices/+/messages/events/#", { qos: 1 });
 
-    t = await hubWithUpstream(storeFile);
-    c = await leafClient(t);
+    t = await hubWithUpstream(down.port, storeFile);
+    const allAcked = within(new Promise<void>((resolve) => {
+      const check = () => {
+        if (got.length >= 30 && t.store.depth().messages === 0) resolve();
+      };
+      t.upstream.on("delivered", check);
+      sub.on("message", check);
+    }), 30_000, "30 messages delivered and acknowledged");
+    c = await client(t.hub.boundPort, leaf);
     for (let i = 20; i < 30; i++) await c.publishAsync("devices/leaf1/messages/events/", JSON.stringify({ seq: i, location: "x", operator: { name: "alice" } }), { qos: 1 });
-    for (let i = 0; i < 100 && got.length < 30; i++) await new Promise((r) => setTimeout(r, 100));
-    await c.endAsync();
-    await sub.endAsync();
+    await allAcked;
     expect(got.map((g) => g.body.seq)).toEqual([...Array(30).keys()]);
     expect(got[0]?.topic).toBe("devices/leaf1/messages/events/");
     expect(got.every((g) => g.body.location === undefined)).toBe(true);
@@ -140,24 +236,22 @@ describe("upstream outbox", () => {
     expect(got[0]?.body.operator.name).toBe(expected);
     expect(t.store.depth().messages).toBe(0);
     expect(await t.hub.metrics.value("edgehub_messages_out_total", { destination: "upstream" })).toBe(30);
-    await stopTestHub(t);
-    await stopMosquitto();
+    await stopProcess(mosq);
   });
 
   it("refuses new messages with a reason when the outbox is full, keeping what is queued", async () => {
-    const t = await hubWithUpstream(join(dir, "full.db"), 5);
-    const c = await leafClient(t);
+    const down = await holdPort();
+    const t = await hubWithUpstream(down.port, join(dir, "full.db"), { maxMessages: 5 });
+    const c = await client(t.hub.boundPort, leaf);
     for (let i = 0; i < 5; i++) await c.publishAsync("devices/leaf1/messages/events/", JSON.stringify({ seq: i }), { qos: 1 });
-    const seen = new Promise<Rejection>((r) => t.hub.once("rejected", r));
-    const gone = new Promise<void>((r) => c.once("close", () => r()));
+    const seen = within(new Promise<Rejection>((r) => t.hub.once("rejected", r)), 15_000, "rejection");
+    const gone = within(new Promise<void>((r) => c.once("close", () => r())), 15_000, "close");
     c.publish("devices/leaf1/messages/events/", JSON.stringify({ seq: 5 }), { qos: 1 });
     const r = await seen;
     await gone;
     expect(r.reason).toBe("outbox-full");
     expect(r.detail).toMatch(/outbox full: 5 of 5 messages/);
     expect(t.store.next(10, new Set()).map((m) => (JSON.parse(m.payload.toString()) as { seq: number }).seq)).toEqual([0, 1, 2, 3, 4]);
-    c.end(true);
-    await stopTestHub(t);
   });
 
   it("HubStore: priority first, then arrival; TTL expiry; the cap throws HUB_OUTBOX_FULL", () => {
@@ -177,5 +271,83 @@ describe("upstream outbox", () => {
     s.enqueue([{ route: "slow", priority: 5, ttlSeconds: 60, topic: "a", payload: Buffer.from("4") }], 3000);
     expect(s.next(10, new Set(), 3000).map((m) => m.payload.toString())).toEqual(["1", "3", "4"]);
     s.close();
+  });
+});
+
+describe("cloud → device through the upstream connection", () => {
+  it("relays direct methods and desired properties to the addressed module or leaf connection only, answers upstream", async () => {
+    const hold = await holdPort();
+    await hold.release();
+    await startMosquitto(hold.port);
+    const t = await hubWithUpstream(hold.port, join(dir, "cloud.db"));
+    await t.subscribed([
+      "devices/d1/$iothub/methods/POST/#", "devices/d1/$iothub/twin/PATCH/properties/desired/#",
+      "devices/d1/modules/+/$iothub/methods/POST/#", "devices/d1/modules/+/$iothub/twin/PATCH/properties/desired/#",
+    ]);
+    const hubPort = t.hub.boundPort;
+    const sen = await client(hubPort, sensor);
+    const mon = await client(hubPort, monitor);
+    const lf = await client(hubPort, leaf);
+    for (const c of [sen, mon, lf]) await c.subscribeAsync(["$iothub/methods/POST/#", "$iothub/twin/PATCH/properties/desired/#"], { qos: 0 });
+    await t.subscribed(["devices/leaf1/$iothub/methods/POST/#", "devices/leaf1/$iothub/twin/PATCH/properties/desired/#"]);
+    const monGot: string[] = [];
+    mon.on("message", (tp) => monGot.push(tp));
+
+    const cloud = await client(hold.port, leaf, { clientId: "cloud" });
+    await cloud.subscribeAsync(["devices/+/$iothub/methods/res/#", "devices/+/modules/+/$iothub/methods/res/#"], { qos: 1 });
+
+    // A method for the sensor module: the module sees the hub's own request id, never the cloud's.
+    const req = nextMessage(sen, /^\$iothub\/methods\/POST\/reboot\//, "method at the sensor");
+    const res = nextMessage(cloud, /^devices\/d1\/modules\/sensor\/\$iothub\/methods\/res\//, "method answer in the cloud");
+    await cloud.publishAsync("devices/d1/modules/sensor/$iothub/methods/POST/reboot/?$rid=42", JSON.stringify({ delay: 1 }), { qos: 1 });
+    const r = await req;
+    expect(JSON.parse(r.payload.toString())).toEqual({ delay: 1 });
+    const hubRid = new URLSearchParams(r.topic.split("/").pop()?.slice(1)).get("$rid");
+    expect(hubRid).toMatch(/^[0-9a-f]{16}$/);
+    // Another module answering the sensor's request id is not taken as the answer.
+    mon.publish(`$iothub/methods/res/500/?$rid=${hubRid}`, JSON.stringify({ forged: true }));
+    sen.publish(`$iothub/methods/res/200/?$rid=${hubRid}`, JSON.stringify({ rebooted: true }));
+    const answer = await res;
+    expect(answer.topic).toBe("devices/d1/modules/sensor/$iothub/methods/res/200/?$rid=42");
+    expect(JSON.parse(answer.payload.toString())).toEqual({ rebooted: true });
+
+    // A method for a module that is not connected: 404 upstream.
+    const nf = nextMessage(cloud, /^devices\/d1\/modules\/ghost\//, "404 for a module that is not connected");
+    await cloud.publishAsync("devices/d1/modules/ghost/$iothub/methods/POST/ping/?$rid=43", "{}", { qos: 1 });
+    expect((await nf).topic).toBe("devices/d1/modules/ghost/$iothub/methods/res/404/?$rid=43");
+
+    // A method for the leaf device behind the hub.
+    const lreq = nextMessage(lf, /^\$iothub\/methods\/POST\/blink\//, "method at the leaf");
+    const lres = nextMessage(cloud, /^devices\/leaf1\/\$iothub\/methods\/res\//, "leaf method answer");
+    await cloud.publishAsync("devices/leaf1/$iothub/methods/POST/blink/?$rid=44", JSON.stringify({ times: 3 }), { qos: 1 });
+    const lr = await lreq;
+    lf.publish(`$iothub/methods/res/201/?$rid=${new URLSearchParams(lr.topic.split("/").pop()?.slice(1)).get("$rid") ?? ""}`, JSON.stringify({ blinked: 3 }));
+    const la = await lres;
+    expect(la.topic).toBe("devices/leaf1/$iothub/methods/res/201/?$rid=44");
+    expect(JSON.parse(la.payload.toString())).toEqual({ blinked: 3 });
+
+    // Desired properties: pushed to the sensor's connection with the cloud's version, kept in its twin; a duplicate
+    // (at-least-once upstream) is not pushed again — the next thing the sensor sees is version 8.
+    const d7 = nextMessage(sen, /^\$iothub\/twin\/PATCH\/properties\/desired\//, "desired v7");
+    await cloud.publishAsync("devices/d1/modules/sensor/$iothub/twin/PATCH/properties/desired/?$version=7", JSON.stringify({ interval: 5, mode: "eco" }), { qos: 1 });
+    const p7 = await d7;
+    expect(p7.topic).toBe("$iothub/twin/PATCH/properties/desired/?$version=7");
+    expect(JSON.parse(p7.payload.toString())).toEqual({ interval: 5, mode: "eco", $version: 7 });
+    const d8 = nextMessage(sen, /^\$iothub\/twin\/PATCH\/properties\/desired\//, "desired v8");
+    await cloud.publishAsync("devices/d1/modules/sensor/$iothub/twin/PATCH/properties/desired/?$version=7", JSON.stringify({ interval: 5, mode: "eco" }), { qos: 1 });
+    await cloud.publishAsync("devices/d1/modules/sensor/$iothub/twin/PATCH/properties/desired/?$version=8", JSON.stringify({ mode: null }), { qos: 1 });
+    const p8 = await d8;
+    expect(p8.topic).toBe("$iothub/twin/PATCH/properties/desired/?$version=8");
+    expect(t.store.getTwin("d1/sensor")).toMatchObject({ desired: { interval: 5 }, desiredVersion: 8 });
+    // The module reads its twin from the hub and sees the cloud's desired state.
+    const twin = nextMessage(sen, /^\$iothub\/twin\/res\/200\//, "twin GET");
+    sen.publish("$iothub/twin/GET/?$rid=g1", "");
+    expect(JSON.parse((await twin).payload.toString())).toMatchObject({ desired: { interval: 5, $version: 8 } });
+
+    // The monitor module was connected and subscribed to the same filters all along: it saw none of the above.
+    const monProbe = nextMessage(mon, /^\$iothub\/twin\/PATCH\/properties\/desired\//, "desired at the monitor");
+    await cloud.publishAsync("devices/d1/modules/monitor/$iothub/twin/PATCH/properties/desired/?$version=2", JSON.stringify({ x: 1 }), { qos: 1 });
+    await monProbe;
+    expect(monGot).toEqual(["$iothub/twin/PATCH/properties/desired/?$version=2"]);
   });
 });

@@ -32,6 +32,10 @@ export interface UpstreamEvents {
   connected: [];
   disconnected: [reason: string];
   delivered: [message: OutboxMessage];
+  /** A message from the cloud broker on one of the `subscribe`d filters (direct methods, desired properties). */
+  message: [topic: string, payload: Buffer];
+  /** The cloud broker granted these filters (SUBACK). */
+  subscribed: [filters: string[]];
 }
 
 export class Upstream extends EventEmitter<UpstreamEvents> {
@@ -44,6 +48,7 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
   private tokens = 0;
   private lastRefill = Date.now();
   private pumping = false;
+  private readonly filters = new Set<string>();
   connected = false;
 
   constructor(private readonly opts: UpstreamOptions) {
@@ -77,8 +82,13 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
       this.tokens = Math.min(this.opts.maxInflight, this.opts.drainRatePerSecond);
       this.lastRefill = Date.now();
       this.opts.log.info({ url: this.opts.url }, "upstream connected");
+      // A clean session every time: (re)subscribe what the hub listens to before anything else happens.
+      if (this.filters.size > 0) this.subscribeOn(c, [...this.filters]);
       this.emit("connected");
       this.kick();
+    });
+    c.on("message", (topic, payload) => {
+      if (this.client === c) this.emit("message", topic, payload);
     });
     const dropped = (reason: string) => {
       if (this.client !== c) return;
@@ -148,6 +158,33 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
       this.pumpTimer = undefined;
       this.kick();
     }, wait);
+  }
+
+  /** Listen to a filter on the cloud broker (QoS 1), now and after every reconnect. */
+  subscribe(filter: string): void {
+    if (this.filters.has(filter)) return;
+    this.filters.add(filter);
+    if (this.client && this.connected) this.subscribeOn(this.client, [filter]);
+  }
+
+  unsubscribe(filter: string): void {
+    if (!this.filters.delete(filter)) return;
+    if (this.client && this.connected) this.client.unsubscribe(filter, () => undefined);
+  }
+
+  private subscribeOn(c: MqttClient, filters: string[]): void {
+    c.subscribe(filters, { qos: 1 }, (err, granted) => {
+      if (err) {
+        this.opts.log.warn({ err: err.message }, "upstream subscribe failed");
+        return;
+      }
+      const ok: string[] = [];
+      for (const g of granted ?? []) {
+        if (g.qos === 128) this.opts.log.warn({ filter: g.topic }, "upstream broker refused a subscription");
+        else ok.push(g.topic);
+      }
+      if (this.client === c) this.emit("subscribed", ok);
+    });
   }
 
   /** Publish something that is not outbox traffic (e.g. a method response), QoS 1, best effort. */
