@@ -8,3 +8,5 @@ export { EdgeAgent } from "./agent.js";
 export type { AgentOptions, AgentReport, ApplyResult, IdentityRegistrar, ModuleStatus, ModuleState } from "./agent.js";
 export { ManagementSocketRegistrar } from "./identity-client.js";
 export { modulesInOrder, containerPlan } from "./plan.js";
+export { CloudClient, ReportQueue, syncDeployment } from "./cloud.js";
+export type { DeviceTls } from "./cloud.js";

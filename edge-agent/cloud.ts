@@ -1,0 +1,137 @@
+import { appendFileSync, existsSync, readFileSync } from "node:fs";
+import { request, type RequestOptions } from "node:https";
+import { EdgeTrustError, isEdgeTrustError, writeFileAtomic } from "../common/index.js";
+import type { AgentReport } from "./agent.js";
+
+/** TLS material for the device identity: PEM for development, or the HSM engine options from hsm/'s TLS key source. */
+export interface DeviceTls {
+  cert: string;
+  key?: string;
+  privateKeyEngine?: string;
+  privateKeyIdentifier?: string;
+  /** The cloud CA's root(s). */
+  ca: string;
+}
+
+/** The agent's view of ca-service: fetch the deployment for this device, send reports; both over mTLS. */
+export class CloudClient {
+  constructor(
+    private readonly baseUrl: string,
+    private readonly tls: DeviceTls,
+    private readonly timeoutMs = 15_000,
+  ) {}
+
+  private call(method: string, path: string, body?: unknown): Promise<{ status: number; json: unknown }> {
+    const url = new URL(path, this.baseUrl);
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const opts: RequestOptions = {
+      method,
+      timeout: this.timeoutMs,
+      ca: this.tls.ca,
+      cert: this.tls.cert,
+      ...(this.tls.key ? { key: this.tls.key } : {}),
+      ...(this.tls.privateKeyEngine ? { privateKeyEngine: this.tls.privateKeyEngine, privateKeyIdentifier: this.tls.privateKeyIdentifier } : {}),
+      headers: payload ? { "content-type": "application/json", "content-length": payload.length } : {},
+    };
+    return new Promise((resolve, reject) => {
+      const req = request(url, opts, (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => {
+          const text = Buffer.concat(chunks).toString("utf8");
+          let json: unknown;
+          try {
+            json = text ? JSON.parse(text) : undefined;
+          } catch {
+            json = { detail: text.slice(0, 200) };
+          }
+          resolve({ status: res.statusCode ?? 0, json });
+        });
+      });
+      req.on("timeout", () => req.destroy(new Error(`no answer within ${this.timeoutMs} ms`)));
+      req.on("error", (e) => reject(new EdgeTrustError("UNAVAILABLE", `cloud at ${url.origin} unreachable: ${e.message}`)));
+      if (payload) req.write(payload);
+      req.end();
+    });
+  }
+
+  private static refused(status: number, json: unknown, what: string): EdgeTrustError {
+    const p = json as { detail?: string } | undefined;
+    const code = status === 400 ? "INVALID_INPUT" : status === 401 ? "UNAUTHENTICATED" : status === 403 ? "FORBIDDEN" : "UNAVAILABLE";
+    return new EdgeTrustError(code, `${what}: ${p?.detail ?? `HTTP ${status}`}`);
+  }
+
+  /** The newest deployment targeting this device, or undefined when there is none. */
+  async fetchDeployment(): Promise<{ deploymentId: string; version: number; jws: string } | undefined> {
+    const r = await this.call("GET", "/v1/device/deployment");
+    if (r.status === 204) return undefined;
+    if (r.status !== 200) throw CloudClient.refused(r.status, r.json, "fetching the deployment");
+    return r.json as { deploymentId: string; version: number; jws: string };
+  }
+
+  async sendReport(report: AgentReport): Promise<void> {
+    const r = await this.call("POST", "/v1/device/reports", report);
+    if (r.status !== 202) throw CloudClient.refused(r.status, r.json, "sending a report");
+  }
+}
+
+/**
+ * Reports survive being offline: appended to a JSON-lines file as they happen, sent in order when the cloud answers,
+ * and removed only once accepted. A report the cloud refuses as malformed (400) is dropped so it cannot block the rest.
+ */
+export class ReportQueue {
+  constructor(
+    private readonly file: string,
+    private readonly send: (r: AgentReport) => Promise<void>,
+    private readonly maxQueued = 10_000,
+  ) {}
+
+  push(r: AgentReport): void {
+    if (this.pending().length >= this.maxQueued) return;
+    appendFileSync(this.file, JSON.stringify(r) + "\n", { mode: 0o600 });
+  }
+
+  pending(): AgentReport[] {
+    if (!existsSync(this.file)) return [];
+    return readFileSync(this.file, "utf8").split("\n").filter(Boolean).flatMap((l) => {
+      try {
+        return [JSON.parse(l) as AgentReport];
+      } catch {
+        return [];
+      }
+    });
+  }
+
+  /** Send what is queued, oldest first; stops at the first failure and keeps the rest. Returns how many were sent. */
+  async flush(): Promise<number> {
+    const queued = this.pending();
+    let sent = 0;
+    for (const r of queued) {
+      try {
+        await this.send(r);
+      } catch (e) {
+        if (!isEdgeTrustError(e, "INVALID_INPUT")) break;
+      }
+      sent++;
+    }
+    // Re-read: reports pushed while we were sending were appended after the ones sent.
+    if (sent > 0) writeFileAtomic(this.file, this.pending().slice(sent).map((r) => JSON.stringify(r) + "\n").join(""), 0o600);
+    return sent;
+  }
+}
+
+/**
+ * Ask the cloud for this device's deployment and apply it when it is newer than what runs. The agent verifies it
+ * exactly as it would a file: the cloud is a courier, not a signer.
+ */
+export async function syncDeployment(
+  agent: { apply(bytes: string): Promise<{ applied: boolean }>; current(): { version: number } | undefined },
+  cloud: CloudClient,
+): Promise<{ fetched: boolean; applied: boolean; version?: number }> {
+  const d = await cloud.fetchDeployment();
+  if (!d) return { fetched: false, applied: false };
+  const running = agent.current()?.version ?? 0;
+  if (d.version <= running) return { fetched: true, applied: false, version: d.version };
+  const r = await agent.apply(d.jws);
+  return { fetched: true, applied: r.applied, version: d.version };
+}
