@@ -52,7 +52,11 @@ export function deviceCommand(): Command {
     .action(action(async (opts: { config: string }) => {
       const all = loadConfig(EdgeTrustConfig, { file: opts.config });
       const log = createLogger("device-identity", { level: all.log.level });
-      const d = await DeviceDaemon.start({ config: all.device, hsm: all.hsm, log });
+      // Fault injection for tests: a device clock off by this many seconds (a wrong clock cannot be produced on demand).
+      const offset = Number(process.env.EDGETRUST_FAULT_CLOCK_OFFSET_SECONDS ?? "0");
+      const now = offset ? () => new Date(Date.now() + offset * 1000) : undefined;
+      if (offset) log.warn({ offsetSeconds: offset }, "fault injection: device clock shifted");
+      const d = await DeviceDaemon.start({ config: all.device, hsm: all.hsm, log, ...(now ? { now } : {}) });
       await new Promise<void>((resolve) => {
         const stop = (sig: string): void => {
           log.info({ signal: sig }, "shutting down");

@@ -76,6 +76,8 @@ export class DeviceIdentity {
   private readonly signingKeys = new Map<string, CryptoKey>();
   private readonly failures = new Map<CertKind, { count: number; retryAt: number; error: string }>();
   private clockProblem: string | undefined;
+  /** Set when a certificate fresh from the CA already looks expired here: the device clock runs ahead. */
+  private clockAhead: string | undefined;
   private readonly listeners = new Set<(s: IdentityState, changed: CertKind[]) => void | Promise<void>>();
   private busy: Promise<unknown> = Promise.resolve();
 
@@ -131,6 +133,7 @@ export class DeviceIdentity {
   }
 
   private async freshKey(label: string): Promise<void> {
+    this.signingKeys.delete(label);
     // A key under this label that no committed state references is debris of an interrupted attempt.
     try {
       await this.opts.keys.getKey({ label });
@@ -305,7 +308,10 @@ export class DeviceIdentity {
     const after = assessCertificate(new x509.X509Certificate(isDevice ? state.device.cert : state.edgeCa.cert), this.now(), 1);
     if (clock || after.status === "expired" || after.status === "clock-behind") {
       this.clockProblem = clock ?? `a certificate issued just now is not valid at the device's time ${this.now().toISOString()}: the device clock is wrong`;
+      if (after.status === "expired") this.clockAhead = this.clockProblem;
       this.opts.log.error({ kind, problem: this.clockProblem }, "device clock disagrees with the CA");
+    } else {
+      this.clockAhead = undefined;
     }
     this.opts.log.info({ kind, rekey, serial: new x509.X509Certificate(issued.cert).serialNumber, generation: state.generation }, "certificate renewed");
     return state;
@@ -347,6 +353,16 @@ export class DeviceIdentity {
           wait = Math.min(wait, Math.max(1000, a.renewAt.getTime() - now.getTime()));
           continue;
         }
+        if (kind === "hub" && (assessed["edge-ca"].status !== "valid" && assessed["edge-ca"].status !== "due" || a.notAfter.getTime() >= assessed["edge-ca"].notAfter.getTime() - 60_000)) {
+          // The hub certificate is issued by the Edge CA and never outlives it: reissuing now would not extend it.
+          // It is reissued with the Edge CA's renewal.
+          continue;
+        }
+        if (a.status === "expired" && this.clockAhead) {
+          // The CA already told us our clock is ahead of its own: renewing again would only loop. Report, wait.
+          clock = this.clockAhead;
+          continue;
+        }
         const f = this.failures.get(kind);
         if (f && f.retryAt > now.getTime()) {
           wait = Math.min(wait, f.retryAt - now.getTime());
@@ -368,7 +384,10 @@ export class DeviceIdentity {
       }
       if (clock && clock !== this.clockProblem) this.opts.log.error({ problem: clock }, "device clock is wrong: not renewing, still serving with the stored certificates");
       if (clock) this.clockProblem = clock;
-      else if (this.clockProblem && Object.values(this.assess()).every((a) => a.status === "valid" || a.status === "due")) this.clockProblem = undefined;
+      else if (this.clockProblem && Object.values(this.assess()).every((a) => a.status === "valid" || a.status === "due")) {
+        this.clockProblem = undefined;
+        this.clockAhead = undefined;
+      }
       return wait;
     });
   }

@@ -53,8 +53,8 @@ export interface RunningCa {
   server: CaServer;
   /** Stop listening (the device sees the CA as down). */
   stop(): Promise<void>;
-  /** Listen again on the same port. */
-  restart(): Promise<void>;
+  /** Listen again on the same port (optionally with other profile lifetimes). */
+  restart(profiles?: ProfileOverrides): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -72,9 +72,10 @@ export async function startCa(tokens: Tokens, opts: { deviceId: string; profiles
   const running: RunningCa = {
     url, port, trustPem: ca.trustBundlePem(), adminToken: admin.token, ca, store: ts.store, server,
     stop: async () => { await running.server.close(); },
-    restart: async () => {
+    restart: async (profiles?: ProfileOverrides) => {
+      const engine = profiles ? await tca.variant({ profiles }) : ca;
       // A fresh self-issued HTTPS certificate from the same issuing CA: the device's trust bundle still covers it.
-      server = await createCaServer({ ...config, port }, { ca, store: ts.store, logger: silentLogger() });
+      server = await createCaServer({ ...config, port }, { ca: engine, store: ts.store, logger: silentLogger() });
       running.server = server;
       await server.listen();
     },
