@@ -4,7 +4,7 @@ import type { SecureContextOptions } from "node:tls";
 import * as x509 from "@peculiar/x509";
 import { Command } from "commander";
 import { EdgeTrustError, createLogger, loadConfig } from "../common/index.js";
-import { openKeyStore, readPin, tlsKeyOptions, type KeyStore } from "../hsm/index.js";
+import { DEFAULT_ENGINE, openKeyStore, readPin, tlsKeyOptions, type KeyStore } from "../hsm/index.js";
 import { loadPolicy } from "../policy/index.js";
 import { EdgeTrustConfig } from "../cli/config-schema.js";
 import { action, emit } from "../cli/output.js";
@@ -37,7 +37,11 @@ async function keyOption(spec: string, hsm: () => Promise<KeyStore>, cfg: { engi
   if (spec.startsWith("hsm:")) {
     const store = await hsm();
     const pin = store.kind === "pkcs11" ? readPin({ pinFile: cfg.pinFile, pinEnv: cfg.pinEnv }) : undefined;
-    return tlsKeyOptions(store, { label: spec.slice(4) }, { engine: cfg.engine, module: cfg.module, ...(pin ? { pin } : {}) });
+    // The configured default is the engine's .so path, which backs only the first TLS context of a process (the hub
+    // needs two: server and upstream, and a new one on every certificate reload). When OPENSSL_CONF registers the
+    // engine, let the TLS key source use its id instead (hsm/README.md).
+    const engine = cfg.engine === DEFAULT_ENGINE ? undefined : cfg.engine;
+    return tlsKeyOptions(store, { label: spec.slice(4) }, { module: cfg.module, ...(engine ? { engine } : {}), ...(pin ? { pin } : {}) });
   }
   return { key: readFileSync(spec) };
 }

@@ -1,0 +1,270 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { X509Certificate } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import type { TLSSocket } from "node:tls";
+import { promisify } from "node:util";
+import mqtt, { type MqttClient } from "mqtt";
+import { createLogger } from "../common/index.js";
+import { DEV_ATTESTATION, createDevPki } from "../certs-dev/generate.js";
+import { Pkcs11KeyStore, SOFTHSM_MODULE, createSoftHsmDir, engineConfig, initToken, type SoftHsmDir } from "../hsm/index.js";
+import { TEST_POLICY_YAML } from "./fixtures.js";
+
+/**
+ * `edgetrust hub run` as an operator starts it: a child process through cli/index.ts main() (tsx, so the test does
+ * not depend on a fresh dist/ build), with a development PKI from certs-dev, a config file, and real MQTT clients
+ * connecting with mTLS. SIGTERM must end it cleanly (exit 0). Then the same with the hub's server key and the device
+ * key in a SoftHSM token, used through the OpenSSL pkcs11 engine (OPENSSL_CONF from engineConfig()), upstream to a
+ * TLS Mosquitto: no PEM of either key exists anywhere, and the token marks both sensitive and never extractable.
+ */
+const ROOT = resolve(import.meta.dirname, "..");
+const ENTRY = `const { main } = await import(${JSON.stringify(join(ROOT, "cli/index.ts"))}); process.exitCode = await main(["node", "edgetrust", ...process.argv.slice(1)]);`;
+const PIN = "hub-cli-pin-2718";
+const quiet = createLogger("certs-dev", { level: "error" });
+const run = promisify(execFile);
+
+let base: string;
+let cleanups: (() => Promise<void> | void)[] = [];
+const later = (f: () => Promise<void> | void): void => void cleanups.unshift(f);
+
+function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([p, new Promise<T>((_, rej) => (timer = setTimeout(() => rej(new Error(`${what}: not within ${ms} ms`)), ms)))]).finally(() => clearTimeout(timer));
+}
+
+interface Child {
+  proc: ChildProcess;
+  out: () => string;
+  /** Resolves with the first match of `re` in stdout+stderr. */
+  waitFor(re: RegExp, what: string): Promise<RegExpMatchArray>;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+function start(args: string[], env: NodeJS.ProcessEnv): Child {
+  const proc = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", ENTRY, "--", ...args], {
+    cwd: ROOT, env: { ...process.env, EDGETRUST_LOG_LEVEL: "info", ...env }, stdio: ["ignore", "pipe", "pipe"],
+  });
+  let text = "";
+  const waiters: { re: RegExp; resolve: (m: RegExpMatchArray) => void }[] = [];
+  const feed = (b: Buffer) => {
+    text += b.toString();
+    for (const w of [...waiters]) {
+      const m = text.match(w.re);
+      if (m) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(m);
+      }
+    }
+  };
+  proc.stdout?.on("data", feed);
+  proc.stderr?.on("data", feed);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => proc.once("exit", (code, signal) => r({ code, signal })));
+  later(async () => {
+    if (proc.exitCode === null && proc.signalCode === null) {
+      proc.kill("SIGKILL");
+      await exited;
+    }
+  });
+  return {
+    proc, exited, out: () => text,
+    waitFor: (re, what) => within(new Promise<RegExpMatchArray>((resolve, reject) => {
+      const m = text.match(re);
+      if (m) return resolve(m);
+      waiters.push({ re, resolve });
+      void exited.then(({ code }) => reject(new Error(`${what}: the hub exited (${code}) first:\n${text}`)));
+    }), 45_000, `${what}\n${text}`),
+  };
+}
+
+async function client(port: number, dir: string, name: string, ca: string, extra: mqtt.IClientOptions = {}): Promise<MqttClient> {
+  const c = await within(mqtt.connectAsync(`mqtts://127.0.0.1:${port}`, {
+    cert: readFileSync(join(dir, `${name}.chain.pem`)), key: readFileSync(join(dir, `${name}.key.pem`)), ca: readFileSync(ca),
+    servername: "localhost", reconnectPeriod: 0, protocolVersion: 4, connectTimeout: 15_000, ...extra,
+  }), 20_000, `connect ${name}`);
+  later(() => c.endAsync(true).then(() => undefined, () => undefined));
+  return c;
+}
+
+function nextMessage(c: MqttClient, re: RegExp, what: string): Promise<{ topic: string; payload: Buffer }> {
+  return within(new Promise((resolve) => {
+    const on = (topic: string, payload: Buffer) => {
+      if (!re.test(topic)) return;
+      c.off("message", on);
+      resolve({ topic, payload });
+    };
+    c.on("message", on);
+  }), 20_000, what);
+}
+
+/** hub config + files around a certs-dev directory. */
+function writeHubConfig(dir: string, pkiDir: string, hub: Record<string, unknown>, extra = ""): string {
+  const state = join(dir, "state");
+  mkdirSync(state, { recursive: true });
+  writeFileSync(join(dir, "policy.yaml"), TEST_POLICY_YAML);
+  writeFileSync(join(dir, "attested.json"), JSON.stringify({ d1: { sensor: DEV_ATTESTATION, monitor: DEV_ATTESTATION } }));
+  writeFileSync(join(dir, "routes.json"), JSON.stringify({ routes: { up: "FROM /messages/modules/* INTO $upstream" } }));
+  const cfg = {
+    host: "127.0.0.1", port: 0, trustDomain: "example.com",
+    serverCertFile: join(pkiDir, "edge-hub-server.chain.pem"), serverKey: join(pkiDir, "edge-hub-server.key.pem"),
+    edgeCaFile: join(pkiDir, "edge-ca.cert.pem"), issuingCaFile: join(pkiDir, "issuing-ca.cert.pem"), trustBundleFile: join(pkiDir, "trust-bundle.pem"),
+    policyFile: join(dir, "policy.yaml"), attestationFile: join(dir, "attested.json"), routesFile: join(dir, "routes.json"),
+    stateDir: state, metricsPort: 0, ...hub,
+  };
+  const file = join(dir, "edgetrust.yaml");
+  writeFileSync(file, `log:\n  level: info\nhub:\n${Object.entries(cfg).map(([k, v]) => `  ${k}: ${JSON.stringify(v)}`).join("\n")}\n${extra}`);
+  return file;
+}
+
+/** Mosquitto as the cloud broker (TLS, client certificates from `clientCa` required); resolves when running. */
+async function mosquitto(dir: string, port: number, server: { cert: string; key: string }, clientCa: string): Promise<void> {
+  const conf = join(dir, "mosquitto.conf");
+  writeFileSync(conf, [`listener ${port} 127.0.0.1`, `cafile ${clientCa}`, `certfile ${server.cert}`, `keyfile ${server.key}`,
+    "require_certificate true", "allow_anonymous true", "persistence false", "user root", "log_dest stderr", ""].join("\n"));
+  const p = spawn("mosquitto", ["-c", conf], { stdio: ["ignore", "ignore", "pipe"] });
+  const exited = new Promise<void>((r) => p.once("exit", () => r()));
+  later(async () => {
+    if (p.exitCode === null && p.signalCode === null) {
+      p.kill("SIGTERM");
+      await exited;
+    }
+  });
+  let log = "";
+  await within(new Promise<void>((resolve, reject) => {
+    p.stderr?.on("data", (b: Buffer) => {
+      log = (log + b.toString()).slice(-8192); // always drained: a full pipe would block Mosquitto
+      if (/mosquitto version \S+ running/.test(log)) resolve();
+    });
+    void exited.then(() => reject(new Error(`mosquitto exited: ${log}`)));
+  }), 15_000, "mosquitto start");
+}
+
+async function freePort(): Promise<number> {
+  const { createServer } = await import("node:net");
+  return new Promise((r) => {
+    const s = createServer();
+    s.listen(0, "127.0.0.1", () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => r(p));
+    });
+  });
+}
+
+/** SIGTERM → clients are disconnected and the process exits 0 with its state closed. */
+async function stopGracefully(hub: Child, clients: MqttClient[]): Promise<void> {
+  const closed = clients.map((c) => within(new Promise<void>((r) => (c.connected ? c.once("close", () => r()) : r())), 20_000, "client closed by the hub"));
+  hub.proc.kill("SIGTERM");
+  const { code, signal } = await within(hub.exited, 30_000, "hub exit after SIGTERM");
+  expect({ code, signal }, hub.out()).toEqual({ code: 0, signal: null });
+  await Promise.all(closed);
+  expect(hub.out()).toMatch(/edge hub stopped/);
+}
+
+beforeAll(() => {
+  base = mkdtempSync(join(tmpdir(), "edgehub-cli-"));
+});
+
+afterEach(async () => {
+  const fs = cleanups;
+  cleanups = [];
+  for (const f of fs) await f();
+});
+
+afterAll(() => {
+  if (base) rmSync(base, { recursive: true, force: true });
+});
+
+describe("edgetrust hub run", () => {
+  it("serves modules over mTLS with the certs-dev PKI and exits 0 on SIGTERM", async () => {
+    const dir = join(base, "soft");
+    const pkiDir = join(dir, "pki");
+    await createDevPki({ out: pkiDir, trustDomain: "example.com", deviceId: "d1", modules: ["sensor", "monitor"], leafDeviceId: "leaf1", logger: quiet });
+    const cfg = writeHubConfig(dir, pkiDir, {});
+    const hub = start(["hub", "run", "--config", cfg], {});
+    const port = Number((await hub.waitFor(/edge hub listening on 127\.0\.0\.1:(\d+)/, "hub listening"))[1]);
+
+    const ca = join(pkiDir, "trust-bundle.pem");
+    const mon = await client(port, pkiDir, "module-monitor", ca);
+    const sen = await client(port, pkiDir, "module-sensor", ca);
+    await mon.subscribeAsync("status/#", { qos: 1 });
+    const got = nextMessage(mon, /^status\//, "status message at the monitor");
+    await sen.publishAsync("status/d1/sensor", "up", { qos: 1 });
+    const m = await got;
+    expect([m.topic, m.payload.toString()]).toEqual(["status/d1/sensor", "up"]);
+    // The hub's certificate is the certs-dev hub certificate.
+    const peer = (sen.stream as TLSSocket).getPeerX509Certificate();
+    expect(peer?.fingerprint256).toBe(new X509Certificate(readFileSync(join(pkiDir, "edge-hub-server.cert.pem"))).fingerprint256);
+    // The policy is enforced by the process: a module may not publish into another module's inputs.
+    const denied = within(new Promise<void>((r) => sen.once("close", () => r())), 20_000, "denied publish closes the connection");
+    sen.publish("devices/d1/modules/monitor/inputs/x/", "evil", { qos: 1 });
+    await denied;
+    await hub.waitFor(/policy-denied/, "refusal logged with its reason");
+
+    await stopGracefully(hub, [mon]);
+  });
+
+  it("keeps the hub server key and the device key in SoftHSM (OpenSSL engine): mTLS to modules, upstream to Mosquitto, SIGTERM exit 0", async () => {
+    const dir = join(base, "hsm");
+    mkdirSync(dir, { recursive: true });
+    // A SoftHSM token of this file (SOFTHSM2_CONF is set in this process too: certs-dev generates the keys in it).
+    const softhsm: SoftHsmDir = createSoftHsmDir();
+    later(() => softhsm.cleanup());
+    initToken({ module: SOFTHSM_MODULE, label: "hubtok", soPin: "so-" + PIN, userPin: PIN });
+    const pinFile = join(dir, "user.pin");
+    writeFileSync(pinFile, PIN + "\n", { mode: 0o600 });
+    const pkiDir = join(dir, "pki");
+    const store = await Pkcs11KeyStore.open({ module: SOFTHSM_MODULE, tokenLabel: "hubtok", pin: PIN, logger: quiet });
+    try {
+      await createDevPki({ out: pkiDir, trustDomain: "example.com", deviceId: "d1", modules: ["sensor", "monitor"], leafDeviceId: "leaf1", keyStore: store, logger: quiet });
+    } finally {
+      await store.close();
+    }
+    for (const k of ["edge-hub-server", "device-identity", "edge-ca", "issuing-ca", "root-ca"]) expect(existsSync(join(pkiDir, `${k}.key.pem`)), k).toBe(false);
+
+    // The cloud broker: its own development PKI (software), trusting this device's root for client certificates.
+    const cloudPki = join(dir, "cloud-pki");
+    await createDevPki({ out: cloudPki, trustDomain: "cloud.example", deviceId: "cloud", modules: [], leafDeviceId: "reader", logger: quiet });
+    const upPort = await freePort();
+    await mosquitto(dir, upPort, { cert: join(cloudPki, "edge-hub-server.chain.pem"), key: join(cloudPki, "edge-hub-server.key.pem") }, join(pkiDir, "trust-bundle.pem"));
+    const reader = await within(mqtt.connectAsync(`mqtts://127.0.0.1:${upPort}`, {
+      cert: readFileSync(join(pkiDir, "leaf-leaf1.chain.pem")), key: readFileSync(join(pkiDir, "leaf-leaf1.key.pem")), ca: readFileSync(join(cloudPki, "trust-bundle.pem")),
+      servername: "localhost", reconnectPeriod: 0, clientId: "cloud-reader",
+    }), 20_000, "cloud reader");
+    later(() => reader.endAsync(true).then(() => undefined, () => undefined));
+    await reader.subscribeAsync("devices/#", { qos: 1 });
+
+    const opensslConf = join(dir, "openssl.cnf");
+    writeFileSync(opensslConf, engineConfig({ module: SOFTHSM_MODULE }));
+    const cfg = writeHubConfig(dir, pkiDir, {
+      serverKey: "hsm:certs-dev-edge-hub-server",
+      upstreamUrl: `mqtts://localhost:${upPort}`, upstreamKey: "hsm:certs-dev-device-identity",
+      upstreamCertFile: join(pkiDir, "device-identity.chain.pem"), upstreamCaFile: join(cloudPki, "trust-bundle.pem"),
+    }, `hsm:\n  backend: pkcs11\n  module: ${SOFTHSM_MODULE}\n  tokenLabel: hubtok\n  pinFile: ${pinFile}\n`);
+    expect(readFileSync(cfg, "utf8")).not.toContain(PIN);
+    const hub = start(["hub", "run", "--config", cfg], { OPENSSL_CONF: opensslConf, SOFTHSM2_CONF: softhsm.conf, PKCS11_MODULE_PATH: "" });
+    const port = Number((await hub.waitFor(/edge hub listening on 127\.0\.0\.1:(\d+)/, "hub listening"))[1]);
+    await hub.waitFor(/upstream connected/, "upstream connected with the device key in the token");
+
+    const ca = join(pkiDir, "trust-bundle.pem");
+    const sen = await client(port, pkiDir, "module-sensor", ca);
+    const peer = (sen.stream as TLSSocket).getPeerX509Certificate();
+    expect(peer?.fingerprint256).toBe(new X509Certificate(readFileSync(join(pkiDir, "edge-hub-server.cert.pem"))).fingerprint256);
+    const up = nextMessage(reader, /^devices\/d1\/modules\/sensor\/messages\/events\//, "telemetry upstream");
+    await sen.publishAsync("devices/d1/modules/sensor/messages/events/", JSON.stringify({ t: 21.5 }), { qos: 1 });
+    expect(JSON.parse((await up).payload.toString())).toEqual({ t: 21.5 });
+
+    // The token says: both keys are sensitive and were never extractable (pkcs11-tool, a separate process).
+    const { stdout } = await run("pkcs11-tool", ["--module", SOFTHSM_MODULE, "--token-label", "hubtok", "--login", "--pin", PIN, "--list-objects", "--type", "privkey"], {
+      env: { ...process.env, SOFTHSM2_CONF: softhsm.conf },
+    });
+    for (const label of ["certs-dev-edge-hub-server", "certs-dev-device-identity"]) {
+      const block = stdout.split(/\n(?=Private Key Object)/).find((b) => b.includes(`label:      ${label}`)) ?? "";
+      expect(block, stdout).toMatch(/Access:.*\bsensitive\b/);
+      expect(block).toMatch(/never extractable/);
+    }
+
+    await stopGracefully(hub, [sen]);
+    expect(hub.out()).not.toContain(PIN);
+  });
+});
