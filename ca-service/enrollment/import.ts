@@ -19,46 +19,46 @@ export function detectFormat(name: string, text: string): ImportFormat {
   return /^\s*[[{]/.test(text) ? "json" : "csv";
 }
 
-/** RFC 4180 records: quoted fields may hold commas, quotes ("") and newlines. Returns records with their line numbers. */
+/**
+ * RFC 4180 records: quoted fields may hold commas, quotes ("") and newlines. Returns records with their line numbers.
+ * Lines without quotes (the common case) take a split() fast path; a quoted record is scanned character by character.
+ */
 export function parseCsvRecords(text: string): { line: number; fields: string[] }[] {
   const out: { line: number; fields: string[] }[] = [];
-  let fields: string[] = [];
-  let field = "";
-  let quoted = false;
-  let line = 1;
-  let start = 1;
-  let i = 0;
-  const n = text.length;
-  const endRecord = () => {
-    fields.push(field);
-    if (!(fields.length === 1 && fields[0] === "")) out.push({ line: start, fields });
-    fields = [];
-    field = "";
-  };
-  while (i < n) {
-    const c = text[i] as string;
-    if (quoted) {
-      if (c === '"') {
-        if (text[i + 1] === '"') { field += '"'; i += 2; continue; }
-        quoted = false;
-        i++;
-        continue;
-      }
-      if (c === "\n") line++;
-      field += c;
-      i++;
+  const lines = text.split("\n");
+  for (let i = 0; i < lines.length; i++) {
+    const start = i + 1;
+    let rec = lines[i] as string;
+    if (rec.includes('"')) {
+      // A record continues while its quotes are unbalanced (a quoted field holds a newline).
+      while ((rec.match(/"/g)?.length ?? 0) % 2 === 1 && i + 1 < lines.length) rec += "\n" + (lines[++i] as string);
+      if ((rec.match(/"/g)?.length ?? 0) % 2 === 1) throw new EdgeTrustError("INVALID_INPUT", `CSV: unterminated quoted field starting on line ${start}`);
+      out.push({ line: start, fields: quotedFields(rec.replace(/\r$/, "")) });
       continue;
     }
-    if (c === '"' && field === "") { quoted = true; i++; continue; }
-    if (c === ",") { fields.push(field); field = ""; i++; continue; }
-    if (c === "\r" && text[i + 1] === "\n") { i++; continue; }
-    if (c === "\n") { endRecord(); line++; start = line; i++; continue; }
-    field += c;
-    i++;
+    if (rec.endsWith("\r")) rec = rec.slice(0, -1);
+    if (rec === "") continue;
+    out.push({ line: start, fields: rec.split(",") });
   }
-  if (quoted) throw new EdgeTrustError("INVALID_INPUT", `CSV: unterminated quoted field starting on line ${start}`);
-  if (field !== "" || fields.length) endRecord();
   return out;
+}
+
+function quotedFields(rec: string): string[] {
+  const fields: string[] = [];
+  let field = "";
+  let quoted = false;
+  for (let i = 0; i < rec.length; i++) {
+    const c = rec[i] as string;
+    if (quoted) {
+      if (c === '"') {
+        if (rec[i + 1] === '"') { field += '"'; i++; } else quoted = false;
+      } else field += c === "\r" && rec[i + 1] === "\n" ? "" : c;
+    } else if (c === '"' && field === "") quoted = true;
+    else if (c === ",") { fields.push(field); field = ""; }
+    else field += c;
+  }
+  fields.push(field);
+  return fields;
 }
 
 function csvRow(header: string[], rec: { line: number; fields: string[] }): ImportRow {

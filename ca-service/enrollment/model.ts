@@ -1,4 +1,8 @@
-import { X509Certificate as NodeX509, createPublicKey } from "node:crypto";
+import "reflect-metadata";
+import { X509Certificate as NodeX509 } from "node:crypto";
+import { AsnConvert } from "@peculiar/asn1-schema";
+import { SubjectPublicKeyInfo } from "@peculiar/asn1-x509";
+import { ECParameters } from "@peculiar/asn1-ecc";
 import { EdgeTrustError } from "../../common/index.js";
 import { sha256Hex } from "../store.js";
 
@@ -121,6 +125,33 @@ export function derOf(text: string, labels: string[]): Buffer {
   return Buffer.from(b, "base64");
 }
 
+const OID_EC = "1.2.840.10045.2.1";
+const OID_RSA = "1.2.840.113549.1.1.1";
+/** DER of the ECParameters of each supported named curve (built by the library once) → uncompressed point length. */
+const EC_CURVES = [
+  { params: Buffer.from(AsnConvert.serialize(new ECParameters({ namedCurve: "1.2.840.10045.3.1.7" }))), pointLength: 65 }, // P-256
+  { params: Buffer.from(AsnConvert.serialize(new ECParameters({ namedCurve: "1.3.132.0.34" }))), pointLength: 97 }, // P-384
+];
+
+/**
+ * A SubjectPublicKeyInfo we can issue for: EC P-256/P-384 (uncompressed point) or RSA >= 2048. Parsed with
+ * @peculiar/asn1-x509 (much cheaper than OpenSSL 3's key decoders, which matters for 100k-row imports); the curve is
+ * matched against library-built ECParameters. The CSR check at registration still runs the full verification.
+ */
+function checkSpki(der: Buffer): void {
+  const spki = AsnConvert.parse(der, SubjectPublicKeyInfo);
+  const alg = spki.algorithm.algorithm;
+  const key = new Uint8Array(spki.subjectPublicKey);
+  if (alg === OID_EC) {
+    const params = spki.algorithm.parameters ? Buffer.from(spki.algorithm.parameters) : undefined;
+    const curve = EC_CURVES.find((c) => params?.equals(c.params));
+    if (!curve) throw bad("EC curve is not supported (P-256 or P-384)");
+    if (key.length !== curve.pointLength || key[0] !== 4) throw bad("EC public key is not an uncompressed point of its curve");
+  } else if (alg !== OID_RSA || key.length < 260) {
+    throw bad(`key algorithm ${alg} is not supported (EC P-256/P-384 or RSA >= 2048)`);
+  }
+}
+
 /** Parse and fingerprint a credential; throws INVALID_INPUT with the reason. */
 export function normalizeCredential(attestation: IndividualAttestation, credential: string): { der: Buffer; sha256: string } {
   if (typeof credential !== "string" || credential.length === 0 || credential.length > 16384) throw bad("credential is missing or too large");
@@ -130,7 +161,7 @@ export function normalizeCredential(attestation: IndividualAttestation, credenti
       const c = new NodeX509(der);
       if (c.ca) throw bad("a bootstrap certificate must not be a CA certificate");
     } else {
-      createPublicKey({ key: der, format: "der", type: "spki" });
+      checkSpki(der);
     }
   } catch (e) {
     if (e instanceof EdgeTrustError) throw e;
