@@ -65,7 +65,7 @@ describe("device identity: management + workload sockets (real dockerd, curl, op
     writeFileSync(join(dir, "edge-ca.pem"), pki.edgeCa.certificate.toString("pem"));
 
     image = await ensureImage(docker, buildBusyboxImage("wl", `wl-${tag}-${Date.now()}`));
-    const base = { deploymentId: "dep", manifestVersion: 3, image, user: "1000:1000", capAdd: [], binds: [], devices: [], network: "none" as const, readOnlyRootfs: true, env: {} };
+    const base = { deviceId: DEVICE, deploymentId: "dep", manifestVersion: 3, image, user: "1000:1000", capAdd: [], binds: [], devices: [], network: "none" as const, readOnlyRootfs: true, env: {} };
     containerId = await createModuleContainer(docker, { ...base, module: `sensor${tag}`, cmd: ["sleep", "300"] });
     await docker.startContainer(containerId);
     stoppedId = await createModuleContainer(docker, { ...base, module: `idle${tag}`, cmd: ["true"] });

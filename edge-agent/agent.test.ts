@@ -84,7 +84,7 @@ describe("edge agent: attested boot on real dockerd + registry", () => {
   }
 
   async function runningIds(): Promise<string[]> {
-    return (await listManaged(docker)).filter((c) => names.includes(c.module) && c.running).map((c) => c.id).sort();
+    return (await listManaged(docker, DEVICE)).filter((c) => names.includes(c.module) && c.running).map((c) => c.id).sort();
   }
 
   beforeAll(async () => {
@@ -192,7 +192,7 @@ describe("edge agent: attested boot on real dockerd + registry", () => {
   it("a container started by hand with a module's name is removed and never gets an identity", async () => {
     const victim = names[2] as string;
     dockerCli(["rm", "-f", `edgetrust-${victim}`]);
-    const handId = dockerCli(["run", "-d", "--name", `edgetrust-${victim}`, "--network", "none", "--label", "io.edgetrust.managed=true", "--label", `io.edgetrust.module=${victim}`, "--label", `io.edgetrust.image-digest=${images[2]!.digest}`, images[2]!.ref, "sleep", "300"]).trim();
+    const handId = dockerCli(["run", "-d", "--name", `edgetrust-${victim}`, "--network", "none", "--label", "io.edgetrust.managed=true", "--label", `io.edgetrust.device=${DEVICE}`, "--label", `io.edgetrust.module=${victim}`, "--label", `io.edgetrust.image-digest=${images[2]!.digest}`, images[2]!.ref, "sleep", "300"]).trim();
     const statuses = await agent.tick();
     expect(await docker.inspectContainer(handId)).toBeUndefined();
     const reg = device.modules.get(victim);

@@ -146,7 +146,8 @@ export class EdgeAgent {
   /** Verify a new manifest and, only if it passes, make it the deployment. */
   apply(bytes: string | Uint8Array): Promise<ApplyResult> {
     return this.serial(async () => {
-      const verdict = await this.verify(bytes, false);
+      // The exact accepted manifest again is harmless (it re-reconciles); any other bytes at that version are a replay.
+      const verdict = await this.verify(bytes, true);
       if (!verdict.ok || !verdict.manifest) {
         this.o.log.warn({ reasons: verdict.reasons }, "manifest rejected; keeping last-known-good");
         this.emit({ kind: "manifest-rejected", reasons: verdict.reasons.map((r) => `${r.check}: ${r.message}`), ...(verdict.version !== undefined ? { version: verdict.version } : {}) });
@@ -178,7 +179,7 @@ export class EdgeAgent {
     const planned = modulesInOrder(manifest);
     const wanted = new Set(planned.map((p) => p.name));
     const registered = new Map((await identity.registered()).map((r) => [r.name, r.containerId]));
-    const managed = await listManaged(docker);
+    const managed = await listManaged(docker, this.o.deviceId);
 
     for (const c of managed) {
       const keep = wanted.has(c.module) && registered.get(c.module) === c.id;
@@ -216,7 +217,7 @@ export class EdgeAgent {
     if (existing) await this.removeModuleContainer(existing, "replaced by a new deployment");
     const socketDir = this.o.identity.workloadSocketDir(p.name);
     mkdirSync(socketDir, { recursive: true, mode: 0o700 });
-    const plan = containerPlan(manifest, p, resolved, socketDir);
+    const plan = containerPlan(this.o.deviceId, manifest, p, resolved, socketDir);
     const id = await createModuleContainer(docker, plan);
     try {
       await this.o.identity.register({
@@ -264,7 +265,7 @@ export class EdgeAgent {
       const manifest = this.manifest;
       if (!manifest) return [];
       const { docker, log } = this.o;
-      const managed = await listManaged(docker);
+      const managed = await listManaged(docker, this.o.deviceId);
       const ours = new Set([...this.supervised.values()].map((s) => s.containerId));
       for (const c of managed) if (!ours.has(c.id)) await this.removeModuleContainer(c, "container not created by the agent");
       const byName = new Map(managed.map((c) => [c.id, c]));

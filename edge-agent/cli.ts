@@ -1,12 +1,14 @@
 import { Command } from "commander";
 import { readFileSync } from "node:fs";
 import { createLogger, loadConfig, EdgeTrustError } from "../common/index.js";
+import { openKeyStore, tlsKeyFromSpec, type KeyStore } from "../hsm/index.js";
 import { loadPolicy, resolveTrust } from "../policy/index.js";
 import { EdgeTrustConfig } from "../cli/config-schema.js";
 import { action, emit } from "../cli/output.js";
 import { DockerClient } from "./docker.js";
 import { EdgeAgent } from "./agent.js";
 import { ManagementSocketRegistrar } from "./identity-client.js";
+import { CloudClient, ReportQueue, syncDeployment } from "./cloud.js";
 
 interface RunOptions {
   config?: string;
@@ -27,11 +29,21 @@ export function agentCommand(): Command {
     .option("--once", "apply, print the module states and exit (no supervision)")
     .option("--json", "machine-readable output")
     .action(action(async (opts: RunOptions) => {
-      const cfg = loadConfig(EdgeTrustConfig, { ...(opts.config ? { file: opts.config } : {}) }).agent;
+      const all = loadConfig(EdgeTrustConfig, { ...(opts.config ? { file: opts.config } : {}) });
+      const cfg = all.agent;
       const deviceId = opts.deviceId ?? cfg.deviceId;
       if (!deviceId) throw new EdgeTrustError("INVALID_CONFIG", "no device id", { hint: "set agent.deviceId or pass --device-id" });
       const log = createLogger("edge-agent");
       const { policy, file } = loadPolicy(cfg.policyFile);
+      let store: KeyStore | undefined;
+      const cloud = cfg.cloudUrl
+        ? new CloudClient(cfg.cloudUrl, {
+          cert: readFileSync(cfg.deviceCertFile, "utf8"),
+          ca: readFileSync(cfg.cloudCaFile, "utf8"),
+          ...(await tlsKeyFromSpec(cfg.deviceKey, async () => (store ??= await openKeyStore(all.hsm, { logger: log })), all.hsm)),
+        })
+        : undefined;
+      const queue = cloud ? new ReportQueue(cfg.reportQueueFile, (r) => cloud.sendReport(r)) : undefined;
       const agent = new EdgeAgent({
         docker: new DockerClient({ socketPath: cfg.dockerSocket }),
         identity: new ManagementSocketRegistrar(cfg.managementSocket, cfg.workloadSocketsDir),
@@ -42,33 +54,53 @@ export function agentCommand(): Command {
         log,
         backoff: { baseMs: cfg.restartBackoffMs, maxMs: cfg.restartBackoffMaxMs },
         onPull: (module, p) => process.stderr.write(`pull ${module}: ${p.status}${p.progress ? " " + p.progress : ""}\n`),
-        report: (r) => log.info({ report: r }, `report: ${r.kind}`),
+        report: (r) => {
+          log.info({ report: r }, `report: ${r.kind}`);
+          queue?.push(r);
+        },
       });
       const booted = await agent.boot();
-      let result = booted;
+      let applied = booted?.applied ?? false;
+      let rejected = false;
       const manifestFile = opts.manifest ?? cfg.manifestFile;
       if (manifestFile) {
         const r = await agent.apply(readFileSync(manifestFile));
-        if (r.applied || !booted) result = r;
+        applied ||= r.applied;
+        rejected = !r.applied;
         if (!r.applied) {
           for (const reason of r.verdict.reasons) process.stderr.write(`manifest rejected: ${reason.check}: ${reason.message}\n`);
         }
       }
-      const summary = { applied: result?.applied ?? false, version: agent.current()?.version ?? null, modules: agent.status() };
+      const poll = async () => {
+        if (!cloud) return;
+        try {
+          const r = await syncDeployment(agent, cloud);
+          if (r.applied) log.info({ version: r.version }, "applied the cloud's deployment");
+          await queue?.flush();
+        } catch (e) {
+          log.warn({ reason: (e as Error).message }, "cloud unreachable; running what the device has");
+        }
+      };
+      await poll();
+      const summary = { applied, rejected, version: agent.current()?.version ?? null, modules: agent.status() };
       if (opts.once) {
         emit(Boolean(opts.json), summary, () =>
           [`deployment version ${summary.version ?? "none"}`, ...summary.modules.map((m) => `  ${m.name}: ${m.state}${m.reason ? ` (${m.reason})` : ""}`)].join("\n"));
-        if (manifestFile && !result?.applied) process.exitCode = 1;
+        if (rejected) process.exitCode = 1;
+        await store?.close();
         return;
       }
       agent.supervise(cfg.superviseIntervalMs);
+      const pollTimer = cloud ? setInterval(() => void poll(), cfg.pollIntervalMs) : undefined;
       await new Promise<void>((resolve) => {
         const stop = () => resolve();
         process.once("SIGTERM", stop);
         process.once("SIGINT", stop);
       });
       log.info("stopping: modules keep running; the next start reconciles them");
+      if (pollTimer) clearInterval(pollTimer);
       await agent.stop();
+      await store?.close();
     }));
   return cmd;
 }

@@ -12,6 +12,7 @@ const suffix = `${process.pid}`;
 
 function plan(image: ResolvedImage, over: Partial<ContainerPlan> = {}): ContainerPlan {
   return {
+    deviceId: "dev-probe",
     module: `probe-${suffix}`,
     deploymentId: "dep-1",
     manifestVersion: 7,
@@ -84,7 +85,7 @@ describe("module containers within policy (real dockerd)", () => {
 
   it("labels containers so the agent can find and check them", async () => {
     const id = await createModuleContainer(docker, plan(image, { cmd: ["sleep", "30"] }));
-    const managed = (await listManaged(docker)).find((c) => c.id === id);
+    const managed = (await listManaged(docker, "dev-probe")).find((c) => c.id === id);
     expect(managed).toMatchObject({ module: `probe-${suffix}`, deploymentId: "dep-1", manifestVersion: 7, digest: image.digest, imageId: image.imageId });
     const info = await docker.inspectContainer(id);
     expect(info?.HostConfig).toMatchObject({ Privileged: false, CapDrop: ["ALL"], ReadonlyRootfs: true, NetworkMode: "none" });

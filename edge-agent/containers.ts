@@ -4,6 +4,7 @@ import type { ResolvedImage } from "./images.js";
 /** Labels every container the agent creates carries; reconcile finds its containers by them. */
 export const LABELS = {
   managed: "io.edgetrust.managed",
+  device: "io.edgetrust.device",
   module: "io.edgetrust.module",
   deployment: "io.edgetrust.deployment-id",
   version: "io.edgetrust.manifest-version",
@@ -25,6 +26,8 @@ export interface BindMount {
  * here is a default the engine fills in — each security-relevant field is explicit.
  */
 export interface ContainerPlan {
+  /** The device this agent runs for: an engine shared by several agents (tests, labs) keeps them apart. */
+  deviceId: string;
   module: string;
   deploymentId: string;
   manifestVersion: number;
@@ -57,6 +60,7 @@ export function createSpec(plan: ContainerPlan): Record<string, unknown> {
     ...(plan.cmd ? { Cmd: plan.cmd } : {}),
     Labels: {
       [LABELS.managed]: "true",
+      [LABELS.device]: plan.deviceId,
       [LABELS.module]: plan.module,
       [LABELS.deployment]: plan.deploymentId,
       [LABELS.version]: String(plan.manifestVersion),
@@ -99,9 +103,9 @@ export interface ManagedContainer {
   state: string;
 }
 
-/** Every container this agent manages, read back from the engine (the engine is the source of truth). */
-export async function listManaged(docker: DockerClient): Promise<ManagedContainer[]> {
-  const list = await docker.listContainers({ [LABELS.managed]: "true" });
+/** Every container the agent of `deviceId` manages, read back from the engine (the engine is the source of truth). */
+export async function listManaged(docker: DockerClient, deviceId: string): Promise<ManagedContainer[]> {
+  const list = await docker.listContainers({ [LABELS.managed]: "true", [LABELS.device]: deviceId });
   return list.map((c) => ({
     id: c.Id,
     module: c.Labels[LABELS.module] ?? "",

@@ -170,7 +170,13 @@ export class DockerClient {
     try {
       await this.call("DELETE", `/containers/${encodeURIComponent(id)}?force=${force}&v=true`, undefined, [204]);
     } catch (e) {
-      if (!(e instanceof DockerApiError && e.httpStatus === 404)) throw e;
+      if (e instanceof DockerApiError && e.httpStatus === 404) return;
+      // Someone else's removal of the same container is under way: done once it is gone.
+      if (e instanceof DockerApiError && e.httpStatus === 409 && /already in progress/.test(e.message)) {
+        for (let i = 0; i < 100 && (await this.inspectContainer(id)); i++) await new Promise((r) => setTimeout(r, 100));
+        if (!(await this.inspectContainer(id))) return;
+      }
+      throw e;
     }
   }
 

@@ -70,7 +70,7 @@ describe("edge agent faults (a private dockerd and registry)", () => {
   }
 
   async function running(): Promise<Array<{ module: string; digest: string; version: number }>> {
-    return (await listManaged(pd.docker)).filter((c) => c.running).map((c) => ({ module: c.module, digest: c.digest, version: c.manifestVersion })).sort((a, b) => a.module.localeCompare(b.module));
+    return (await listManaged(pd.docker, DEVICE)).filter((c) => c.running).map((c) => ({ module: c.module, digest: c.digest, version: c.manifestVersion })).sort((a, b) => a.module.localeCompare(b.module));
   }
 
   beforeAll(async () => {
@@ -105,7 +105,7 @@ describe("edge agent faults (a private dockerd and registry)", () => {
 
   it("reboot with no network: the last-known-good runs from cached images, nothing is pulled", async () => {
     await pd.stopRegistry();
-    for (const c of await listManaged(pd.docker)) await pd.docker.removeContainer(c.id);
+    for (const c of await listManaged(pd.docker, DEVICE)) await pd.docker.removeContainer(c.id);
     const pulls: string[] = [];
     const agent = newAgent((m) => pulls.push(m));
     const r = await agent.boot();

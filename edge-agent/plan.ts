@@ -36,6 +36,7 @@ function parseDevice(d: string): string {
  * read-only here (policy refuses rw unless granted), the root filesystem to read-only, the network to none.
  */
 export function containerPlan(
+  deviceId: string,
   manifest: Manifest,
   m: PlannedModule,
   image: ResolvedImage,
@@ -48,6 +49,7 @@ export function containerPlan(
   }
   if (!o.user) throw new EdgeTrustError("FORBIDDEN", `module ${m.name} names no user; modules never run as the image's default user`);
   return {
+    deviceId,
     module: m.name,
     deploymentId: manifest.deploymentId,
     manifestVersion: manifest.version,

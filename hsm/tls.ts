@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from "node:fs";
 import tls from "node:tls";
 import { EdgeTrustError, redactString } from "../common/index.js";
 import type { KeyRef, KeyStore } from "./types.js";
+import { readPin } from "./pin.js";
 
 /**
  * TLS key source: Node TLS options for a KeyStore key, such that a PKCS#11 private key never leaves its token.
@@ -167,4 +168,19 @@ export function createTlsSecureContext(options: tls.SecureContextOptions): tls.S
     }
     throw e;
   }
+}
+
+/**
+ * A TLS private key named the way config files name it: `hsm:<label>` (the key stays in the token; PIN from the hsm
+ * section) or the path of a PEM file (development). `openStore` is called only for `hsm:` keys.
+ */
+export async function tlsKeyFromSpec(
+  spec: string,
+  openStore: () => Promise<KeyStore>,
+  cfg: { engine: string; module: string; pinFile: string; pinEnv: string; tokenLabel?: string },
+): Promise<TlsKeyOptions> {
+  if (!spec.startsWith("hsm:")) return { key: readFileSync(spec, "utf8") };
+  const store = await openStore();
+  const pin = store.kind === "pkcs11" ? readPin({ pinFile: cfg.pinFile, pinEnv: cfg.pinEnv }) : undefined;
+  return tlsKeyOptions(store, { label: spec.slice(4) }, { engine: cfg.engine, module: cfg.module, ...(pin ? { pin } : {}), ...(cfg.tokenLabel ? { tokenLabel: cfg.tokenLabel } : {}) });
 }
