@@ -80,6 +80,8 @@ export interface HubEvents {
   rejected: [Rejection];
   connected: [ClientIdentity];
   disconnected: [ClientIdentity];
+  /** A client's subscriptions are in place (after SUBACK): the granted filters. */
+  subscribed: [ClientIdentity, string[]];
   upstreamQueued: [{ route: string; topic: string }];
 }
 
@@ -202,6 +204,11 @@ export class EdgeHub extends EventEmitter<HubEvents> {
       }
       this.metrics.connected.dec();
       this.emit("disconnected", id);
+    });
+    broker.on("subscribe", (subs, client) => {
+      const id = this.states.get(client)?.identity;
+      const granted = subs.filter((x) => (x.qos as number) !== 128).map((x) => x.topic);
+      if (id && granted.length > 0) this.emit("subscribed", id, granted);
     });
     broker.on("clientError", (client, err) => this.log.debug({ client: client.id, err: err.message }, "client error"));
     broker.on("connectionError", (_client, err) => this.log.debug({ err: err.message }, "connection error"));

@@ -32,6 +32,20 @@ function run(cmd: string, args: string[], timeoutMs = 8000): Promise<{ code: num
   });
 }
 
+/** Resolves when the hub has `identity`'s subscription in place (no fixed wait for a child process to subscribe). */
+function subscribedBy(identity: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${identity} did not subscribe`)), 20_000);
+    const on = (id: { key: string }) => {
+      if (id.key !== identity) return;
+      clearTimeout(timer);
+      t.hub.off("subscribed", on);
+      resolve();
+    };
+    t.hub.on("subscribed", on);
+  });
+}
+
 function files(name: string, c: Credential): string[] {
   return ["--cert", writeTemp(t.dir, `${name}.pem`, c.chainPem), "--key", writeTemp(t.dir, `${name}.key`, c.keyPem)];
 }
@@ -57,13 +71,14 @@ afterAll(async () => {
 describe("edge hub with real clients", () => {
   it("an unmodified Azure IoT DeviceClient (X.509) sends telemetry and round-trips its twin", async () => {
     const ca = writeTemp(t.dir, "root.pem", pki.rootPem());
+    const subscribed = subscribedBy("d1/monitor");
     const sub = spawn("mosquitto_sub", ["-h", "127.0.0.1", "-p", "8883", "--cafile", ca, ...files("monitor", monitor), "--insecure",
       "-i", "monitor", "-t", "devices/d1/modules/monitor/inputs/#", "-q", "1", "-C", "1", "-v", "-W", "20"], { stdio: ["ignore", "pipe", "pipe"] });
     let subOut = "";
     sub.stdout.on("data", (d: Buffer) => (subOut += d.toString()));
     sub.stderr.on("data", (d: Buffer) => (subOut += d.toString()));
     const subDone = new Promise<void>((r) => sub.on("close", () => r()));
-    await new Promise((r) => setTimeout(r, 700));
+    await subscribed;
 
     const client = Client.fromConnectionString("HostName=localhost;DeviceId=leaf1;x509=true", Mqtt);
     await client.setOptions({ cert: leaf.chainPem, key: leaf.keyPem, ca: pki.rootPem() });
@@ -90,11 +105,12 @@ describe("edge hub with real clients", () => {
   it("mosquitto_pub/mosquitto_sub with module certificates: an allowed publish arrives, a denied topic is refused", async () => {
     const ca = writeTemp(t.dir, "root.pem", pki.rootPem());
     const common = ["-h", "127.0.0.1", "-p", "8883", "--cafile", ca, "--insecure", "-q", "1"];
+    const subscribed = subscribedBy("d1/monitor");
     const sub = spawn("mosquitto_sub", [...common, ...files("monitor", monitor), "-t", "status/#", "-C", "1", "-v", "-W", "15"], { stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
     sub.stdout.on("data", (d: Buffer) => (out += d.toString()));
     const done = new Promise<void>((r) => sub.on("close", () => r()));
-    await new Promise((r) => setTimeout(r, 700));
+    await subscribed;
     const ok = await run("mosquitto_pub", [...common, ...files("sensor", sensor), "-t", "status/d1/sensor", "-m", "up"]);
     expect(ok.code).toBe(0);
     await done;
