@@ -223,6 +223,7 @@ describe("an attested Node module on the real device path: agent â†’ identity â†
   it("each module gets a certificate over its own socket, bound to the image digest and manifest version", async () => {
     for (const n of [SENSOR, ROGUE]) {
       const id = (await containerOf(n)) ?? "";
+      await until(`${n}'s trust bundle`, () => logs.of(n, id).some((l) => l.step === "trust-bundle"));
       const cert = await until(`${n}'s certificate`, () => certificateLogged(n, id));
       expect(parseModuleAttestation(cert)).toMatchObject({ imageDigest: image.digest, manifestVersion: 1 });
       const san = cert.getExtension(x509.SubjectAlternativeNameExtension)?.names.toJSON();
