@@ -9,6 +9,7 @@ import { initCa, rolloverIssuingCa } from "./init.js";
 import { createCaServer } from "./server.js";
 import { openCa, openCaStores } from "./service.js";
 import { REVOCATION_REASONS, type RevocationReason, type Role } from "./store.js";
+import { addEnrollmentCommands } from "./enrollment/cli.js";
 
 interface Common {
   config?: string;
@@ -178,5 +179,6 @@ export function caCommand(): Command {
         await store.close();
       }
     }));
+  addEnrollmentCommands(cmd);
   return cmd;
 }
