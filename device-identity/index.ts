@@ -13,3 +13,5 @@ export { checkAttestedContainer } from "./container-check.js";
 export type { ContainerVerdict } from "./container-check.js";
 export { issueModuleCertificate } from "./module-issuer.js";
 export type { EdgeCa, ModuleIssuerOptions } from "./module-issuer.js";
+export { startEphemeralIdentity, makeEphemeralEdgeCa } from "./ephemeral.js";
+export type { EphemeralIdentity, EphemeralIdentityOptions, EphemeralCa } from "./ephemeral.js";
