@@ -40,7 +40,7 @@ async function enrollPublicKey(id: string, extra: Record<string, unknown> = {}, 
 beforeAll(async () => {
   e = await startEnrollmentCa({}, { deviceTokens: ["device-token"] });
   admin = e.t.init.adminToken;
-  const l = await newLine({ name: "factory line 1", maxEnrollments: 1000, ratePerMinute: 1000 });
+  const l = await newLine({ name: "factory line 1", maxEnrollments: 100000, ratePerMinute: 1000 });
   lineToken = l.token;
   lineId = l.id;
   factory = await factoryCa("Factory Bootstrap CA");
@@ -113,6 +113,22 @@ describe("provisioning lines", () => {
     expectProblem(r, 429, "RATE_LIMITED");
     // Another line is not affected.
     expect((await e.call("GET", "/v1/enrollments", { token: lineToken })).status).toBe(200);
+  });
+});
+
+describe("bulk import over HTTP", () => {
+  it("a line imports CSV and JSON; bad rows come back in the report; the same body twice changes nothing", async () => {
+    const keys = await Promise.all([ecKeys(), ecKeys()]);
+    const spki = await Promise.all(keys.map(async (k) => Buffer.from(await crypto.subtle.exportKey("spki", k.publicKey)).toString("base64")));
+    const csv = ["registrationId,attestation,credential,labels", ...Array.from({ length: 1500 }, (_, i) => i === 700 ? "http-bad,publicKey,Zm9v," : `http-${i},publicKey,${spki[i % 2] ?? ""},batch=h`)].join("\n");
+    const r = await e.call("POST", "/v1/enrollments/import?batchSize=500", { token: lineToken, raw: csv, contentType: "text/csv" });
+    expect(r.status, r.body.toString()).toBe(200);
+    expect(r.json()).toMatchObject({ total: 1500, inserted: 1000, notWritten: 500, rejected: [{ row: 702, registrationId: "http-bad" }] });
+    const again = await e.call("POST", "/v1/enrollments/import?batchSize=500", { token: lineToken, raw: csv, contentType: "text/csv" });
+    expect(again.json()).toMatchObject({ inserted: 0, updated: 0, unchanged: 1000 });
+    const j = await e.call("POST", "/v1/enrollments/import", { token: lineToken, body: [{ registrationId: "http-json-1", attestation: "publicKey", credential: spki[0], labels: { a: "b" } }] });
+    expect(j.json(), j.body.toString()).toMatchObject({ inserted: 1 });
+    expectProblem(await e.call("POST", "/v1/enrollments/import", { token: "etl_" + "B".repeat(43), raw: csv, contentType: "text/csv" }), 401, "UNAUTHENTICATED");
   });
 });
 
