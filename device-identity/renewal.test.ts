@@ -1,5 +1,4 @@
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
-import { spawn, type ChildProcess } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
@@ -10,9 +9,8 @@ import { DeviceConfig } from "./config.js";
 import { DeviceDaemon, identityFromConfig } from "./daemon.js";
 import { ManagementClient } from "./management-client.js";
 import { assessCertificate, backoffMs, clockDisagreement } from "./renewal.js";
-import { execFileAsync, makeTokens, silentLogger, startCa, tmp, TRUST_DOMAIN, type RunningCa, type Tokens } from "./test-helpers.js";
+import { execFileAsync, makeTokens, runDaemon, silentLogger, startCa, tmp, TRUST_DOMAIN, type RunningCa, type Tokens } from "./test-helpers.js";
 
-const ROOT = join(import.meta.dirname, "..");
 const DEVICE = "dev-renew";
 const HOUR = 3600;
 
@@ -42,50 +40,6 @@ describe("renewal schedule (pure)", () => {
     expect(clockDisagreement(new Date("2026-01-01T00:01:00Z"), new Date("2026-01-01T00:00:00Z"))).toBeUndefined();
   });
 });
-
-interface Daemon {
-  proc: ChildProcess;
-  logs: Record<string, unknown>[];
-  stderr: () => string;
-  waitLog(pred: (l: Record<string, unknown>) => boolean, what: string, ms?: number): Promise<Record<string, unknown>>;
-  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-function runDaemon(configFile: string, env: Record<string, string>): Daemon {
-  const proc = spawn(process.execPath, ["--import", "tsx", join(ROOT, "device-identity/cli-main.ts"), "device", "run", "-c", configFile], { env: { ...process.env, ...env }, stdio: ["ignore", "ignore", "pipe"] });
-  const logs: Record<string, unknown>[] = [];
-  let err = "";
-  let partial = "";
-  const waiters = new Set<() => void>();
-  proc.stderr?.on("data", (d: Buffer) => {
-    err += d.toString();
-    partial += d.toString();
-    const lines = partial.split("\n");
-    partial = lines.pop() ?? "";
-    for (const line of lines) {
-      try {
-        logs.push(JSON.parse(line) as Record<string, unknown>);
-      } catch {
-        /* not a log line (engine noise) */
-      }
-    }
-    for (const w of waiters) w();
-  });
-  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => proc.on("exit", (code, signal) => { for (const w of waiters) w(); r({ code, signal }); }));
-  return {
-    proc, logs, exit, stderr: () => err,
-    waitLog: (pred, what, ms = 40_000) => new Promise((resolve, reject) => {
-      const check = (): void => {
-        const hit = logs.find(pred);
-        if (hit) { waiters.delete(check); clearTimeout(t); resolve(hit); return; }
-        if (proc.exitCode !== null || proc.signalCode !== null) { waiters.delete(check); clearTimeout(t); reject(new Error(`daemon exited waiting for ${what}:\n${err.slice(-3000)}`)); }
-      };
-      const t = setTimeout(() => { waiters.delete(check); reject(new Error(`timed out waiting for ${what}:\n${err.slice(-3000)}`)); }, ms);
-      waiters.add(check);
-      check();
-    }),
-  };
-}
 
 describe("renewal by the daemon against a real ca-service (device + Edge CA keys in SoftHSM, TLS through the pkcs11 engine)", () => {
   let tokens: Tokens;

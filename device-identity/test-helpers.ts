@@ -1,5 +1,5 @@
 /** Test support for device-identity tests (not part of the public surface): a real ca-service on loopback, SoftHSM tokens. */
-import { execFile } from "node:child_process";
+import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -9,6 +9,8 @@ import { createLogger, type Logger } from "../common/index.js";
 import { Pkcs11KeyStore, SOFTHSM_MODULE, createSoftHsmDir, engineConfig, initToken, type KeyStore, type SoftHsmDir } from "../hsm/index.js";
 import { createCaServer, type CaServer, type CertificateAuthority, type CaStore, type ProfileOverrides } from "../ca-service/index.js";
 import { makeTestCa, sqliteStore, testConfig, type TestStore } from "../ca-service/test-helpers.js";
+
+const ROOT = join(import.meta.dirname, "..");
 
 export const execFileAsync = promisify(execFile);
 export const DEVICE_PIN = "device-pin-1234";
@@ -90,3 +92,49 @@ export async function startCa(tokens: Tokens, opts: { deviceId: string; profiles
 export function tmp(prefix: string): string {
   return mkdtempSync(join(tmpdir(), prefix));
 }
+
+/** `edgetrust device run` in a child process (OPENSSL_CONF must register the pkcs11 engine), its JSON log lines collected. */
+export interface Daemon {
+  proc: ChildProcess;
+  logs: Record<string, unknown>[];
+  stderr: () => string;
+  waitLog(pred: (l: Record<string, unknown>) => boolean, what: string, ms?: number): Promise<Record<string, unknown>>;
+  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export function runDaemon(configFile: string, env: Record<string, string>): Daemon {
+  const proc = spawn(process.execPath, ["--import", "tsx", join(ROOT, "device-identity/cli-main.ts"), "device", "run", "-c", configFile], { env: { ...process.env, ...env }, stdio: ["ignore", "ignore", "pipe"] });
+  const logs: Record<string, unknown>[] = [];
+  let err = "";
+  let partial = "";
+  const waiters = new Set<() => void>();
+  proc.stderr?.on("data", (d: Buffer) => {
+    err += d.toString();
+    partial += d.toString();
+    const lines = partial.split("\n");
+    partial = lines.pop() ?? "";
+    for (const line of lines) {
+      try {
+        logs.push(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        /* not a log line (engine noise) */
+      }
+    }
+    for (const w of waiters) w();
+  });
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => proc.on("exit", (code, signal) => { for (const w of waiters) w(); r({ code, signal }); }));
+  return {
+    proc, logs, exit, stderr: () => err,
+    waitLog: (pred, what, ms = 40_000) => new Promise((resolve, reject) => {
+      const check = (): void => {
+        const hit = logs.find(pred);
+        if (hit) { waiters.delete(check); clearTimeout(t); resolve(hit); return; }
+        if (proc.exitCode !== null || proc.signalCode !== null) { waiters.delete(check); clearTimeout(t); reject(new Error(`daemon exited waiting for ${what}:\n${err.slice(-3000)}`)); }
+      };
+      const t = setTimeout(() => { waiters.delete(check); reject(new Error(`timed out waiting for ${what}:\n${err.slice(-3000)}`)); }, ms);
+      waiters.add(check);
+      check();
+    }),
+  };
+}
+
