@@ -10,3 +10,5 @@ export { ManagementSocketRegistrar } from "./identity-client.js";
 export { modulesInOrder, containerPlan } from "./plan.js";
 export { CloudClient, ReportQueue, syncDeployment } from "./cloud.js";
 export type { DeviceTls } from "./cloud.js";
+export { buildBusyboxImage, dockerCli, DOCKER_SOCKET, REGISTRY } from "./dev-images.js";
+export type { BuiltImage } from "./dev-images.js";
