@@ -7,7 +7,6 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { spawn, type ChildProcess } from "node:child_process";
-import { webcrypto } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -16,11 +15,10 @@ import * as x509 from "@peculiar/x509";
 import { createLogger } from "../common/index.js";
 import { parsePolicy, signManifest, type JwsSigner, type Manifest, type TrustRoot } from "../policy/index.js";
 import { makeSigners, makeTrustRoot } from "../policy/fixtures.js";
-import { issueCertificate, moduleUri, parseModuleAttestation } from "../pki/index.js";
+import { moduleUri, parseModuleAttestation } from "../pki/index.js";
 import { DockerClient, EdgeAgent, ManagementSocketRegistrar } from "../edge-agent/index.js";
-import { LocalAttestationSource, ModuleEventLog } from "../device-identity/index.js";
 import { ClientVerifier, CrlCache, EdgeHub, HubStore, parseRoutes, type ClientIdentity, type Rejection } from "../edge-hub/index.js";
-import { startTestDevice, type TestDevice } from "./fixtures/device.js";
+import { startHubDevice, type HubDevice } from "./fixtures/hub-device.js";
 import { DOCKER_SOCKET, REGISTRY } from "./fixtures/images.js";
 import { buildNodeModuleImage, type NodeModuleImage } from "./fixtures/node-module-image.js";
 
@@ -98,10 +96,6 @@ async function until<T>(what: string, probe: () => T | undefined | false | Promi
   }
 }
 
-function pem(label: string, der: ArrayBuffer): string {
-  return `-----BEGIN ${label}-----\n${Buffer.from(der).toString("base64").replace(/(.{64})/g, "$1\n").trimEnd()}\n-----END ${label}-----\n`;
-}
-
 describe("an attested Node module on the real device path: agent â†’ identity â†’ hub", () => {
   const dir = mkdtempSync(join(tmpdir(), "et-e2e-"));
   const policy = parsePolicy(POLICY, "policy.yaml");
@@ -110,9 +104,7 @@ describe("an attested Node module on the real device path: agent â†’ identity â†
   const disconnected: ClientIdentity[] = [];
   const rejected: Rejection[] = [];
   let image: NodeModuleImage;
-  let device: TestDevice;
-  let events: ModuleEventLog;
-  let source: LocalAttestationSource;
+  let device: HubDevice;
   let hub: EdgeHub;
   let store: HubStore;
   let agent: EdgeAgent;
@@ -157,27 +149,18 @@ describe("an attested Node module on the real device path: agent â†’ identity â†
     image = await buildNodeModuleImage("node-module", `e2e-${tag}-${Date.now()}`);
     console.log(`node module image: ${(image.sizeBytes / 1e6).toFixed(1)} MB (runtime ${(image.runtimeBytes / 1e6).toFixed(1)} MB), built in ${image.buildMs} ms${image.runtimeBuilt ? " including the runtime layer" : " (runtime layer cached)"}`);
 
-    device = await startTestDevice(docker, DEVICE, "edgetrust.test", { moduleLifetimeSeconds: MODULE_LIFETIME_SECONDS, edgeCaDnsNames: [DEVICE, "edgehub", "localhost"] });
-    events = new ModuleEventLog(device.modules);
-    source = new LocalAttestationSource(device.modules, events, DEVICE);
-
-    // The hub's server certificate comes from the same Edge CA the modules' certificates come from.
-    const subtle = webcrypto.subtle;
-    const hubKeys = (await subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, ["sign", "verify"])) as CryptoKeyPair;
-    const { edgeCa, root } = device.pki;
-    const hubCert = await issueCertificate({
-      profile: "edge-hub-server", subject: { commonName: "edgehub" }, identity: { hostName: DEVICE },
-      publicKey: hubKeys.publicKey, issuer: { certificate: edgeCa.certificate, signingKey: edgeCa.signingKey },
-    });
-    const serverTls = { cert: [hubCert, edgeCa.certificate].map((c) => c.toString("pem")).join("\n"), key: pem("PRIVATE KEY", await subtle.exportKey("pkcs8", hubKeys.privateKey)) };
+    // Device identity in-process; the hub's server certificate comes from the same Edge CA as the modules' ones, and
+    // the hub's AttestationSource reads the same registry the workload sockets read.
+    device = await startHubDevice(docker, DEVICE, { moduleLifetimeSeconds: MODULE_LIFETIME_SECONDS });
+    const { edgeCa, root, attestation: source } = device;
     const log = createLogger("edge-hub", { level: process.env.EDGETRUST_LOG_LEVEL ?? "silent" });
     mkdirSync(join(dir, "crl"), { recursive: true });
     const crl = new CrlCache({ source: "", cacheDir: join(dir, "crl"), issuers: [], require: false, log });
     await crl.start();
     store = new HubStore(join(dir, "hub.db"), { maxMessages: 10_000, maxBytes: 16 * 1024 * 1024 });
     hub = new EdgeHub({
-      host: "127.0.0.1", port: 0, serverTls: () => serverTls,
-      clientCa: [root.certificate, edgeCa.certificate].map((c) => c.toString("pem")),
+      host: "127.0.0.1", port: 0, serverTls: () => device.hubTls,
+      clientCa: [root, edgeCa.certificate].map((c) => c.toString("pem")),
       verifier: new ClientVerifier({ trustDomain: device.trustDomain, edgeCas: [edgeCa.certificate], issuingCas: [], crl, attestation: source }),
       attestation: source, policy,
       limits: { maxPayloadBytes: 64 * 1024, maxTopicLevels: 12, allowRootWildcard: false },
@@ -201,7 +184,6 @@ describe("an attested Node module on the real device path: agent â†’ identity â†
     await agent?.stop();
     for (const c of [`edgetrust-${SENSOR}`, `edgetrust-${ROGUE}`, HAND, `${HAND}-2`]) await docker.removeContainer(c).catch(() => undefined);
     logs.stop();
-    events?.close();
     await hub?.stop();
     await device?.close();
     rmSync(dir, { recursive: true, force: true });
@@ -289,7 +271,7 @@ describe("an attested Node module on the real device path: agent â†’ identity â†
     expect(r.modules.map((m) => [m.name, m.state])).toEqual([[SENSOR, "running"]]);
     expect(await docker.inspectContainer(rogueId)).toBeUndefined();
     expect(device.modules.get(ROGUE)).toBeUndefined();
-    expect(source.current(DEVICE, ROGUE)).toBeUndefined();
+    expect(device.attestation.current(DEVICE, ROGUE)).toBeUndefined();
     expect(existsSync(socket)).toBe(false);
     await until("the rogue off the hub", () => !hub.connectedIdentities().includes(key(ROGUE)) && disconnected.filter((d) => d.key === key(ROGUE)).length > offBefore);
     // The sensor was re-created for version 2 and comes back with a certificate that says so.
