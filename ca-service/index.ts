@@ -21,3 +21,14 @@ export { openCa, openCaStores, profileOverrides } from "./service.js";
 export type { OpenCaOptions } from "./service.js";
 export { authenticate, requireRole, installProblemHandlers } from "./http.js";
 export { caCommand } from "./cli.js";
+// Enrollment API (issue 4): provisioning lines, enrollments, bulk import, registration (JSON, EST, DPS-compatible).
+export {
+  EnrollmentStore, RegistrationService, normalizeIndividual, parseImport, rowsFromJson, deriveDeviceKey, certsOnlyPkcs7, REGISTRATION_ID_PATTERN,
+} from "./enrollment/index.js";
+export type {
+  ProvisioningLine, IndividualEnrollment, IndividualEnrollmentInput, EnrollmentGroup, EnrollmentGroupInput, ImportReport, RegisterInput,
+  RegistrationCredential, RegistrationResult, IssuedCertificate,
+} from "./enrollment/index.js";
+/** The registration route contract for the device daemon: `PUT /v1/registrations/{registrationId}` with `Idempotency-Key`. */
+export { RegistrationRequestBody, RegistrationResultSchema } from "./routes/v1-enrollments-register.js";
+export type { RegistrationRequest, DpsRegistrationPayload } from "./enrollment/contract.js";
