@@ -186,6 +186,9 @@ describe("registration (JSON API)", () => {
     expect((await e.call("PATCH", "/v1/enrollments/gw-103", { token: lineToken, body: { status: "disabled" } })).json().status).toBe("disabled");
     const r = await e.call("PUT", "/v1/registrations/gw-103", { headers: { "idempotency-key": "key-disabled" }, body: { csr: await csrPem(keys) } });
     expectProblem(r, 403, "ENROLLMENT_DISABLED");
+    // Without the enrolled key nobody learns that the enrollment exists or is disabled.
+    const other = await ecKeys();
+    expectProblem(await e.call("PUT", "/v1/registrations/gw-103", { headers: { "idempotency-key": "key-disabled" }, body: { csr: await csrPem(other) } }), 401, "UNAUTHENTICATED");
   });
 
   it("abuse: registration ids with path, SQL and unicode tricks are refused before any lookup", async () => {

@@ -70,6 +70,8 @@ interface Resolved {
   labels: Record<string, string>;
   /** publicKey enrollments: the CSR's SPKI must hash to this. */
   requiredSpkiSha256?: string;
+  /** Set when the enrollment is disabled: thrown only once the credential (for publicKey: the CSR key) authenticated. */
+  refusal?: EdgeTrustError;
 }
 
 function unauth(message: string, hint?: string): EdgeTrustError {
@@ -109,6 +111,8 @@ export class RegistrationService {
   /** Authenticate a credential for a registration id (also used by DPS operation polls); returns the enrollment it matched. */
   async authenticate(registrationId: string, cred: RegistrationCredential): Promise<{ kind: "individual" | "group"; id: string; labels: Record<string, string> }> {
     const r = await this.resolve(checkRegistrationId(registrationId), cred);
+    if (r.requiredSpkiSha256) throw unauth("this enrollment authenticates with its CSR only at registration");
+    if (r.refusal) throw r.refusal;
     return { kind: r.kind, id: r.id, labels: r.labels };
   }
 
@@ -125,8 +129,10 @@ export class RegistrationService {
       } else {
         required = ind.credentialSha256;
       }
-      if (ind.status !== "enabled") throw disabled(`enrollment ${registrationId}`);
+      const refusal = ind.status !== "enabled" ? disabled(`enrollment ${registrationId}`) : undefined;
+      if (refusal && !required) throw refusal;
       return {
+        ...(refusal ? { refusal } : {}),
         kind: "individual", id: ind.registrationId, attestation: ind.attestation, profile: ind.profile, lifetimeDays: ind.lifetimeDays, edgeCa: ind.edgeCa,
         dnsNames: effectiveDnsNames(registrationId, ind.dnsNames), labels: ind.labels, ...(required ? { requiredSpkiSha256: required } : {}),
       };
@@ -180,6 +186,7 @@ export class RegistrationService {
     if (r.requiredSpkiSha256 && spkiSha !== r.requiredSpkiSha256) {
       throw unauth("the CSR's key is not the enrolled public key", "sign the CSR with the key that was enrolled");
     }
+    if (r.refusal) throw r.refusal;
     if (r.edgeCa && !input.edgeCaCsr && !input.identityOnly) throw new EdgeTrustError("INVALID_INPUT", "this enrollment issues an Edge CA: send edgeCaCsr too");
     if (!r.edgeCa && input.edgeCaCsr) throw new EdgeTrustError("INVALID_INPUT", "this enrollment does not issue an Edge CA certificate");
     if (input.edgeCaCsr) {
