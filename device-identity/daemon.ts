@@ -138,7 +138,16 @@ export class DeviceDaemon {
     const log = o.log ?? createLogger("device-identity");
     const keys = o.keys ?? (await openKeyStore(o.hsm, { logger: log }));
     try {
-      const identity = identityFromConfig(cfg, o.hsm, { keys, log, ...(o.now ? { now: o.now } : {}), ...(o.attestationForRenewal ? { attestationForRenewal: o.attestationForRenewal } : {}) });
+      const daemonRef: { d?: DeviceDaemon } = {};
+      // With the CA's attestation gate on: nonce → evidence signed by the device key → EAR result sent with the renewal.
+      const attest = o.attestationForRenewal ?? (cfg.requireAttestationForRenewal ? async (ca: CaClient): Promise<string> => {
+        const { body: n } = await ca.json<{ nonce: string }>("POST", "/v1/attestation/nonce", {});
+        const evidence = await daemonRef.d!.evidence(n.nonce);
+        const { body: r } = await ca.json<{ status: string; result: string }>("POST", "/v1/attestation/verify", { evidence });
+        if (r.status !== "affirming") log.warn({ status: r.status }, "attestation result is not affirming; the CA may refuse the renewal");
+        return r.result;
+      } : undefined);
+      const identity = identityFromConfig(cfg, o.hsm, { keys, log, ...(o.now ? { now: o.now } : {}), ...(attest ? { attestationForRenewal: attest } : {}) });
       await identity.load();
       const docker = new DockerClient({ socketPath: cfg.dockerSocket });
       const check = o.checkContainer ?? ((m: AttestedModule, opts: { allowCreated?: boolean }) => checkAttestedContainer(docker, m, opts));
@@ -165,7 +174,6 @@ export class DeviceDaemon {
         writeHubCert();
       });
       writeHubCert();
-      const daemonRef: { d?: DeviceDaemon } = {};
       const management = await startManagementApi({
         path: cfg.managementSocket, modules, sockets, events, log,
         backend: {

@@ -7,7 +7,7 @@ import { promisify } from "node:util";
 import { Writable } from "node:stream";
 import { createLogger, type Logger } from "../common/index.js";
 import { Pkcs11KeyStore, SOFTHSM_MODULE, createSoftHsmDir, engineConfig, initToken, type KeyStore, type SoftHsmDir } from "../hsm/index.js";
-import { createCaServer, type CaServer, type CertificateAuthority, type CaStore, type ProfileOverrides } from "../ca-service/index.js";
+import { createCaServer, type CaConfig, type CaServer, type CertificateAuthority, type CaStore, type ProfileOverrides } from "../ca-service/index.js";
 import { makeTestCa, sqliteStore, testConfig, type TestStore } from "../ca-service/test-helpers.js";
 
 const ROOT = join(import.meta.dirname, "..");
@@ -61,9 +61,9 @@ export interface RunningCa {
 }
 
 /** A real ca-service (SQLite, CA keys in SoftHSM) listening HTTPS on loopback, with an enrolled device record. */
-export async function startCa(tokens: Tokens, opts: { deviceId: string; profiles?: ProfileOverrides; renewAfterExpiryDays?: number } = { deviceId: "dev1" }): Promise<RunningCa> {
+export async function startCa(tokens: Tokens, opts: { deviceId: string; profiles?: ProfileOverrides; renewAfterExpiryDays?: number; config?: Partial<CaConfig> } = { deviceId: "dev1" }): Promise<RunningCa> {
   const ts: TestStore = await sqliteStore();
-  const config = testConfig({ trustDomain: TRUST_DOMAIN, revocationPort: -1, ...(opts.renewAfterExpiryDays !== undefined ? { renewAfterExpiryDays: opts.renewAfterExpiryDays } : {}) });
+  const config = testConfig({ trustDomain: TRUST_DOMAIN, revocationPort: -1, ...(opts.renewAfterExpiryDays !== undefined ? { renewAfterExpiryDays: opts.renewAfterExpiryDays } : {}), ...(opts.config ?? {}) });
   const tca = await makeTestCa(ts.store, tokens.caKeys, config);
   const ca = opts.profiles ? await tca.variant({ profiles: opts.profiles }) : tca.ca;
   const admin = await ts.store.createToken("factory-line", "admin", "test");

@@ -1,0 +1,135 @@
+import { describe, it, expect, beforeAll, afterAll } from "vitest";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import * as jose from "jose";
+import { Value } from "@sinclair/typebox/value";
+import { HsmConfig, SOFTHSM_MODULE, type KeyStore } from "../hsm/index.js";
+import { DeviceConfig } from "./config.js";
+import { identityFromConfig } from "./daemon.js";
+import { signEvidence, signJwsWithKeyStore, type Measurements } from "./evidence.js";
+import type { IdentityState } from "./state.js";
+import { makeTokens, silentLogger, startCa, tmp, TRUST_DOMAIN, type RunningCa, type Tokens } from "./test-helpers.js";
+
+const DEVICE = "dev-att";
+const d = (c: string): string => `sha256:${c.repeat(64)}`;
+const GOOD: Measurements = {
+  agent: d("a"), policy: d("b"), trustRoot: d("c"), manifest: { digest: d("e"), version: 7 },
+  modules: { sensor: { imageDigest: d("1"), manifestVersion: 7 }, filter: { imageDigest: d("2"), manifestVersion: 7 } },
+};
+
+describe("remote attestation: device evidence (SoftHSM key) → ca-service verifier → EAR result", () => {
+  let tokens: Tokens;
+  let ca: RunningCa;
+  let keys: KeyStore;
+  let state: IdentityState;
+  const hsm: HsmConfig = { ...(Value.Default(HsmConfig, {}) as HsmConfig), module: SOFTHSM_MODULE, tokenLabel: "device" };
+
+  beforeAll(async () => {
+    tokens = await makeTokens();
+    const dir = tmp("et-att-");
+    const refs = join(dir, "reference-values.yaml");
+    writeFileSync(refs, [
+      `agent: ["${d("a")}"]`, `policy: ["${d("b")}"]`, `trustRoot: ["${d("c")}"]`,
+      `manifest: { minVersion: 5, digests: ["${d("e")}"] }`,
+      `modules: { sensor: ["${d("1")}"], filter: ["${d("2")}"] }`, "",
+    ].join("\n"));
+    ca = await startCa(tokens, { deviceId: DEVICE, config: { attestation: { referenceFile: refs, nonceTtlSeconds: 2, resultTtlSeconds: 600, requiredForRenewal: true } } });
+    keys = await tokens.openDevice();
+    writeFileSync(join(dir, "ca-trust.pem"), ca.trustPem);
+    const cfg: DeviceConfig = { ...(Value.Default(DeviceConfig, {}) as DeviceConfig), deviceId: DEVICE, trustDomain: TRUST_DOMAIN, stateDir: join(dir, "identity"), caUrl: ca.url, caTrustFile: join(dir, "ca-trust.pem") };
+    state = await identityFromConfig(cfg, hsm, { keys, log: silentLogger() }).provision(ca.adminToken);
+  });
+
+  afterAll(async () => {
+    await keys?.close();
+    await ca?.close();
+    await tokens?.caKeys.close();
+    tokens?.hsm.cleanup();
+  });
+
+  const nonce = async (): Promise<string> => {
+    const r = await ca.server.app.inject({ method: "POST", url: "/v1/attestation/nonce", payload: {} });
+    expect(r.statusCode).toBe(200);
+    return (r.json() as { nonce: string }).nonce;
+  };
+  const evidence = async (n: string, measurements: Measurements = GOOD): Promise<string> => signEvidence({
+    store: keys, keyLabel: state.keys.device, deviceUri: `edgetrust://${TRUST_DOMAIN}/devices/${DEVICE}`, chainPem: [state.device.cert, ...state.device.chain], nonce: n, measurements,
+  });
+  const verify = (ev: string) => ca.server.app.inject({ method: "POST", url: "/v1/attestation/verify", payload: { evidence: ev } });
+
+  it("evidence matching the reference values → affirming; the EAR result is a JWT signed by the CA (verified with jose)", async () => {
+    const n = await nonce();
+    const r = await verify(await evidence(n));
+    expect(r.statusCode, r.body).toBe(200);
+    const body = r.json() as { status: string; result: string; claims: Record<string, { status: string }> };
+    expect(body.status).toBe("affirming");
+    expect(Object.values(body.claims).every((c) => c.status === "affirming")).toBe(true);
+    const issuing = ca.ca.current().cert.toString("pem");
+    const { payload, protectedHeader } = await jose.jwtVerify(body.result, await jose.importX509(issuing, "ES256"), { typ: "ear+jwt" });
+    expect(protectedHeader.alg).toBe("ES256");
+    expect(payload).toMatchObject({ "ear.status": "affirming", eat_nonce: n, sub: `edgetrust://${TRUST_DOMAIN}/devices/${DEVICE}` });
+  });
+
+  it("a wrong module digest → contraindicated, with the reason on that claim", async () => {
+    const r = await verify(await evidence(await nonce(), { ...GOOD, modules: { ...GOOD.modules, sensor: { imageDigest: d("9"), manifestVersion: 7 } } }));
+    expect(r.statusCode).toBe(200);
+    const body = r.json() as { status: string; claims: Record<string, { status: string; reason?: string }> };
+    expect(body.status).toBe("contraindicated");
+    expect(body.claims["module:sensor"]).toEqual({ status: "contraindicated", reason: `module sensor runs image ${d("9")}, not a reference digest` });
+    expect(body.claims["module:filter"]?.status).toBe("affirming");
+  });
+
+  it("a replayed nonce is refused", async () => {
+    const ev = await evidence(await nonce());
+    expect((await verify(ev)).statusCode).toBe(200);
+    const again = await verify(ev);
+    expect(again.statusCode).toBe(400);
+    expect(again.json()).toMatchObject({ code: "ATTESTATION_NONCE_INVALID" });
+  });
+
+  it("an expired nonce is refused", async () => {
+    const n = await nonce();
+    await new Promise((r) => setTimeout(r, 2200));
+    const r = await verify(await evidence(n));
+    expect(r.statusCode).toBe(400);
+    expect(r.json()).toMatchObject({ code: "ATTESTATION_NONCE_INVALID", detail: expect.stringMatching(/expired/) });
+  });
+
+  it("evidence signed by another key (even in the same HSM) under the device certificate is refused", async () => {
+    await keys.generateKey("rogue", "EC-P256");
+    const x5c = [state.device.cert].map((p) => p.replace(/-----(BEGIN|END) CERTIFICATE-----/g, "").replace(/\s+/g, ""));
+    const n = await nonce();
+    const forged = await signJwsWithKeyStore(keys, "rogue", { typ: "eat+jwt", x5c }, {
+      eat_nonce: n, iat: Math.floor(Date.now() / 1000), sub: `edgetrust://${TRUST_DOMAIN}/devices/${DEVICE}`, eat_profile: "tag:edgetrust.dev,2026:evidence/v1", measurements: GOOD,
+    });
+    const r = await verify(forged);
+    expect(r.statusCode).toBe(400);
+    expect(r.json()).toMatchObject({ code: "ATTESTATION_EVIDENCE_INVALID", detail: expect.stringMatching(/signature/) });
+  });
+
+  it("a tampered JWT (payload changed after signing) is refused", async () => {
+    const n = await nonce();
+    const bad = await evidence(n, { ...GOOD, modules: { sensor: { imageDigest: d("9"), manifestVersion: 7 } } });
+    const [h, p, s] = bad.split(".");
+    const claims = JSON.parse(new TextDecoder().decode(jose.base64url.decode(p ?? ""))) as { measurements: Measurements };
+    claims.measurements.modules = GOOD.modules;
+    const r = await verify(`${h}.${jose.base64url.encode(JSON.stringify(claims))}.${s}`);
+    expect(r.statusCode).toBe(400);
+    expect(r.json()).toMatchObject({ code: "ATTESTATION_EVIDENCE_INVALID" });
+  });
+
+  it("with the CA switch on, renewal needs a fresh affirming result: none or contraindicated → 403; affirming passes the gate", async () => {
+    const csr = "-----BEGIN CERTIFICATE REQUEST-----\n" + "A".repeat(80) + "\n-----END CERTIFICATE REQUEST-----\n";
+    const none = await ca.server.app.inject({ method: "POST", url: "/v1/renew", payload: { csr } });
+    expect(none.statusCode).toBe(403);
+    expect(none.json()).toMatchObject({ detail: expect.stringMatching(/requires a fresh affirming attestation/) });
+    const bad = (await verify(await evidence(await nonce(), { ...GOOD, agent: d("f") }))).json() as { result: string };
+    const refused = await ca.server.app.inject({ method: "POST", url: "/v1/renew", payload: { csr }, headers: { "x-edgetrust-attestation": bad.result } });
+    expect(refused.statusCode).toBe(403);
+    expect(refused.json()).toMatchObject({ detail: expect.stringMatching(/contraindicated/) });
+    const good = (await verify(await evidence(await nonce()))).json() as { result: string };
+    // Past the gate, the renewal route itself wants the current certificate over mTLS (not present with inject).
+    const passed = await ca.server.app.inject({ method: "POST", url: "/v1/renew", payload: { csr }, headers: { "x-edgetrust-attestation": good.result } });
+    expect(passed.statusCode).toBe(401);
+  });
+});
