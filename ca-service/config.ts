@@ -1,4 +1,5 @@
 import { Type, type Static } from "@sinclair/typebox";
+import { AttestationConfig } from "./attestation-config.js";
 
 /** `ca:` section of edgetrust.yaml — the cloud CA service. */
 export const CaConfig = Type.Object(
@@ -40,6 +41,7 @@ export const CaConfig = Type.Object(
     }),
     rateLimitPerMinute: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 6000, description: "Requests per minute per client IP" }),
     bodyLimitBytes: Type.Integer({ minimum: 1024, maximum: 10_485_760, default: 65536, description: "Largest request body accepted" }),
+    attestation: AttestationConfig,
   },
   { additionalProperties: false, default: {}, description: "Cloud CA service (ca init / ca serve)" },
 );

@@ -26,6 +26,7 @@ import { renewRoutes } from "./routes/v1-renew.js";
 import { auditRoutes } from "./routes/v1-audit.js";
 import { adminRoutes } from "./routes/v1-admin.js";
 import type { RouteDeps } from "./routes/types.js";
+import { attestationRoutes, requireAttestationForRenewal } from "./routes/v1-attestation.js";
 import { enrollmentApiRoutes } from "./enrollment/routes.js";
 import { deploymentRoutes } from "./deployments/routes.js";
 
@@ -143,6 +144,8 @@ export async function createCaServer(config: CaConfig, deps: CaServerDeps): Prom
   await app.register(renewRoutes, routeDeps);
   await app.register(auditRoutes, routeDeps);
   await app.register(adminRoutes, routeDeps);
+  await app.register(attestationRoutes, routeDeps);
+  if (config.attestation.requiredForRenewal) requireAttestationForRenewal(app, routeDeps);
   await app.register(enrollmentApiRoutes, routeDeps);
   await app.register(deploymentRoutes, routeDeps);
 
