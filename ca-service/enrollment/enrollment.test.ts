@@ -116,6 +116,15 @@ describe("provisioning lines", () => {
   });
 });
 
+describe("OpenAPI", () => {
+  it("documents every enrollment route", async () => {
+    const paths = Object.keys((await e.call("GET", "/openapi.json")).json().paths as Record<string, unknown>);
+    for (const p of ["/v1/lines", "/v1/enrollments/{registrationId}", "/v1/enrollment-groups/{groupId}", "/v1/enrollments/import", "/v1/registrations/{registrationId}", "/.well-known/est/simpleenroll", "/.well-known/est/cacerts", "/{idScope}/registrations/{registrationId}/register", "/{idScope}/registrations/{registrationId}/operations/{operationId}"]) {
+      expect(paths).toContain(p);
+    }
+  });
+});
+
 describe("bulk import over HTTP", () => {
   it("a line imports CSV and JSON; bad rows come back in the report; the same body twice changes nothing", async () => {
     const keys = await Promise.all([ecKeys(), ecKeys()]);
