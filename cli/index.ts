@@ -1,39 +1,55 @@
 import "reflect-metadata";
 import { Command, CommanderError } from "commander";
-import { hsmCommand } from "../hsm/cli.js";
-import { certsDevCommand } from "../certs-dev/cli.js";
-import { configCommand } from "./config.js";
-import { demoCommand } from "./demo.js";
-import { benchCommand } from "../bench/cli.js";
-import { caCommand } from "../ca-service/cli.js";
-import { policyCommand, manifestCommand } from "../policy/cli.js";
-import { hubCommand } from "../edge-hub/cli.js";
-import { deviceCommand } from "../device-identity/cli.js";
-import { agentCommand } from "../edge-agent/cli.js";
 import { reportFailure } from "./output.js";
 
-export function buildProgram(): Command {
-  const program = new Command("edgetrust")
+interface Entry {
+  description: string;
+  load: () => Promise<Command>;
+}
+
+/**
+ * Every command, loaded only when it runs: a daemon started as `edgetrust agent run` does not carry the CA's
+ * database drivers or the hub's broker in its memory. Descriptions live here so `edgetrust --help` loads nothing.
+ */
+const COMMANDS: Record<string, Entry> = {
+  hsm: { description: "Key store: PKCS#11 tokens (SoftHSM2, TPM, HSM) and the development software store", load: async () => (await import("../hsm/cli.js")).hsmCommand() },
+  "certs-dev": { description: "Development PKI generator (never for production)", load: async () => (await import("../certs-dev/cli.js")).certsDevCommand() },
+  config: { description: "Show the configuration file format and its documented defaults", load: async () => (await import("./config.js")).configCommand() },
+  demo: { description: "Run the attested boot flow end to end on embedded defaults", load: async () => (await import("./demo.js")).demoCommand() },
+  policy: { description: "Policy files: check, explain, test", load: async () => (await import("../policy/cli.js")).policyCommand() },
+  manifest: { description: "Deployment manifests: sign, verify", load: async () => (await import("../policy/cli.js")).manifestCommand() },
+  hub: { description: "Edge hub: mTLS MQTT broker for attested modules and leaf devices", load: async () => (await import("../edge-hub/cli.js")).hubCommand() },
+  agent: { description: "Edge agent: verify the deployment manifest, start attested modules, supervise them", load: async () => (await import("../edge-agent/cli.js")).agentCommand() },
+  ca: { description: "Cloud CA: init, serve, issue, revoke, audit", load: async () => (await import("../ca-service/cli.js")).caCommand() },
+  device: { description: "Device identity daemon: provision, run, status, attest", load: async () => (await import("../device-identity/cli.js")).deviceCommand() },
+  bench: { description: "Run the benchmarks; each figure is a ratio against a reference measured in the same run", load: async () => (await import("../bench/cli.js")).benchCommand() },
+};
+
+function root(): Command {
+  return new Command("edgetrust")
     .description("Security and attestation for containerised edge devices")
     .version("0.1.0")
     .showHelpAfterError("(run with --help for usage)")
     .exitOverride();
-  program.addCommand(hsmCommand());
-  program.addCommand(certsDevCommand());
-  program.addCommand(configCommand());
-  program.addCommand(demoCommand());
-  program.addCommand(policyCommand());
-  program.addCommand(manifestCommand());
-  program.addCommand(hubCommand());
-  program.addCommand(agentCommand());
-  program.addCommand(caCommand());
-  program.addCommand(deviceCommand());
-  program.addCommand(benchCommand());
+}
+
+/** The program with every command loaded (tests, docs). */
+export async function buildProgram(): Promise<Command> {
+  const program = root();
+  for (const e of Object.values(COMMANDS)) program.addCommand(await e.load());
   return program;
 }
 
 export async function main(argv: string[]): Promise<number> {
-  const program = buildProgram();
+  const program = root();
+  const name = argv[2];
+  const entry = name !== undefined && Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
+  if (entry) {
+    program.addCommand(await entry.load());
+  } else {
+    // Help, version or a typo: list every command without loading any.
+    for (const [n, e] of Object.entries(COMMANDS)) program.command(n).description(e.description);
+  }
   for (const c of program.commands) c.exitOverride();
   try {
     await program.parseAsync(argv);

@@ -1,7 +1,7 @@
 import { Command } from "commander";
 import { readFileSync } from "node:fs";
 import { createLogger, loadConfig, EdgeTrustError } from "../common/index.js";
-import { openKeyStore, tlsKeyFromSpec, type KeyStore } from "../hsm/index.js";
+import type { KeyStore } from "../hsm/index.js";
 import { loadPolicy, resolveTrust } from "../policy/index.js";
 import { EdgeTrustConfig } from "../cli/config-schema.js";
 import { action, emit } from "../cli/output.js";
@@ -36,14 +36,18 @@ export function agentCommand(): Command {
       const log = createLogger("edge-agent");
       const { policy, file } = loadPolicy(cfg.policyFile);
       let store: KeyStore | undefined;
-      const cloud = cfg.cloudUrl
-        ? new CloudClient(cfg.cloudUrl, {
+      let cloud: CloudClient | undefined;
+      if (cfg.cloudUrl) {
+        // The key store (native PKCS#11, X.509 stack) is loaded only when the agent talks to the cloud.
+        const { openKeyStore, tlsKeyFromSpec } = await import("../hsm/index.js");
+        cloud = new CloudClient(cfg.cloudUrl, {
           cert: readFileSync(cfg.deviceCertFile, "utf8"),
           ca: readFileSync(cfg.cloudCaFile, "utf8"),
           ...(await tlsKeyFromSpec(cfg.deviceKey, async () => (store ??= await openKeyStore(all.hsm, { logger: log })), all.hsm)),
-        })
-        : undefined;
-      const queue = cloud ? new ReportQueue(cfg.reportQueueFile, (r) => cloud.sendReport(r)) : undefined;
+        });
+      }
+      const client = cloud;
+      const queue = client ? new ReportQueue(cfg.reportQueueFile, (r) => client.sendReport(r)) : undefined;
       const agent = new EdgeAgent({
         docker: new DockerClient({ socketPath: cfg.dockerSocket }),
         identity: new ManagementSocketRegistrar(cfg.managementSocket, cfg.workloadSocketsDir),

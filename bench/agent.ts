@@ -1,0 +1,109 @@
+import { execFile } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { promisify } from "node:util";
+import { createLogger } from "../common/index.js";
+import { parsePolicy, signManifest, type JwsSigner, type Manifest } from "../policy/index.js";
+import { makeSigners, makeTrustRoot } from "../policy/fixtures.js";
+import { DockerClient, EdgeAgent, ManagementSocketRegistrar, buildBusyboxImage, createSpec, listManaged, ensureImage, DOCKER_SOCKET, REGISTRY } from "../edge-agent/index.js";
+import { startEphemeralIdentity } from "../device-identity/index.js";
+import { row, type Benchmark, type BenchRow, type Progress } from "./types.js";
+
+const execFileAsync = promisify(execFile);
+const SOURCE = "issue 7 (edge-agent)";
+const MODULES = 10;
+const ROUNDS = 3;
+
+/** Max RSS (kB) of a Node process that runs `code` as an ES module, read from the process itself. */
+async function maxRssKb(code: string, env: NodeJS.ProcessEnv = {}): Promise<number> {
+  const script = `${code}\nprocess.stdout.write("\\nMAXRSS " + process.resourceUsage().maxRSS + "\\n");`;
+  const { stdout } = await execFileAsync(process.execPath, ["--input-type=module", "-e", script], { cwd: resolve(import.meta.dirname, "../.."), env: { ...process.env, ...env }, maxBuffer: 1 << 24 });
+  const m = /MAXRSS (\d+)/.exec(stdout);
+  if (!m?.[1]) throw new Error(`no RSS figure: ${stdout.slice(-200)}`);
+  return Number(m[1]);
+}
+
+/**
+ * Attested boot of 10 modules from cached images (verify a 2-of-3 signed manifest, create within policy, register
+ * each with device-identity over its socket, start in order) against the same 10 containers created and started
+ * through the Docker API with no attestation, in alternating rounds of one run. Plus the agent process's peak RSS.
+ */
+export const agentBenchmark: Benchmark = {
+  id: "agent",
+  description: "attested boot of 10 modules vs plain docker create+start; agent RSS",
+  async run(progress: Progress): Promise<BenchRow[]> {
+    const docker = new DockerClient({ socketPath: DOCKER_SOCKET });
+    const deviceId = `bench-${process.pid}`;
+    const dir = mkdtempSync(join(tmpdir(), "et-bench-agent-"));
+    progress.step("building the module image");
+    const built = buildBusyboxImage("bench", `bench-${Date.now()}`);
+    const image = await ensureImage(docker, built);
+    const names = Array.from({ length: MODULES }, (_, i) => `bench${i}`);
+    const signers: JwsSigner[] = await makeSigners();
+    const trustRoot = await makeTrustRoot(signers, { threshold: 2, expires: new Date(Date.now() + 86_400_000).toISOString() });
+    const policyYaml = `version: 1\nmode: enforce\ntrust:\n  trustRoot: trust-root.json\nimages:\n  registries: ["${REGISTRY}"]\nmodules:\n  allow: ["*"]\n  defaults:\n    users: ["1000:1000"]\n`;
+    const policy = parsePolicy(policyYaml, "policy.yaml");
+    const identity = await startEphemeralIdentity(docker, deviceId);
+    const clean = async () => {
+      for (const c of await listManaged(docker, deviceId)) await docker.removeContainer(c.id);
+      for (const n of names) await docker.removeContainer(`plain-${deviceId}-${n}`);
+    };
+    let agentMs = 0;
+    let plainMs = 0;
+    try {
+      for (let round = 0; round < ROUNDS; round++) {
+        progress.step(`round ${round + 1}/${ROUNDS}`);
+        const m: Manifest = {
+          schemaVersion: 1, deploymentId: "bench", version: 1, targets: [deviceId],
+          issuedAt: new Date(Date.now() - 60_000).toISOString(), expiresAt: new Date(Date.now() + 3_600_000).toISOString(),
+          modules: Object.fromEntries(names.map((n, i) => [n, { image: built.ref, options: { user: "1000:1000" }, restartPolicy: "always" as const, startupOrder: i }])),
+        };
+        const jws = JSON.stringify(await signManifest(await signManifest(m, signers[0] as JwsSigner), signers[1] as JwsSigner));
+
+        await clean();
+        const agent = new EdgeAgent({
+          docker, identity: new ManagementSocketRegistrar(identity.mgmtSocket, identity.socketsDir), policy, trustRoot: trustRoot.root,
+          deviceId, stateDir: join(dir, `state-${round}`), log: createLogger("edge-agent", { level: "silent" }),
+        });
+        let t0 = performance.now();
+        const r = await agent.apply(jws);
+        agentMs += performance.now() - t0;
+        if (!r.applied || r.modules.some((s) => s.state !== "running")) throw new Error(`attested boot failed: ${JSON.stringify(r.verdict.reasons)}`);
+        await clean();
+
+        t0 = performance.now();
+        for (const n of names) {
+          const spec = createSpec({ deviceId: `plain-${deviceId}`, module: n, deploymentId: "bench", manifestVersion: 1, image, user: "1000:1000", capAdd: [], binds: [], devices: [], network: "none", readOnlyRootfs: true, env: {} });
+          const id = await docker.createContainer(`plain-${deviceId}-${n}`, spec);
+          await docker.startContainer(id);
+        }
+        plainMs += performance.now() - t0;
+        await clean();
+      }
+
+      progress.step("agent peak RSS (one agent run --once in its own process)");
+      writeFileSync(join(dir, "trust-root.json"), trustRoot.text);
+      writeFileSync(join(dir, "policy.yaml"), policyYaml);
+      const m: Manifest = {
+        schemaVersion: 1, deploymentId: "bench-rss", version: 1, targets: [deviceId],
+        issuedAt: new Date(Date.now() - 60_000).toISOString(), expiresAt: new Date(Date.now() + 3_600_000).toISOString(),
+        modules: Object.fromEntries(names.map((n, i) => [n, { image: built.ref, options: { user: "1000:1000" }, restartPolicy: "always" as const, startupOrder: i }])),
+      };
+      writeFileSync(join(dir, "m.jws"), JSON.stringify(await signManifest(await signManifest(m, signers[0] as JwsSigner), signers[1] as JwsSigner)));
+      writeFileSync(join(dir, "edgetrust.yaml"), `agent:\n  deviceId: ${deviceId}\n  policyFile: ${join(dir, "policy.yaml")}\n  stateDir: ${join(dir, "rss-state")}\n  dockerSocket: ${DOCKER_SOCKET}\n  managementSocket: ${identity.mgmtSocket}\n  workloadSocketsDir: ${identity.socketsDir}\n`);
+      const cli = JSON.stringify(resolve(import.meta.dirname, "../cli/index.js"));
+      const agentRss = await maxRssKb(`import "reflect-metadata"; const { main } = await import(${cli}); process.exitCode = await main(["node", "edgetrust", "agent", "run", "--once", "--json", "--config", ${JSON.stringify(join(dir, "edgetrust.yaml"))}, "--manifest", ${JSON.stringify(join(dir, "m.jws"))}]);`, { EDGETRUST_LOG_LEVEL: "error" });
+      progress.step(`agent peak RSS ${(agentRss / 1024).toFixed(1)} MB; a bare node process: ${((await maxRssKb("")) / 1024).toFixed(1)} MB`);
+      await clean();
+      return [
+        row({ name: "attested boot, 10 modules (cached images)", value: agentMs / ROUNDS, unit: "ms", reference: { name: "docker create+start, same 10", value: plainMs / ROUNDS }, target: 1 / 1.5, higherIsBetter: false, source: SOURCE }),
+        row({ name: "agent peak RSS (agent run --once, 10 modules)", value: agentRss / 1024, unit: "MB", reference: { name: "target ceiling", value: 60 }, target: 1, higherIsBetter: false, source: SOURCE }),
+      ];
+    } finally {
+      await clean().catch(() => undefined);
+      await identity.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+};
