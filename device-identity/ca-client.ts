@@ -13,6 +13,16 @@ export interface Issued {
   issuerId: string;
 }
 
+/** What PUT /v1/registrations/:id answers (the fields the device uses). */
+export interface RegistrationResult {
+  registrationId: string;
+  deviceId: string;
+  status: string;
+  identity: { serial: string; notAfter: string; certificatePem: string; chainPem: string };
+  edgeCa: { serial: string; notAfter: string; certificatePem: string; chainPem: string } | null;
+  trustBundlePem: string;
+}
+
 export interface CaResponse<T> {
   body: T;
   /** The CA's clock (HTTP Date header), to tell a wrong device clock from an expired certificate. */
@@ -38,6 +48,16 @@ export class CaClient {
   /** Issue with the bootstrap token (admin enrollment route). */
   async enroll(token: string, body: { csr: string; profile: "device-identity" | "edge-ca"; deviceId: string }): Promise<CaResponse<Issued>> {
     return this.call<Issued>("POST", "/v1/certificates", body, { headers: { authorization: `Bearer ${token}` } });
+  }
+
+  /**
+   * Register through the enrollment API (PUT /v1/registrations/:id). The same idempotency key with the same CSRs
+   * replays the stored result, so a device that lost the answer (or crashed) asks again safely.
+   */
+  async register(registrationId: string, idempotencyKey: string, body: { csr: string; edgeCaCsr: string }, basicSecret?: string): Promise<CaResponse<RegistrationResult>> {
+    const headers: Record<string, string> = { "idempotency-key": idempotencyKey };
+    if (basicSecret) headers.authorization = `Basic ${Buffer.from(`${registrationId}:${basicSecret}`).toString("base64")}`;
+    return this.call<RegistrationResult>("PUT", `/v1/registrations/${encodeURIComponent(registrationId)}`, body, { headers });
   }
 
   /** Renew (or rekey: a new key in the CSR) by presenting the certificate held now as the TLS client certificate. */

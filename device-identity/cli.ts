@@ -9,9 +9,14 @@ import { DeviceDaemon, identityFromConfig } from "./daemon.js";
 import type { DeviceConfig } from "./config.js";
 import { ManagementClient } from "./management-client.js";
 
-function bootstrapToken(cfg: DeviceConfig, explicitFile?: string): string {
+function optionalToken(cfg: DeviceConfig, explicitFile?: string): string | undefined {
   const file = explicitFile ?? cfg.bootstrapTokenFile;
   const token = file ? readFileSync(file, "utf8").split("\n")[0]?.trim() : process.env[cfg.bootstrapTokenEnv]?.trim();
+  return token || undefined;
+}
+
+function bootstrapToken(cfg: DeviceConfig, explicitFile?: string): string {
+  const token = optionalToken(cfg, explicitFile);
   if (!token) {
     throw new EdgeTrustError("UNAUTHENTICATED", "no bootstrap token for enrollment", { hint: `give --token-file, device.bootstrapTokenFile or ${cfg.bootstrapTokenEnv}` });
   }
@@ -28,14 +33,26 @@ export function deviceCommand(): Command {
     .option("-c, --config <file>", "edgetrust.yaml", "/etc/edgetrust/edgetrust.yaml")
     .option("--token-file <file>", "bootstrap (enrollment) token file")
     .option("--force", "enroll again with new keys even if already provisioned (old keys erased after the new state is stored)")
+    .option("--keys-only", "registration: only generate the keys and CSRs (kept for the registration) and print the device public key for the factory line to enroll")
     .option("--json", "machine-readable output")
-    .action(action(async (opts: { config: string; tokenFile?: string; force?: boolean; json?: boolean }) => {
+    .action(action(async (opts: { config: string; tokenFile?: string; force?: boolean; keysOnly?: boolean; json?: boolean }) => {
       const all = loadConfig(EdgeTrustConfig, { file: opts.config });
       const log = createLogger("device-identity", { level: all.log.level });
       const keys = await openKeyStore(all.hsm, { logger: log });
       try {
         const id = identityFromConfig(all.device, all.hsm, { keys, log });
-        await id.provision(bootstrapToken(all.device, opts.tokenFile), { force: Boolean(opts.force) });
+        const force = Boolean(opts.force);
+        if (opts.keysOnly) {
+          const p = await id.prepareRegistration({ force });
+          emit(Boolean(opts.json), { ok: true, deviceId: all.device.deviceId, publicKeyPem: p.devicePublicKeyPem, keys: p.labels }, () => p.devicePublicKeyPem);
+          return;
+        }
+        if (all.device.enrollment === "registration") {
+          const secret = optionalToken(all.device, opts.tokenFile);
+          await id.register({ force, ...(secret ? { basicSecret: secret } : {}) });
+        } else {
+          await id.provision(bootstrapToken(all.device, opts.tokenFile), { force });
+        }
         const st = id.status();
         emit(Boolean(opts.json), { ok: true, stateDir: all.device.stateDir, ...st }, () =>
           [`device ${st.deviceId} provisioned (generation ${st.generation}) in ${all.device.stateDir}`,

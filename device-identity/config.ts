@@ -9,12 +9,12 @@ export const DeviceConfig = Type.Object(
     stateDir: Type.String({ default: "/var/lib/edgetrust/identity", description: "Certificates, trust bundle and the attested-module registry (see device-identity/README.md for the layout)" }),
     caUrl: Type.String({ default: "https://127.0.0.1:8443", description: "Base URL of ca-service (enrollment and renewal)" }),
     caTrustFile: Type.String({ default: "", description: "PEM bundle the CA's HTTPS certificate chains to, for the first contact; after provisioning the stored trust bundle is used" }),
-    enrollment: Type.Union([Type.Literal("admin"), Type.Literal("est")], {
-      default: "admin",
-      description: "How provisioning enrolls: admin = POST /v1/certificates with a bootstrap token (works today); est = EST simpleenroll (when ca-service serves it)",
+    enrollment: Type.Union([Type.Literal("registration"), Type.Literal("admin")], {
+      default: "registration",
+      description: "How provisioning enrolls: registration = PUT /v1/registrations/<deviceId> of the enrollment API (publicKey enrollment, or Basic with the bootstrap secret); admin = POST /v1/certificates with an admin token (labs)",
     }),
-    bootstrapTokenFile: Type.String({ default: "", description: "File holding the one-time bootstrap (enrollment) token; empty to use bootstrapTokenEnv" }),
-    bootstrapTokenEnv: Type.String({ default: "EDGETRUST_BOOTSTRAP_TOKEN", description: "Environment variable holding the bootstrap token when bootstrapTokenFile is empty" }),
+    bootstrapTokenFile: Type.String({ default: "", description: "File holding the bootstrap secret (registration: the device's derived key, sent as HTTP Basic; admin: the API token); empty to use bootstrapTokenEnv" }),
+    bootstrapTokenEnv: Type.String({ default: "EDGETRUST_BOOTSTRAP_TOKEN", description: "Environment variable holding the bootstrap secret when bootstrapTokenFile is empty (unset: a publicKey enrollment needs none)" }),
     keyAlgorithm: Type.Union([Type.Literal("EC-P256"), Type.Literal("EC-P384"), Type.Literal("RSA-2048"), Type.Literal("RSA-3072")], {
       default: "EC-P256",
       description: "Algorithm of the device, Edge CA and hub keys generated in the HSM",

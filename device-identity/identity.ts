@@ -1,6 +1,9 @@
 import "reflect-metadata";
+import { randomUUID } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
-import { EdgeTrustError, isEdgeTrustError, type Logger } from "../common/index.js";
+import { EdgeTrustError, isEdgeTrustError, writeFileAtomic, type Logger } from "../common/index.js";
 import { keyStoreCrypto, keyStoreCryptoKey, keyStorePublicCryptoKey, type KeyAlgorithm, type KeyStore, type TlsKeyOptions } from "../hsm/index.js";
 import { deviceUri, issueCertificate } from "../pki/index.js";
 import type { AttestedModule } from "./attested-modules.js";
@@ -8,6 +11,14 @@ import { CaClient, isPermanentCaRefusal, type Issued } from "./ca-client.js";
 import type { EdgeCa } from "./module-issuer.js";
 import { assessCertificate, backoffMs, clockDisagreement, type Assessment } from "./renewal.js";
 import { StateStore, splitPems, trustBundle, edgeCaCertificates, type IdentityState } from "./state.js";
+
+/** A registration in flight (keys made, request fixed), kept until its answer is stored. */
+export interface PendingRegistration {
+  idempotencyKey: string;
+  labels: { device: string; edgeCa: string };
+  csr: string;
+  edgeCaCsr: string;
+}
 
 export type CertKind = "device" | "edge-ca" | "hub";
 export const CERT_KINDS: readonly CertKind[] = ["device", "edge-ca", "hub"];
@@ -221,6 +232,83 @@ export class DeviceIdentity {
     if (prev) await this.retireKeys([prev.keys.device, prev.keys.edgeCa], state);
     this.opts.log.info({ deviceId: this.opts.deviceId, generation: state.generation, notAfter: new x509.X509Certificate(device.cert).notAfter.toISOString() }, "device provisioned");
     return state;
+  }
+
+  private get pendingFile(): string {
+    return join(this.opts.stateDir, "registration.pending.json");
+  }
+
+  /**
+   * Registration step 1: the device and Edge CA keys in the HSM and the CSRs, recorded in `registration.pending.json`
+   * so every retry sends the very same request under the same idempotency key (a crash or a lost answer is safe).
+   * Returns the device public key (PEM SPKI) a factory line enrolls for `publicKey` enrollments.
+   */
+  async prepareRegistration(opts: { force?: boolean } = {}): Promise<PendingRegistration & { devicePublicKeyPem: string }> {
+    const prev = this.store.load();
+    if (prev && !opts.force) {
+      throw new EdgeTrustError("CONFLICT", `device ${prev.deviceId} is already provisioned (generation ${prev.generation})`, { hint: "use --force to enroll again with new keys" });
+    }
+    let pending: PendingRegistration | undefined;
+    if (existsSync(this.pendingFile)) {
+      pending = JSON.parse(readFileSync(this.pendingFile, "utf8")) as PendingRegistration;
+      try {
+        await this.opts.keys.getKey({ label: pending.labels.device });
+        await this.opts.keys.getKey({ label: pending.labels.edgeCa });
+      } catch {
+        pending = undefined; // keys gone: start over
+      }
+    }
+    if (!pending) {
+      const labels = { device: prev ? nextLabel(prev.keys.device) : BASE_LABELS.device, edgeCa: prev ? nextLabel(prev.keys.edgeCa) : BASE_LABELS.edgeCa };
+      await this.freshKey(labels.device);
+      await this.freshKey(labels.edgeCa);
+      pending = {
+        idempotencyKey: randomUUID(), labels,
+        csr: await this.csr(labels.device, this.opts.deviceId), edgeCaCsr: await this.csr(labels.edgeCa, `${this.opts.deviceId} Edge CA`),
+      };
+      mkdirSync(this.opts.stateDir, { recursive: true, mode: 0o700 });
+      writeFileAtomic(this.pendingFile, JSON.stringify(pending, null, 2));
+    }
+    const spki = (await this.opts.keys.getPublicKey({ label: pending.labels.device })).spki;
+    return { ...pending, devicePublicKeyPem: x509.PemConverter.encode(new Uint8Array(spki).buffer, "PUBLIC KEY") };
+  }
+
+  /**
+   * Provisioning through the enrollment API's registration route: keys from `prepareRegistration`, the bootstrap
+   * credential (`basicSecret`: the derived/individual key; none for a publicKey enrollment, where the CSR key itself
+   * is the credential), identity + Edge CA certificates and the trust bundle in one answer, committed as a generation.
+   */
+  async register(opts: { basicSecret?: string; force?: boolean } = {}): Promise<IdentityState> {
+    const prev = this.store.load();
+    const pending = await this.prepareRegistration(opts);
+    const ca = new CaClient(this.opts.caUrl, this.opts.caTrust);
+    const { body } = await ca.register(this.opts.deviceId, pending.idempotencyKey, { csr: pending.csr, edgeCaCsr: pending.edgeCaCsr }, opts.basicSecret);
+    if (!body.edgeCa) throw new EdgeTrustError("DEVICE_ENROLL_FAILED", `the enrollment of ${this.opts.deviceId} issues no Edge CA certificate`, { hint: "enroll the device with edgeCa: true" });
+    const bundle = splitPems(body.trustBundlePem);
+    if (bundle.length === 0) throw new EdgeTrustError("DEVICE_ENROLL_FAILED", "the registration answer carries no trust bundle");
+    const asIssued = (x: { serial: string; notAfter: string; certificatePem: string; chainPem: string }): Issued => ({ ...x, profile: "", issuerId: "" });
+    const device = await this.checkIssued(asIssued(body.identity), pending.labels.device, bundle);
+    const edgeCa = await this.checkIssued(asIssued(body.edgeCa), pending.labels.edgeCa, bundle);
+    await this.ensureHubKey();
+    const hub = await this.issueHub(edgeCa.cert, pending.labels.edgeCa);
+    const state = this.store.commit({
+      deviceId: this.opts.deviceId, trustDomain: this.opts.trustDomain, keys: { ...pending.labels, hub: this.opts.hubKeyLabel },
+      device, edgeCa: { ...edgeCa, previous: [] }, hub: { cert: hub }, caBundle: bundle,
+    });
+    this.state = state;
+    rmSync(this.pendingFile, { force: true });
+    if (prev) await this.retireKeys([prev.keys.device, prev.keys.edgeCa], state);
+    this.opts.log.info({ deviceId: this.opts.deviceId, generation: state.generation, route: "registration" }, "device provisioned");
+    return state;
+  }
+
+  private async ensureHubKey(): Promise<void> {
+    try {
+      await this.opts.keys.getKey({ label: this.opts.hubKeyLabel });
+    } catch (e) {
+      if (!isEdgeTrustError(e, "HSM_KEY_NOT_FOUND")) throw e;
+      await this.opts.keys.generateKey(this.opts.hubKeyLabel, this.opts.keyAlgorithm);
+    }
   }
 
   /** Erase keys the committed state no longer uses (only ever after the commit). */

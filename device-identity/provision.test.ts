@@ -50,7 +50,7 @@ describe("provisioning against a real ca-service, keys in SoftHSM", () => {
     cfg = {
       ...(Value.Default(DeviceConfig, {}) as DeviceConfig),
       deviceId: DEVICE, trustDomain: TRUST_DOMAIN, stateDir: join(dir, "identity"), caUrl: ca.url, caTrustFile: join(dir, "ca-trust.pem"),
-      bootstrapTokenFile: join(dir, "token"), managementSocket: join(dir, "mgmt.sock"), workloadDir: join(dir, "modules"),
+      enrollment: "admin", bootstrapTokenFile: join(dir, "token"), managementSocket: join(dir, "mgmt.sock"), workloadDir: join(dir, "modules"),
       hubServerCertFile: join(dir, "hub", "server.chain.pem"),
     };
     configFile = join(dir, "edgetrust.yaml");
@@ -112,5 +112,27 @@ describe("provisioning against a real ca-service, keys in SoftHSM", () => {
     const labels = (await keys.list()).map((k) => k.label).sort();
     expect(labels).toEqual(["device-identity.1", "edge-ca.1", "edge-hub-server"]);
     expect(await opensslVerify(cfg.stateDir, "device.cert.pem", "issuing-ca.cert.pem")).toContain(": OK");
+  });
+
+  it("provisions through the enrollment API's registration route: keys first, the line enrolls the public key, a crash after the CA answered is retried with the same request and replayed", async () => {
+    const reg: DeviceConfig = { ...cfg, enrollment: "registration", deviceId: "dev-reg", stateDir: join(dir, "identity-reg"), bootstrapTokenFile: "", hubKeyLabel: "hub-reg" };
+    const regFile = join(dir, "reg.yaml");
+    writeFileSync(regFile, stringify({ log: { level: "warn" }, hsm: { ...hsm, pinFile: tokens.pinFile }, device: reg }));
+    const env = { OPENSSL_CONF: tokens.opensslConf, SOFTHSM2_CONF: tokens.hsm.conf, EDGETRUST_BOOTSTRAP_TOKEN: "" };
+    const k = await cli(["provision", "-c", regFile, "--keys-only", "--json"], env);
+    expect(k.code, k.stderr).toBe(0);
+    const pub = (JSON.parse(k.stdout) as { publicKeyPem: string }).publicKeyPem;
+    expect(pub).toContain("BEGIN PUBLIC KEY");
+    // The factory line enrolls the device's HSM public key (individual publicKey enrollment, with an Edge CA).
+    const e = await ca.server.app.inject({ method: "PUT", url: "/v1/enrollments/dev-reg", headers: { authorization: `Bearer ${ca.adminToken}` }, payload: { attestation: "publicKey", credential: pub, dnsNames: ["edgehub", "localhost"] } });
+    expect(e.statusCode, e.body).toBe(201);
+    const crashed = await cli(["provision", "-c", regFile], { ...env, EDGETRUST_FAULT_CRASH_AFTER: "state.json" });
+    expect(crashed.signal).toBe("SIGKILL");
+    const ok = await cli(["provision", "-c", regFile, "--json"], env);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect((JSON.parse(ok.stdout) as { generation: number }).generation).toBe(1);
+    expect(existsSync(join(reg.stateDir, "registration.pending.json"))).toBe(false);
+    expect(await opensslVerify(reg.stateDir, "device.cert.pem", "issuing-ca.cert.pem")).toContain(": OK");
+    expect(await opensslVerify(reg.stateDir, "edge-ca.cert.pem", "issuing-ca.cert.pem", "any")).toContain(": OK");
   });
 });
