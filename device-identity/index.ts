@@ -15,3 +15,17 @@ export { issueModuleCertificate } from "./module-issuer.js";
 export type { EdgeCa, ModuleIssuerOptions } from "./module-issuer.js";
 export { startEphemeralIdentity, makeEphemeralEdgeCa } from "./ephemeral.js";
 export type { EphemeralIdentity, EphemeralIdentityOptions, EphemeralCa } from "./ephemeral.js";
+// The daemon: config, identity (provisioning, renewal), state on disk, CA client, attestation evidence.
+export { DeviceConfig } from "./config.js";
+export { DeviceDaemon, identityFromConfig, certificateSettings, collectMeasurements } from "./daemon.js";
+export type { DaemonOptions, IdentityFromConfigOptions } from "./daemon.js";
+export { DeviceIdentity, CERT_KINDS, nextLabel } from "./identity.js";
+export type { IdentityOptions, CertKind, KindStatus, PendingRegistration } from "./identity.js";
+export { StateStore, IdentityStateSchema, STATE_FILES, trustBundle, edgeCaCertificates, splitPems } from "./state.js";
+export type { IdentityState } from "./state.js";
+export { CaClient, isPermanentCaRefusal } from "./ca-client.js";
+export type { Issued, CaResponse, RegistrationResult } from "./ca-client.js";
+export { assessCertificate, backoffMs, clockDisagreement, CLOCK_SKEW_MS } from "./renewal.js";
+export type { Assessment } from "./renewal.js";
+export { signEvidence, signJwsWithKeyStore, jwsAlgFor, sha256File, EVIDENCE_PROFILE, EVIDENCE_TYP } from "./evidence.js";
+export type { EvidenceClaims, Measurements } from "./evidence.js";
