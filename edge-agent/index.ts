@@ -12,3 +12,5 @@ export { CloudClient, ReportQueue, syncDeployment } from "./cloud.js";
 export type { DeviceTls } from "./cloud.js";
 export { buildBusyboxImage, dockerCli, DOCKER_SOCKET, REGISTRY } from "./dev-images.js";
 export type { BuiltImage } from "./dev-images.js";
+export { buildNodeModuleImage, MODULE_PROGRAM_DIR, MODULE_ENTRY } from "./node-image.js";
+export type { NodeModuleImage } from "./node-image.js";

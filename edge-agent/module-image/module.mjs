@@ -5,6 +5,8 @@
 //   lifetime (fresh key each time) → reconnect with the new certificate.
 // The private key is made here, in memory, and never leaves this process (the root filesystem is read-only anyway).
 // EDGETRUST_ATTACK_MODULE=<other module>: once, publish to that module's telemetry topic (the hub must refuse it).
+// EDGETRUST_ATTACK_SUBSCRIBE=<other module>: once, subscribe to that module's telemetry topic (the hub must refuse it).
+// EDGETRUST_TELEMETRY_FIELDS={...}: JSON fields added to every telemetry message (e.g. personal data the hub redacts).
 import "reflect-metadata";
 import { webcrypto } from "node:crypto";
 import { request } from "node:http";
@@ -19,6 +21,8 @@ const HUB_NAME = env.EDGETRUST_HUB_NAME ?? "edgehub";
 const TELEMETRY_MS = Number(env.EDGETRUST_TELEMETRY_MS ?? "1000");
 const RENEW_AT = Number(env.EDGETRUST_RENEW_AT ?? "0.5");
 const ATTACK = env.EDGETRUST_ATTACK_MODULE ?? "";
+const ATTACK_SUBSCRIBE = env.EDGETRUST_ATTACK_SUBSCRIBE ?? "";
+const FIELDS = env.EDGETRUST_TELEMETRY_FIELDS ? JSON.parse(env.EDGETRUST_TELEMETRY_FIELDS) : {};
 
 const { subtle } = webcrypto;
 x509.cryptoProvider.set(webcrypto);
@@ -95,6 +99,7 @@ let retryTimer;
 let failures = 0;
 let seq = 0;
 let attacked = false;
+let subscribed = false;
 
 function topicOf(module) {
   return `devices/${identity.deviceId}/modules/${module}/messages/events/`;
@@ -112,7 +117,7 @@ function connect() {
     log("connected", { hub: `${HUB_HOST}:${HUB_PORT}`, serial: id.serial });
     telemetry = setInterval(() => {
       seq += 1;
-      c.publish(topicOf(id.moduleId), JSON.stringify({ module: id.moduleId, seq, serial: id.serial }), { qos: 1 });
+      c.publish(topicOf(id.moduleId), JSON.stringify({ ...FIELDS, module: id.moduleId, seq, serial: id.serial }), { qos: 1 });
       log("telemetry", { seq });
     }, TELEMETRY_MS);
     if (ATTACK && !attacked) {
@@ -120,6 +125,15 @@ function connect() {
       const topic = topicOf(ATTACK);
       c.publish(topic, JSON.stringify({ module: ATTACK, forgedBy: id.moduleId }), { qos: 1 });
       log("attack-publish", { topic });
+    }
+    if (ATTACK_SUBSCRIBE && !subscribed) {
+      subscribed = true;
+      const topic = `${topicOf(ATTACK_SUBSCRIBE)}#`;
+      c.subscribe(topic, { qos: 1 }, (err, granted) => {
+        // MQTT 3.1.1: a refused filter comes back as return code 0x80 (128) in the SUBACK.
+        if (err) log("attack-subscribe", { topic, error: err.message });
+        else log("attack-subscribe", { topic, granted: (granted ?? []).map((g) => g.qos) });
+      });
     }
   });
   c.on("error", (e) => log("mqtt-error", { message: e.message }));
