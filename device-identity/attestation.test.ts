@@ -1,11 +1,14 @@
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
-import { writeFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { readFileSync, writeFileSync } from "node:fs";
+import { stringify } from "yaml";
 import { join } from "node:path";
 import * as jose from "jose";
 import { Value } from "@sinclair/typebox/value";
 import { HsmConfig, SOFTHSM_MODULE, type KeyStore } from "../hsm/index.js";
 import { DeviceConfig } from "./config.js";
-import { identityFromConfig } from "./daemon.js";
+import { DeviceDaemon, identityFromConfig } from "./daemon.js";
 import { signEvidence, signJwsWithKeyStore, type Measurements } from "./evidence.js";
 import type { IdentityState } from "./state.js";
 import { makeTokens, silentLogger, startCa, tmp, TRUST_DOMAIN, type RunningCa, type Tokens } from "./test-helpers.js";
@@ -22,12 +25,15 @@ describe("remote attestation: device evidence (SoftHSM key) → ca-service verif
   let ca: RunningCa;
   let keys: KeyStore;
   let state: IdentityState;
+  let cfg: DeviceConfig;
+  let refs: string;
+  let dir: string;
   const hsm: HsmConfig = { ...(Value.Default(HsmConfig, {}) as HsmConfig), module: SOFTHSM_MODULE, tokenLabel: "device" };
 
   beforeAll(async () => {
     tokens = await makeTokens();
-    const dir = tmp("et-att-");
-    const refs = join(dir, "reference-values.yaml");
+    dir = tmp("et-att-");
+    refs = join(dir, "reference-values.yaml");
     writeFileSync(refs, [
       `agent: ["${d("a")}"]`, `policy: ["${d("b")}"]`, `trustRoot: ["${d("c")}"]`,
       `manifest: { minVersion: 5, digests: ["${d("e")}"] }`,
@@ -36,7 +42,11 @@ describe("remote attestation: device evidence (SoftHSM key) → ca-service verif
     ca = await startCa(tokens, { deviceId: DEVICE, config: { attestation: { referenceFile: refs, nonceTtlSeconds: 2, resultTtlSeconds: 600, requiredForRenewal: true } } });
     keys = await tokens.openDevice();
     writeFileSync(join(dir, "ca-trust.pem"), ca.trustPem);
-    const cfg: DeviceConfig = { ...(Value.Default(DeviceConfig, {}) as DeviceConfig), deviceId: DEVICE, trustDomain: TRUST_DOMAIN, stateDir: join(dir, "identity"), caUrl: ca.url, caTrustFile: join(dir, "ca-trust.pem") };
+    cfg = {
+      ...(Value.Default(DeviceConfig, {}) as DeviceConfig), deviceId: DEVICE, trustDomain: TRUST_DOMAIN, stateDir: join(dir, "identity"), caUrl: ca.url, caTrustFile: join(dir, "ca-trust.pem"),
+      managementSocket: join(dir, "mgmt.sock"), workloadDir: join(dir, "modules"), hubServerCertFile: join(dir, "hub", "server.chain.pem"),
+      measurements: { agentFile: join(dir, "agent.bin"), policyFile: join(dir, "policy.yaml"), trustRootFile: join(dir, "trust-root.json"), manifestFile: join(dir, "manifest.json") },
+    };
     state = await identityFromConfig(cfg, hsm, { keys, log: silentLogger() }).provision(ca.adminToken);
   });
 
@@ -116,6 +126,38 @@ describe("remote attestation: device evidence (SoftHSM key) → ca-service verif
     const r = await verify(`${h}.${jose.base64url.encode(JSON.stringify(claims))}.${s}`);
     expect(r.statusCode).toBe(400);
     expect(r.json()).toMatchObject({ code: "ATTESTATION_EVIDENCE_INVALID" });
+  });
+
+  it("`edgetrust device attest` (CLI) gets a nonce, has the running daemon sign evidence of the real files, and prints the CA's verdict", async () => {
+    const files: Record<string, string> = { "agent.bin": "agent build 1", "policy.yaml": "version: 1\n", "trust-root.json": "{}", "manifest.json": JSON.stringify({ version: 9, modules: {} }) };
+    for (const [f, t] of Object.entries(files)) writeFileSync(join(dir, f), t);
+    const originalRefs = readFileSync(refs, "utf8");
+    const h = (f: string): string => `sha256:${createHash("sha256").update(readFileSync(join(dir, f))).digest("hex")}`;
+    writeFileSync(refs, stringify({ agent: [h("agent.bin")], policy: [h("policy.yaml")], trustRoot: [h("trust-root.json")], manifest: { minVersion: 9, digests: [h("manifest.json")] }, modules: {} }));
+    const daemon = await DeviceDaemon.start({ config: cfg, hsm, keys, log: silentLogger() });
+    try {
+      const configFile = join(dir, "edgetrust.yaml");
+      writeFileSync(configFile, stringify({ log: { level: "warn" }, hsm: { ...hsm, pinFile: tokens.pinFile }, device: cfg }));
+      const run = (): Promise<{ code: number | null; out: string; err: string }> => new Promise((resolve) => {
+        const p = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, "cli-main.ts"), "device", "attest", "-c", configFile, "--json"], { stdio: ["ignore", "pipe", "pipe"] });
+        let out = "";
+        let err = "";
+        p.stdout.on("data", (b: Buffer) => { out += b.toString(); });
+        p.stderr.on("data", (b: Buffer) => { err += b.toString(); });
+        p.on("exit", (code) => resolve({ code, out, err }));
+      });
+      const ok = await run();
+      expect(ok.code, ok.err).toBe(0);
+      expect(JSON.parse(ok.out)).toMatchObject({ status: "affirming", deviceId: DEVICE });
+      // The policy file changes on the device: the next attestation says which claim is wrong, and the CLI fails.
+      writeFileSync(join(dir, "policy.yaml"), "version: 1\nmode: audit\n");
+      const bad = await run();
+      expect(bad.code).toBe(1);
+      expect(JSON.parse(bad.out)).toMatchObject({ status: "contraindicated", claims: { policy: { status: "contraindicated" } } });
+    } finally {
+      await daemon.stop();
+      writeFileSync(refs, originalRefs);
+    }
   });
 
   it("with the CA switch on, renewal needs a fresh affirming result: none or contraindicated → 403; affirming passes the gate", async () => {
