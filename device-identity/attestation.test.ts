@@ -11,7 +11,8 @@ import { DeviceConfig } from "./config.js";
 import { DeviceDaemon, identityFromConfig } from "./daemon.js";
 import { signEvidence, signJwsWithKeyStore, type Measurements } from "./evidence.js";
 import type { IdentityState } from "./state.js";
-import { makeTokens, silentLogger, startCa, tmp, TRUST_DOMAIN, type RunningCa, type Tokens } from "./test-helpers.js";
+import { ManagementClient } from "./management-client.js";
+import { makeTokens, runDaemon, silentLogger, startCa, tmp, TRUST_DOMAIN, type RunningCa, type Tokens } from "./test-helpers.js";
 
 const DEVICE = "dev-att";
 const d = (c: string): string => `sha256:${c.repeat(64)}`;
@@ -173,5 +174,25 @@ describe("remote attestation: device evidence (SoftHSM key) → ca-service verif
     // Past the gate, the renewal route itself wants the current certificate over mTLS (not present with inject).
     const passed = await ca.server.app.inject({ method: "POST", url: "/v1/renew", payload: { csr }, headers: { "x-edgetrust-attestation": good.result } });
     expect(passed.statusCode).toBe(401);
+  });
+
+  it("a daemon configured to attest before renewing gets its renewal through the CA's gate; with a contraindicated policy the CA refuses it", async () => {
+    const h = (f: string): string => `sha256:${createHash("sha256").update(readFileSync(join(dir, f))).digest("hex")}`;
+    writeFileSync(join(dir, "policy.yaml"), "version: 1\n");
+    writeFileSync(refs, stringify({ agent: [h("agent.bin")], policy: [h("policy.yaml")], trustRoot: [h("trust-root.json")], manifest: { minVersion: 9, digests: [h("manifest.json")] }, modules: {} }));
+    const configFile = join(dir, "renew-attested.yaml");
+    writeFileSync(configFile, stringify({ log: { level: "info" }, hsm: { ...hsm, pinFile: tokens.pinFile, engine: "pkcs11" }, device: { ...cfg, requireAttestationForRenewal: true } }));
+    const daemon = runDaemon(configFile, { OPENSSL_CONF: tokens.opensslConf, SOFTHSM2_CONF: tokens.hsm.conf });
+    try {
+      await daemon.waitLog((l) => l.msg === "device identity daemon running", "daemon start");
+      const client = new ManagementClient(cfg.managementSocket);
+      const st = await client.renew("device", false) as { generation: number };
+      expect(st.generation).toBe(state.generation + 1);
+      writeFileSync(join(dir, "policy.yaml"), "version: 1\nmode: audit\n");
+      await expect(client.renew("device", false)).rejects.toMatchObject({ code: "FORBIDDEN", message: expect.stringMatching(/affirming attestation result, got contraindicated/) });
+    } finally {
+      daemon.proc.kill("SIGTERM");
+      await daemon.exit;
+    }
   });
 });
