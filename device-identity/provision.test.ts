@@ -112,6 +112,10 @@ describe("provisioning against a real ca-service, keys in SoftHSM", () => {
     const labels = (await keys.list()).map((k) => k.label).sort();
     expect(labels).toEqual(["device-identity.1", "edge-ca.1", "edge-hub-server"]);
     expect(await opensslVerify(cfg.stateDir, "device.cert.pem", "issuing-ca.cert.pem")).toContain(": OK");
+    // `device status` without a running daemon reads the state (and checks it against the HSM).
+    const status = await cli(["status", "-c", configFile, "--json"], { OPENSSL_CONF: tokens.opensslConf, SOFTHSM2_CONF: tokens.hsm.conf });
+    expect(status.code, status.stderr).toBe(0);
+    expect(JSON.parse(status.stdout)).toMatchObject({ running: false, deviceId: DEVICE, generation: 2, certificates: [{ kind: "device", status: "valid" }, { kind: "edge-ca" }, { kind: "hub" }] });
   });
 
   it("provisions through the enrollment API's registration route: keys first, the line enrolls the public key, a crash after the CA answered is retried with the same request and replayed", async () => {
