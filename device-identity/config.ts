@@ -38,7 +38,7 @@ export const DeviceConfig = Type.Object(
         agentFile: Type.String({ default: "", description: "File whose sha256 is the agent measurement (e.g. the edgetrust build); empty = this program's entry file" }),
         policyFile: Type.String({ default: "/etc/edgetrust/policy.yaml", description: "Policy measured into attestation evidence" }),
         trustRootFile: Type.String({ default: "/etc/edgetrust/trust-root.json", description: "Trust root measured into attestation evidence" }),
-        manifestFile: Type.String({ default: "/var/lib/edgetrust/agent/manifest.json", description: "Accepted deployment manifest measured into attestation evidence (digest + version)" }),
+        manifestFile: Type.String({ default: "/var/lib/edgetrust/agent/current.jws", description: "Accepted deployment manifest (the agent's last-known-good JWS) measured into attestation evidence (digest + version)" }),
       },
       { additionalProperties: false, default: {}, description: "Files whose digests go into attestation evidence" },
     ),
