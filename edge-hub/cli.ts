@@ -4,11 +4,14 @@ import type { SecureContextOptions } from "node:tls";
 import * as x509 from "@peculiar/x509";
 import { Command } from "commander";
 import { EdgeTrustError, createLogger, loadConfig } from "../common/index.js";
-import { DEFAULT_ENGINE, openKeyStore, readPin, tlsKeyOptions, type KeyStore } from "../hsm/index.js";
+import { openKeyStore, tlsKeyFromSpec, type KeyStore } from "../hsm/index.js";
 import { loadPolicy } from "../policy/index.js";
 import { EdgeTrustConfig } from "../cli/config-schema.js";
 import { action, emit } from "../cli/output.js";
-import { MemoryAttestationSource, type ModuleAttestationState } from "./attestation.js";
+import { MemoryAttestationSource, type AttestationSource, type ModuleAttestationState } from "./attestation.js";
+// The client module only (not device-identity's index): the daemon's side imports nothing of the hub at run time.
+import { ManagementAttestationSource, ManagementClient } from "../device-identity/management-client.js";
+import { certificateIdentity } from "../pki/index.js";
 import { CrlCache } from "./crl.js";
 import { EdgeHub } from "./hub.js";
 import { HubMetrics, serveMetrics } from "./metrics.js";
@@ -33,18 +36,6 @@ export function routesFromFile(file: string): Route[] {
   return parseRoutes(doc.routes ?? {});
 }
 
-async function keyOption(spec: string, hsm: () => Promise<KeyStore>, cfg: { engine: string; module: string; pinFile: string; pinEnv: string }): Promise<SecureContextOptions> {
-  if (spec.startsWith("hsm:")) {
-    const store = await hsm();
-    const pin = store.kind === "pkcs11" ? readPin({ pinFile: cfg.pinFile, pinEnv: cfg.pinEnv }) : undefined;
-    // The configured default is the engine's .so path, which backs only the first TLS context of a process (the hub
-    // needs two: server and upstream, and a new one on every certificate reload). When OPENSSL_CONF registers the
-    // engine, let the TLS key source use its id instead (hsm/README.md).
-    const engine = cfg.engine === DEFAULT_ENGINE ? undefined : cfg.engine;
-    return tlsKeyOptions(store, { label: spec.slice(4) }, { module: cfg.module, ...(engine ? { engine } : {}), ...(pin ? { pin } : {}) });
-  }
-  return { key: readFileSync(spec) };
-}
 
 export function hubCommand(): Command {
   const hub = new Command("hub").description("Edge hub: mTLS MQTT broker for attested modules and leaf devices");
@@ -58,33 +49,43 @@ export function hubCommand(): Command {
       const log = createLogger("edge-hub", { level: all.log.level });
       let store: KeyStore | undefined;
       const hsm = async () => (store ??= await openKeyStore(all.hsm, { logger: log }));
-      const serverTls = async (): Promise<SecureContextOptions> => ({ cert: readFileSync(cfg.serverCertFile), ...(await keyOption(cfg.serverKey, hsm, all.hsm)) });
+      const serverTls = async (): Promise<SecureContextOptions> => ({ cert: readFileSync(cfg.serverCertFile), ...(await tlsKeyFromSpec(cfg.serverKey, hsm, all.hsm)) });
 
       const policy = loadPolicy(cfg.policyFile).policy;
-      const attestation = new MemoryAttestationSource();
-      if (cfg.attestationFile) {
-        const m = JSON.parse(readFileSync(cfg.attestationFile, "utf8")) as Record<string, Record<string, ModuleAttestationState>>;
-        for (const [d, mods] of Object.entries(m)) for (const [name, st] of Object.entries(mods)) attestation.register(d, name, st);
-      }
       const edgeCas = certs(cfg.edgeCaFile);
       const issuingCas = certs(cfg.issuingCaFile);
+      const deviceId = certificateIdentity(edgeCas[0] as x509.X509Certificate).deviceId;
+      let attestation: AttestationSource;
+      let following: ManagementAttestationSource | undefined;
+      if (cfg.attestationFile) {
+        const memory = new MemoryAttestationSource();
+        const m = JSON.parse(readFileSync(cfg.attestationFile, "utf8")) as Record<string, Record<string, ModuleAttestationState>>;
+        for (const [d, mods] of Object.entries(m)) for (const [name, st] of Object.entries(mods)) memory.register(d, name, st);
+        attestation = memory;
+      } else {
+        following = new ManagementAttestationSource(new ManagementClient(cfg.managementSocket), deviceId, { log });
+        await following.start();
+        attestation = following;
+      }
       const crl = new CrlCache({ source: cfg.crlSource, cacheDir: join(cfg.stateDir, "crl"), issuers: issuingCas, require: cfg.crlRequired, log });
       await crl.start();
       const hubStore = new HubStore(join(cfg.stateDir, "hub.db"), { maxMessages: cfg.outboxMaxMessages, maxBytes: cfg.outboxMaxBytes });
       const metrics = new HubMetrics(() => hubStore.depth().messages, true);
       let upstream: Upstream | undefined;
       if (cfg.upstreamUrl) {
-        const key = await keyOption(cfg.upstreamKey, hsm, all.hsm);
+        const key = await tlsKeyFromSpec(cfg.upstreamKey, hsm, all.hsm);
         upstream = new Upstream({
-          url: cfg.upstreamUrl, clientId: new ClientVerifier({ trustDomain: cfg.trustDomain, edgeCas, issuingCas, crl, attestation }).deviceId,
+          url: cfg.upstreamUrl, clientId: deviceId,
           tls: { ...key, cert: readFileSync(cfg.upstreamCertFile), ca: readFileSync(cfg.upstreamCaFile) } as ConstructorParameters<typeof Upstream>[0]["tls"],
           store: hubStore, maxInflight: cfg.maxInflight, drainRatePerSecond: cfg.drainRatePerSecond, reconnectMs: 2000, log,
         });
       }
+      const clientCa = [...certs(cfg.trustBundleFile), ...issuingCas, ...edgeCas].map((c) => c.toString("pem"));
+      const verifier = new ClientVerifier({ trustDomain: cfg.trustDomain, edgeCas, issuingCas, crl, attestation });
       const edgeHub = new EdgeHub({
         host: cfg.host, port: cfg.port, serverTls,
-        clientCa: [...certs(cfg.trustBundleFile), ...issuingCas, ...edgeCas].map((c) => c.toString("pem")),
-        verifier: new ClientVerifier({ trustDomain: cfg.trustDomain, edgeCas, issuingCas, crl, attestation }),
+        clientCa,
+        verifier,
         attestation, policy,
         limits: { maxPayloadBytes: cfg.maxPayloadBytes, maxTopicLevels: cfg.maxTopicLevels, allowRootWildcard: cfg.allowRootWildcard },
         store: hubStore, routes: routesFromFile(cfg.routesFile), routeOptions: cfg.routeOptions,
@@ -98,8 +99,22 @@ export function hubCommand(): Command {
       const crlTimer = setInterval(() => void crl.refresh().catch((e: unknown) => log.warn({ err: (e as Error).message }, "CRL refresh failed")), cfg.crlRefreshSeconds * 1000);
       const reload = () => void edgeHub.reloadServerCertificate().catch((e: unknown) => log.error({ err: (e as Error).message }, "server certificate reload failed"));
       watchFile(cfg.serverCertFile, { interval: 5000 }, reload);
+      // Edge CA renewal: old and new overlap in the file; accept both, keep every live connection.
+      const reloadCas = () => {
+        try {
+          const fresh = certs(cfg.edgeCaFile);
+          const issuers = certs(cfg.issuingCaFile);
+          verifier.setCas(fresh, issuers);
+          clientCa.splice(0, clientCa.length, ...[...certs(cfg.trustBundleFile), ...issuers, ...fresh].map((c) => c.toString("pem")));
+          reload();
+          log.info({ edgeCas: fresh.length }, "Edge CA certificates reloaded");
+        } catch (e) {
+          log.error({ err: (e as Error).message }, "Edge CA reload failed; keeping the previous ones");
+        }
+      };
+      watchFile(cfg.edgeCaFile, { interval: 5000 }, reloadCas);
       process.on("SIGHUP", () => {
-        reload();
+        reloadCas();
         void crl.refresh().catch(() => undefined);
       });
       emit(false, {}, () => `edge hub listening on ${cfg.host}:${edgeHub.boundPort}`);
@@ -110,6 +125,8 @@ export function hubCommand(): Command {
       });
       clearInterval(crlTimer);
       unwatchFile(cfg.serverCertFile);
+      unwatchFile(cfg.edgeCaFile);
+      await following?.stop();
       await edgeHub.stop();
       await new Promise<void>((r) => (m ? m.server.close(() => r()) : r()));
       await store?.close();

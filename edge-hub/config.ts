@@ -16,6 +16,7 @@ export const HubConfig = Type.Object(
     crlRefreshSeconds: Type.Integer({ minimum: 10, default: 3600, description: "How often the CRL is fetched again" }),
     policyFile: Type.String({ default: "/etc/edgetrust/policy.yaml", description: "Policy file: hub publish/subscribe rules and privacy redaction" }),
     routesFile: Type.String({ default: "", description: "Accepted deployment manifest (payload JSON or JWS) or a {routes: {...}} file; empty = no routes" }),
+    managementSocket: Type.String({ default: "/run/edgetrust/identity/mgmt.sock", description: "device-identity's management socket: which modules are attested now (followed by long poll); ignored when attestationFile is set" }),
     attestationFile: Type.String({ default: "", description: "Standalone mode only: JSON {deviceId: {module: {imageDigest, manifestVersion}}} of attested modules (device-identity provides this when it runs)" }),
     stateDir: Type.String({ default: "/var/lib/edgetrust/hub", description: "Outbox + twins (SQLite WAL), CRL cache and the privacy secret" }),
     maxPayloadBytes: Type.Integer({ minimum: 1, maximum: 268435455, default: 262144, description: "Largest message payload accepted" }),

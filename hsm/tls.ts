@@ -182,5 +182,8 @@ export async function tlsKeyFromSpec(
   if (!spec.startsWith("hsm:")) return { key: readFileSync(spec, "utf8") };
   const store = await openStore();
   const pin = store.kind === "pkcs11" ? readPin({ pinFile: cfg.pinFile, pinEnv: cfg.pinEnv }) : undefined;
-  return tlsKeyOptions(store, { label: spec.slice(4) }, { engine: cfg.engine, module: cfg.module, ...(pin ? { pin } : {}), ...(cfg.tokenLabel ? { tokenLabel: cfg.tokenLabel } : {}) });
+  // The configured default is the engine's .so path, which backs only the first TLS context of a process; daemons
+  // make many (a server, clients, one per reload). When OPENSSL_CONF registers the engine, use its id instead.
+  const engine = cfg.engine === DEFAULT_ENGINE ? undefined : cfg.engine;
+  return tlsKeyOptions(store, { label: spec.slice(4) }, { module: cfg.module, ...(engine ? { engine } : {}), ...(pin ? { pin } : {}), ...(cfg.tokenLabel ? { tokenLabel: cfg.tokenLabel } : {}) });
 }
