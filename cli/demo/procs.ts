@@ -1,0 +1,165 @@
+/**
+ * Processes the demo starts: `edgetrust …` children (the CA and the device identity daemon are their own processes in
+ * real life), Mosquitto, the docker CLI. Everything is async: the hub and agent in this process keep serving meanwhile.
+ */
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { DOCKER_SOCKET } from "../../edge-agent/index.js";
+
+const execFileAsync = promisify(execFile);
+
+/** The source tree root (the folder with package.json), from the sources or from dist/. */
+export function repoRoot(): string {
+  for (let d = dirname(fileURLToPath(import.meta.url)); ; d = dirname(d)) {
+    if (existsSync(join(d, "package.json")) && existsSync(join(d, "bin", "edgetrust.js"))) return d;
+    if (dirname(d) === d) throw new Error("source tree root not found");
+  }
+}
+
+/** How to run `edgetrust`: the built bin when this runs from dist/, else the sources through tsx (tests). */
+function edgetrustArgv(args: string[]): string[] {
+  const root = repoRoot();
+  if (!import.meta.url.endsWith(".ts")) return [join(root, "bin", "edgetrust.js"), ...args];
+  const entry = `const { main } = await import(${JSON.stringify(join(root, "cli/index.ts"))}); process.exitCode = await main(["node", "edgetrust", ...process.argv.slice(1)]);`;
+  return ["--import", "tsx", "--input-type=module", "-e", entry, "--", ...args];
+}
+
+export interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Run `edgetrust <args>` to completion. */
+export function edgetrust(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, edgetrustArgv(args), { cwd: repoRoot(), env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    p.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    p.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    p.on("close", (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/** `edgetrust <args>` that must succeed and print JSON. */
+export async function edgetrustJson<T>(args: string[], env: NodeJS.ProcessEnv = {}): Promise<T> {
+  const r = await edgetrust(args, env);
+  if (r.code !== 0) throw new Error(`edgetrust ${args.slice(0, 3).join(" ")} exited ${r.code}: ${lastLines(r.stderr)}`);
+  return JSON.parse(r.stdout) as T;
+}
+
+export function lastLines(text: string, n = 3): string {
+  return text.trim().split("\n").slice(-n).join(" | ");
+}
+
+/** A long-running child: its output kept (bounded) and always drained, so a full pipe never blocks it. */
+export class Daemon {
+  private text = "";
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+
+  constructor(readonly name: string, readonly proc: ChildProcess) {
+    const feed = (b: Buffer): void => {
+      this.text = (this.text + b.toString()).slice(-65536);
+    };
+    proc.stdout?.on("data", feed);
+    proc.stderr?.on("data", feed);
+    this.exited = new Promise((r) => proc.once("exit", (code, signal) => r({ code, signal })));
+  }
+
+  get pid(): number | undefined {
+    return this.proc.pid;
+  }
+
+  output(): string {
+    return this.text;
+  }
+
+  running(): boolean {
+    return this.proc.exitCode === null && this.proc.signalCode === null;
+  }
+
+  /** Resolves with the first match of `re` in the output; rejects when the process exits first or after `ms`. */
+  async waitFor(re: RegExp, what: string, ms = 60_000): Promise<RegExpMatchArray> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const m = this.text.match(re);
+      if (m) return m;
+      if (!this.running()) throw new Error(`${this.name} exited before ${what}: ${lastLines(this.text)}`);
+      if (Date.now() > deadline) throw new Error(`${this.name}: timed out waiting for ${what}: ${lastLines(this.text)}`);
+      await sleep(100);
+    }
+  }
+
+  /** SIGTERM, then SIGKILL after `ms`. */
+  async stop(ms = 15_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    if (this.running()) {
+      this.proc.kill("SIGTERM");
+      const t = setTimeout(() => this.proc.kill("SIGKILL"), ms);
+      const r = await this.exited;
+      clearTimeout(t);
+      return r;
+    }
+    return this.exited;
+  }
+}
+
+export function startEdgetrust(name: string, args: string[], env: NodeJS.ProcessEnv = {}): Daemon {
+  return new Daemon(name, spawn(process.execPath, edgetrustArgv(args), { cwd: repoRoot(), env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] }));
+}
+
+/** A plain program (Mosquitto, …) without this process's engine OPENSSL_CONF. */
+export function startProcess(name: string, cmd: string, args: string[]): Daemon {
+  const env = { ...process.env };
+  delete env.OPENSSL_CONF;
+  return new Daemon(name, spawn(cmd, args, { env, stdio: ["ignore", "pipe", "pipe"] }));
+}
+
+export async function docker(args: string[]): Promise<string> {
+  const { stdout } = await execFileAsync("docker", args, { env: { ...process.env, DOCKER_HOST: `unix://${DOCKER_SOCKET}` }, encoding: "utf8", timeout: 180_000, maxBuffer: 16 * 1024 * 1024 });
+  return stdout;
+}
+
+/** A plain tool (openssl, …) without this process's engine OPENSSL_CONF. */
+export async function run(cmd: string, args: string[], cwd?: string): Promise<string> {
+  const env = { ...process.env };
+  delete env.OPENSSL_CONF;
+  const { stdout } = await execFileAsync(cmd, args, { encoding: "utf8", timeout: 60_000, env, ...(cwd ? { cwd } : {}) });
+  return stdout;
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Poll `probe` until it returns something (bounded). */
+export async function until<T>(what: string, probe: () => T | undefined | false | Promise<T | undefined | false>, ms = 60_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(150);
+  }
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.listen(0, "127.0.0.1", () => {
+      const a = s.address();
+      s.close(() => (a && typeof a === "object" ? resolve(a.port) : reject(new Error("no free port"))));
+    });
+  });
+}
+
+/** True when this process started with OPENSSL_CONF registering the pkcs11 engine (Node reads it only at start). */
+export function engineRegistered(engineId: string, env: NodeJS.ProcessEnv = process.env): boolean {
+  const conf = env.OPENSSL_CONF;
+  if (!conf || !existsSync(conf)) return false;
+  return new RegExp(`^\\s*engine_id\\s*=\\s*${engineId}\\s*$`, "m").test(readFileSync(conf, "utf8"));
+}
