@@ -111,6 +111,7 @@ class Demo {
   image?: NodeModuleImage;
   imageTag = "";
   hub?: EdgeHub;
+  attestation?: ManagementAttestationSource;
   hubStore?: HubStore;
   upstream?: Upstream;
   agent?: EdgeAgent;
@@ -335,6 +336,8 @@ const startHub: Step = async (d) => {
   const crl = new CrlCache({ source: dp, cacheDir: join(d.paths.hubState, "crl"), issuers: issuingCas, require: false, log: d.log });
   await crl.start();
   const attestation = new ManagementAttestationSource(new ManagementClient(d.paths.mgmtSocket), d.deviceId, { log: d.log });
+  await attestation.start();
+  d.attestation = attestation;
   d.hubStore = new HubStore(join(d.paths.hubState, "hub.db"), { maxMessages: 100_000, maxBytes: 64 * 1024 * 1024 });
   d.upstream = new Upstream({
     url: `mqtts://127.0.0.1:${d.brokerPort}`, clientId: d.deviceId,
@@ -585,6 +588,7 @@ async function teardown(d: Demo): Promise<void> {
   for (const n of Object.values(d.modules)) await d.docker.removeContainer(containerName(n)).catch(() => undefined);
   await d.cloudSubscriber?.endAsync(true).catch(() => undefined);
   await d.hub?.stop().catch(() => undefined);
+  await d.attestation?.stop().catch(() => undefined);
   for (const p of [...d.daemons].reverse()) await p.stop().catch(() => undefined);
   await d.deviceKeys?.close().catch(() => undefined);
 }
