@@ -9,6 +9,7 @@ import { AttestedModules, type AttestedModule } from "./attested-modules.js";
 import type { CaClient } from "./ca-client.js";
 import type { DeviceConfig } from "./config.js";
 import { checkAttestedContainer, type ContainerVerdict } from "./container-check.js";
+import { checkCaller } from "./peer.js";
 import { ModuleEventLog, LocalAttestationSource } from "./events.js";
 import { sha256File, signEvidence, type Measurements } from "./evidence.js";
 import { DeviceIdentity, type IdentityOptions } from "./identity.js";
@@ -163,6 +164,7 @@ export class DeviceDaemon {
           }, m, csr);
         },
         trustBundle: () => identity.trustBundle(),
+        checkCaller: (m, socket) => checkCaller(docker, m, socket),
       }, log);
       let edgeCa = await identity.edgeCa();
       const writeHubCert = (): void => {

@@ -9,6 +9,7 @@ import { AttestedModules } from "./attested-modules.js";
 import { WorkloadSockets } from "./workload-api.js";
 import { startManagementApi } from "./management-api.js";
 import { checkAttestedContainer } from "./container-check.js";
+import { checkCaller } from "./peer.js";
 import { issueModuleCertificate, type EdgeCa } from "./module-issuer.js";
 
 /**
@@ -81,6 +82,7 @@ export async function startEphemeralIdentity(docker: DockerClient, deviceId: str
   const sockets = new WorkloadSockets(socketsDir, modules, {
     issueModuleCertificate: (m, csr) => issueModuleCertificate({ trustDomain, deviceId, lifetimeSeconds, edgeCa: () => edgeCa, checkContainer }, m, csr),
     trustBundle: () => [readFileSync(rootPem, "utf8")],
+    checkCaller: (m, socket) => checkCaller(docker, m, socket),
   }, log);
   const mgmtSocket = join(dir, "mgmt.sock");
   const mgmt = await startManagementApi({

@@ -29,3 +29,4 @@ export { assessCertificate, backoffMs, clockDisagreement, CLOCK_SKEW_MS } from "
 export type { Assessment } from "./renewal.js";
 export { signEvidence, signJwsWithKeyStore, jwsAlgFor, sha256File, EVIDENCE_PROFILE, EVIDENCE_TYP } from "./evidence.js";
 export type { EvidenceClaims, Measurements } from "./evidence.js";
+export { checkCaller } from "./peer.js";

@@ -3,13 +3,17 @@ import { join } from "node:path";
 import Fastify, { type FastifyInstance } from "fastify";
 import { Type } from "@sinclair/typebox";
 import { EdgeTrustError, installProblemHandler, type Logger } from "../common/index.js";
+import type { Socket } from "node:net";
 import type { AttestedModule, AttestedModules } from "./attested-modules.js";
+import type { ContainerVerdict } from "./container-check.js";
 
 /** What the workload API needs from the daemon: issue for an attested module, and the current trust bundle. */
 export interface WorkloadBackend {
   /** Throws EdgeTrustError FORBIDDEN with the reason when the module may not have a certificate now. */
   issueModuleCertificate(module: AttestedModule, csrPem: string): Promise<{ certificate: string; chain: string[]; notAfter: string }>;
   trustBundle(): string[];
+  /** Is the process on the other end of this connection in the module's container? (peer.ts `checkCaller`) */
+  checkCaller(module: AttestedModule, socket: Socket): Promise<ContainerVerdict>;
 }
 
 const CertificateRequest = Type.Object(
@@ -84,6 +88,13 @@ export class WorkloadSockets {
       // Looked up on every call: a module deregistered a moment ago gets nothing.
       const m = this.modules.get(moduleName);
       if (!m) throw new EdgeTrustError("FORBIDDEN", `module ${moduleName} is not registered as attested`);
+      // The socket is the module's identity only if the caller is in that module's container: a container started
+      // by hand with another module's socket directory mounted is refused here.
+      const caller = await this.backend.checkCaller(m, req.raw.socket);
+      if (!caller.ok) {
+        this.log.warn({ module: moduleName, reason: caller.reason }, "workload socket used from outside the module's container");
+        throw new EdgeTrustError("FORBIDDEN", caller.reason);
+      }
       const { csr } = req.body as { csr: string };
       const issued = await this.backend.issueModuleCertificate(m, csr);
       this.log.info({ module: moduleName, notAfter: issued.notAfter }, "module certificate issued");

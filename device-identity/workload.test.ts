@@ -10,11 +10,13 @@ import { createLogger } from "../common/index.js";
 import { DockerClient, ensureImage, createModuleContainer, type ResolvedImage } from "../edge-agent/index.js";
 import { parseModuleAttestation, certificateIdentity } from "../pki/index.js";
 import { buildBusyboxImage, DOCKER_SOCKET } from "../test/fixtures/images.js";
+import { buildNodeModuleImage } from "../edge-agent/node-image.js";
 import { makeEdgeCa } from "../test/fixtures/pki.js";
 import { AttestedModules } from "./attested-modules.js";
 import { WorkloadSockets } from "./workload-api.js";
 import { startManagementApi } from "./management-api.js";
 import { checkAttestedContainer } from "./container-check.js";
+import { checkCaller } from "./peer.js";
 import { issueModuleCertificate, type EdgeCa } from "./module-issuer.js";
 import { ModuleEventLog, LocalAttestationSource } from "./events.js";
 import { ManagementClient, ManagementAttestationSource } from "./management-client.js";
@@ -27,6 +29,11 @@ const DEVICE = "dev-wl";
 const tag = `${process.pid}`;
 
 const execFileAsync = promisify(execFile);
+
+async function dockerCliAsync(args: string[]): Promise<string> {
+  const { stdout } = await execFileAsync("docker", args, { env: { ...process.env, DOCKER_HOST: `unix://${DOCKER_SOCKET}` }, encoding: "utf8" });
+  return stdout.trim();
+}
 
 /** curl (a real client) over a unix socket; returns status and body. Async: the server runs in this process. */
 async function curl(socket: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: string }> {
@@ -79,6 +86,7 @@ describe("device identity: management + workload sockets (real dockerd, curl, op
     sockets = new WorkloadSockets(join(dir, "modules"), modules, {
       issueModuleCertificate: (m, csr) => issueModuleCertificate({ trustDomain: TD, deviceId: DEVICE, lifetimeSeconds: 3600, edgeCa: () => edgeCa, checkContainer }, m, csr),
       trustBundle: () => [readFileSync(chainFile, "utf8")],
+      checkCaller: (m, socket) => checkCaller(docker, m, socket),
     }, log);
     mgmt = await startManagementApi({ path: mgmtSocket, modules, sockets, backend: { checkContainer: checkRegistration, status: () => ({ device: DEVICE }) }, events, log });
   });
@@ -162,6 +170,46 @@ describe("device identity: management + workload sockets (real dockerd, curl, op
     const r = await curl(mgmtSocket, "POST", "/v1/modules", registration({ containerId: "../../etc" }));
     expect(r.status).toBe(400);
     expect(JSON.parse(r.body).detail).toMatch(/containerId/);
+  });
+
+  it("a container started by hand with a live module's socket mounted is refused: the caller is not in that module's container", async () => {
+    const rogueImage = await buildNodeModuleImage("rogue", `rogue-${tag}`);
+    const socketDir = sockets.socketDir(`sensor${tag}`);
+    const rogue = await dockerCliAsync(["run", "-d", "--network", "none", "--read-only", "--user", "1000:1000", "-v", `${socketDir}:/run/edgetrust/workload:ro`, rogueImage.ref]);
+    try {
+      let failure: string | undefined;
+      for (let i = 0; i < 150 && !failure; i++) {
+        const lines = (await docker.logs(rogue)).split("\n").filter(Boolean).map((l) => JSON.parse(l) as { step: string; message?: string });
+        failure = lines.find((l) => l.step === "certificate-failed")?.message;
+        expect(lines.map((l) => l.step)).not.toContain("certificate");
+        if (!failure) await new Promise((r) => setTimeout(r, 200));
+      }
+      expect(failure).toMatch(/HTTP 403.*not in module sensor\d+'s container/);
+    } finally {
+      await docker.removeContainer(rogue);
+    }
+    // The same socket from the host (root: nothing else can reach the directory) still works for the operator.
+    expect((await curl(sockets.socketPath(`sensor${tag}`), "POST", "/v1/certificate", { csr: moduleCsr(dir, "sensor3") })).status).toBe(200);
+  });
+
+  it("a module in its own network namespace (network none) gets its certificate from inside its container", async () => {
+    const nodeImage = await ensureImage(docker, await buildNodeModuleImage("inner", `inner-${tag}`));
+    const name = `inner${tag}`;
+    const id = await createModuleContainer(docker, { deviceId: DEVICE, deploymentId: "dep", manifestVersion: 3, image: nodeImage, user: "1000:1000", capAdd: [], binds: [], devices: [], network: "none", readOnlyRootfs: true, env: {}, module: name, workloadSocketDir: sockets.socketDir(name) });
+    try {
+      const reg = await curl(mgmtSocket, "POST", "/v1/modules", registration({ name, containerId: id, imageRepository: nodeImage.repository, imageDigest: nodeImage.digest }));
+      expect(reg.status, reg.body).toBe(201);
+      await docker.startContainer(id);
+      let steps: string[] = [];
+      for (let i = 0; i < 150 && !steps.includes("certificate") && !steps.includes("certificate-failed"); i++) {
+        steps = (await docker.logs(id)).split("\n").filter(Boolean).map((l) => (JSON.parse(l) as { step: string }).step);
+        if (!steps.includes("certificate")) await new Promise((r) => setTimeout(r, 200));
+      }
+      expect(steps).toContain("certificate");
+    } finally {
+      await docker.removeContainer(id);
+      await curl(mgmtSocket, "DELETE", `/v1/modules/${name}`);
+    }
   });
 
   it("a module whose container stopped gets no certificate", async () => {
