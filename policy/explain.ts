@@ -71,6 +71,26 @@ export function explainPolicy(p: Policy): string {
   const red = p.privacy?.redact ?? [];
   if (red.length === 0) out.push("  - nothing is redacted");
   for (const r of red) out.push(`  - ${r.action === "remove" ? "remove" : "hash (SHA-256)"} ${r.path}${r.topics ? ` on ${r.topics.join(", ")}` : ""}`);
+  out.push("");
+  out.push("Attestation (reference values a verifier appraises device evidence against):");
+  const a = p.attestation;
+  if (!a) out.push("  - none: every measurement is only a warning");
+  else {
+    const sev = (k: keyof NonNullable<typeof a.mismatch>) => a.mismatch?.[k] ?? "contraindicated";
+    const digests = (xs: readonly string[]) => xs.length === 1 ? `${xs[0] ?? ""}` : `one of ${xs.length} digests (${xs.map((x) => `${x.slice(0, 19)}…`).join(", ")})`;
+    out.push(a.agent ? `  - agent build: ${digests(a.agent)}; otherwise ${sev("agent")}` : "  - agent build: not appraised (warning)");
+    out.push(a.policy === undefined ? "  - policy: not appraised (warning)" : `  - policy: ${a.policy === "self" ? "exactly this policy file" : digests(a.policy)}; otherwise ${sev("policy")}`);
+    out.push(a.trustRoot === undefined ? "  - trust root: not appraised (warning)" : `  - trust root: ${a.trustRoot === "policy" ? "exactly the trust root file this policy names" : digests(a.trustRoot)}; otherwise ${sev("trustRoot")}`);
+    if (!a.manifest) out.push("  - deployment manifest: not appraised (warning)");
+    else {
+      const from = a.manifest.digests === undefined ? "" : a.manifest.digests === "deployments" ? ", one the verifier's deployment store serves" : `, ${digests(a.manifest.digests)}`;
+      out.push(`  - deployment manifest: version ${a.manifest.minVersion} or newer${from}; otherwise ${sev("manifest")}; no deployment yet: ${a.manifest.absent ?? "warning"}`);
+    }
+    if (!a.modules) out.push("  - module images: not appraised (warning)");
+    else if (a.modules === "manifest") out.push(`  - module images: exactly the digests the attested manifest pins; otherwise ${sev("modules")}`);
+    else for (const [name, ds] of Object.entries(a.modules).sort(([x], [y]) => x.localeCompare(y))) out.push(`  - module ${name}: ${digests(ds)}; otherwise ${sev("modules")}`);
+    if (a.modules && a.modules !== "manifest") out.push(`  - any other module: ${sev("modules")}`);
+  }
   return out.join("\n") + "\n";
 }
 

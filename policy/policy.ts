@@ -150,6 +150,21 @@ function semanticProblems(p: Policy, doc: Document, lc: LineCounter, file: strin
     (perm.images ?? []).forEach((g, i) => checkRepo([...base, "images", i], g));
   }
 
+  const att = p.attestation;
+  if (att) {
+    if (att.trustRoot === "policy" && !("trustRoot" in p.trust)) add(["attestation", "trustRoot"], "`policy` needs `trust.trustRoot` (a trust root file to measure); inline keys have no file", att.trustRoot);
+    if (att.modules && att.modules !== "manifest") {
+      for (const name of Object.keys(att.modules)) {
+        if (!p.modules.allow.some((g) => nameGlobMatch(g, name))) add(["attestation", "modules", name], `reference digests for module "${name}" which modules.allow does not allow`, name);
+      }
+    }
+    if (att.mismatch?.manifest && !att.manifest) add(["attestation", "mismatch", "manifest"], "a severity for the manifest claim without `attestation.manifest` reference values", att.mismatch.manifest);
+    if (att.mismatch?.modules && !att.modules) add(["attestation", "mismatch", "modules"], "a severity for module claims without `attestation.modules` reference values", att.mismatch.modules);
+    for (const k of ["agent", "policy", "trustRoot"] as const) {
+      if (att.mismatch?.[k] && att[k] === undefined) add(["attestation", "mismatch", k], `a severity for the ${k} claim without \`attestation.${k}\` reference values`, att.mismatch[k]);
+    }
+  }
+
   for (const action of ["publish", "subscribe"] as const) {
     const rules = p.hub?.[action] ?? [];
     const ids = new Set<string>();

@@ -122,6 +122,48 @@ const RedactRule = Type.Object(
   closed,
 );
 
+const Sha256Digest = Type.String({ pattern: "^sha256:[0-9a-f]{64}$", description: "sha256:<64 lowercase hex>" });
+const DigestList = Type.Array(Sha256Digest, { minItems: 1, maxItems: 256, uniqueItems: true });
+const Severity = Type.Union([Type.Literal("warning"), Type.Literal("contraindicated")], { description: "the result a mismatch gives (default contraindicated)" });
+
+/**
+ * `attestation:` — reference values a remote attestation verifier (ca-service, `ca.attestation.policyFile`) appraises
+ * device evidence against. An omitted claim is not appraised (its result is `warning`: nothing vouches for it).
+ */
+export const AttestationSectionSchema = Type.Object(
+  {
+    agent: Type.Optional(Type.Array(Sha256Digest, { minItems: 1, maxItems: 256, uniqueItems: true, description: "agent/runtime builds allowed (sha256 of the measured agent file)" })),
+    policy: Type.Optional(Type.Union([Type.Literal("self"), DigestList], { description: "`self` = the digest of this policy file, or a list of allowed policy digests" })),
+    trustRoot: Type.Optional(Type.Union([Type.Literal("policy"), DigestList], { description: "`policy` = the digest of the file `trust.trustRoot` names, or a list of allowed trust-root digests" })),
+    manifest: Type.Optional(
+      Type.Object(
+        {
+          minVersion: Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER, description: "older accepted manifests are a rollback" }),
+          digests: Type.Optional(Type.Union([Type.Literal("deployments"), DigestList], { description: "`deployments` = a manifest the verifier's deployment store serves, or a list of allowed manifest digests" })),
+          absent: Type.Optional(Type.Union([Type.Literal("affirming"), Type.Literal("warning"), Type.Literal("contraindicated")], { description: "result for a device with no deployment yet (version 0); default warning" })),
+        },
+        { ...closed, description: "the device's accepted deployment manifest" },
+      ),
+    ),
+    modules: Type.Optional(
+      Type.Union(
+        [
+          Type.Literal("manifest"),
+          Type.Record(Type.String({ pattern: NamePattern }), DigestList, { description: "per module name: allowed image digests; a module not listed is a mismatch, a listed one not running a warning" }),
+        ],
+        { description: "`manifest` = every module must run exactly the digest the attested manifest pins, or image digests per module" },
+      ),
+    ),
+    mismatch: Type.Optional(
+      Type.Object(
+        { agent: Type.Optional(Severity), policy: Type.Optional(Severity), trustRoot: Type.Optional(Severity), manifest: Type.Optional(Severity), modules: Type.Optional(Severity) },
+        { ...closed, description: "per claim: is a mismatch `warning` or `contraindicated` (default contraindicated)" },
+      ),
+    ),
+  },
+  { ...closed, description: "reference values for remote attestation (appraised by ca-service)" },
+);
+
 export const PolicySchema = Type.Object(
   {
     $schema: Type.Optional(Type.String({ maxLength: 1024 })),
@@ -167,6 +209,7 @@ export const PolicySchema = Type.Object(
     privacy: Type.Optional(
       Type.Object({ redact: Type.Array(RedactRule, { maxItems: 256 }) }, { ...closed, description: "fields removed or hashed before messages go upstream" }),
     ),
+    attestation: Type.Optional(AttestationSectionSchema),
   },
   { ...closed, $id: "https://edgetrust.dev/schemas/policy.schema.json", title: "edgetrust policy" },
 );
@@ -177,6 +220,8 @@ export type HubRule = Static<typeof HubRule>;
 export type CertProfile = Static<typeof CertProfile>;
 export type RedactRule = Static<typeof RedactRule>;
 export type NetworkMode = Static<typeof NetworkMode>;
+export type AttestationSection = Static<typeof AttestationSectionSchema>;
+export type AttestationSeverity = Static<typeof Severity>;
 
 
 
