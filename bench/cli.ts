@@ -10,7 +10,7 @@ function table(rows: BenchRow[]): string {
     `${fmt(r.value)} ${r.unit}`,
     `${r.reference.name}: ${fmt(r.reference.value)} ${r.unit}`,
     `${r.ratio.toFixed(2)}x`,
-    `>= ${r.target}x`,
+    `>= ${+r.target.toFixed(2)}x`,
     r.met ? "yes" : "NO",
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => (b[i] ?? "").length)));
