@@ -1,8 +1,8 @@
 import type { TLSSocket } from "node:tls";
 import type { X509Certificate as NodeX509 } from "node:crypto";
-import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { Type, type TSchema } from "@sinclair/typebox";
-import { EdgeTrustError, type Problem } from "../common/index.js";
+import { EdgeTrustError, installProblemHandler, sendProblem as sendCommonProblem } from "../common/index.js";
 import type { CaStore, Principal, Role } from "./store.js";
 
 /** RFC 9457 problem+json, the only error shape the service sends. */
@@ -24,56 +24,15 @@ export const problemResponses = (...statuses: number[]): Record<number, TSchema>
   Object.fromEntries(statuses.map((s) => [s, Type.Ref("Problem")]));
 
 export function sendProblem(reply: FastifyReply, err: EdgeTrustError, instance?: string): FastifyReply {
-  const p: Problem = err.toProblem(instance);
-  if (err.code === "UNAUTHENTICATED") reply.header("www-authenticate", 'Bearer realm="edgetrust-ca"');
-  return reply.code(p.status).type("application/problem+json").serializer((x: unknown) => JSON.stringify(x)).send(p);
+  return sendCommonProblem(reply, err, instance ?? "/", { bearerRealm: BEARER_REALM });
 }
 
-interface AjvLikeError {
-  instancePath?: string;
-  message?: string;
-  keyword?: string;
-  params?: Record<string, unknown>;
-}
+const BEARER_REALM = "edgetrust-ca";
 
-/** Turn a fastify schema-validation error into a 400 naming the precise field. */
-function validationProblem(err: FastifyError & { validation?: AjvLikeError[]; validationContext?: string }): EdgeTrustError {
-  const ctx = err.validationContext ?? "request";
-  const problems = (err.validation ?? []).map((v) => {
-    let field = `${ctx}${v.instancePath ?? ""}`;
-    let message = v.message ?? v.keyword ?? "invalid";
-    if (v.keyword === "required" && typeof v.params?.missingProperty === "string") {
-      field = `${field}/${v.params.missingProperty}`;
-      message = "is required";
-    } else if (v.keyword === "additionalProperties" && typeof v.params?.additionalProperty === "string") {
-      field = `${field}/${v.params.additionalProperty}`;
-      message = "is not allowed";
-    }
-    return { field, message };
-  });
-  const first = problems[0];
-  return new EdgeTrustError("INVALID_INPUT", first ? `${first.field}: ${first.message}` : err.message, { details: { problems } });
-}
-
-/** Map anything a route throws to problem+json; unexpected errors are logged and become a 500 problem, never bare. */
+/** Map anything a route throws to problem+json (common/http.ts), with the CA's Bearer challenge on 401s. */
 export function installProblemHandlers(app: FastifyInstance): void {
   app.addSchema(ProblemSchema);
-  app.setErrorHandler((error: FastifyError & { validation?: AjvLikeError[]; validationContext?: string }, req, reply) => {
-    let e: EdgeTrustError;
-    if (error instanceof EdgeTrustError) e = error;
-    else if (error.validation) e = validationProblem(error);
-    else if (error.statusCode === 429) e = new EdgeTrustError("RATE_LIMITED", "rate limit exceeded", { hint: "retry later" });
-    else if (error.code === "FST_ERR_CTP_BODY_TOO_LARGE") e = new EdgeTrustError("TOO_LARGE", error.message);
-    else if (typeof error.statusCode === "number" && error.statusCode >= 400 && error.statusCode < 500) {
-      e = new EdgeTrustError(error.statusCode === 404 ? "NOT_FOUND" : "INVALID_INPUT", error.message);
-    } else {
-      req.log.error({ err: error }, "unhandled error");
-      e = new EdgeTrustError("INTERNAL", "internal error", { hint: `see the server log for request ${req.id}` });
-    }
-    if (e.status >= 500) req.log.error({ code: e.code, msg: e.message }, "request failed");
-    return sendProblem(reply, e, req.url.split("?")[0]);
-  });
-  app.setNotFoundHandler((req, reply) => sendProblem(reply, new EdgeTrustError("NOT_FOUND", `no route ${req.method} ${req.url.split("?")[0]}`), req.url.split("?")[0]));
+  installProblemHandler(app, { bearerRealm: BEARER_REALM });
 }
 
 // ---- authentication -----------------------------------------------------------------------------------------

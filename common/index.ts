@@ -7,4 +7,5 @@ export type { LoadConfigOptions } from "./config.js";
 export { parseYamlStrict, validateValue, formatLocated } from "./yaml-validate.js";
 export type { Located, ParsedYaml } from "./yaml-validate.js";
 export { writeFileAtomic } from "./fs.js";
-export { installProblemHandler } from "./http.js";
+export { installProblemHandler, sendProblem, toProblemError } from "./http.js";
+export type { ProblemHandlerOptions } from "./http.js";

@@ -61,7 +61,7 @@ export async function startManagementApi(opts: {
   const { modules, sockets, backend, log, events } = opts;
   const view = (m: AttestedModule) => ({ ...m, socketPath: sockets.socketPath(m.name) });
   const app = Fastify({ logger: false, bodyLimit: 16 * 1024 });
-  installProblemHandler(app, log);
+  installProblemHandler(app, { log });
 
   app.post("/v1/modules", { schema: { body: AttestedModuleSchema, response: { 201: ModuleView } } }, async (req, reply) => {
     const input = req.body as typeof AttestedModuleSchema.static;

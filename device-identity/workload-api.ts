@@ -83,7 +83,7 @@ export class WorkloadSockets {
 
   private build(moduleName: string): FastifyInstance {
     const app = Fastify({ logger: false, bodyLimit: 32 * 1024 });
-    installProblemHandler(app, this.log);
+    installProblemHandler(app, { log: this.log });
     app.post("/v1/certificate", { schema: { body: CertificateRequest, response: { 200: CertificateResponse } } }, async (req) => {
       // Looked up on every call: a module deregistered a moment ago gets nothing.
       const m = this.modules.get(moduleName);
