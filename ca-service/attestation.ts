@@ -1,11 +1,14 @@
 import "reflect-metadata";
 import { randomBytes, createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { dirname, resolve } from "node:path";
 import * as x509 from "@peculiar/x509";
 import * as jose from "jose";
 import { Type, type Static } from "@sinclair/typebox";
 import { EdgeTrustError, parseYamlStrict } from "../common/index.js";
 import { signingAlgorithmFor } from "../pki/index.js";
+import { MANIFEST_LIMITS, decodePayload, parseGeneralJws, parsePolicy, validateManifest } from "../policy/index.js";
+import { DeploymentStore } from "./deployments/store.js";
 import type { CertificateAuthority } from "./ca.js";
 import { normalizeSerial, type CaStore } from "./store.js";
 import type { AttestationConfig } from "./attestation-config.js";
@@ -27,12 +30,6 @@ export const ReferenceValues = Type.Object(
 );
 export type ReferenceValues = Static<typeof ReferenceValues>;
 
-export type EarStatus = "affirming" | "warning" | "contraindicated";
-export interface ClaimAppraisal {
-  status: EarStatus;
-  reason?: string;
-}
-
 const Evidence = Type.Object({
   eat_nonce: Type.String(),
   iat: Type.Integer(),
@@ -51,9 +48,123 @@ type Evidence = Static<typeof Evidence>;
 export const EAR_PROFILE = "tag:github.com,2023:veraison/ear";
 const ALGS = ["ES256", "ES384", "RS256"];
 
+export type EarStatus = "affirming" | "warning" | "contraindicated";
+/** One claim's appraisal: its status, always a reason, what was measured and which reference value decided it. */
+export interface ClaimAppraisal {
+  status: EarStatus;
+  reason: string;
+  measured?: string;
+  reference?: string;
+}
+
+type ClaimGroup = "agent" | "policy" | "trustRoot" | "manifest" | "modules";
+
+/**
+ * Reference values resolved to concrete digests — what `appraise` compares against. A reference-values file
+ * (`ReferenceValues`) is one; a policy's `attestation:` section resolves to one (`referencesFromPolicy`).
+ */
+export interface References {
+  agent?: string[];
+  policy?: string[];
+  trustRoot?: string[];
+  manifest?: { minVersion: number; digests?: string[]; absent?: EarStatus };
+  modules?: Record<string, string[]>;
+  /** The manifest must be one the deployment store serves (policy `manifest.digests: deployments`). */
+  manifestFromDeployments?: boolean;
+  /** Every module must run the digest the attested manifest pins (policy `modules: manifest`). */
+  modulesFromManifest?: boolean;
+  /** Per claim: what a mismatch gives (default contraindicated). */
+  mismatch?: Partial<Record<ClaimGroup, "warning" | "contraindicated">>;
+  /** Where the values came from, e.g. `policy /etc/edgetrust/policy.yaml`; each claim names `<source> attestation.<key>`. */
+  source?: string;
+  /** The rule text per claim group (e.g. `attestation.policy: self`). */
+  rules?: Partial<Record<ClaimGroup, string>>;
+}
+
+/** The deployment an evidence's manifest digest names, as the verifier's deployment store holds it. */
+export interface AttestedManifest {
+  deploymentId: string;
+  version: number;
+  /** module name → the image digest the manifest pins. */
+  modules: Record<string, string>;
+}
+
+const sha256Text = (b: string | Buffer): string => `sha256:${createHash("sha256").update(b).digest("hex")}`;
+
+/**
+ * Reference values from a policy file's `attestation:` section: `policy: self` is this file's sha256 (of the bytes
+ * read), `trustRoot: policy` the sha256 of the file `trust.trustRoot` names. An invalid policy throws POLICY_INVALID
+ * with every problem as file:line:col. A policy without the section appraises nothing (every claim a warning).
+ */
+export function referencesFromPolicy(file: string): References {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (e) {
+    throw new EdgeTrustError("POLICY_INVALID", `cannot read the attestation policy ${file}: ${(e as Error).message}`, { cause: e, hint: "set ca.attestation.policyFile to the security team's policy.yaml" });
+  }
+  const p = parsePolicy(text, file);
+  const a = p.attestation;
+  const source = `policy ${file}`;
+  if (!a) return { source };
+  const refs: References = { source, rules: {} };
+  const rules = refs.rules ?? {};
+  if (a.agent) {
+    refs.agent = a.agent;
+    rules.agent = "attestation.agent";
+  }
+  if (a.policy !== undefined) {
+    refs.policy = a.policy === "self" ? [sha256Text(text)] : a.policy;
+    rules.policy = a.policy === "self" ? "attestation.policy: self (this policy file)" : "attestation.policy";
+  }
+  if (a.trustRoot !== undefined) {
+    if (a.trustRoot === "policy") {
+      if (!("trustRoot" in p.trust)) throw new EdgeTrustError("POLICY_INVALID", `${file}: attestation.trustRoot: policy needs trust.trustRoot`);
+      const rootFile = resolve(dirname(file), p.trust.trustRoot);
+      let bytes: Buffer;
+      try {
+        bytes = readFileSync(rootFile);
+      } catch (e) {
+        throw new EdgeTrustError("POLICY_INVALID", `${file}: attestation.trustRoot: policy — cannot read ${rootFile}: ${(e as Error).message}`, { cause: e });
+      }
+      refs.trustRoot = [sha256Text(bytes)];
+      rules.trustRoot = `attestation.trustRoot: policy (${p.trust.trustRoot})`;
+    } else {
+      refs.trustRoot = a.trustRoot;
+      rules.trustRoot = "attestation.trustRoot";
+    }
+  }
+  if (a.manifest) {
+    refs.manifest = { minVersion: a.manifest.minVersion, ...(Array.isArray(a.manifest.digests) ? { digests: a.manifest.digests } : {}), ...(a.manifest.absent ? { absent: a.manifest.absent } : {}) };
+    refs.manifestFromDeployments = a.manifest.digests === "deployments";
+    rules.manifest = `attestation.manifest (minVersion ${a.manifest.minVersion}${a.manifest.digests === "deployments" ? ", digests: deployments" : a.manifest.digests ? ", digests" : ""})`;
+  }
+  if (a.modules === "manifest") {
+    refs.modulesFromManifest = true;
+    rules.modules = "attestation.modules: manifest";
+  } else if (a.modules) {
+    refs.modules = a.modules;
+    rules.modules = "attestation.modules";
+  }
+  if (a.mismatch) refs.mismatch = a.mismatch;
+  return refs;
+}
+
 export function loadReferenceValues(file: string): ReferenceValues {
   if (!file) return {};
   return parseYamlStrict(readFileSync(file, "utf8"), ReferenceValues, file).value as ReferenceValues;
+}
+
+/** The verifier's reference values from its config: `policyFile` (a policy's attestation section) or `referenceFile`. */
+export function referencesFromConfig(config: AttestationConfig): References {
+  if (config.policyFile && config.referenceFile) {
+    throw new EdgeTrustError("INVALID_CONFIG", "ca.attestation: set policyFile or referenceFile, not both", { hint: "move the reference values into the policy's attestation: section" });
+  }
+  if (config.policyFile) return referencesFromPolicy(config.policyFile);
+  if (!config.referenceFile) return {};
+  const refs: References = { ...loadReferenceValues(config.referenceFile), source: `reference values ${config.referenceFile}` };
+  refs.rules = { agent: "agent", policy: "policy", trustRoot: "trustRoot", manifest: "manifest", modules: "modules" };
+  return refs;
 }
 
 function worst(a: EarStatus, b: EarStatus): EarStatus {
@@ -61,31 +172,60 @@ function worst(a: EarStatus, b: EarStatus): EarStatus {
   return rank[a] >= rank[b] ? a : b;
 }
 
-/** Appraise measurements against reference values, claim by claim, with the reason for anything not affirming. */
-export function appraise(m: Evidence["measurements"], ref: ReferenceValues): Record<string, ClaimAppraisal> {
+const short = (d: string): string => (d.startsWith("sha256:") && d.length > 23 ? `${d.slice(0, 19)}…` : d);
+
+/**
+ * Appraise measurements against reference values, claim by claim: every claim gets a status, a reason, the measured
+ * value and the reference that decided it. `attested` is the deployment the evidence's manifest digest names
+ * (null: the store has none; undefined: not looked up).
+ */
+export function appraise(m: Evidence["measurements"], ref: References, attested?: AttestedManifest | null): Record<string, ClaimAppraisal> {
   const out: Record<string, ClaimAppraisal> = {};
-  const digestClaim = (name: string, value: string, allowed: string[] | undefined): void => {
-    if (!allowed) out[name] = { status: "warning", reason: `no reference value for ${name}` };
-    else if (allowed.includes(value)) out[name] = { status: "affirming" };
-    else out[name] = { status: "contraindicated", reason: `${name} digest ${value} is not a reference value` };
+  const sev = (g: ClaimGroup): EarStatus => ref.mismatch?.[g] ?? "contraindicated";
+  const where = (g: ClaimGroup): string => `${ref.source ? `${ref.source}: ` : ""}${ref.rules?.[g] ?? g}`;
+  const digestClaim = (name: "agent" | "policy" | "trustRoot", value: string, allowed: string[] | undefined): void => {
+    if (!allowed) out[name] = { status: "warning", reason: `no reference value for ${name}: not appraised`, measured: value };
+    else if (allowed.includes(value)) out[name] = { status: "affirming", reason: `${name} digest is a reference value`, measured: value, reference: where(name) };
+    else out[name] = { status: sev(name), reason: `${name} digest ${short(value)} is not a reference value (expected ${allowed.map(short).join(" or ")})`, measured: value, reference: where(name) };
   };
   digestClaim("agent", m.agent, ref.agent);
   digestClaim("policy", m.policy, ref.policy);
   digestClaim("trustRoot", m.trustRoot, ref.trustRoot);
-  if (!ref.manifest) out.manifest = { status: "warning", reason: "no reference value for the manifest" };
-  else if (m.manifest.version < ref.manifest.minVersion) out.manifest = { status: "contraindicated", reason: `manifest version ${m.manifest.version} is older than ${ref.manifest.minVersion} (rollback)` };
-  else if (ref.manifest.digests && !ref.manifest.digests.includes(m.manifest.digest)) out.manifest = { status: "contraindicated", reason: `manifest digest ${m.manifest.digest} is not a reference value` };
-  else out.manifest = { status: "affirming" };
+
+  const mv = `${m.manifest.digest} v${m.manifest.version}`;
+  const none = m.manifest.version === 0 && m.manifest.digest === "sha256:absent";
+  if (!ref.manifest) out.manifest = { status: "warning", reason: "no reference value for the manifest: not appraised", measured: mv };
+  else if (none) out.manifest = { status: ref.manifest.absent ?? "warning", reason: `no deployment accepted yet (attestation.manifest.absent: ${ref.manifest.absent ?? "warning"})`, measured: mv, reference: where("manifest") };
+  else if (m.manifest.version < ref.manifest.minVersion) out.manifest = { status: sev("manifest"), reason: `manifest version ${m.manifest.version} is older than ${ref.manifest.minVersion} (rollback)`, measured: mv, reference: where("manifest") };
+  else if (ref.manifest.digests && !ref.manifest.digests.includes(m.manifest.digest)) out.manifest = { status: sev("manifest"), reason: `manifest digest ${short(m.manifest.digest)} is not a reference value`, measured: mv, reference: where("manifest") };
+  else if (ref.manifestFromDeployments && !attested) out.manifest = { status: sev("manifest"), reason: `manifest ${short(m.manifest.digest)} is not a deployment this CA serves`, measured: mv, reference: where("manifest") };
+  else out.manifest = { status: "affirming", reason: `manifest version ${m.manifest.version} ≥ ${ref.manifest.minVersion}${attested ? ` and it is deployment ${attested.deploymentId} v${attested.version} as this CA serves it` : ""}`, measured: mv, reference: where("manifest") };
+
+  if (ref.modulesFromManifest) {
+    for (const [name, mod] of Object.entries(m.modules)) {
+      const key = `module:${name}`;
+      const pinned = attested?.modules[name];
+      if (!attested) out[key] = { status: sev("modules"), reason: `the attested manifest ${short(m.manifest.digest)} is unknown to this CA: module ${name}'s image cannot be vouched for`, measured: mod.imageDigest, reference: where("modules") };
+      else if (!pinned) out[key] = { status: sev("modules"), reason: `module ${name} is not in the attested manifest ${attested.deploymentId} v${attested.version}`, measured: mod.imageDigest, reference: where("modules") };
+      else if (pinned !== mod.imageDigest) out[key] = { status: sev("modules"), reason: `module ${name} runs image ${short(mod.imageDigest)}, the manifest pins ${short(pinned)}`, measured: mod.imageDigest, reference: where("modules") };
+      else out[key] = { status: "affirming", reason: `module ${name} runs the image digest ${attested.deploymentId} v${attested.version} pins`, measured: mod.imageDigest, reference: where("modules") };
+    }
+    for (const name of Object.keys(attested?.modules ?? {})) {
+      if (!(name in m.modules)) out[`module:${name}`] = { status: "warning", reason: `module ${name} is in the attested manifest but not running`, reference: where("modules") };
+    }
+    return out;
+  }
   const refMods = ref.modules;
   for (const [name, mod] of Object.entries(m.modules)) {
     const key = `module:${name}`;
-    if (!refMods) out[key] = { status: "warning", reason: "no reference values for modules" };
-    else if (!refMods[name]) out[key] = { status: "contraindicated", reason: `module ${name} is not in the reference values` };
-    else if (!refMods[name].includes(mod.imageDigest)) out[key] = { status: "contraindicated", reason: `module ${name} runs image ${mod.imageDigest}, not a reference digest` };
-    else out[key] = { status: "affirming" };
+    const allowed = refMods?.[name];
+    if (!refMods) out[key] = { status: "warning", reason: "no reference values for modules: not appraised", measured: mod.imageDigest };
+    else if (!allowed) out[key] = { status: sev("modules"), reason: `module ${name} is not in the reference values`, measured: mod.imageDigest, reference: where("modules") };
+    else if (!allowed.includes(mod.imageDigest)) out[key] = { status: sev("modules"), reason: `module ${name} runs image ${mod.imageDigest}, not a reference digest`, measured: mod.imageDigest, reference: where("modules") };
+    else out[key] = { status: "affirming", reason: `module ${name} runs a reference image digest`, measured: mod.imageDigest, reference: where("modules") };
   }
   for (const name of Object.keys(refMods ?? {})) {
-    if (!(name in m.modules)) out[`module:${name}`] = { status: "warning", reason: `module ${name} is expected but not running` };
+    if (!(name in m.modules)) out[`module:${name}`] = { status: "warning", reason: `module ${name} is expected but not running`, reference: where("modules") };
   }
   return out;
 }
@@ -103,9 +243,26 @@ export class AttestationVerifier {
     private readonly ca: CertificateAuthority,
     private readonly store: CaStore,
     private readonly config: AttestationConfig,
-    private readonly references: () => ReferenceValues = () => loadReferenceValues(config.referenceFile),
+    private readonly references: () => References = () => referencesFromConfig(config),
     private readonly now: () => number = Date.now,
-  ) {}
+  ) {
+    // Fail at start on a bad policy or reference file (file:line:col), not at the first device; re-read per appraisal.
+    this.references();
+  }
+
+  /** The deployment whose served JWS has this sha256 (what the device stored as its accepted manifest). */
+  private async attestedManifest(digest: string): Promise<AttestedManifest | null> {
+    if (!/^sha256:[0-9a-f]{64}$/.test(digest)) return null;
+    for (const rec of await new DeploymentStore(this.store).list()) {
+      if (sha256Text(rec.jws) !== digest) continue;
+      const jws = parseGeneralJws(rec.jws, MANIFEST_LIMITS.maxSignatures);
+      if (typeof jws === "string") return null;
+      const manifest = validateManifest(JSON.parse(new TextDecoder().decode(decodePayload(jws.payload, MANIFEST_LIMITS.maxPayloadBytes))) as unknown);
+      const modules = Object.fromEntries(Object.entries(manifest.modules).map(([n, mod]) => [n, mod.image.slice(mod.image.lastIndexOf("@") + 1)]));
+      return { deploymentId: rec.deploymentId, version: rec.version, modules };
+    }
+    return null;
+  }
 
   nonce(): { nonce: string; expiresAt: string } {
     const t = this.now();
@@ -169,14 +326,16 @@ export class AttestationVerifier {
     this.consume(claims.eat_nonce);
     const uri = `edgetrust://${this.ca.options.trustDomain}/devices/${deviceId}`;
     if (claims.sub !== uri) throw new EdgeTrustError("ATTESTATION_EVIDENCE_INVALID", `evidence sub ${claims.sub} is not the signing device ${uri}`);
-    const appraisal = appraise(claims.measurements, this.references());
+    const refs = this.references();
+    const attested = refs.manifestFromDeployments || refs.modulesFromManifest ? await this.attestedManifest(claims.measurements.manifest.digest) : undefined;
+    const appraisal = appraise(claims.measurements, refs, attested);
     const status = Object.values(appraisal).reduce<EarStatus>((acc, c) => worst(acc, c.status), "affirming");
     const iat = Math.floor(this.now() / 1000);
     const ear = {
       eat_profile: EAR_PROFILE, iat, exp: iat + this.config.resultTtlSeconds, sub: uri, eat_nonce: claims.eat_nonce,
       "ear.status": status,
       "ear.verifier-id": { developer: "edgetrust", build: "ca-service" },
-      submods: { [deviceId]: { "ear.status": status, "ear.edgetrust.appraisal": appraisal } },
+      submods: { [deviceId]: { "ear.status": status, "ear.edgetrust.reference": refs.source ?? "none", "ear.edgetrust.appraisal": appraisal } },
     };
     return { status, result: await this.sign(ear), deviceId, claims: appraisal };
   }

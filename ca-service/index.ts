@@ -32,5 +32,5 @@ export type {
 /** The registration route contract for the device daemon: `PUT /v1/registrations/{registrationId}` with `Idempotency-Key`. */
 export { RegistrationRequestBody, RegistrationResultSchema } from "./routes/v1-enrollments-register.js";
 export type { RegistrationRequest, DpsRegistrationPayload } from "./enrollment/contract.js";
-export { AttestationVerifier, AttestationConfig, ReferenceValues, appraise, loadReferenceValues, EAR_PROFILE } from "./attestation.js";
-export type { EarStatus, ClaimAppraisal } from "./attestation.js";
+export { AttestationVerifier, AttestationConfig, ReferenceValues, appraise, loadReferenceValues, referencesFromPolicy, referencesFromConfig, EAR_PROFILE } from "./attestation.js";
+export type { EarStatus, ClaimAppraisal, References, AttestedManifest } from "./attestation.js";

@@ -9,6 +9,9 @@ import { Value } from "@sinclair/typebox/value";
 import { HsmConfig, SOFTHSM_MODULE, type KeyStore } from "../hsm/index.js";
 import { DeviceConfig } from "./config.js";
 import { DeviceDaemon, identityFromConfig } from "./daemon.js";
+import { AttestationVerifier, referencesFromPolicy } from "../ca-service/index.js";
+import { makeManifest, makeSigner } from "../policy/fixtures.js";
+import { signManifest } from "../policy/index.js";
 import { signEvidence, signJwsWithKeyStore, type Measurements } from "./evidence.js";
 import type { IdentityState } from "./state.js";
 import { ManagementClient } from "./management-client.js";
@@ -40,7 +43,7 @@ describe("remote attestation: device evidence (SoftHSM key) → ca-service verif
       `manifest: { minVersion: 5, digests: ["${d("e")}"] }`,
       `modules: { sensor: ["${d("1")}"], filter: ["${d("2")}"] }`, "",
     ].join("\n"));
-    ca = await startCa(tokens, { deviceId: DEVICE, config: { attestation: { referenceFile: refs, nonceTtlSeconds: 2, resultTtlSeconds: 600, requiredForRenewal: true } } });
+    ca = await startCa(tokens, { deviceId: DEVICE, config: { attestation: { policyFile: "", referenceFile: refs, nonceTtlSeconds: 2, resultTtlSeconds: 600, requiredForRenewal: true } } });
     keys = await tokens.openDevice();
     writeFileSync(join(dir, "ca-trust.pem"), ca.trustPem);
     cfg = {
@@ -86,7 +89,7 @@ describe("remote attestation: device evidence (SoftHSM key) → ca-service verif
     expect(r.statusCode).toBe(200);
     const body = r.json() as { status: string; claims: Record<string, { status: string; reason?: string }> };
     expect(body.status).toBe("contraindicated");
-    expect(body.claims["module:sensor"]).toEqual({ status: "contraindicated", reason: `module sensor runs image ${d("9")}, not a reference digest` });
+    expect(body.claims["module:sensor"]).toMatchObject({ status: "contraindicated", reason: `module sensor runs image ${d("9")}, not a reference digest`, measured: d("9") });
     expect(body.claims["module:filter"]?.status).toBe("affirming");
   });
 
@@ -194,5 +197,130 @@ describe("remote attestation: device evidence (SoftHSM key) → ca-service verif
       daemon.proc.kill("SIGTERM");
       await daemon.exit;
     }
+  });
+});
+
+describe("reference values from the policy's attestation section (ca.attestation.policyFile)", () => {
+  let tokens: Tokens;
+  let ca: RunningCa;
+  let keys: KeyStore;
+  let state: IdentityState;
+  let dir: string;
+  let policyFile: string;
+  let good: Measurements;
+  const PINNED = `sha256:${"a".repeat(64)}`;
+  const h = (b: string | Buffer): string => `sha256:${createHash("sha256").update(b).digest("hex")}`;
+  const POLICY = (attestation: string): string => [
+    "version: 1", "mode: enforce", "trust:", "  trustRoot: trust-root.json", "images:", "  registries: [\"127.0.0.1:5000\"]",
+    "modules:", "  allow: [\"sensor\", \"mod*\"]", "attestation:", attestation, "",
+  ].join("\n");
+  const ATTESTATION = [
+    `  agent: ["${d("a")}"]`,
+    "  policy: self",
+    "  trustRoot: policy",
+    "  manifest: { minVersion: 2, digests: deployments, absent: affirming }",
+    "  modules: manifest",
+    "  mismatch: { agent: warning }",
+  ].join("\n");
+
+  beforeAll(async () => {
+    tokens = await makeTokens();
+    dir = tmp("et-att-policy-");
+    policyFile = join(dir, "policy.yaml");
+    writeFileSync(join(dir, "trust-root.json"), readFileSync(join(import.meta.dirname, "../policy/examples/trust-root.json")));
+    writeFileSync(policyFile, POLICY(ATTESTATION));
+    ca = await startCa(tokens, { deviceId: DEVICE, config: { attestation: { policyFile, referenceFile: "", nonceTtlSeconds: 60, resultTtlSeconds: 600, requiredForRenewal: false } } });
+    keys = await tokens.openDevice();
+    writeFileSync(join(dir, "ca-trust.pem"), ca.trustPem);
+    const cfg: DeviceConfig = {
+      ...(Value.Default(DeviceConfig, {}) as DeviceConfig), deviceId: DEVICE, trustDomain: TRUST_DOMAIN, stateDir: join(dir, "identity"), caUrl: ca.url, caTrustFile: join(dir, "ca-trust.pem"),
+      managementSocket: join(dir, "mgmt.sock"), workloadDir: join(dir, "modules"), hubServerCertFile: join(dir, "hub", "server.chain.pem"),
+    };
+    const hsm: HsmConfig = { ...(Value.Default(HsmConfig, {}) as HsmConfig), module: SOFTHSM_MODULE, tokenLabel: "device" };
+    state = await identityFromConfig(cfg, hsm, { keys, log: silentLogger() }).provision(ca.adminToken);
+    // The security team uploads a signed v3 deployment; the device's accepted manifest is the JWS the CA serves.
+    const jws = await signManifest(makeManifest({ version: 3, targets: [DEVICE] }), await makeSigner("ES256"));
+    const up = await ca.server.app.inject({ method: "PUT", url: "/v1/deployments", headers: { authorization: `Bearer ${ca.adminToken}` }, payload: jws });
+    expect(up.statusCode, up.body).toBe(201);
+    const served = (await ca.store.db.query<{ jws: string }>("SELECT jws FROM deployments WHERE version = 3"))[0]?.jws ?? "";
+    good = {
+      agent: d("a"), policy: h(readFileSync(policyFile)), trustRoot: h(readFileSync(join(dir, "trust-root.json"))), manifest: { digest: h(served), version: 3 },
+      modules: { sensor: { imageDigest: PINNED, manifestVersion: 3 }, mod1: { imageDigest: PINNED, manifestVersion: 3 } },
+    };
+  });
+
+  afterAll(async () => {
+    await keys?.close();
+    await ca?.close();
+    await tokens?.caKeys.close();
+    tokens?.hsm.cleanup();
+  });
+
+  type Claims = Record<string, { status: string; reason: string; measured?: string; reference?: string }>;
+  const attest = async (m: Measurements): Promise<{ status: string; result: string; claims: Claims }> => {
+    const n = ((await ca.server.app.inject({ method: "POST", url: "/v1/attestation/nonce", payload: {} })).json() as { nonce: string }).nonce;
+    const ev = await signEvidence({ store: keys, keyLabel: state.keys.device, deviceUri: `edgetrust://${TRUST_DOMAIN}/devices/${DEVICE}`, chainPem: [state.device.cert, ...state.device.chain], nonce: n, measurements: m });
+    const r = await ca.server.app.inject({ method: "POST", url: "/v1/attestation/verify", payload: { evidence: ev } });
+    expect(r.statusCode, r.body).toBe(200);
+    return r.json() as { status: string; result: string; claims: Claims };
+  };
+
+  it("matching evidence → affirming; every claim listed with its reason and the policy rule that decided it (also in the signed EAR)", async () => {
+    const r = await attest(good);
+    expect(r.status).toBe("affirming");
+    expect(Object.keys(r.claims).sort()).toEqual(["agent", "manifest", "module:mod1", "module:sensor", "policy", "trustRoot"]);
+    for (const c of Object.values(r.claims)) {
+      expect(c.status).toBe("affirming");
+      expect(c.reason).not.toBe("");
+      expect(c.reference).toMatch(new RegExp(`^policy ${policyFile.replace(/[.]/g, "\\.")}: attestation\\.`));
+    }
+    expect(r.claims.policy?.reference).toMatch(/attestation\.policy: self/);
+    expect(r.claims.manifest?.reason).toMatch(/deployment dep-1 v3 as this CA serves it/);
+    expect(r.claims["module:sensor"]?.reason).toMatch(/runs the image digest dep-1 v3 pins/);
+    const ear = jose.decodeJwt(r.result) as { submods: Record<string, { "ear.edgetrust.appraisal": Claims; "ear.edgetrust.reference": string }> };
+    expect(ear.submods[DEVICE]?.["ear.edgetrust.appraisal"]).toEqual(r.claims);
+    expect(ear.submods[DEVICE]?.["ear.edgetrust.reference"]).toBe(`policy ${policyFile}`);
+  });
+
+  it("a module running a digest the attested manifest does not pin → contraindicated, with the reason", async () => {
+    const r = await attest({ ...good, modules: { ...good.modules, sensor: { imageDigest: d("9"), manifestVersion: 3 } } });
+    expect(r.status).toBe("contraindicated");
+    expect(r.claims["module:sensor"]).toMatchObject({ status: "contraindicated", reason: `module sensor runs image ${d("9").slice(0, 19)}…, the manifest pins ${PINNED.slice(0, 19)}…`, measured: d("9") });
+    expect(r.claims["module:mod1"]?.status).toBe("affirming");
+  });
+
+  it("an unknown agent build is only a warning (mismatch: {agent: warning}); an unknown manifest or a changed policy file is contraindicated", async () => {
+    const w = await attest({ ...good, agent: d("f") });
+    expect(w.status).toBe("warning");
+    expect(w.claims.agent).toMatchObject({ status: "warning", reason: expect.stringMatching(/agent digest sha256:ffff.* is not a reference value/) });
+    const m = await attest({ ...good, manifest: { digest: d("e"), version: 3 } });
+    expect(m.status).toBe("contraindicated");
+    expect(m.claims.manifest?.reason).toMatch(/is not a deployment this CA serves/);
+    expect(m.claims["module:sensor"]?.reason).toMatch(/unknown to this CA/);
+    const p = await attest({ ...good, policy: h("version: 1\nmode: audit\n") });
+    expect(p.status).toBe("contraindicated");
+    expect(p.claims.policy?.reason).toMatch(/policy digest .* is not a reference value/);
+    // A device with no deployment yet: `absent: affirming`.
+    const fresh = await attest({ ...good, manifest: { digest: "sha256:absent", version: 0 }, modules: {} });
+    expect(fresh.status).toBe("affirming");
+    expect(fresh.claims.manifest?.reason).toMatch(/no deployment accepted yet/);
+  });
+
+  it("a policy with a bad attestation section is refused with file:line:col, at verifier start", () => {
+    const bad = join(dir, "bad-policy.yaml");
+    writeFileSync(bad, POLICY(["  policy: this-file", "  modules: { sensor: [\"sha256:abc\"] }", "  mismatch: { agent: ignore }"].join("\n")));
+    expect(() => referencesFromPolicy(bad)).toThrow(/bad-policy\.yaml:10:11: \/attestation\/policy: /);
+    let err: Error | undefined;
+    try {
+      new AttestationVerifier(ca.ca, ca.store, { policyFile: bad, referenceFile: "", nonceTtlSeconds: 60, resultTtlSeconds: 600, requiredForRenewal: false });
+    } catch (e) {
+      err = e as Error;
+    }
+    expect(err).toMatchObject({ code: "POLICY_INVALID" });
+    const lines = (err?.message ?? "").split("\n");
+    expect(lines.some((l) => /bad-policy\.yaml:11:\d+: \/attestation\/modules\/sensor\/0: does not match pattern/.test(l))).toBe(true);
+    expect(lines.some((l) => /bad-policy\.yaml:12:\d+: \/attestation\/mismatch\/agent: /.test(l))).toBe(true);
+    // Both policyFile and referenceFile: a configuration error.
+    expect(() => new AttestationVerifier(ca.ca, ca.store, { policyFile, referenceFile: policyFile, nonceTtlSeconds: 60, resultTtlSeconds: 600, requiredForRenewal: false })).toThrow(/not both/);
   });
 });

@@ -9,7 +9,12 @@ import type { RouteDeps } from "./types.js";
 
 const NonceView = Type.Object({ nonce: Type.String(), expiresAt: Type.String() });
 const VerifyBody = Type.Object({ evidence: Type.String({ minLength: 20, maxLength: 65536 }) }, { additionalProperties: false });
-const Claim = Type.Object({ status: Type.Union([Type.Literal("affirming"), Type.Literal("warning"), Type.Literal("contraindicated")]), reason: Type.Optional(Type.String()) });
+const Claim = Type.Object({
+  status: Type.Union([Type.Literal("affirming"), Type.Literal("warning"), Type.Literal("contraindicated")]),
+  reason: Type.String(),
+  measured: Type.Optional(Type.String({ description: "the measured value (digest, `digest vN` for the manifest)" })),
+  reference: Type.Optional(Type.String({ description: "the reference value that decided it: `<source>: <rule>`" })),
+});
 const VerifyView = Type.Object({
   status: Type.Union([Type.Literal("affirming"), Type.Literal("warning"), Type.Literal("contraindicated")]),
   result: Type.String({ description: "EAR attestation result: JWT signed by the issuing CA (x5c)" }),
