@@ -207,6 +207,20 @@ describe("admin authentication", () => {
     expect((await call("GET", `/v1/certificates/${serial}`, { token: auditor })).json().status).toBe("good");
   });
 
+  it("admin client certificates: a pinned auditor certificate reads, cannot revoke; an unpinned one is nobody", async () => {
+    openssl(dir, ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "aud.key", "-subj", "/CN=auditor-laptop", "-days", "1", "-out", "aud.pem"]);
+    openssl(dir, ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "stranger.key", "-subj", "/CN=stranger", "-days", "1", "-out", "stranger.pem"]);
+    const cert = readFileSync(join(dir, "aud.pem"), "utf8");
+    const fp = openssl(dir, ["x509", "-in", "aud.pem", "-noout", "-fingerprint", "-sha256"]).split("=")[1]?.trim().replace(/:/g, "").toLowerCase() ?? "";
+    await ts.store.addAdminCertificate("auditor-laptop", "auditor", fp, "test");
+    const key = readFileSync(join(dir, "aud.key"), "utf8");
+    expect((await call("GET", "/v1/audit", { cert, key })).status).toBe(200);
+    const serial = (await ts.store.listCertificates({ deviceId: "dev-1" }))[0]?.serial ?? "";
+    expectProblem(await call("POST", `/v1/certificates/${serial}/revoke`, { cert, key, body: { reason: "keyCompromise" } }), 403, "FORBIDDEN");
+    const stranger = { cert: readFileSync(join(dir, "stranger.pem"), "utf8"), key: readFileSync(join(dir, "stranger.key"), "utf8") };
+    expectProblem(await call("GET", "/v1/audit", stranger), 401, "UNAUTHENTICATED");
+  });
+
   it("schema failures name the precise field", async () => {
     const p = expectProblem(await call("POST", "/v1/certificates", { token: t.init.adminToken, body: { profile: "device-identity", deviceId: "dev-1" } }), 400, "INVALID_INPUT");
     expect(p.detail).toBe("body/csr: is required");

@@ -64,6 +64,15 @@ describe("edgetrust ca (CLI)", () => {
     const tok = await cli(["token", "create", "--name", "ops", "--role", "auditor", "--json"]);
     expect(JSON.parse(tok.stdout)).toMatchObject({ role: "auditor" });
 
+    openssl(dir, ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ops.key", "-subj", "/CN=ops", "-days", "1", "-out", "ops.pem"]);
+    const added = await cli(["admin-cert", "add", "--name", "ops-laptop", "--role", "admin", "--cert", join(dir, "ops.pem"), "--json"]);
+    expect(added.code, added.stderr).toBe(0);
+    const fp = openssl(dir, ["x509", "-in", "ops.pem", "-noout", "-fingerprint", "-sha256"]).split("=")[1]?.trim().replace(/:/g, "").toLowerCase();
+    expect(JSON.parse(added.stdout)).toMatchObject({ role: "admin", fingerprint: fp });
+    const notCert = await cli(["admin-cert", "add", "--name", "x", "--cert", join(dir, "ops.key")]);
+    expect(notCert.code).toBe(1);
+    expect(notCert.stderr).toMatch(/ops\.key is not a PEM certificate: .*\(INVALID_INPUT\)$/m);
+
     const ok = await cli(["audit", "verify", "--json"]);
     expect(ok.code).toBe(0);
     expect(JSON.parse(ok.stdout)).toMatchObject({ ok: true });

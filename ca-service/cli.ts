@@ -160,6 +160,32 @@ export function caCommand(): Command {
       }
     }));
 
+  const adminCert = cmd.command("admin-cert").description("admin and auditor client certificates, pinned by their SHA-256 fingerprint");
+  adminCert.command("add")
+    .description("let whoever holds this certificate's key act with a role (TLS client certificate on the admin API)")
+    .addOption(configOpt()).addOption(jsonOpt())
+    .requiredOption("--name <name>", "who holds it")
+    .requiredOption("--cert <file>", "the client certificate (PEM)")
+    .addOption(new Option("--role <role>", "role").choices(["admin", "auditor"]).default("auditor"))
+    .action(action(async (o: Common & { name: string; cert: string; role: Role }) => {
+      const cfg = load(o);
+      const { X509Certificate } = await import("node:crypto");
+      let fingerprint: string;
+      try {
+        fingerprint = new X509Certificate(readFileSync(o.cert)).fingerprint256.replace(/:/g, "").toLowerCase();
+      } catch (e) {
+        throw new EdgeTrustError("INVALID_INPUT", `${o.cert} is not a PEM certificate: ${(e as Error).message}`);
+      }
+      const { CaStore } = await import("./store.js");
+      const store = await CaStore.open({ databaseUrl: cfg.ca.databaseUrl, sqlitePath: cfg.ca.sqlitePath, schema: cfg.ca.databaseSchema });
+      try {
+        const r = await store.addAdminCertificate(o.name, o.role, fingerprint, "cli:admin-cert-add");
+        emit(Boolean(o.json), { ...r, role: o.role, fingerprint }, () => `${o.role} certificate ${r.id} (sha256 ${fingerprint}) added for ${o.name}`);
+      } finally {
+        await store.close();
+      }
+    }));
+
   const enr = cmd.command("enrollment").description("device records issuance reads subject and SANs from (the enrollment API is a later component)");
   enr.command("set")
     .description("create or update a device record")
