@@ -93,7 +93,7 @@ function importSuite(name: string, open: () => Promise<TestStore>, rows: number)
 }
 
 importSuite("SQLite", sqliteStore, 100_000);
-if (DATABASE_URL) importSuite("PostgreSQL", () => pgStore(), 20_000);
+if (DATABASE_URL) importSuite("PostgreSQL", () => pgStore(), 100_000);
 else describe.skip(`bulk import (PostgreSQL): ${PG_SKIP_REASON}`, () => { it("skipped", () => undefined); });
 
 describe("import file parsing", () => {
