@@ -30,7 +30,7 @@ function demo(args: string[]): Promise<{ code: number | null; stdout: string; st
 }
 
 describe("edgetrust demo (headless)", () => {
-  it("runs the whole flow and the four refusals, each step proving what it says, and leaves nothing behind", async () => {
+  it("runs the whole flow and the five refusals, each step proving what it says, and leaves nothing behind", async () => {
     const base = mkdtempSync(join(tmpdir(), "et-demo-"));
     const dir = join(base, "run");
     try {
@@ -44,7 +44,7 @@ describe("edgetrust demo (headless)", () => {
       const failed = result.steps.filter((s) => !s.ok).map((s) => `${s.id}: ${s.detail}`);
       expect(failed, r.stderr.slice(-2000)).toEqual([]);
       expect(r.code).toBe(0);
-      expect(result.steps.map((s) => s.id)).toEqual(["ca", "enroll", "register", "hub", "sign", "agent", "telemetry", "tampered", "swapped", "foreign-topic", "revoked"]);
+      expect(result.steps.map((s) => s.id)).toEqual(["ca", "enroll", "register", "hub", "sign", "agent", "telemetry", "tampered", "swapped", "foreign-topic", "policy-changed", "revoked"]);
 
       // CA keys in SoftHSM, never extractable.
       const keys = step("ca").evidence.keys as { extractable: boolean; sensitive: boolean }[];
@@ -53,12 +53,17 @@ describe("edgetrust demo (headless)", () => {
       expect(step("ca").evidence.keyStore).toBe("pkcs11");
       // The line, not an admin, created the enrollment; the device got its identity through registration.
       expect(step("enroll").evidence.enrolledByLine).toBe(step("enroll").evidence.lineId);
-      const reg = step("register").evidence as { deviceUri: string; certificates: { kind: string }[]; attestation: string };
+      type Claims = Record<string, { status: string; reason: string; reference?: string }>;
+      const reg = step("register").evidence as { deviceUri: string; certificates: { kind: string }[]; attestation: string; claims: Claims };
       expect(reg.deviceUri).toMatch(/^edgetrust:\/\/demo\.edgetrust\/devices\/demo-device-/);
       expect(reg.certificates.map((c) => c.kind).sort()).toEqual(["device", "edge-ca", "hub"]);
-      expect(["affirming", "warning"]).toContain(reg.attestation);
+      // Appraised against the security team's policy (attestation: section): every claim affirming, each with its reason.
+      expect(reg.attestation).toBe("affirming");
+      expect(Object.keys(reg.claims).sort()).toEqual(["agent", "manifest", "policy", "trustRoot"]);
+      for (const c of Object.values(reg.claims)) expect([c.status, c.reference]).toEqual(["affirming", expect.stringMatching(/security-team\/policy\.yaml: attestation\./)]);
+      expect(reg.claims.manifest?.reason).toMatch(/no deployment accepted yet/);
       // 2 of 3 signatures, 3 modules, all running from the pinned digest.
-      const sign = step("sign").evidence as { signatures: number; threshold: number; modules: string[]; digest: string };
+      const sign = step("sign").evidence as { signatures: number; threshold: number; modules: string[]; digest: string; image: string };
       expect([sign.signatures, sign.threshold, sign.modules.length]).toEqual([2, 2, 3]);
       const agent = step("agent").evidence as { version: number; modules: { state: string; imageDigest: string }[] };
       expect(agent.version).toBe(1);
@@ -83,11 +88,21 @@ describe("edgetrust demo (headless)", () => {
       const foreign = step("foreign-topic").evidence as { stage: string; reason: string; identity: string };
       expect([foreign.stage, foreign.reason]).toEqual(["subscribe", "policy-denied"]);
       expect(foreign.identity).toMatch(/\/analytics-/);
+      // Deployed: affirming with every module as the served manifest pins it; a changed policy file: contraindicated.
+      const changed = step("policy-changed").evidence as { before: string; beforeClaims: Claims; after: string; policyClaim: { status: string; reason: string } };
+      expect(changed.before).toBe("affirming");
+      expect(Object.keys(changed.beforeClaims).filter((k) => k.startsWith("module:")).sort()).toEqual(sign.modules.map((m) => `module:${m}`).sort());
+      expect(changed.beforeClaims.manifest?.reason).toMatch(/as this CA serves it/);
+      expect(changed.after).toBe("contraindicated");
+      expect(changed.policyClaim).toMatchObject({ status: "contraindicated", reason: expect.stringMatching(/^policy digest .* is not a reference value/) });
       expect(String(step("revoked").evidence.refusal)).toMatch(/revoked/);
 
       // Torn down: the module containers are gone and so is the state directory.
       const docker = new DockerClient({ socketPath: DOCKER_SOCKET });
       for (const m of sign.modules) expect(await docker.inspectContainer(`edgetrust-${m}`)).toBeUndefined();
+      // The images it pushed are gone from the local engine (their blobs stay in the registry).
+      expect(await docker.inspectImage(sign.image)).toBeUndefined();
+      expect(await docker.inspectImage(String(step("swapped").evidence.impostorImage))).toBeUndefined();
       expect(existsSync(dir)).toBe(false);
       expect(result.leftRunning).toEqual([]);
     } finally {

@@ -3,7 +3,7 @@
  * real life), Mosquitto, the docker CLI. Everything is async: the hub and agent in this process keep serving meanwhile.
  */
 import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, statSync } from "node:fs";
 import { createServer } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -57,17 +57,14 @@ export function lastLines(text: string, n = 3): string {
   return text.trim().split("\n").slice(-n).join(" | ");
 }
 
-/** A long-running child: its output kept (bounded) and always drained, so a full pipe never blocks it. */
+/**
+ * A long-running child, detached (its own process group) with stdout+stderr appended to a log file: it outlives the
+ * demo process when asked to (--keep), and no pipe ties it to this one.
+ */
 export class Daemon {
-  private text = "";
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 
-  constructor(readonly name: string, readonly proc: ChildProcess) {
-    const feed = (b: Buffer): void => {
-      this.text = (this.text + b.toString()).slice(-65536);
-    };
-    proc.stdout?.on("data", feed);
-    proc.stderr?.on("data", feed);
+  constructor(readonly name: string, readonly proc: ChildProcess, readonly logFile: string) {
     this.exited = new Promise((r) => proc.once("exit", (code, signal) => r({ code, signal })));
   }
 
@@ -75,8 +72,22 @@ export class Daemon {
     return this.proc.pid;
   }
 
+  /** The last 64 KiB of its log. */
   output(): string {
-    return this.text;
+    try {
+      const size = statSync(this.logFile).size;
+      const fd = openSync(this.logFile, "r");
+      try {
+        const len = Math.min(size, 65536);
+        const buf = Buffer.alloc(len);
+        readSync(fd, buf, 0, len, size - len);
+        return buf.toString("utf8");
+      } finally {
+        closeSync(fd);
+      }
+    } catch {
+      return "";
+    }
   }
 
   running(): boolean {
@@ -87,10 +98,11 @@ export class Daemon {
   async waitFor(re: RegExp, what: string, ms = 60_000): Promise<RegExpMatchArray> {
     const deadline = Date.now() + ms;
     for (;;) {
-      const m = this.text.match(re);
+      const text = this.output();
+      const m = text.match(re);
       if (m) return m;
-      if (!this.running()) throw new Error(`${this.name} exited before ${what}: ${lastLines(this.text)}`);
-      if (Date.now() > deadline) throw new Error(`${this.name}: timed out waiting for ${what}: ${lastLines(this.text)}`);
+      if (!this.running()) throw new Error(`${this.name} exited before ${what}: ${lastLines(text)} (log: ${this.logFile})`);
+      if (Date.now() > deadline) throw new Error(`${this.name}: timed out waiting for ${what}: ${lastLines(text)} (log: ${this.logFile})`);
       await sleep(100);
     }
   }
@@ -108,15 +120,29 @@ export class Daemon {
   }
 }
 
-export function startEdgetrust(name: string, args: string[], env: NodeJS.ProcessEnv = {}): Daemon {
-  return new Daemon(name, spawn(process.execPath, edgetrustArgv(args), { cwd: repoRoot(), env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] }));
+function spawnDetached(name: string, cmd: string, args: string[], env: NodeJS.ProcessEnv, logFile: string): Daemon {
+  mkdirSync(dirname(logFile), { recursive: true });
+  const fd = openSync(logFile, "a", 0o600);
+  try {
+    const proc = spawn(cmd, args, { cwd: repoRoot(), env, stdio: ["ignore", fd, fd], detached: true });
+    // Not waited for by this process's event loop: the demo stops it explicitly, or leaves it running (--keep).
+    proc.unref();
+    return new Daemon(name, proc, logFile);
+  } finally {
+    closeSync(fd);
+  }
 }
 
-/** A plain program (Mosquitto, …) without this process's engine OPENSSL_CONF. */
-export function startProcess(name: string, cmd: string, args: string[]): Daemon {
+/** `edgetrust <args>` as a long-running detached child logging to `logFile`. */
+export function startEdgetrust(name: string, args: string[], env: NodeJS.ProcessEnv, logFile: string): Daemon {
+  return spawnDetached(name, process.execPath, edgetrustArgv(args), { ...process.env, ...env }, logFile);
+}
+
+/** A plain program (Mosquitto, …) without this process's engine OPENSSL_CONF, detached, logging to `logFile`. */
+export function startProcess(name: string, cmd: string, args: string[], logFile: string): Daemon {
   const env = { ...process.env };
   delete env.OPENSSL_CONF;
-  return new Daemon(name, spawn(cmd, args, { env, stdio: ["ignore", "pipe", "pipe"] }));
+  return spawnDetached(name, cmd, args, env, logFile);
 }
 
 export async function docker(args: string[]): Promise<string> {

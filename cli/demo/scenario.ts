@@ -9,8 +9,8 @@
  * SoftHSM.
  */
 import "reflect-metadata";
-import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createHash, randomBytes } from "node:crypto";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { request } from "node:https";
 import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
@@ -24,7 +24,7 @@ import { CloudClient, DockerClient, EdgeAgent, ManagementSocketRegistrar, REGIST
 import { ClientVerifier, CrlCache, EdgeHub, HubStore, Redactor, Upstream, loadOrCreateSecret, parseRoutes, type ClientIdentity, type Rejection } from "../../edge-hub/index.js";
 import { ManagementAttestationSource, ManagementClient } from "../../device-identity/index.js";
 import type { Daemon} from "./procs.js";
-import { docker, edgetrustJson, engineRegistered, freePort, repoRoot, run, startEdgetrust, startProcess, until } from "./procs.js";
+import { docker, edgetrust, edgetrustJson, engineRegistered, freePort, lastLines, repoRoot, run, startEdgetrust, startProcess, until } from "./procs.js";
 
 export interface StepResult {
   id: string;
@@ -124,6 +124,8 @@ class Demo {
   readonly reports: AgentReport[] = [];
   v1Jws = "";
   caEnv: NodeJS.ProcessEnv = {};
+  /** Image references this run built and pushed (removed from the local engine at teardown). */
+  readonly pushedImages: string[] = [];
 
   constructor(readonly base: string, readonly progress: (line: string) => void) {
     this.paths = {
@@ -136,6 +138,9 @@ class Demo {
       hubState: join(base, "device", "hub-state"),
       agentState: join(base, "device", "agent"),
       team: join(base, "security-team"),
+      devicePolicy: join(base, "device", "policy.yaml"),
+      deviceTrustRoot: join(base, "device", "trust-root.json"),
+      logs: join(base, "logs"),
       broker: join(base, "broker"),
       opensslConf: join(base, "openssl.cnf"),
     };
@@ -155,6 +160,8 @@ type Step = (d: Demo) => Promise<{ detail: string; evidence: Record<string, unkn
 // ---- 1. the cloud CA --------------------------------------------------------------------------------------------
 
 const createCa: Step = async (d) => {
+  d.progress("the security team writes its policy (with attestation reference values) and a 2-of-3 trust root");
+  await securityTeam(d);
   d.progress("creating SoftHSM tokens (ca, device) and the root + issuing CA");
   const hsm = createSoftHsmDir({ parent: d.base });
   initToken({ module: SOFTHSM_MODULE, label: "ca", soPin: `so-${PIN.ca}`, userPin: PIN.ca });
@@ -171,7 +178,11 @@ const createCa: Step = async (d) => {
   writeFileSync(d.paths.caConfig, stringify({
     log: { level: "warn" },
     hsm: { backend: "pkcs11", module: SOFTHSM_MODULE, tokenLabel: "ca", pinFile: join(hsm.dir, "ca.pin") },
-    ca: { host: "127.0.0.1", port, revocationPort, publicBaseUrl: d.revocationUrl, sqlitePath: join(d.base, "ca", "ca.db"), trustDomain: TRUST_DOMAIN },
+    ca: {
+      host: "127.0.0.1", port, revocationPort, publicBaseUrl: d.revocationUrl, sqlitePath: join(d.base, "ca", "ca.db"), trustDomain: TRUST_DOMAIN,
+      // The verifier appraises evidence against the security team's policy (its attestation: section), re-read each time.
+      attestation: { policyFile: join(d.paths.team, "policy.yaml") },
+    },
   }));
   writeFileSync(join(d.base, "device.pin.path"), join(hsm.dir, "device.pin"));
   const init = await edgetrustJson<{ root: string; issuing: string; rootCertificatePem: string; adminToken: string; keyStore: string }>(["ca", "init", "-c", d.paths.caConfig, "--json"], d.caEnv);
@@ -186,12 +197,12 @@ const createCa: Step = async (d) => {
     await caKeys.close();
   }
   if (keys.length < 2 || keys.some((k) => k.extractable || !k.sensitive)) throw new Error(`CA keys not as expected: ${JSON.stringify(keys)}`);
-  const ca = startEdgetrust("ca-service", ["ca", "serve", "-c", d.paths.caConfig], d.caEnv);
+  const ca = startEdgetrust("ca-service", ["ca", "serve", "-c", d.paths.caConfig], d.caEnv, join(d.paths.logs, "ca-service.log"));
   d.daemons.push(ca);
   await ca.waitFor(/"listening"/, "ca-service listening");
   const root = new x509.X509Certificate(d.rootPem);
   return {
-    detail: `root "${root.subject}" + issuing CA ${init.issuing}; ${keys.length} keys in SoftHSM (sensitive, not extractable); ca-service (pid ${ca.pid}) on ${d.caUrl}`,
+    detail: `root "${root.subject}" + issuing CA ${init.issuing}; ${keys.length} keys in SoftHSM (sensitive, not extractable); ca-service (pid ${ca.pid}) on ${d.caUrl}, appraising attestation against security-team/policy.yaml`,
     evidence: { root: init.root, issuing: init.issuing, keyStore: init.keyStore, keys, caUrl: d.caUrl, pid: ca.pid },
   };
 };
@@ -204,6 +215,9 @@ const enrollDevice: Step = async (d) => {
   const rootFile = join(d.base, "ca", "root.pem");
   writeFileSync(rootFile, d.rootPem);
   mkdirSync(join(d.base, "device"), { recursive: true });
+  // The factory installs the security team's policy and trust root on the device (the first root comes out of band).
+  copyFileSync(join(d.paths.team, "policy.yaml"), d.paths.devicePolicy);
+  copyFileSync(join(d.paths.team, "trust-root.json"), d.paths.deviceTrustRoot);
   writeFileSync(d.paths.deviceConfig, stringify({
     log: { level: "info" },
     hsm: hsmSection(d),
@@ -211,7 +225,7 @@ const enrollDevice: Step = async (d) => {
       deviceId: d.deviceId, trustDomain: TRUST_DOMAIN, stateDir: d.paths.deviceState, caUrl: d.caUrl, caTrustFile: rootFile,
       enrollment: "registration", managementSocket: d.paths.mgmtSocket, workloadDir: d.paths.workloadDir, dockerSocket: DOCKER_SOCKET,
       hubServerCertFile: d.paths.hubCert, moduleLifetimeSeconds: 3600,
-      measurements: { policyFile: join(d.paths.team, "policy.yaml"), trustRootFile: join(d.paths.team, "trust-root.json"), manifestFile: join(d.paths.agentState, "manifest.json") },
+      measurements: { agentFile: agentBuildFile(), policyFile: d.paths.devicePolicy, trustRootFile: d.paths.deviceTrustRoot, manifestFile: join(d.paths.agentState, "current.jws") },
     },
   }));
   const line = await edgetrustJson<{ line: { id: string; name: string }; token: string }>(["ca", "line", "create", "-c", d.paths.caConfig, "--name", "factory-line-1", "--json"], d.caEnv);
@@ -231,17 +245,17 @@ const enrollDevice: Step = async (d) => {
 
 const registerDevice: Step = async (d) => {
   const p = await edgetrustJson<{ deviceId: string; generation: number; certificates: { kind: string; serial: string; notAfter: string }[] }>(["device", "provision", "-c", d.paths.deviceConfig, "--json"], d.caEnv);
-  const daemon = startEdgetrust("device-identity", ["device", "run", "-c", d.paths.deviceConfig], d.caEnv);
+  const daemon = startEdgetrust("device-identity", ["device", "run", "-c", d.paths.deviceConfig], d.caEnv, join(d.paths.logs, "device-identity.log"));
   d.daemons.push(daemon);
   await until("the device management socket", () => existsSync(d.paths.mgmtSocket) && existsSync(d.paths.hubCert), 60_000);
   await daemon.waitFor(/device identity daemon running/, "device identity daemon running");
-  const att = await edgetrustJson<{ status: string; claims: Record<string, { status: string; reason?: string }> }>(["device", "attest", "-c", d.paths.deviceConfig, "--json"], d.caEnv);
-  if (att.status === "contraindicated") throw new Error(`attestation contraindicated: ${JSON.stringify(att.claims)}`);
+  const att = await attest(d);
+  if (att.status !== "affirming") throw new Error(`attestation ${att.status}: ${claimLine(att.claims, true)}`);
   const dev = new x509.X509Certificate(readFileSync(d.stateFile("device.cert.pem"), "utf8"));
   const uri = dev.getExtension(x509.SubjectAlternativeNameExtension)?.names.items.find((n) => n.type === "url")?.value;
   d.caTrustPem = readFileSync(d.stateFile("ca-bundle.pem"), "utf8");
   return {
-    detail: `registered as ${uri} (${p.certificates.map((c) => c.kind).join(", ")}); daemon pid ${daemon.pid}; attestation result: ${att.status}`,
+    detail: `registered as ${uri} (${p.certificates.map((c) => c.kind).join(", ")}); daemon pid ${daemon.pid}; attestation: ${att.status} (${claimLine(att.claims)})`,
     evidence: { deviceUri: uri, certificates: p.certificates, attestation: att.status, claims: att.claims, pid: daemon.pid },
   };
 };
@@ -266,7 +280,7 @@ async function startBroker(d: Demo): Promise<void> {
     "require_certificate true", "allow_anonymous true", "persistence false",
     // As root Mosquitto would drop to the mosquitto user, which cannot read this run's files.
     ...(process.getuid?.() === 0 ? ["user root"] : []), "log_dest stderr", ""].join("\n"));
-  const m = startProcess("mosquitto", "mosquitto", ["-c", join(dir, "mosquitto.conf")]);
+  const m = startProcess("mosquitto", "mosquitto", ["-c", join(dir, "mosquitto.conf")], join(d.paths.logs, "mosquitto.log"));
   d.daemons.push(m);
   await m.waitFor(/mosquitto version \S+ running/, "mosquitto running", 15_000);
   d.cloudSubscriber = await mqtt.connectAsync(`mqtts://127.0.0.1:${d.brokerPort}`, {
@@ -315,9 +329,8 @@ privacy:
 
 const startHub: Step = async (d) => {
   d.progress("starting the cloud broker (TLS Mosquitto) and the edge hub");
-  mkdirSync(d.paths.team, { recursive: true });
-  writeFileSync(join(d.paths.team, "policy.yaml"), POLICY_YAML);
-  d.policy = parsePolicy(POLICY_YAML, join(d.paths.team, "policy.yaml"));
+  const policy = d.policy;
+  if (!policy) throw new Error("no policy: the security team's step did not run");
   await startBroker(d);
   const hsm = hsmSection(d);
   d.deviceKeys = await Pkcs11KeyStore.open({ module: SOFTHSM_MODULE, tokenLabel: "device", pin: PIN.device, logger: d.log });
@@ -349,11 +362,11 @@ const startHub: Step = async (d) => {
     serverTls: () => ({ cert: readFileSync(d.paths.hubCert), ...hubKey }),
     clientCa: [...trust, ...issuingCas, ...edgeCas].map((c) => c.toString("pem")),
     verifier: new ClientVerifier({ trustDomain: TRUST_DOMAIN, edgeCas, issuingCas, crl, attestation }),
-    attestation, policy: d.policy,
+    attestation, policy,
     limits: { maxPayloadBytes: 256 * 1024, maxTopicLevels: 16, allowRootWildcard: false },
     store: d.hubStore, routes: parseRoutes({ telemetry: "FROM /messages/modules/* INTO $upstream" }),
     defaultRoute: { priority: 5, ttlSeconds: 86_400 },
-    redactor: new Redactor(d.policy.privacy?.redact ?? [], loadOrCreateSecret(join(d.paths.hubState, "privacy.key"))),
+    redactor: new Redactor(policy.privacy?.redact ?? [], loadOrCreateSecret(join(d.paths.hubState, "privacy.key"))),
     upstream: d.upstream, upstreamTopicPrefix: "", crl, log: d.log,
   });
   d.hub.on("rejected", (r) => d.rejected.push(r));
@@ -372,6 +385,59 @@ function crlSourceOf(pem: string): string {
   const ext = cert.getExtension(x509.CRLDistributionPointsExtension);
   const uri = ext?.distributionPoints.flatMap((p) => p.distributionPoint?.fullName ?? []).find((n) => n.uniformResourceIdentifier)?.uniformResourceIdentifier;
   return uri ?? "";
+}
+
+/** The file whose sha256 is the device's agent measurement: the CLI entry the daemon runs (built, or the sources). */
+function agentBuildFile(): string {
+  const root = repoRoot();
+  return import.meta.url.endsWith(".ts") ? join(root, "cli", "index.ts") : join(root, "dist", "cli", "index.js");
+}
+
+/**
+ * The security team, before any device exists: three signer keys, a 2-of-3 trust root, and the policy — whose
+ * attestation: section is what ca-service appraises evidence against (the agent build it ships, this very policy,
+ * the trust root it names, a manifest the CA serves, modules exactly as that manifest pins them).
+ */
+async function securityTeam(d: Demo): Promise<void> {
+  mkdirSync(d.paths.team, { recursive: true });
+  d.signers = [await makeSigner("ES256"), await makeSigner("ES384"), await makeSigner("EdDSA")];
+  const body = { type: "edgetrust-trust-root" as const, version: 1, expires: new Date(Date.now() + 365 * 86_400_000).toISOString(), threshold: 2, keys: d.signers.map((s) => s.publicKey) };
+  let rootJws = await signTrustRoot(body, d.signers[0] as JwsSigner);
+  rootJws = await signTrustRoot(rootJws, d.signers[1] as JwsSigner);
+  const rootText = JSON.stringify(rootJws);
+  writeFileSync(join(d.paths.team, "trust-root.json"), rootText);
+  d.trustRoot = await parseTrustRoot(rootText);
+  const agent = `sha256:${createHash("sha256").update(readFileSync(agentBuildFile())).digest("hex")}`;
+  const text = POLICY_YAML + [
+    "attestation:",
+    `  agent: ["${agent}"]`,
+    "  policy: self",
+    "  trustRoot: policy",
+    "  manifest: { minVersion: 1, digests: deployments, absent: affirming }",
+    "  modules: manifest",
+    "",
+  ].join("\n");
+  writeFileSync(join(d.paths.team, "policy.yaml"), text);
+  d.policy = parsePolicy(text, join(d.paths.team, "policy.yaml"));
+}
+
+type Claims = Record<string, { status: string; reason: string; measured?: string; reference?: string }>;
+
+/** `edgetrust device attest --json`: nonce from ca-service, evidence signed by the daemon's HSM key, the CA's verdict. */
+async function attest(d: Demo): Promise<{ status: string; claims: Claims }> {
+  const r = await edgetrust(["device", "attest", "-c", d.paths.deviceConfig, "--json"], d.caEnv);
+  try {
+    return JSON.parse(r.stdout) as { status: string; claims: Claims };
+  } catch {
+    throw new Error(`edgetrust device attest exited ${r.code}: ${lastLines(r.stderr)}`);
+  }
+}
+
+/** `agent ✔ policy ✔ …`, or with `reasons` every claim that is not affirming with its reason. */
+function claimLine(claims: Claims, reasons = false): string {
+  const mark = (s: string): string => (s === "affirming" ? "✔" : s === "warning" ? "!" : "✘");
+  if (reasons) return Object.entries(claims).filter(([, c]) => c.status !== "affirming").map(([k, c]) => `${k} ${c.status}: ${c.reason}`).join("; ");
+  return Object.entries(claims).map(([k, c]) => `${k} ${mark(c.status)}`).join(" ");
 }
 
 // ---- 5. the security team signs a 3-module deployment -------------------------------------------------------------
@@ -410,14 +476,8 @@ const signDeployment: Step = async (d) => {
   d.progress("building the module image (node runtime FROM scratch + module program) and pushing it");
   const marker = `demo-${d.tag}-${Date.now()}`;
   d.image = await buildNodeModuleImage("demo-module", marker);
+  d.pushedImages.push(d.image.ref);
   d.imageTag = `${d.image.repository}:${marker.replace(/[^a-zA-Z0-9_.-]/g, "-").slice(0, 60)}`;
-  d.signers = [await makeSigner("ES256"), await makeSigner("ES384"), await makeSigner("EdDSA")];
-  const body = { type: "edgetrust-trust-root" as const, version: 1, expires: new Date(Date.now() + 365 * 86_400_000).toISOString(), threshold: 2, keys: d.signers.map((s) => s.publicKey) };
-  let rootJws = await signTrustRoot(body, d.signers[0] as JwsSigner);
-  rootJws = await signTrustRoot(rootJws, d.signers[1] as JwsSigner);
-  const rootText = JSON.stringify(rootJws);
-  writeFileSync(join(d.paths.team, "trust-root.json"), rootText);
-  d.trustRoot = await parseTrustRoot(rootText);
   d.v1Jws = await sign(d, manifest(d, 1, d.image.ref));
   writeFileSync(join(d.paths.team, "deployment-v1.jws"), d.v1Jws);
   const r = await caCall(d.caUrl, d.rootPem, "PUT", "/v1/deployments", d.adminToken, JSON.parse(d.v1Jws));
@@ -425,7 +485,7 @@ const signDeployment: Step = async (d) => {
   const sigs = (JSON.parse(d.v1Jws) as { signatures: unknown[] }).signatures.length;
   return {
     detail: `3 modules pinned to ${d.image.digest.slice(0, 19)}…, signed by ${sigs} of 3 trusted signers (threshold 2), uploaded to ca-service`,
-    evidence: { digest: d.image.digest, signatures: sigs, threshold: 2, modules: Object.values(d.modules), imageBytes: d.image.sizeBytes },
+    evidence: { digest: d.image.digest, image: d.image.ref, signatures: sigs, threshold: 2, modules: Object.values(d.modules), imageBytes: d.image.sizeBytes },
   };
 };
 
@@ -514,6 +574,7 @@ const swappedImage: Step = async (d) => {
   const image = d.image as NodeModuleImage;
   d.progress("pushing an impostor image under the deployment's tag");
   const impostor = await buildNodeModuleImage("demo-impostor", `impostor-${d.tag}-${Date.now()}`);
+  d.pushedImages.push(impostor.ref);
   await docker(["tag", impostor.ref, d.imageTag]);
   await docker(["push", d.imageTag]);
   const tagNow = await registryDigest(d.imageTag);
@@ -536,7 +597,7 @@ const swappedImage: Step = async (d) => {
   const reasons = r.verdict.reasons.map((x) => `${x.check}: ${x.message}`);
   return {
     detail: `tag now → ${tagNow.slice(0, 19)}… (impostor); the agent re-created the sensor from ${image.digest.slice(0, 19)}…; a manifest naming the tag is refused: ${reasons[0] ?? "?"}`,
-    evidence: { tagDigest: tagNow, impostorDigest: impostor.digest, pinnedDigest: image.digest, recreatedRunsPinned: runsPinned, tagManifestReasons: reasons },
+    evidence: { impostorImage: impostor.ref, tagDigest: tagNow, impostorDigest: impostor.digest, pinnedDigest: image.digest, recreatedRunsPinned: runsPinned, tagManifestReasons: reasons },
   };
 };
 
@@ -547,6 +608,27 @@ const foreignTopic: Step = async (d) => {
   return {
     detail: `analytics subscribing to ${d.modules.sensor}'s telemetry: SUBACK refused (${r.reason}: ${r.detail.slice(0, 120)})`,
     evidence: { stage: r.stage, reason: r.reason, detail: r.detail, identity: r.identity },
+  };
+};
+
+const changedPolicy: Step = async (d) => {
+  // Deployed and running: the device attests affirming, every module as the manifest the CA serves pins it.
+  const before = await attest(d);
+  if (before.status !== "affirming") throw new Error(`the deployed device attests ${before.status}: ${claimLine(before.claims, true)}`);
+  // Someone with a shell on the device loosens its installed policy after the fact (audit: denials only reported).
+  const original = readFileSync(d.paths.devicePolicy, "utf8");
+  writeFileSync(d.paths.devicePolicy, original.replace("mode: enforce", "mode: audit"));
+  let after: Awaited<ReturnType<typeof attest>>;
+  try {
+    after = await attest(d);
+  } finally {
+    writeFileSync(d.paths.devicePolicy, original);
+  }
+  const policyClaim = after.claims.policy;
+  if (after.status !== "contraindicated" || policyClaim?.status !== "contraindicated") throw new Error(`a changed policy file attested ${after.status}: ${JSON.stringify(policyClaim)}`);
+  return {
+    detail: `running device attests affirming (${claimLine(before.claims)}); its policy.yaml switched to mode: audit → contraindicated: ${policyClaim.reason} [${policyClaim.reference ?? ""}]`,
+    evidence: { before: before.status, beforeClaims: before.claims, after: after.status, afterClaims: after.claims, policyClaim },
   };
 };
 
@@ -580,17 +662,37 @@ export const STEPS: { id: string; title: string; run: Step; core: boolean }[] = 
   { id: "tampered", title: "refused: a tampered manifest", run: tamperedManifest, core: false },
   { id: "swapped", title: "refused: an image swapped under its tag", run: swappedImage, core: false },
   { id: "foreign-topic", title: "refused: a module reading another module's topic", run: foreignTopic, core: false },
+  { id: "policy-changed", title: "refused: a device whose policy file changed after the fact (attestation)", run: changedPolicy, core: false },
   { id: "revoked", title: "refused: a revoked device", run: revokedDevice, core: false },
 ];
+
+/** What runs inside this process (hub, agent, MQTT back-end, HSM session): always stopped when the run ends. */
+async function stopInProcess(d: Demo): Promise<void> {
+  await d.agent?.stop().catch(() => undefined);
+  await d.cloudSubscriber?.endAsync(true).catch(() => undefined);
+  await d.hub?.stop().catch(() => undefined);
+  await d.attestation?.stop().catch(() => undefined);
+  await d.deviceKeys?.close().catch(() => undefined);
+}
+
+/** Image IDs of what this run built and pushed, as the local engine has them. */
+async function pushedImageIds(d: Demo): Promise<string[]> {
+  const ids = new Set<string>();
+  for (const ref of d.pushedImages) {
+    const img = await d.docker.inspectImage(ref).catch(() => undefined);
+    if (img?.Id) ids.add(img.Id);
+  }
+  return [...ids];
+}
 
 async function teardown(d: Demo): Promise<void> {
   await d.agent?.stop().catch(() => undefined);
   for (const n of Object.values(d.modules)) await d.docker.removeContainer(containerName(n)).catch(() => undefined);
-  await d.cloudSubscriber?.endAsync(true).catch(() => undefined);
-  await d.hub?.stop().catch(() => undefined);
-  await d.attestation?.stop().catch(() => undefined);
+  await stopInProcess(d);
   for (const p of [...d.daemons].reverse()) await p.stop().catch(() => undefined);
-  await d.deviceKeys?.close().catch(() => undefined);
+  // The images this run pushed leave the local engine (their blobs stay in the registry; the shared runtime base stays).
+  const ids = await pushedImageIds(d);
+  if (ids.length > 0) await docker(["rmi", "-f", ...ids]).catch((e: unknown) => d.progress(`could not remove images: ${(e as Error).message}`));
 }
 
 export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
@@ -622,19 +724,31 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
     }
   } finally {
     if (!opts.keep) {
-      d.progress("tearing down: containers, hub, agent, device daemon, ca-service, Mosquitto, state");
+      d.progress("tearing down: containers, hub, agent, device daemon, ca-service, Mosquitto, pushed images, state");
       await teardown(d);
       rmSync(base, { recursive: true, force: true });
+    } else {
+      d.progress("--keep: stopping what runs in this process (hub, agent); leaving the detached processes and containers");
+      await stopInProcess(d);
     }
   }
-  const leftRunning = opts.keep
-    ? [
-      ...d.daemons.filter((p) => p.running()).map((p) => `${p.name}: kill ${p.pid}`),
-      `containers: docker -H unix://${DOCKER_SOCKET} rm -f ${Object.values(d.modules).map(containerName).join(" ")}`,
-      `state: rm -rf ${base}`,
-      "edge hub and agent ran inside the demo process and stop with it",
-    ]
-    : [];
+  let leftRunning: string[] = [];
+  if (opts.keep) {
+    const alive = d.daemons.filter((p) => p.running());
+    const dockerCmd = `docker -H unix://${DOCKER_SOCKET}`;
+    const ids = await pushedImageIds(d);
+    const stop = [
+      ...(alive.length ? [`kill ${alive.map((p) => p.pid).join(" ")}`] : []),
+      `${dockerCmd} rm -f ${Object.values(d.modules).map(containerName).join(" ")}`,
+      ...(ids.length ? [`${dockerCmd} rmi -f ${ids.map((i) => i.replace(/^sha256:/, "").slice(0, 12)).join(" ")}`] : []),
+      `rm -rf ${base}`,
+    ];
+    leftRunning = [
+      ...alive.map((p) => `${p.name}: pid ${p.pid}, log ${p.logFile}`),
+      `containers: ${Object.values(d.modules).map(containerName).join(", ")} (the edge hub and agent ran inside the demo process and stopped with it)`,
+      `stop everything: ${stop.join("; ")}`,
+    ];
+  }
   return { ok: steps.every((s) => s.ok), steps, baseDir: base, leftRunning, ms: Date.now() - started };
 }
 
