@@ -9,3 +9,5 @@ export type { RegisterInput, RegistrationCredential, RegistrationChannel, Regist
 export { deriveDeviceKey, parseSas, verifySas } from "./credentials.js";
 export { certsOnlyPkcs7, csrAttrsDer, EST_CERTS_TYPE } from "./est.js";
 export { addEnrollmentCommands } from "./cli.js";
+export { TpmChallenges, tpmRegistrationProof, parseTpmPublic, certifiedName, TPM_PROOF_LABEL } from "./tpm.js";
+export type { TpmChallenge, TpmChallengeRequest, TpmProof, TpmPublic, TpmChallengeOptions } from "./tpm.js";

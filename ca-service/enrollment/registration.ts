@@ -7,6 +7,7 @@ import { sha256Hex } from "../store.js";
 import { chainsTo, commonNameOf, deriveDeviceKey, parseSas, sameKey, verifySas } from "./credentials.js";
 import { checkRegistrationId, effectiveDnsNames, type EnrollmentProfile } from "./model.js";
 import type { EnrollmentStore, RegistrationRecord } from "./store.js";
+import { TpmChallenges, type TpmChallenge, type TpmChallengeRequest, type TpmProof } from "./tpm.js";
 
 /** How a device proves it may register (besides the CSR signature, always required). */
 export type RegistrationCredential =
@@ -17,7 +18,9 @@ export type RegistrationCredential =
   /** `Authorization: SharedAccessSignature sr=<idScope>/registrations/<id>&sig=...&se=...&skn=registration`. */
   | { kind: "sas"; header: string; idScope: string }
   /** HTTP Basic (EST): the password is the device key derived from its group key. */
-  | { kind: "basic"; password: string };
+  | { kind: "basic"; password: string }
+  /** A `tpm` enrollment: the answer to a challenge from `tpmChallenge` (activated secret + the AK's certify of the CSR key). */
+  | { kind: "tpm"; proof: TpmProof };
 
 export type RegistrationChannel = "api" | "est" | "dps";
 
@@ -70,6 +73,8 @@ interface Resolved {
   labels: Record<string, string>;
   /** publicKey enrollments: the CSR's SPKI must hash to this. */
   requiredSpkiSha256?: string;
+  /** tpm enrollments: the proof to check against the CSR, and the enrolled EK's SPKI sha256. */
+  tpm?: { proof: TpmProof; ekSha256: string };
   /** Set when the enrollment is disabled: thrown only once the credential (for publicKey: the CSR key) authenticated. */
   refusal?: EdgeTrustError;
 }
@@ -97,7 +102,25 @@ function view(i: Issued): IssuedCertificate {
  * the idempotency key, write the device record, issue the identity (and Edge CA) certificate, record the result.
  */
 export class RegistrationService {
-  constructor(readonly ca: CertificateAuthority, readonly enrollments: EnrollmentStore) {}
+  /** Outstanding TPM challenges: share one instance between the challenge route and registration. */
+  readonly tpmChallenges: TpmChallenges;
+
+  constructor(readonly ca: CertificateAuthority, readonly enrollments: EnrollmentStore, tpmChallenges?: TpmChallenges) {
+    this.tpmChallenges = tpmChallenges ?? new TpmChallenges();
+  }
+
+  /**
+   * Step 1 of a TPM registration: the device names its EK and AK; the EK must be the enrolled one, the AK a restricted
+   * signing key that never leaves the TPM. Answers a secret sealed to the EK for the AK (tpm2_makecredential).
+   */
+  async tpmChallenge(registrationId: string, req: TpmChallengeRequest): Promise<TpmChallenge> {
+    const id = checkRegistrationId(registrationId);
+    const ind = await this.enrollments.getIndividual(id);
+    if (!ind || ind.attestation !== "tpm") throw unauth(`no TPM enrollment for registration id ${id}`, "enroll the device's endorsement key (attestation tpm)");
+    const challenge = await this.tpmChallenges.create(id, Buffer.from(ind.credential, "base64"), req);
+    if (ind.status !== "enabled") throw disabled(`enrollment ${id}`);
+    return challenge;
+  }
 
   /** Which registration id a bootstrap certificate stands for (EST without a path id): individual by fingerprint, else its CN. */
   async registrationIdForCertificate(cert: NodeX509): Promise<string> {
@@ -111,7 +134,7 @@ export class RegistrationService {
   /** Authenticate a credential for a registration id (also used by DPS operation polls); returns the enrollment it matched. */
   async authenticate(registrationId: string, cred: RegistrationCredential): Promise<{ kind: "individual" | "group"; id: string; labels: Record<string, string> }> {
     const r = await this.resolve(checkRegistrationId(registrationId), cred);
-    if (r.requiredSpkiSha256) throw unauth("this enrollment authenticates with its CSR only at registration");
+    if (r.requiredSpkiSha256 || r.tpm) throw unauth("this enrollment authenticates with its CSR (and TPM proof) only at registration");
     if (r.refusal) throw r.refusal;
     return { kind: r.kind, id: r.id, labels: r.labels };
   }
@@ -120,21 +143,23 @@ export class RegistrationService {
     const ind = await this.enrollments.getIndividual(registrationId);
     if (ind) {
       let required: string | undefined;
+      let tpmCheck: Resolved["tpm"];
       if (ind.attestation === "x509") {
         if (cred.kind !== "x509") throw unauth("this enrollment needs the bootstrap certificate as the TLS client certificate");
         if (sha256Hex(new Uint8Array(cred.cert.raw)) !== ind.credentialSha256) throw unauth("the client certificate is not the enrolled bootstrap certificate");
         if (!certValidNow(cred.cert)) throw unauth("the bootstrap certificate is expired or not yet valid");
       } else if (ind.attestation === "tpm") {
-        throw new EdgeTrustError("FORBIDDEN", "TPM endorsement-key attestation is recorded but registration with it is not supported yet", { hint: "enroll the device's public key (publicKey) or a bootstrap certificate" });
+        if (cred.kind !== "tpm") throw unauth("this enrollment registers with a TPM proof", "POST /v1/registrations/{id}/tpm-challenge, then send the answer in the registration's tpm field");
+        tpmCheck = { proof: cred.proof, ekSha256: ind.credentialSha256 };
       } else {
         required = ind.credentialSha256;
       }
       const refusal = ind.status !== "enabled" ? disabled(`enrollment ${registrationId}`) : undefined;
-      if (refusal && !required) throw refusal;
+      if (refusal && !required && !tpmCheck) throw refusal;
       return {
         ...(refusal ? { refusal } : {}),
         kind: "individual", id: ind.registrationId, attestation: ind.attestation, profile: ind.profile, lifetimeDays: ind.lifetimeDays, edgeCa: ind.edgeCa,
-        dnsNames: effectiveDnsNames(registrationId, ind.dnsNames), labels: ind.labels, ...(required ? { requiredSpkiSha256: required } : {}),
+        dnsNames: effectiveDnsNames(registrationId, ind.dnsNames), labels: ind.labels, ...(required ? { requiredSpkiSha256: required } : {}), ...(tpmCheck ? { tpm: tpmCheck } : {}),
       };
     }
     const fromGroup = async (): Promise<Resolved> => {
@@ -185,6 +210,9 @@ export class RegistrationService {
     const spkiSha = sha256Hex(new Uint8Array(csr.publicKey.rawData));
     if (r.requiredSpkiSha256 && spkiSha !== r.requiredSpkiSha256) {
       throw unauth("the CSR's key is not the enrolled public key", "sign the CSR with the key that was enrolled");
+    }
+    if (r.tpm) {
+      await this.tpmChallenges.verify(registrationId, r.tpm.ekSha256, r.tpm.proof, { pem: input.csr, spkiDer: Buffer.from(csr.publicKey.rawData) }, input.edgeCaCsr);
     }
     if (r.refusal) throw r.refusal;
     if (r.edgeCa && !input.edgeCaCsr && !input.identityOnly) throw new EdgeTrustError("INVALID_INPUT", "this enrollment issues an Edge CA: send edgeCaCsr too");

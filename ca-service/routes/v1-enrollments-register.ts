@@ -10,11 +10,35 @@ import type { RouteDeps } from "./types.js";
 
 const Issued = Type.Object({ serial: Type.String(), notAfter: Type.String(), certificatePem: Type.String(), chainPem: Type.String() });
 
+const B64 = (maxLength: number, description: string) => Type.String({ minLength: 4, maxLength, pattern: "^[A-Za-z0-9+/]+={0,2}$", description });
+
+/** The answer to a TPM challenge (enrollment attestation `tpm`); see ca-service/README.md "Enrollment → TPM". */
+export const TpmProofBody = Type.Object({
+  challengeId: Type.String({ format: "uuid", description: "from POST /v1/registrations/{id}/tpm-challenge; single use" }),
+  proof: B64(64, "base64 HMAC-SHA256(activated secret, label \\n challengeId \\n sha256hex(csr) \\n sha256hex(edgeCaCsr or ''))"),
+  keyPub: B64(2048, "the identity key's TPM2B_PUBLIC (tpm2_create -u), base64"),
+  certifyInfo: B64(2048, "tpm2_certify -o of the identity key by the AK (TPMS_ATTEST), base64"),
+  certifySignature: B64(2048, "tpm2_certify -s -f plain, base64"),
+}, { additionalProperties: false });
+
 /** The registration contract of the device daemon (`RegistrationRequestBody` in, `RegistrationResultSchema` out). */
 export const RegistrationRequestBody = Type.Object({
   csr: CsrPem,
   edgeCaCsr: Type.Optional(CsrPem),
-}, { additionalProperties: false, description: "PKCS#10 requests: the device identity key, and the Edge CA key when the enrollment issues one" });
+  tpm: Type.Optional(TpmProofBody),
+}, { additionalProperties: false, description: "PKCS#10 requests: the device identity key, and the Edge CA key when the enrollment issues one; tpm: the TPM proof for a tpm enrollment" });
+
+export const TpmChallengeBody = Type.Object({
+  ekPub: Type.String({ minLength: 32, maxLength: 4096, description: "the endorsement key, PEM PUBLIC KEY (tpm2_createek -f pem) or base64 DER" }),
+  akPub: B64(2048, "the attestation key's TPM2B_PUBLIC (tpm2_createak -u), base64"),
+  akName: Type.String({ minLength: 4, maxLength: 200, pattern: "^(?:[0-9a-fA-F]+|[A-Za-z0-9+/]+={0,2})$", description: "the AK's name (tpm2_createak -n), hex or base64" }),
+}, { additionalProperties: false });
+
+export const TpmChallengeResult = Type.Object({
+  challengeId: Type.String(),
+  credential: Type.String({ description: "tpm2_makecredential output, base64: the -i file of tpm2_activatecredential" }),
+  expiresAt: Type.String(),
+});
 
 export const RegistrationResultSchema = Type.Object({
   registrationId: Type.String(),
@@ -60,6 +84,16 @@ export function registrationCredential(req: FastifyRequest, idScope?: string): R
 export const registrationRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, store, metrics }) => {
   const es = new EnrollmentStore(store);
   const svc = new RegistrationService(ca, es);
+  app.post<{ Params: Static<typeof Params>; Body: Static<typeof TpmChallengeBody> }>("/v1/registrations/:registrationId/tpm-challenge", {
+    schema: {
+      summary: "TPM enrollment, step 1: a credential sealed to the enrolled EK for the device's AK (answer it in PUT /v1/registrations/{id} tpm)", tags: ["registration"],
+      params: Params, body: TpmChallengeBody, response: { 201: TpmChallengeResult, ...problemResponses(400, 401, 403, 503) },
+    },
+  }, async (req, reply) => {
+    const c = await svc.tpmChallenge(req.params.registrationId, req.body);
+    reply.code(201).header("cache-control", "no-store");
+    return c;
+  });
   app.put<{ Params: Static<typeof Params>; Body: Static<typeof RegistrationRequestBody>; Headers: Static<typeof Headers> }>("/v1/registrations/:registrationId", {
     schema: {
       summary: "Register a device (bootstrap certificate over mTLS, Basic with the derived group key, or an enrolled public key)", tags: ["registration"],
@@ -73,7 +107,7 @@ export const registrationRoutes: FastifyPluginAsync<RouteDeps> = async (app, { c
     }
     const out = await svc.register({
       registrationId: b, csr: req.body.csr, ...(req.body.edgeCaCsr ? { edgeCaCsr: req.body.edgeCaCsr } : {}),
-      idempotencyKey: req.headers["idempotency-key"], credential: registrationCredential(req), channel: "api",
+      idempotencyKey: req.headers["idempotency-key"], credential: req.body.tpm ? { kind: "tpm", proof: req.body.tpm } : registrationCredential(req), channel: "api",
     });
     if (!out.replayed) metrics.issued.inc({ profile: "registration", kind: "issue" });
     reply.code(out.replayed ? 200 : 201).header("cache-control", "no-store");
