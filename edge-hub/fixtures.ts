@@ -90,19 +90,21 @@ export class TestPki {
     return { cert, chainPem: [cert, ...chain].map((c) => c.toString("pem")).join("\n"), keyPem };
   }
 
-  async module(name: string, att: { imageDigest: string; manifestVersion: number }, edgeCa: Issuer & { certificate: x509.X509Certificate } = this.edgeCa, deviceId = DEVICE): Promise<Credential> {
+  /** A module certificate; `validity` makes one outside its validity period (e.g. expired an hour ago). */
+  async module(name: string, att: { imageDigest: string; manifestVersion: number }, edgeCa: Issuer & { certificate: x509.X509Certificate } = this.edgeCa, deviceId = DEVICE, validity?: { notBefore: Date; lifetimeSeconds: number }): Promise<Credential> {
     const k = await newKey();
     const cert = await issueCertificate({
       profile: "module", subject: { commonName: name }, identity: { trustDomain: TRUST_DOMAIN, deviceId, moduleId: name },
-      attestation: att, publicKey: k.pair.publicKey, issuer: edgeCa,
+      attestation: att, publicKey: k.pair.publicKey, issuer: edgeCa, ...(validity ?? {}),
     });
     return this.cred(cert, [edgeCa.certificate, this.issuing.certificate], k.pem);
   }
 
-  async leaf(deviceId: string): Promise<Credential> {
+  async leaf(deviceId: string, validity?: { notBefore: Date; lifetimeSeconds: number }): Promise<Credential> {
     const k = await newKey();
     const cert = await issueCertificate({
       profile: "leaf-device", subject: { commonName: deviceId }, identity: { trustDomain: TRUST_DOMAIN, deviceId }, publicKey: k.pair.publicKey, issuer: this.issuing,
+      ...(validity ?? {}),
     });
     return this.cred(cert, [this.issuing.certificate], k.pem);
   }

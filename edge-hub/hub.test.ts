@@ -40,6 +40,25 @@ function closed(c: MqttClient): Promise<void> {
   return within(new Promise<void>((r) => c.once("close", () => r())), 5000, "close");
 }
 
+/**
+ * After an attack: the attacker holds no session (its identity is not connected), and the broker still serves — two
+ * fresh, legitimate clients connect and a QoS 1 message goes from one to the other.
+ */
+async function stillServing(attacker?: string): Promise<void> {
+  if (attacker !== undefined) expect(t.hub.connectedIdentities()).not.toContain(attacker);
+  const mon = await connect(monitor);
+  const sen = await connect(sensor);
+  try {
+    await mon.subscribeAsync("status/#", { qos: 1 });
+    const got = within(new Promise<string>((r) => mon.once("message", (_tp, p) => r(p.toString()))), 5000, "message after the attack");
+    await sen.publishAsync("status/d1/sensor", "still up", { qos: 1 });
+    expect(await got).toBe("still up");
+  } finally {
+    await mon.endAsync();
+    await sen.endAsync();
+  }
+}
+
 beforeAll(async () => {
   pki = await TestPki.create();
   t = await startTestHub(pki);
@@ -79,18 +98,21 @@ describe("edge hub: identity, mTLS and ACL", () => {
     const cred = await pki.module("sensor", SENSOR, other, "d2");
     const r = await refused(cred);
     expect(r.reason).toBe("untrusted-issuer");
+    await stillServing("d2/sensor");
   });
 
   it("refuses a module URI naming another device even when this Edge CA signed it (URI path check)", async () => {
     const cred = await pki.oddLeaf([{ type: "url", value: "edgetrust://example.com/devices/d2/modules/sensor" }], pki.edgeCa);
     const r = await refused(cred);
     expect(r.reason).toBe("module-device-mismatch");
+    await stillServing("d2/sensor");
   });
 
   it("refuses a module whose certificate's image digest no longer matches its attestation", async () => {
     const stale = await pki.module("sensor", { imageDigest: digest("c"), manifestVersion: 2 });
     const r = await refused(stale);
     expect(r.reason).toBe("attestation-mismatch");
+    await stillServing();
   });
 
   it("refuses a module that is not registered as attested", async () => {
@@ -112,6 +134,7 @@ describe("edge hub: identity, mTLS and ACL", () => {
     await ok.endAsync();
     const { existsSync } = await import("node:fs");
     expect(existsSync(join(t.dir, "crl", "crl.der"))).toBe(true);
+    await stillServing("leaf-revoked");
   });
 
   it("refuses certificates with no URI SAN, two identities, or a foreign trust domain", async () => {
@@ -123,6 +146,35 @@ describe("edge hub: identity, mTLS and ACL", () => {
     ]))).reason).toBe("bad-uri-san");
     expect((await refused(await pki.oddLeaf([{ type: "url", value: "edgetrust://example.com/devices/a/b/c" }]))).reason).toBe("bad-uri-san");
     expect((await refused(await pki.oddLeaf([{ type: "url", value: "edgetrust://evil.example/devices/leaf1" }]))).reason).toBe("wrong-trust-domain");
+    await stillServing();
+  });
+
+  it("refuses a client that presents no certificate at all (TLS handshake), and keeps serving", async () => {
+    const seen = new Promise<Rejection>((resolve) => t.hub.once("rejected", resolve));
+    const c = mqtt.connect(`mqtts://127.0.0.1:${t.hub.boundPort}`, { ca: pki.rootPem(), servername: "localhost", reconnectPeriod: 0, protocolVersion: 4, connectTimeout: 4000 });
+    let connacked = false;
+    c.on("connect", () => (connacked = true));
+    c.on("error", () => undefined);
+    await closed(c);
+    c.end(true);
+    const r = await within(seen, 3000, "rejection");
+    expect(connacked).toBe(false);
+    expect(r).toMatchObject({ stage: "connect", reason: "no-certificate" });
+    await stillServing();
+  });
+
+  it("refuses an expired module certificate and an expired leaf certificate, and keeps serving", async () => {
+    const hourAgo = { notBefore: new Date(Date.now() - 2 * 3_600_000), lifetimeSeconds: 3600 };
+    const expiredModule = await pki.module("sensor", SENSOR, pki.edgeCa, DEVICE, hourAgo);
+    const expiredLeaf = await pki.leaf("leaf-old", hourAgo);
+    expect(expiredModule.cert.notAfter.getTime()).toBeLessThan(Date.now());
+    for (const cred of [expiredModule, expiredLeaf]) {
+      const r = await refused(cred);
+      // OpenSSL's chain check (validity included) says CERT_HAS_EXPIRED; the socket never reaches the broker.
+      expect(r).toMatchObject({ stage: "connect", reason: "certificate-expired" });
+      expect(r.detail).toMatch(/CERT_HAS_EXPIRED/);
+    }
+    await stillServing("leaf-old");
   });
 
   it("ignores a client id and username that claim another identity: the certificate decides", async () => {
@@ -138,19 +190,23 @@ describe("edge hub: identity, mTLS and ACL", () => {
       await gone;
       const r = await within(seen);
       expect(r).toMatchObject({ reason: "policy-denied", identity: "leaf2" });
+      expect(t.hub.connectedIdentities()).not.toContain("leaf2");
+      // The real leaf1 session was never touched: it still publishes.
+      await real.publishAsync("devices/leaf1/messages/events/", "mine", { qos: 1 });
     } finally {
       await real.endAsync();
       liar.end(true);
     }
+    await stillServing();
   });
 
-  it("refuses subscriptions to another module's inputs, `#` and `$SYS/#`", async () => {
+  it("refuses subscriptions to another module's inputs, `#`, `$SYS/#` and `$iothub/#` (snooping)", async () => {
     const c = await connect(sensor);
     try {
       const reasons: string[] = [];
       const on = (r: Rejection) => reasons.push(r.reason);
       t.hub.on("rejected", on);
-      for (const denied of ["devices/d1/modules/monitor/inputs/#", "#", "$SYS/#", "+/d1/#", "devices/+/modules/+/inputs/#"]) {
+      for (const denied of ["devices/d1/modules/monitor/inputs/#", "#", "$SYS/#", "$iothub/#", "$iothub/+/#", "$iothub/methods/res/#", "+/d1/#", "devices/+/modules/+/inputs/#"]) {
         await expect(c.subscribeAsync(denied, { qos: 1 }), denied).rejects.toThrow(/Subscribe error/);
       }
       const granted = await c.subscribeAsync("devices/d1/modules/sensor/inputs/#", { qos: 1 });
@@ -158,9 +214,40 @@ describe("edge hub: identity, mTLS and ACL", () => {
       expect(granted.map((g) => g.qos)).toEqual([1]);
       expect(c.connected).toBe(true);
       expect(reasons).toEqual(expect.arrayContaining(["policy-denied", "wildcard-root", "reserved-topic"]));
+      expect(reasons).toHaveLength(8);
     } finally {
       await c.endAsync();
     }
+    await stillServing();
+  });
+
+  it("refuses a publish into another module's inputs or as another module's telemetry (connection closed)", async () => {
+    for (const topic of ["devices/d1/modules/monitor/inputs/in1/", "devices/d1/modules/monitor/messages/events/"]) {
+      const c = await connect(sensor);
+      const seen = new Promise<Rejection>((r) => t.hub.once("rejected", r));
+      const gone = closed(c);
+      c.publish(topic, "forged", { qos: 1 });
+      await gone;
+      expect(await within(seen)).toMatchObject({ stage: "publish", reason: "policy-denied", identity: "d1/sensor" });
+      c.end(true);
+    }
+    await stillServing();
+  });
+
+  it("refuses a 10,000-level topic (publish and subscribe) without harm to the broker", async () => {
+    const deep = "devices/d1/modules/sensor/messages/events/" + "x/".repeat(10_000) + "x";
+    for (const attempt of ["publish", "subscribe"] as const) {
+      const c = await connect(sensor);
+      const seen = new Promise<Rejection>((r) => t.hub.once("rejected", r));
+      const gone = closed(c);
+      c.on("error", () => undefined);
+      if (attempt === "publish") c.publish(deep, "p", { qos: 1 });
+      else c.subscribe(deep.replace("sensor/messages/events", "sensor/inputs"), { qos: 1 }, () => undefined);
+      await gone;
+      expect(await within(seen), attempt).toMatchObject({ reason: "topic-too-deep", identity: "d1/sensor" });
+      c.end(true);
+    }
+    await stillServing();
   });
 
   it("disconnects on an over-deep topic and on an oversized payload", async () => {
@@ -176,6 +263,7 @@ describe("edge hub: identity, mTLS and ACL", () => {
       expect((await within(seen)).reason).toBe(reason);
       c.end(true);
     }
+    await stillServing();
   });
 
   it("refuses a connection whose will message targets a forbidden topic", async () => {

@@ -53,7 +53,8 @@ export interface HubOptions {
   log?: Logger;
 }
 
-export type RejectionStage = "connect" | "publish" | "subscribe" | "session";
+/** `protocol`: refused by the MQTT layer (aedes) before the hub's own checks ran, e.g. a topic of more than 100 levels. */
+export type RejectionStage = "connect" | "publish" | "subscribe" | "session" | "protocol";
 export type HubRejectReason =
   | RejectReason
   | "tls-handshake"
@@ -94,6 +95,17 @@ interface ClientState {
 
 /** Client publishes to `$iothub/...` are answered by the hub and then published here, where nothing can subscribe. */
 const SINK = "$edgetrust/hub/sink";
+
+/** The TLS layer's verdict on the client certificate (OpenSSL's chain + validity check against `clientCa`). */
+function handshakeProblem(socket: TLSSocket): { reason: HubRejectReason; detail: string } | undefined {
+  if (socket.authorized) return undefined;
+  const peer = socket.getPeerCertificate(false);
+  if (!peer || !("raw" in peer) || !peer.raw) return { reason: "no-certificate", detail: "the client presented no certificate" };
+  const err = socket.authorizationError;
+  const code = err === null || err === undefined ? "unknown" : typeof err === "string" ? err : ((err as NodeJS.ErrnoException).code ?? err.message);
+  if (code === "CERT_HAS_EXPIRED" || code === "CERT_NOT_YET_VALID") return { reason: "certificate-expired", detail: `TLS: ${code} (valid ${peer.valid_from} .. ${peer.valid_to})` };
+  return { reason: "tls-handshake", detail: `TLS: client certificate not verified (${code})` };
+}
 
 class Rejected extends Error {
   constructor(readonly reason: HubRejectReason, detail: string) {
@@ -210,14 +222,35 @@ export class EdgeHub extends EventEmitter<HubEvents> {
       const granted = subs.filter((x) => (x.qos as number) !== 128).map((x) => x.topic);
       if (id && granted.length > 0) this.emit("subscribed", id, granted);
     });
-    broker.on("clientError", (client, err) => this.log.debug({ client: client.id, err: err.message }, "client error"));
+    broker.on("clientError", (client, err) => {
+      // aedes refuses a topic or filter deeper than its own ceiling (100 levels) before authorizePublish/Subscribe
+      // run, and closes the connection: still a refusal of the hub, counted with the same reason.
+      if (/too many levels/.test(err.message)) {
+        const id = this.states.get(client)?.identity;
+        this.reject({ stage: "protocol", reason: "topic-too-deep", detail: `${err.message}; disconnected`, ...(id ? { identity: id.key } : {}) });
+        return;
+      }
+      this.log.debug({ client: client.id, err: err.message }, "client error");
+    });
     broker.on("connectionError", (_client, err) => this.log.debug({ err: err.message }, "connection error"));
     this.broker = broker;
 
     const tlsOpts = await this.opts.serverTls();
+    // OpenSSL verifies the client chain in the handshake (requestCert); its verdict is checked here, before the socket
+    // reaches the broker, instead of by rejectUnauthorized — so the refusal carries its reason (no certificate, expired,
+    // unknown CA) rather than a bare alert. Nothing is read from an unauthorized socket.
     const server = createServer(
-      { ...tlsOpts, ca: this.opts.clientCa, requestCert: true, rejectUnauthorized: true, minVersion: "TLSv1.2", maxVersion: "TLSv1.3" },
-      (socket) => broker.handle(socket),
+      { ...tlsOpts, ca: this.opts.clientCa, requestCert: true, rejectUnauthorized: false, minVersion: "TLSv1.2", maxVersion: "TLSv1.3" },
+      (socket) => {
+        const problem = handshakeProblem(socket);
+        if (problem) {
+          this.reject({ stage: "connect", ...problem });
+          this.metrics.connections.inc({ result: "refused", principal: "unknown" });
+          socket.destroy();
+          return;
+        }
+        broker.handle(socket);
+      },
     );
     server.on("tlsClientError", (err) => {
       this.reject({ stage: "connect", reason: "tls-handshake", detail: err.message });
