@@ -4,6 +4,7 @@ import { X509Certificate } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { promisify } from "node:util";
 import mqtt, { type MqttClient } from "mqtt";
@@ -154,7 +155,7 @@ async function freePort(): Promise<number> {
 /** A loopback port held by a listener that accepts and at once closes: an upstream that is down, for sure. */
 async function holdPort(): Promise<{ port: number; release: () => Promise<void> }> {
   const { createServer } = await import("node:net");
-  const socks = new Set<import("node:net").Socket>();
+  const socks = new Set<Socket>();
   const s = createServer((sock) => {
     socks.add(sock);
     sock.on("close", () => socks.delete(sock));
