@@ -96,6 +96,11 @@ describe("edgetrust demo (headless)", () => {
       expect(changed.after).toBe("contraindicated");
       expect(changed.policyClaim).toMatchObject({ status: "contraindicated", reason: expect.stringMatching(/^policy digest .* is not a reference value/) });
       expect(String(step("revoked").evidence.refusal)).toMatch(/revoked/);
+      // A leaf device's certificate revoked at ca-service: the hub, which loads the CA's CRL, refuses it.
+      const leaf = step("revoked").evidence.leaf as { before: string; after: string; hubRefusal: string };
+      expect(leaf.before).toBe("connected");
+      expect(leaf.after).toMatch(/^refused/);
+      expect(leaf.hubRefusal).toMatch(/revoked/i);
 
       // Torn down: the module containers are gone and so is the state directory.
       const docker = new DockerClient({ socketPath: DOCKER_SOCKET });

@@ -65,12 +65,12 @@ function pemCerts(text: string): x509.X509Certificate[] {
 }
 
 /** HTTPS JSON call to ca-service (admin or line token). */
-function caCall(url: string, ca: string, method: string, path: string, token: string, body?: unknown): Promise<{ status: number; json: unknown }> {
+function caCall(url: string, ca: string, method: string, path: string, token: string, body?: unknown, extraHeaders: Record<string, string> = {}): Promise<{ status: number; json: unknown }> {
   const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
   return new Promise((resolve, reject) => {
     const req = request(new URL(path, url), {
       method, ca,
-      headers: { authorization: `Bearer ${token}`, ...(payload ? { "content-type": "application/json", "content-length": payload.length } : {}) },
+      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...extraHeaders, ...(payload ? { "content-type": "application/json", "content-length": payload.length } : {}) },
     }, (res) => {
       const chunks: Buffer[] = [];
       res.on("data", (c: Buffer) => chunks.push(c));
@@ -113,6 +113,7 @@ class Demo {
   hub?: EdgeHub;
   attestation?: ManagementAttestationSource;
   hubStore?: HubStore;
+  crl?: CrlCache;
   upstream?: Upstream;
   agent?: EdgeAgent;
   cloud?: CloudClient;
@@ -348,6 +349,7 @@ const startHub: Step = async (d) => {
   const dp = issuingCas.length > 0 ? crlSourceOf(readFileSync(d.stateFile("device.cert.pem"), "utf8")) : "";
   const crl = new CrlCache({ source: dp, cacheDir: join(d.paths.hubState, "crl"), issuers: issuingCas, require: false, log: d.log });
   await crl.start();
+  d.crl = crl;
   const attestation = new ManagementAttestationSource(new ManagementClient(d.paths.mgmtSocket), d.deviceId, { log: d.log });
   await attestation.start();
   d.attestation = attestation;
@@ -632,7 +634,47 @@ const changedPolicy: Step = async (d) => {
   };
 };
 
+/** A leaf device (its own key, a `leaf-device` certificate from the CA) connecting to the edge hub over mTLS. */
+async function leafConnect(d: Demo, leaf: { id: string; cert: string; key: string }): Promise<string> {
+  try {
+    const c = await mqtt.connectAsync(`mqtts://127.0.0.1:${d.hub?.boundPort ?? 0}`, {
+      ca: d.caTrustPem, cert: leaf.cert, key: leaf.key, servername: "localhost", clientId: leaf.id, protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 10_000,
+    });
+    await c.endAsync(true);
+    return "connected";
+  } catch (e) {
+    return `refused: ${(e as Error).message}`;
+  }
+}
+
 const revokedDevice: Step = async (d) => {
+  // A leaf device behind the hub: enrolled by the line... here by the admin API, certificate from ca-service.
+  const leafId = `demo-leaf-${d.tag}`;
+  const dir = join(d.base, "leaf");
+  mkdirSync(dir, { recursive: true });
+  const ossl = (args: string[]) => run("openssl", args, dir);
+  await ossl(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "leaf.key"]);
+  await ossl(["pkey", "-in", "leaf.key", "-pubout", "-out", "leaf.pub.pem"]);
+  await ossl(["req", "-new", "-key", "leaf.key", "-subj", `/CN=${leafId}`, "-out", "leaf.csr"]);
+  const enr = await caCall(d.caUrl, d.rootPem, "PUT", `/v1/enrollments/${leafId}`, d.adminToken, { attestation: "publicKey", credential: readFileSync(join(dir, "leaf.pub.pem"), "utf8"), profile: "leaf-device", edgeCa: false });
+  if (enr.status !== 201 && enr.status !== 200) throw new Error(`leaf enrollment refused: HTTP ${enr.status} ${JSON.stringify(enr.json)}`);
+  // The leaf registers itself: its CSR (signed by the enrolled key) is the proof of possession.
+  const reg = await caCall(d.caUrl, d.rootPem, "PUT", `/v1/registrations/${leafId}`, "", { csr: readFileSync(join(dir, "leaf.csr"), "utf8") }, { "idempotency-key": `leaf-${d.tag}-registration` });
+  if (reg.status !== 201 && reg.status !== 200) throw new Error(`leaf registration refused: HTTP ${reg.status} ${JSON.stringify(reg.json)}`);
+  const leafCert = (reg.json as { identity: { serial: string; certificatePem: string } }).identity;
+  const leaf = { id: leafId, cert: leafCert.certificatePem, key: readFileSync(join(dir, "leaf.key"), "utf8") };
+  const first = await leafConnect(d, leaf);
+  if (first !== "connected") throw new Error(`the leaf device could not connect before revocation: ${first}`);
+  const rl = await caCall(d.caUrl, d.rootPem, "POST", `/v1/certificates/${leafCert.serial}/revoke`, d.adminToken, { reason: "keyCompromise" });
+  if (rl.status !== 200) throw new Error(`leaf revocation refused: HTTP ${rl.status} ${JSON.stringify(rl.json)}`);
+  // The hub loads ca-service's CRL (the distribution point in the certificates); refresh now instead of on schedule.
+  await d.crl?.refresh();
+  const before = d.rejected.length;
+  const second = await leafConnect(d, leaf);
+  const hubRejection = d.rejected.slice(before).find((r) => r.identity === leafId || r.detail.includes(leafCert.serial.toLowerCase()) || r.reason === "revoked");
+  if (second === "connected") throw new Error("the revoked leaf device connected to the hub");
+  const hubRefusal = hubRejection ? `${hubRejection.reason}: ${hubRejection.detail}` : second;
+
   const dev = new x509.X509Certificate(readFileSync(d.stateFile("device.cert.pem"), "utf8"));
   const r = await caCall(d.caUrl, d.rootPem, "POST", `/v1/certificates/${dev.serialNumber}/revoke`, d.adminToken, { reason: "keyCompromise" });
   if (r.status !== 200) throw new Error(`revocation refused: HTTP ${r.status} ${JSON.stringify(r.json)}`);
@@ -644,8 +686,8 @@ const revokedDevice: Step = async (d) => {
   }
   if (!/revoked/i.test(refusal)) throw new Error(`the revoked device was not refused: ${refusal || "deployment fetched"}`);
   return {
-    detail: `device certificate ${dev.serialNumber.slice(0, 16)}… revoked (keyCompromise) by the admin API; its next mTLS deployment fetch: ${refusal.slice(0, 120)}`,
-    evidence: { serial: dev.serialNumber, revokeStatus: r.status, refusal },
+    detail: `device certificate ${dev.serialNumber.slice(0, 16)}… revoked (keyCompromise): its next mTLS deployment fetch: ${refusal.slice(0, 120)}; leaf device ${leafId} connected to the hub, its certificate revoked, the hub (ca-service's CRL) refuses it: ${hubRefusal.slice(0, 120)}`,
+    evidence: { serial: dev.serialNumber, revokeStatus: r.status, refusal, leaf: { id: leafId, serial: leafCert.serial, before: first, after: second, hubRefusal } },
   };
 };
 
@@ -663,7 +705,7 @@ export const STEPS: { id: string; title: string; run: Step; core: boolean }[] = 
   { id: "swapped", title: "refused: an image swapped under its tag", run: swappedImage, core: false },
   { id: "foreign-topic", title: "refused: a module reading another module's topic", run: foreignTopic, core: false },
   { id: "policy-changed", title: "refused: a device whose policy file changed after the fact (attestation)", run: changedPolicy, core: false },
-  { id: "revoked", title: "refused: a revoked device", run: revokedDevice, core: false },
+  { id: "revoked", title: "refused: revoked certificates (the device at the cloud, a leaf device at the hub)", run: revokedDevice, core: false },
 ];
 
 /** What runs inside this process (hub, agent, MQTT back-end, HSM session): always stopped when the run ends. */
