@@ -34,17 +34,18 @@ export function requireLine(store: CaStore, enrollments: EnrollmentStore, scope:
       const cert = peerCertificate(req);
       if (cert) line = await enrollments.lineForCertificate(cert.fingerprint256.replace(/:/g, ""));
     }
+    // req.writer is set as soon as the caller is known, so a refusal below is audited under its name.
     if (line) {
+      req.writer = { actor: `line:${line.name}(${line.id})`, lineId: line.id, line };
       if (!line.scopes.includes(scope) && !(scope === "read" && line.scopes.includes("enroll"))) {
         throw new EdgeTrustError("FORBIDDEN", `provisioning line ${line.name} lacks the ${scope} scope`);
       }
-      req.writer = { actor: `line:${line.name}(${line.id})`, lineId: line.id, line };
       return;
     }
     const p = await authenticate(store, req);
     if (!p) throw new EdgeTrustError("UNAUTHENTICATED", "this route needs a provisioning line or admin credential", { hint: "send Authorization: Bearer <token> (edgetrust ca line create)" });
-    if (p.role !== "admin" && scope !== "read") throw new EdgeTrustError("FORBIDDEN", `role ${p.role} may not change enrollments`);
     req.writer = { actor: `${p.kind}:${p.name}(${p.id})`, lineId: null };
+    if (p.role !== "admin" && scope !== "read") throw new EdgeTrustError("FORBIDDEN", `role ${p.role} may not change enrollments`);
   };
 }
 

@@ -78,9 +78,21 @@ export function sameKey(a: string, b: string): boolean {
 
 /** Is `cert` (DER) valid now and signed by `caPem` (subject/issuer names match and the signature verifies)? */
 export function chainsTo(cert: NodeX509, caPem: string, now = Date.now()): boolean {
+  return certValidAt(cert, now) && signedBy(cert, caPem, now);
+}
+
+/** Is `cert` inside its validity period at `now`? */
+export function certValidAt(cert: NodeX509, now = Date.now()): boolean {
+  return Date.parse(cert.validFrom) <= now && Date.parse(cert.validTo) >= now;
+}
+
+/**
+ * Was `cert` signed by `caPem`, a CA valid at `now` (names match and the signature verifies)? The certificate's own
+ * validity is not checked, so a caller can tell "expired" from "not ours".
+ */
+export function signedBy(cert: NodeX509, caPem: string, now = Date.now()): boolean {
   const ca = new NodeX509(caPem);
-  if (Date.parse(cert.validFrom) > now || Date.parse(cert.validTo) < now) return false;
-  if (Date.parse(ca.validFrom) > now || Date.parse(ca.validTo) < now) return false;
+  if (!certValidAt(ca, now)) return false;
   if (!cert.checkIssued(ca)) return false;
   try {
     return cert.verify(ca.publicKey);

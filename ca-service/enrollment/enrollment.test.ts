@@ -22,6 +22,30 @@ function expectProblem(r: Res, status: number, code: string, detail?: RegExp): v
   if (detail) expect(String(p.detail)).toMatch(detail);
 }
 
+interface AuditRow { seq: number; actor: string; action: string; target: string; details: Record<string, unknown> }
+
+/** Refusal entries in the audit log (read from the store: the API pages at 1,000 entries). */
+async function refusals(target: string, action: "registration.refused" | "enrollment.refused" = "registration.refused"): Promise<AuditRow[]> {
+  const rows = await e.ts.store.db.query("SELECT seq, actor, action, target, details FROM audit_log WHERE action = ? AND target = ? ORDER BY seq", [action, target]);
+  return rows.map((r) => ({ seq: Number(r.seq), actor: String(r.actor), action: String(r.action), target: String(r.target), details: JSON.parse(String(r.details)) as Record<string, unknown> }));
+}
+
+/** The refusal was audited (code + reason) and the entry carries none of `secrets`; returns the matching entry. */
+async function expectRefusalAudited(target: string, code: string, reason: RegExp, opts: { action?: "registration.refused" | "enrollment.refused"; secrets?: string[] } = {}): Promise<AuditRow> {
+  const list = await refusals(target, opts.action);
+  const hit = list.find((x) => x.details.code === code && reason.test(String(x.details.reason)));
+  expect(hit, `no ${opts.action ?? "registration.refused"} ${code} ${String(reason)} for ${target}: ${JSON.stringify(list)}`).toBeDefined();
+  const text = JSON.stringify(list);
+  for (const secret of opts.secrets ?? []) expect(text).not.toContain(secret);
+  return hit as AuditRow;
+}
+
+/** Nothing was issued for a device id: no certificate, no device record. */
+async function expectNothingIssued(deviceId: string): Promise<void> {
+  expect(await e.ts.store.listCertificates({ deviceId })).toHaveLength(0);
+  expect(await e.ts.store.db.query("SELECT registration_id FROM registrations WHERE registration_id = ? AND status = 'assigned'", [deviceId])).toEqual([]);
+}
+
 async function newLine(body: Record<string, unknown>): Promise<{ token: string; id: string }> {
   const r = await e.call("POST", "/v1/lines", { token: admin, body });
   expect(r.status).toBe(201);
@@ -90,9 +114,17 @@ describe("provisioning lines", () => {
     expect((await e.call("PUT", "/v1/enrollments/doomed-1", { token: doomed.token, body })).status).toBe(201);
     expect((await e.call("DELETE", `/v1/lines/${doomed.id}`, { token: admin })).status).toBe(200);
     expectProblem(await e.call("PUT", "/v1/enrollments/doomed-2", { token: doomed.token, body }), 401, "UNAUTHENTICATED", /unknown or revoked/);
+    // Each refusal is audited (who, what, why; never the token) and wrote nothing.
+    const wrong = await expectRefusalAudited("x-1", "UNAUTHENTICATED", /unknown or revoked/, { action: "enrollment.refused", secrets: ["A".repeat(43)] });
+    expect(wrong).toMatchObject({ actor: "unauthenticated(127.0.0.1)", details: { status: 401, credential: "line-token", method: "PUT", route: "/v1/enrollments/:registrationId" } });
+    await expectRefusalAudited("x-1", "UNAUTHENTICATED", /needs a provisioning line or admin credential/, { action: "enrollment.refused" });
+    await expectRefusalAudited("doomed-2", "UNAUTHENTICATED", /unknown or revoked/, { action: "enrollment.refused", secrets: [doomed.token] });
+    expect((await e.call("GET", "/v1/enrollments/doomed-2", { token: admin })).status).toBe(404);
+    expect((await e.call("GET", "/v1/enrollments/x-1", { token: admin })).status).toBe(404);
     const aud = (await e.call("POST", "/v1/admin/tokens", { token: admin, body: { name: "aud", role: "auditor" } })).json().token as string;
     expectProblem(await e.call("POST", "/v1/lines", { token: aud, body: { name: "x" } }), 403, "FORBIDDEN");
     expectProblem(await e.call("PUT", "/v1/enrollments/x-2", { token: aud, body }), 403, "FORBIDDEN");
+    expect((await expectRefusalAudited("x-2", "FORBIDDEN", /may not change enrollments/, { action: "enrollment.refused", secrets: [aud] })).actor).toMatch(/^token:aud\(/);
   });
 
   it("abuse: quota exceeded is a 429 problem+json and writes nothing", async () => {
@@ -102,6 +134,7 @@ describe("provisioning lines", () => {
     const r = await e.call("PUT", "/v1/enrollments/quota-2", { token: small.token, body: { attestation: "publicKey", credential: await spkiPem(keys.publicKey) } });
     expectProblem(r, 429, "QUOTA_EXCEEDED", /quota/);
     expect((await e.call("GET", "/v1/enrollments/quota-2", { token: admin })).status).toBe(404);
+    expect((await expectRefusalAudited("quota-2", "QUOTA_EXCEEDED", /quota/, { action: "enrollment.refused", secrets: [small.token] })).actor).toBe(`line:small line(${small.id})`);
   });
 
   it("abuse: a line over its rate limit gets 429 problem+json (@fastify/rate-limit, per line)", async () => {
@@ -109,8 +142,13 @@ describe("provisioning lines", () => {
     const codes: number[] = [];
     for (let i = 0; i < 5; i++) codes.push((await e.call("GET", "/v1/enrollments", { token: slow.token })).status);
     expect(codes.slice(0, 3)).toEqual([200, 200, 200]);
+    const before = (await refusals("/v1/enrollments", "enrollment.refused")).length;
     const r = await e.call("GET", "/v1/enrollments", { token: slow.token });
     expectProblem(r, 429, "RATE_LIMITED");
+    const limited = (await refusals("/v1/enrollments", "enrollment.refused")).filter((x) => x.details.code === "RATE_LIMITED");
+    expect(limited.length).toBeGreaterThan(before === 0 ? 0 : 1);
+    expect(limited.at(-1)).toMatchObject({ details: { status: 429, credential: "line-token", reason: "rate limit exceeded" } });
+    expect(JSON.stringify(limited)).not.toContain(slow.token);
     // Another line is not affected.
     expect((await e.call("GET", "/v1/enrollments", { token: lineToken })).status).toBe(200);
   });
@@ -177,6 +215,11 @@ describe("registration (JSON API)", () => {
     expectProblem(await e.call("PUT", "/v1/registrations/gw-101", { body }), 400, "INVALID_INPUT", /idempotency-key/);
     const certs = await e.ts.store.listCertificates({ deviceId: "gw-101" });
     expect(certs).toHaveLength(2); // identity + Edge CA, once
+    await expectRefusalAudited("gw-101", "REGISTRATION_CONFLICT", /different idempotency key/);
+    await expectRefusalAudited("gw-101", "IDEMPOTENCY_KEY_REUSED", /different request/);
+    await expectRefusalAudited("gw-101", "INVALID_INPUT", /idempotency-key/);
+    // The replay with the same key is not a refusal: nothing new issued, nothing audited as refused.
+    expect((await refusals("gw-101")).filter((x) => x.details.status === 200)).toEqual([]);
     // An admin reset lets a wiped device register again.
     expect((await e.call("DELETE", "/v1/registrations/gw-101", { token: admin })).status).toBe(204);
     expect((await e.call("PUT", "/v1/registrations/gw-101", { headers: { "idempotency-key": "key-cccccccc" }, body })).status).toBe(201);
@@ -187,7 +230,8 @@ describe("registration (JSON API)", () => {
     const thief = await ecKeys();
     const r = await e.call("PUT", "/v1/registrations/gw-102", { headers: { "idempotency-key": "key-thief-01" }, body: { csr: await csrPem(thief) } });
     expectProblem(r, 401, "UNAUTHENTICATED", /not the enrolled public key/);
-    expect(await e.ts.store.listCertificates({ deviceId: "gw-102" })).toHaveLength(0);
+    await expectNothingIssued("gw-102");
+    expect(await expectRefusalAudited("gw-102", "UNAUTHENTICATED", /not the enrolled public key/)).toMatchObject({ actor: "unauthenticated(127.0.0.1)", details: { route: "/v1/registrations/:registrationId", credential: "none" } });
   });
 
   it("abuse: a disabled enrollment cannot register", async () => {
@@ -198,12 +242,17 @@ describe("registration (JSON API)", () => {
     // Without the enrolled key nobody learns that the enrollment exists or is disabled.
     const other = await ecKeys();
     expectProblem(await e.call("PUT", "/v1/registrations/gw-103", { headers: { "idempotency-key": "key-disabled" }, body: { csr: await csrPem(other) } }), 401, "UNAUTHENTICATED");
+    await expectNothingIssued("gw-103");
+    await expectRefusalAudited("gw-103", "ENROLLMENT_DISABLED", /disabled/);
+    await expectRefusalAudited("gw-103", "UNAUTHENTICATED", /not the enrolled public key/);
   });
 
   it("abuse: registration ids with path, SQL and unicode tricks are refused before any lookup", async () => {
     const keys = await ecKeys();
     const csr = await csrPem(keys);
     const body = { attestation: "publicKey", credential: await spkiPem(keys.publicKey) };
+    const seqBefore = Number((await e.ts.store.db.query("SELECT MAX(seq) AS s FROM audit_log"))[0]?.s ?? 0);
+    let routed = 0;
     const tricks = ["..%2F..%2Fetc%2Fpasswd", "%2E%2E", "a'%3B%20DROP%20TABLE%20individual_enrollments%3B--", "d%C3%A9vice", "%EF%BD%84evice", "dev%00ice", "dev%2Fx", "-leading", "a".repeat(129), "dev%0Aice"];
     for (const t of tricks) {
       for (const [method, path, opts] of [
@@ -215,8 +264,18 @@ describe("registration (JSON API)", () => {
         expect([400, 404, 414], `${method} ${path} → ${r.status}`).toContain(r.status);
         expect(r.type).toMatch(/application\/(problem\+)?json/);
         expect(r.status).not.toBe(500);
+        // A path the router cannot match (`%2E%2E` is resolved to the parent) is a plain 404: no enrollment route ran.
+        if (!(r.status === 404 && /^no route/.test(String(r.json().detail)))) routed++;
       }
     }
+    // Every trick a route refused left one refusal entry; targets are stored as printable ASCII (NUL, newline escaped).
+    const entries = await e.ts.store.db.query("SELECT action, target, details FROM audit_log WHERE seq > ? AND action IN ('registration.refused', 'enrollment.refused')", [seqBefore]);
+    expect(routed).toBe(27);
+    expect(entries).toHaveLength(routed);
+    for (const x of entries) expect(String(x.target)).toMatch(/^[\x20-\x7e]+$/);
+    expect(entries.map((x) => String(x.target))).toEqual(expect.arrayContaining(["dev\\u0000ice", "../../etc/passwd", "a'; DROP TABLE individual_enrollments;--"]));
+    expect(entries.every((x) => (JSON.parse(String(x.details)) as { code: string }).code === "INVALID_INPUT")).toBe(true);
+    expect(await e.ts.store.listCertificates({ limit: 1000 }).then((cs) => cs.filter((c) => /DROP|\.\./.test(c.deviceId ?? "") || (c.deviceId ?? "").includes(String.fromCharCode(0))))).toEqual([]);
     // The tables are intact and nothing was written for any trick.
     expect(await e.ts.store.db.query("SELECT COUNT(*) AS n FROM individual_enrollments WHERE registration_id LIKE '%DROP%' OR registration_id LIKE '%..%'")).toEqual([{ n: 0 }]);
   });
@@ -234,15 +293,48 @@ describe("registration (JSON API)", () => {
     const bad = await rogue.issue("gw-201");
     const r2 = await e.call("PUT", "/v1/registrations/gw-201", { cert: bad.certPem, key: bad.keyPem, headers: { "idempotency-key": "boot-gw-201" }, body: { csr: await csrPem(dev), edgeCaCsr: await csrPem(edge) } });
     expectProblem(r2, 401, "UNAUTHENTICATED", /does not chain to a configured/);
+    await expectNothingIssued("gw-201");
+    const rogueEntry = await expectRefusalAudited("gw-201", "UNAUTHENTICATED", /does not chain to a configured/, { secrets: [bad.keyPem.split("\n")[1] ?? "x"] });
+    expect(rogueEntry.details.credential).toMatch(/^client-certificate sha256:[0-9a-f]{64}$/);
     // A factory cert for another id cannot register this one.
     const r3 = await e.call("PUT", "/v1/registrations/gw-202", { cert: boot.certPem, key: boot.keyPem, headers: { "idempotency-key": "boot-gw-202" }, body: { csr: await csrPem(dev), edgeCaCsr: await csrPem(edge) } });
     expectProblem(r3, 401, "UNAUTHENTICATED", /CN is not this registration id/);
+    await expectRefusalAudited("gw-202", "UNAUTHENTICATED", /CN is not this registration id/);
+    await expectNothingIssued("gw-202");
     // Disabling the group stops it.
     await e.call("PATCH", "/v1/enrollment-groups/factory-a", { token: lineToken, body: { status: "disabled" } });
     const boot2 = await factory.issue("gw-203");
     const r4 = await e.call("PUT", "/v1/registrations/gw-203", { cert: boot2.certPem, key: boot2.keyPem, headers: { "idempotency-key": "boot-gw-203" }, body: { csr: await csrPem(dev), edgeCaCsr: await csrPem(edge) } });
     expectProblem(r4, 403, "ENROLLMENT_DISABLED");
+    await expectRefusalAudited("gw-203", "ENROLLMENT_DISABLED", /factory-a/);
+    await expectNothingIssued("gw-203");
     await e.call("PATCH", "/v1/enrollment-groups/factory-a", { token: lineToken, body: { status: "enabled" } });
+  });
+
+  it("abuse: an expired bootstrap certificate that chains to the configured group CA is refused with the reason", async () => {
+    const g = await e.call("PUT", "/v1/enrollment-groups/factory-exp", { token: lineToken, body: { attestation: "x509CA", caCertPem: factory.pem, edgeCa: false } });
+    expect(g.status, g.body.toString()).toBe(201);
+    const expired = await factory.issue("gw-210", { notAfter: new Date(Date.now() - 60_000) });
+    const dev = await ecKeys();
+    const r = await e.call("PUT", "/v1/registrations/gw-210", { cert: expired.certPem, key: expired.keyPem, headers: { "idempotency-key": "boot-gw-210" }, body: { csr: await csrPem(dev) } });
+    expectProblem(r, 401, "UNAUTHENTICATED", /bootstrap certificate is expired or not yet valid \(valid .* to /);
+    await expectNothingIssued("gw-210");
+    const entry = await expectRefusalAudited("gw-210", "UNAUTHENTICATED", /expired/, { secrets: [expired.keyPem.split("\n")[1] ?? "x"] });
+    expect(entry.details.credential).toMatch(/^client-certificate sha256:[0-9a-f]{64}$/);
+    // The same over EST (the bootstrap certificate names the device by its CN).
+    writeFileSync(join(e.dir, "expired.pem"), expired.certPem);
+    writeFileSync(join(e.dir, "expired.key"), expired.keyPem);
+    const est = await run("sh", ["-c", `openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout exp-dev.key -subj /CN=gw-210 -outform DER | base64 > exp-dev.b64 && curl -sS --cacert root.pem -o /dev/null -w '%{http_code}' --cert expired.pem --key expired.key -H 'Content-Type: application/pkcs10' --data-binary @exp-dev.b64 ${e.base}/.well-known/est/simpleenroll`], { cwd: e.dir });
+    expect(est.stdout).toBe("401");
+    expect((await refusals("gw-210")).filter((x) => /expired/.test(String(x.details.reason))).length).toBe(2);
+    await expectNothingIssued("gw-210");
+    // An individual x509 enrollment with an expired certificate: the same.
+    const old = await rogue.issue("leaf-310", { notAfter: new Date(Date.now() - 60_000) });
+    expect((await e.call("PUT", "/v1/enrollments/leaf-310", { token: lineToken, body: { attestation: "x509", credential: old.certPem, profile: "leaf-device" } })).status).toBe(201);
+    expectProblem(await e.call("PUT", "/v1/registrations/leaf-310", { cert: old.certPem, key: old.keyPem, headers: { "idempotency-key": "boot-leaf-310" }, body: { csr: await csrPem(dev) } }), 401, "UNAUTHENTICATED", /expired or not yet valid/);
+    await expectRefusalAudited("leaf-310", "UNAUTHENTICATED", /expired/);
+    await expectNothingIssued("leaf-310");
+    await e.call("PATCH", "/v1/enrollment-groups/factory-exp", { token: lineToken, body: { status: "disabled" } });
   });
 
   it("an individual bootstrap-certificate enrollment accepts only that certificate", async () => {
@@ -269,6 +361,8 @@ describe("registration (JSON API)", () => {
     expect(good.status, good.body.toString()).toBe(201);
     const stolen = await e.call("PUT", "/v1/registrations/sym-dev-2", { authorization: basic("sym-dev-2", deriveDeviceKey(groupKey, "sym-dev-1")), headers: { "idempotency-key": "sym-dev-2-boot" }, body: { csr: await csrPem(dev) } });
     expectProblem(stolen, 401, "UNAUTHENTICATED");
+    expect((await expectRefusalAudited("sym-dev-2", "UNAUTHENTICATED", /password|key/, { secrets: [deriveDeviceKey(groupKey, "sym-dev-1"), groupKey, Buffer.from(`sym-dev-2:${deriveDeviceKey(groupKey, "sym-dev-1")}`).toString("base64")] })).details.credential).toBe("basic");
+    await expectNothingIssued("sym-dev-2");
   });
 
   it("a device whose key lives in SoftHSM registers (CSR signed in the token through the WebCrypto shim)", async () => {

@@ -4,7 +4,7 @@ import { EdgeTrustError, isEdgeTrustError } from "../../common/index.js";
 import { verifyCsr } from "../../pki/index.js";
 import type { CertificateAuthority, Issued } from "../ca.js";
 import { sha256Hex } from "../store.js";
-import { chainsTo, commonNameOf, deriveDeviceKey, parseSas, sameKey, verifySas } from "./credentials.js";
+import { certValidAt, commonNameOf, deriveDeviceKey, parseSas, sameKey, signedBy, verifySas } from "./credentials.js";
 import { checkRegistrationId, effectiveDnsNames, type EnrollmentProfile } from "./model.js";
 import type { EnrollmentStore, RegistrationRecord } from "./store.js";
 import { TpmChallenges, type TpmChallenge, type TpmChallengeRequest, type TpmProof } from "./tpm.js";
@@ -165,8 +165,9 @@ export class RegistrationService {
     const fromGroup = async (): Promise<Resolved> => {
       if (cred.kind === "x509") {
         const groups = await this.enrollments.listGroups({ attestation: "x509CA" });
-        const g = groups.find((x) => x.caCertPem && chainsTo(cred.cert, x.caCertPem));
-        if (!g) throw unauth("the bootstrap certificate does not chain to a configured enrollment group CA (or is expired)");
+        const g = groups.find((x) => x.caCertPem && signedBy(cred.cert, x.caCertPem));
+        if (!g) throw unauth("the bootstrap certificate does not chain to a configured enrollment group CA");
+        if (!certValidAt(cred.cert)) throw unauth(`the bootstrap certificate is expired or not yet valid (valid ${new Date(cred.cert.validFrom).toISOString()} to ${new Date(cred.cert.validTo).toISOString()})`, "the factory must issue a current bootstrap certificate");
         if (commonNameOf(cred.cert) !== registrationId) throw unauth("the bootstrap certificate's CN is not this registration id");
         if (g.status !== "enabled") throw disabled(`enrollment group ${g.id}`);
         return { kind: "group", id: g.id, attestation: "x509CA", profile: g.profile, lifetimeDays: g.lifetimeDays, edgeCa: g.edgeCa, dnsNames: effectiveDnsNames(registrationId, []), labels: g.labels };

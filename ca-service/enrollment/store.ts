@@ -437,15 +437,15 @@ export class EnrollmentStore {
    * returned (a replay, nothing new is issued). Same key, different request: IDEMPOTENCY_KEY_REUSED. A different key
    * for an id that is registered (or being registered): REGISTRATION_CONFLICT. A failed registration may be retried.
    */
-  async beginRegistration(registrationId: string, source: string, idempotencyKey: string, requestSha256: string, actor: string): Promise<{ fresh: true; operationId: string } | { fresh: false; record: RegistrationRecord }> {
+  async beginRegistration(registrationId: string, source: string, idempotencyKey: string, requestSha256: string, _actor: string): Promise<{ fresh: true; operationId: string } | { fresh: false; record: RegistrationRecord }> {
     return this.db.transaction(async (tx) => {
       const cur = (await tx.query(`SELECT * FROM registrations WHERE registration_id = ?${this.db.forUpdate}`, [registrationId]))[0];
       const now = new Date().toISOString();
       if (cur) {
         const rec = toRegistration(cur);
         if (rec.status !== "failed") {
+          // Audited as registration.refused by the enrollment API's refusal hook (an entry here would roll back).
           if (rec.idempotencyKey !== idempotencyKey) {
-            await this.ca.appendAudit(tx, { actor, action: "registration.refused", target: registrationId, details: { reason: "replayed with a different idempotency key", source } });
             throw new EdgeTrustError("REGISTRATION_CONFLICT", `registration ${registrationId} was already made with a different idempotency key`, { hint: "a device registers once; renew with its certificate, or ask an admin to reset the registration" });
           }
           if (rec.requestSha256 !== requestSha256) throw new EdgeTrustError("IDEMPOTENCY_KEY_REUSED", "this idempotency key was used with a different request");
