@@ -1,5 +1,8 @@
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
+import { AsnConvert } from "@peculiar/asn1-schema";
+import { ECDSASigValue } from "@peculiar/asn1-ecc";
+import { CertificationRequest } from "@peculiar/asn1-csr";
 import { EdgeTrustError } from "../common/index.js";
 import type { KeyAlgorithm } from "../hsm/index.js";
 import { keyAlgorithmOfSpki } from "./keys.js";
@@ -58,6 +61,77 @@ function toDer(input: string | BufferSource): ArrayBuffer {
   return u.slice().buffer;
 }
 
+const ecdsaFormatter = new x509.AsnEcSignatureFormatter();
+const defaultFormatter = new x509.AsnDefaultSignatureFormatter();
+
+/**
+ * Is this ECDSA signature value canonical DER? @peculiar/asn1-schema parses BER leniently (long-form or indefinite
+ * lengths, trailing bytes) and hands over INTEGER contents as raw bytes, and x509's formatter strips leading zero
+ * bytes before converting to P1363, so a non-canonical encoding of a valid (r, s) would verify. DER allows exactly one
+ * encoding: re-serialise what was parsed and compare, and require r and s to be minimal positive INTEGERs.
+ */
+export function isCanonicalEcdsaDer(signature: ArrayBuffer | Uint8Array): boolean {
+  const input = signature instanceof ArrayBuffer ? new Uint8Array(signature) : signature;
+  let value: ECDSASigValue;
+  try {
+    value = AsnConvert.parse(input, ECDSASigValue);
+  } catch {
+    return false;
+  }
+  const minimalPositive = (i: ArrayBuffer): boolean => {
+    const b = new Uint8Array(i);
+    if (b.length === 0 || (b[0] ?? 0) >= 0x80) return false; // empty or negative
+    return !(b.length > 1 && b[0] === 0 && (b[1] ?? 0) < 0x80); // a redundant leading zero
+  };
+  if (!minimalPositive(value.r) || !minimalPositive(value.s)) return false;
+  const again = new Uint8Array(AsnConvert.serialize(value));
+  return again.length === input.length && again.every((v, k) => v === input[k]);
+}
+
+/**
+ * The signature check of verifyCsr — the one `Pkcs10CertificateRequest.verify` performs, factored out so it can be
+ * tested on raw (key, message, signature) vectors (Wycheproof): import the SPKI for the signature algorithm, convert
+ * the ASN.1 signature value with @peculiar/x509's own formatter (ECDSA: DER Ecdsa-Sig-Value → IEEE P1363 r||s), then
+ * WebCrypto `verify` over the signed bytes. Stricter than the library in one way: an ECDSA signature that is not
+ * canonical DER is refused before conversion (see `isCanonicalEcdsaDer`). Returns false for any signature that does
+ * not verify or cannot be converted; throws only when the key cannot be imported for the algorithm.
+ */
+export async function verifyAsnSignature(
+  publicKey: x509.PublicKey,
+  signatureAlgorithm: Algorithm,
+  signature: ArrayBuffer,
+  signed: ArrayBuffer,
+  crypto: Crypto = globalThis.crypto,
+): Promise<boolean> {
+  const algorithm = { ...publicKey.algorithm, ...signatureAlgorithm };
+  const key = await publicKey.export(algorithm, ["verify"], crypto);
+  let web: ArrayBuffer | null;
+  if (algorithm.name === "ECDSA") {
+    if (!isCanonicalEcdsaDer(signature)) return false;
+    try {
+      web = ecdsaFormatter.toWebSignature(algorithm, signature);
+    } catch {
+      return false; // e.g. r or s longer than the curve order
+    }
+  } else {
+    web = defaultFormatter.toWebSignature(algorithm, signature);
+  }
+  if (!web) return false;
+  return crypto.subtle.verify(signatureAlgorithm, key, web, signed);
+}
+
+/**
+ * The bytes a CSR's signature covers: the CertificationRequestInfo exactly as received — what
+ * `Pkcs10CertificateRequest.verify` uses (its `tbs` is TypeScript-private, so it is read by name, checked, and
+ * otherwise taken from @peculiar/asn1-csr's raw capture of the same element).
+ */
+export function signedBytes(csr: x509.Pkcs10CertificateRequest): ArrayBuffer {
+  const tbs: unknown = csr["tbs"];
+  if (tbs instanceof ArrayBuffer) return tbs;
+  const req = AsnConvert.parse(csr.rawData, CertificationRequest);
+  return req.certificationRequestInfoRaw ?? AsnConvert.serialize(req.certificationRequestInfo);
+}
+
 /**
  * Parse and check a PKCS#10 request: its signature (proof of possession of the key), the key type and size, no
  * request for CA:TRUE, no critical extension we do not understand, no duplicate extension. Returns what it asks for.
@@ -80,7 +154,7 @@ export async function verifyCsr(input: string | BufferSource, opts: VerifyCsrOpt
 
   let ok = false;
   try {
-    ok = await csr.verify(crypto);
+    ok = await verifyAsnSignature(csr.publicKey, csr.signatureAlgorithm, csr.signature, signedBytes(csr), crypto);
   } catch (e) {
     throw invalid("CSR signature cannot be checked", e);
   }

@@ -4,7 +4,7 @@ export { PROFILES, PROFILE_NAMES, EKU_CLIENT_AUTH, EKU_SERVER_AUTH, getProfile, 
 export type { Profile, ProfileName, ProfileRequirements } from "./profiles.js";
 export { issueCertificate, checkModuleDevice, randomSerial } from "./issue.js";
 export type { IssueParams, Issuer, SubjectFields, IdentityFields } from "./issue.js";
-export { verifyCsr, refuseExtraSans } from "./csr.js";
+export { verifyCsr, refuseExtraSans, verifyAsnSignature, isCanonicalEcdsaDer } from "./csr.js";
 export type { VerifiedCsr, VerifyCsrOptions, RequestedSans } from "./csr.js";
 export {
   EDGETRUST_OID_ARC, OID_MODULE_ATTESTATION, ModuleAttestationAsn, moduleAttestationExtension, parseModuleAttestation,
