@@ -150,9 +150,11 @@ export interface ParsedImage {
   digest: string;
 }
 
+const PINNED_IMAGE_RE = new RegExp(PinnedImagePattern);
+
 /** Split `registry/repo@sha256:<hex>`; undefined unless the reference is pinned by digest with a registry host. */
 export function parsePinnedImage(image: string): ParsedImage | undefined {
-  if (!new RegExp(PinnedImagePattern).test(image)) return undefined;
+  if (!PINNED_IMAGE_RE.test(image)) return undefined;
   const at = image.indexOf("@");
   const name = image.slice(0, at);
   const slash = name.indexOf("/");

@@ -33,15 +33,26 @@ export interface ProtectedHeader {
 }
 
 const B64URL = /^[A-Za-z0-9_-]*$/;
+const B64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-/** One encoding per byte string: unused trailing bits must be zero (else one signature has many spellings). */
+/**
+ * One encoding per byte string (RFC 4648 §3.5): no padding, no length of 1 mod 4, and the unused low bits of the last
+ * character zero (else one signature has many spellings). `s` must already match B64URL. O(1): this runs on every
+ * payload, and re-encoding a 40 KB payload to compare was most of the envelope's cost.
+ */
 function canonicalB64(s: string): boolean {
-  if (s.length % 4 === 1) return false;
-  try {
-    return jose.base64url.encode(jose.base64url.decode(s)) === s;
-  } catch {
-    return false;
-  }
+  const rem = s.length % 4;
+  if (rem === 0) return true;
+  if (rem === 1) return false;
+  const last = B64URL_ALPHABET.indexOf(s.charAt(s.length - 1));
+  if (last < 0) return false;
+  return (last & (rem === 2 ? 0x0f : 0x03)) === 0;
+}
+
+/** Decode canonical base64url (anything else throws): Node's decoder, after the strict checks it does not make. */
+export function decodeB64url(s: string): Uint8Array {
+  if (!B64URL.test(s) || !canonicalB64(s)) throw new TypeError("not canonical base64url");
+  return Buffer.from(s, "base64url");
 }
 
 /** Parse the General JSON envelope strictly (shape only; nothing is trusted yet). Returns a reason on failure. */
@@ -90,7 +101,7 @@ export function checkProtectedHeader(b64: string, typ: string, maxBytes: number)
   if (b64.length > Math.ceil((maxBytes * 4) / 3)) return `protected header larger than ${maxBytes} bytes`;
   let text: string;
   try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(jose.base64url.decode(b64));
+    text = new TextDecoder("utf-8", { fatal: true }).decode(decodeB64url(b64));
   } catch {
     return "protected header is not base64url UTF-8";
   }
@@ -116,12 +127,49 @@ export function checkProtectedHeader(b64: string, typ: string, maxBytes: number)
   return { alg: h.alg, kid: h.kid, typ: h.typ };
 }
 
+const ED25519_P = 2n ** 255n - 19n;
+/** y of the 8 points of small order on edwards25519 (the sign of x does not matter): 0, 1, p-1, and the order-8 pair. */
+const ED25519_SMALL_ORDER_Y = new Set<bigint>([
+  0n,
+  1n,
+  ED25519_P - 1n,
+  leInt(Buffer.from("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a", "hex")),
+  leInt(Buffer.from("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05", "hex")),
+]);
+
+function leInt(b: Uint8Array): bigint {
+  let n = 0n;
+  for (let i = b.length - 1; i >= 0; i--) n = (n << 8n) | BigInt(b[i] ?? 0);
+  return n;
+}
+
+/**
+ * Why an Ed25519 public key must not be trusted, or undefined. OpenSSL (hence Node's WebCrypto) verifies Ed25519
+ * without rejecting small-order public keys: under the identity or the order-2 point, R = A and S = 0 "verifies"
+ * for every message. Such keys, and non-canonical encodings (y >= p), are refused wherever a key is used.
+ */
+export function ed25519KeyProblem(x: string): string | undefined {
+  let b: Uint8Array;
+  try {
+    b = decodeB64url(x);
+  } catch {
+    return "x is not canonical base64url";
+  }
+  if (b.length !== 32) return `x is ${b.length} bytes, not 32`;
+  const y = leInt(b) & ((1n << 255n) - 1n);
+  if (y >= ED25519_P) return "x is a non-canonical point encoding";
+  if (ED25519_SMALL_ORDER_Y.has(y)) return "x is a point of small order (it would verify forged signatures)";
+  return undefined;
+}
+
 const keyCache = new WeakMap<TrustKey, Promise<CryptoKey>>();
 
-/** The CryptoKey jose verifies with, imported once per trusted key. */
+/** The CryptoKey jose verifies with, imported once per trusted key (Ed25519 small-order keys refused). */
 export function verificationKey(key: TrustKey): Promise<CryptoKey> {
   let k = keyCache.get(key);
   if (!k) {
+    const problem = key.kty === "OKP" ? ed25519KeyProblem(key.x) : undefined;
+    if (problem) return Promise.reject(new EdgeTrustError("TRUST_ROOT_INVALID", `key ${key.kid}: ${problem}`));
     const jwk: jose.JWK = { kty: key.kty, crv: key.crv, x: key.x };
     if (key.y !== undefined) jwk.y = key.y;
     k = jose.importJWK(jwk, key.alg) as Promise<CryptoKey>;
@@ -151,8 +199,8 @@ export const SUBTLE_VERIFY_PARAMS: Record<JwsAlg, EcdsaParams | Algorithm> = {
  * same parameters and the same jose-imported key. Used by the Wycheproof raw-signature tests.
  */
 export async function rawVerify(alg: JwsAlg, key: TrustKey, signature: Uint8Array, data: Uint8Array): Promise<boolean> {
-  const k = await verificationKey(key);
   try {
+    const k = await verificationKey(key);
     return await crypto.subtle.verify(SUBTLE_VERIFY_PARAMS[alg], k, new Uint8Array(signature), new Uint8Array(data));
   } catch {
     return false;
@@ -169,7 +217,12 @@ export function sha256Hex(data: string | Uint8Array): string {
 
 export function decodePayload(payload: string, maxBytes: number): Uint8Array {
   if (payload.length > Math.ceil((maxBytes * 4) / 3) + 4) throw new EdgeTrustError("MANIFEST_TOO_LARGE", `payload larger than ${maxBytes} bytes`);
-  const bytes = jose.base64url.decode(payload);
+  let bytes: Uint8Array;
+  try {
+    bytes = decodeB64url(payload);
+  } catch {
+    throw new EdgeTrustError("MANIFEST_INVALID", "payload is not canonical base64url");
+  }
   if (bytes.length > maxBytes) throw new EdgeTrustError("MANIFEST_TOO_LARGE", `payload is ${bytes.length} bytes, more than ${maxBytes}`);
   return bytes;
 }

