@@ -23,6 +23,8 @@ export interface AttestedModule extends AttestedModuleInput {
 }
 
 const StateSchema = Type.Object({ modules: Type.Array(Type.Unknown()) });
+/** A stored registration: the input plus when it was made (an Intersect would trip over additionalProperties: false). */
+const StoredModuleSchema = Type.Object({ ...AttestedModuleSchema.properties, registeredAt: Type.String() }, { additionalProperties: false });
 
 export interface AttestedModulesEvents {
   registered: [AttestedModule];
@@ -41,8 +43,8 @@ export class AttestedModules extends EventEmitter<AttestedModulesEvents> {
     if (existsSync(file)) {
       const state = validateValue(JSON.parse(readFileSync(file, "utf8")), StateSchema, file);
       for (const m of state.modules) {
-        const v = validateValue(m, Type.Intersect([AttestedModuleSchema, Type.Object({ registeredAt: Type.String() })]), file);
-        this.modules.set(v.name, v as AttestedModule);
+        const v = validateValue(m, StoredModuleSchema, file);
+        this.modules.set(v.name, v);
       }
     }
   }

@@ -73,7 +73,24 @@ export function deviceCommand(): Command {
       const offset = Number(process.env.EDGETRUST_FAULT_CLOCK_OFFSET_SECONDS ?? "0");
       const now = offset ? () => new Date(Date.now() + offset * 1000) : undefined;
       if (offset) log.warn({ offsetSeconds: offset }, "fault injection: device clock shifted");
-      const d = await DeviceDaemon.start({ config: all.device, hsm: all.hsm, log, ...(now ? { now } : {}) });
+      // SIGTERM while the daemon still waits for its HSM: stop waiting, exit cleanly.
+      const early = new AbortController();
+      const abort = (): void => early.abort();
+      process.once("SIGTERM", abort);
+      process.once("SIGINT", abort);
+      let d: DeviceDaemon;
+      try {
+        d = await DeviceDaemon.start({ config: all.device, hsm: all.hsm, log, signal: early.signal, ...(now ? { now } : {}) });
+      } catch (e) {
+        if (early.signal.aborted) {
+          log.info("stopped while waiting for the HSM");
+          return;
+        }
+        throw e;
+      } finally {
+        process.off("SIGTERM", abort);
+        process.off("SIGINT", abort);
+      }
       await new Promise<void>((resolve) => {
         const stop = (sig: string): void => {
           log.info({ signal: sig }, "shutting down");
@@ -82,6 +99,11 @@ export function deviceCommand(): Command {
             resolve();
           });
         };
+        // After an HSM outage the engine's sessions are stale: stop cleanly, exit 75, the supervisor starts us again.
+        void d.restart.then((reason) => {
+          process.exitCode = 75;
+          stop(`restart: ${reason}`);
+        });
         process.once("SIGTERM", () => stop("SIGTERM"));
         process.once("SIGINT", () => stop("SIGINT"));
       });

@@ -26,6 +26,8 @@ export const DeviceConfig = Type.Object(
     rotateKeys: Type.Boolean({ default: false, description: "Renew with a new HSM key (rekey; labels alternate <label> / <label>.1, see state.json); the old key is erased only after the new certificate is stored" }),
     retryInitialSeconds: Type.Integer({ minimum: 1, maximum: 3600, default: 30, description: "First retry delay after a failed renewal (doubles each time, with ±20% jitter)" }),
     retryMaxSeconds: Type.Integer({ minimum: 1, maximum: 86400, default: 3600, description: "Longest delay between renewal retries" }),
+    hsmRetrySeconds: Type.Integer({ minimum: 1, maximum: 3600, default: 5, description: "While the HSM is unavailable (at start or mid-run): first delay before trying to open it again (doubles each time)" }),
+    hsmRetryMaxSeconds: Type.Integer({ minimum: 1, maximum: 86400, default: 60, description: "Longest delay between attempts to open an unavailable HSM" }),
     checkIntervalSeconds: Type.Integer({ minimum: 1, maximum: 86400, default: 3600, description: "How often the daemon re-checks whether a renewal is due (also after clock jumps)" }),
     requireAttestationForRenewal: Type.Boolean({ default: false, description: "Fetch a fresh attestation result from ca-service before each renewal and send it along (the CA may require it)" }),
     managementSocket: Type.String({ default: "/run/edgetrust/identity/mgmt.sock", description: "Root-only management socket (edge agent: register/deregister attested modules, status)" }),

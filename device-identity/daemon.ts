@@ -2,7 +2,7 @@ import { readFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import type { FastifyInstance } from "fastify";
 import { EdgeTrustError, createLogger, writeFileAtomic, type Logger } from "../common/index.js";
-import { DEFAULT_ENGINE, openKeyStore, readPin, tlsKeyOptions, type HsmConfig, type KeyStore } from "../hsm/index.js";
+import { DEFAULT_ENGINE, readPin, tlsKeyOptions, type HsmConfig, type KeyStore } from "../hsm/index.js";
 import { DockerClient } from "../edge-agent/index.js";
 import { loadPolicy } from "../policy/index.js";
 import { AttestedModules, type AttestedModule } from "./attested-modules.js";
@@ -12,6 +12,7 @@ import { checkAttestedContainer, type ContainerVerdict } from "./container-check
 import { checkCaller } from "./peer.js";
 import { ModuleEventLog, LocalAttestationSource } from "./events.js";
 import { sha256File, signEvidence, type Measurements } from "./evidence.js";
+import { HsmGuard } from "./hsm-guard.js";
 import { DeviceIdentity, type IdentityOptions } from "./identity.js";
 import { startManagementApi } from "./management-api.js";
 import { issueModuleCertificate } from "./module-issuer.js";
@@ -41,6 +42,9 @@ export interface IdentityFromConfigOptions {
   log: Logger;
   now?: () => Date;
   attestationForRenewal?: (ca: CaClient) => Promise<string>;
+  hsmProblem?: () => string | undefined;
+  /** Called whenever a renewal is about to do TLS with a token key (the OpenSSL engine then holds token sessions). */
+  onTlsKey?: () => void;
 }
 
 /** A DeviceIdentity from the `device` and `hsm` config sections. */
@@ -57,6 +61,7 @@ export function identityFromConfig(cfg: DeviceConfig, hsm: HsmConfig, o: Identit
     keyAlgorithm: cfg.keyAlgorithm,
     hubKeyLabel: cfg.hubKeyLabel,
     tlsKey: async (label) => {
+      o.onTlsKey?.();
       if (o.keys.kind === "pkcs11") pin ??= readPin({ pinFile: hsm.pinFile, pinEnv: hsm.pinEnv });
       // The configured .so path backs one TLS context per process; let the key source pick the registered engine id.
       return tlsKeyOptions(o.keys, { label }, { ...(hsm.engine !== DEFAULT_ENGINE ? { engine: hsm.engine } : {}), module: hsm.module, tokenLabel: hsm.tokenLabel, ...(pin ? { pin } : {}) });
@@ -71,6 +76,7 @@ export function identityFromConfig(cfg: DeviceConfig, hsm: HsmConfig, o: Identit
     log: o.log,
     ...(o.now ? { now: o.now } : {}),
     ...(o.attestationForRenewal ? { attestationForRenewal: o.attestationForRenewal } : {}),
+    ...(o.hsmProblem ? { hsmProblem: o.hsmProblem } : {}),
   });
 }
 
@@ -106,6 +112,8 @@ export interface DaemonOptions {
   /** Override the container check (default: the Docker Engine API on config.dockerSocket). */
   checkContainer?: (m: AttestedModule, opts: { allowCreated?: boolean }) => Promise<ContainerVerdict>;
   attestationForRenewal?: (ca: CaClient) => Promise<string>;
+  /** Stop waiting for an HSM that is unavailable at start (SIGTERM). */
+  signal?: AbortSignal;
 }
 
 /**
@@ -116,6 +124,17 @@ export class DeviceDaemon {
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
   private checking: Promise<void> = Promise.resolve();
+  /** Set after an HSM outage when the OpenSSL engine still holds sessions from before it (see `restart`). */
+  engineStale = false;
+  private restartWith: ((reason: string) => void) | undefined;
+  /**
+   * Resolves with a reason when this process must be replaced: after an HSM outage the module was finalised and
+   * initialised again (SoftHSM sees a returned token no other way), which module certificates survive (pkcs11js
+   * reopened its sessions) but the OpenSSL pkcs11 engine does not — libp11 keeps its old session handles. So the next
+   * renewal, which needs mTLS with a token key, is done by a fresh process: `device run` stops cleanly and exits 75,
+   * and the supervisor (systemd Restart=on-failure) starts it again.
+   */
+  readonly restart = new Promise<string>((resolve) => { this.restartWith = resolve; });
 
   private constructor(
     readonly config: DeviceConfig,
@@ -124,8 +143,7 @@ export class DeviceDaemon {
     readonly events: ModuleEventLog,
     readonly sockets: WorkloadSockets,
     readonly management: FastifyInstance,
-    private readonly keys: KeyStore,
-    private readonly ownsKeys: boolean,
+    readonly hsm: HsmGuard,
     readonly log: Logger,
   ) {}
 
@@ -137,7 +155,10 @@ export class DeviceDaemon {
   static async start(o: DaemonOptions): Promise<DeviceDaemon> {
     const cfg = o.config;
     const log = o.log ?? createLogger("device-identity");
-    const keys = o.keys ?? (await openKeyStore(o.hsm, { logger: log }));
+    // HSM unavailable at start (module, token, PIN): one doctor line, then wait for it with backoff; nothing is served
+    // (no management or workload socket) until it opens. A refused PIN is never tried twice.
+    const hsm = await HsmGuard.open({ hsm: o.hsm, log, retryMs: cfg.hsmRetrySeconds * 1000, maxRetryMs: cfg.hsmRetryMaxSeconds * 1000, ...(o.keys ? { keys: o.keys } : {}), ...(o.signal ? { signal: o.signal } : {}) });
+    const keys = hsm.keys;
     try {
       const daemonRef: { d?: DeviceDaemon } = {};
       // With the CA's attestation gate on: nonce → evidence signed by the device key → EAR result sent with the renewal.
@@ -148,8 +169,11 @@ export class DeviceDaemon {
         if (r.status !== "affirming") log.warn({ status: r.status }, "attestation result is not affirming; the CA may refuse the renewal");
         return r.result;
       } : undefined);
-      const identity = identityFromConfig(cfg, o.hsm, { keys, log, ...(o.now ? { now: o.now } : {}), ...(attest ? { attestationForRenewal: attest } : {}) });
+      let engineUsed = false;
+      const identity = identityFromConfig(cfg, o.hsm, { keys, log, hsmProblem: () => hsm.problem(), onTlsKey: () => { engineUsed = true; }, ...(o.now ? { now: o.now } : {}), ...(attest ? { attestationForRenewal: attest } : {}) });
       await identity.load();
+      // Mid-run, the HSM is judged by signing with the key module certificates need.
+      hsm.probeKey = () => ({ label: identity.current().keys.edgeCa, algorithm: cfg.keyAlgorithm });
       const docker = new DockerClient({ socketPath: cfg.dockerSocket });
       const check = o.checkContainer ?? ((m: AttestedModule, opts: { allowCreated?: boolean }) => checkAttestedContainer(docker, m, opts));
       const settings = certificateSettings(cfg);
@@ -158,6 +182,7 @@ export class DeviceDaemon {
       const sockets = new WorkloadSockets(cfg.workloadDir, modules, {
         issueModuleCertificate: async (m, csr) => {
           identity.assertCanIssue(m);
+          if (hsm.problem()) throw hsm.unavailable(`no certificate for module ${m.name} now: the HSM is unavailable`);
           return issueModuleCertificate({
             trustDomain: cfg.trustDomain, deviceId: cfg.deviceId, lifetimeSeconds: settings.moduleLifetimeSeconds,
             edgeCa: () => edgeCa, checkContainer: (x) => check(x, {}),
@@ -180,23 +205,30 @@ export class DeviceDaemon {
         path: cfg.managementSocket, modules, sockets, events, log,
         backend: {
           checkContainer: (m) => check(m, { allowCreated: true }),
-          status: () => ({ ...identity.status(), modules: modules.list().length, managementSocket: cfg.managementSocket }),
+          status: () => ({ ...identity.status(), hsm: hsm.status(), modules: modules.list().length, managementSocket: cfg.managementSocket }),
           renew: async (kind, rekey) => {
+            if (hsm.problem()) throw hsm.unavailable(`cannot renew the ${kind} certificate now: the HSM is unavailable`);
             await identity.renew(kind, rekey);
             return identity.status();
           },
           evidence: async (nonce) => daemonRef.d!.evidence(nonce),
         },
       });
-      const d = new DeviceDaemon(cfg, identity, modules, events, sockets, management, keys, !o.keys, log);
+      const d = new DeviceDaemon(cfg, identity, modules, events, sockets, management, hsm, log);
       daemonRef.d = d;
+      // The HSM is back: renewals that waited for it go now (issuance resumes by itself: the guard lets calls through).
+      hsm.onRecovered(() => {
+        if (engineUsed && !o.keys && o.hsm.backend === "pkcs11") d.engineStale = true;
+        identity.hsmRecovered();
+        void d.runCheck();
+      });
       // Modules registered before a restart get their sockets back; issuance re-checks their containers every time.
       for (const m of modules.list()) await sockets.open(m);
       await d.runCheck();
       log.info({ deviceId: cfg.deviceId, managementSocket: cfg.managementSocket, modules: modules.list().length }, "device identity daemon running");
       return d;
     } catch (e) {
-      if (!o.keys) await keys.close();
+      await hsm.close();
       throw e;
     }
   }
@@ -205,7 +237,7 @@ export class DeviceDaemon {
   async evidence(nonce: string): Promise<string> {
     const s = this.identity.current();
     return signEvidence({
-      store: this.keys, keyLabel: s.keys.device, deviceUri: this.identity.deviceUri(), chainPem: [s.device.cert, ...s.device.chain],
+      store: this.hsm.keys, keyLabel: s.keys.device, deviceUri: this.identity.deviceUri(), chainPem: [s.device.cert, ...s.device.chain],
       nonce, measurements: collectMeasurements(this.config, this.modules), now: this.identity.now(),
     });
   }
@@ -216,6 +248,15 @@ export class DeviceDaemon {
       if (this.stopped) return;
       if (this.timer) clearTimeout(this.timer);
       let wait = this.config.checkIntervalSeconds * 1000;
+      if (this.engineStale) {
+        const due = Object.entries(this.identity.assess()).filter(([k, a]) => k !== "hub" && (a.status === "due" || a.status === "expired")).map(([k]) => k);
+        if (due.length > 0) {
+          const reason = `renewal of ${due.join(", ")} is due and the OpenSSL pkcs11 engine still holds token sessions from before the HSM outage: a fresh process renews`;
+          this.log.error({ due }, `restarting: ${reason}`);
+          this.restartWith?.(reason);
+          return;
+        }
+      }
       try {
         wait = await this.identity.check(wait);
       } catch (e) {
@@ -236,7 +277,7 @@ export class DeviceDaemon {
     this.events.close();
     await this.management.close();
     await this.sockets.closeAll();
-    if (this.ownsKeys) await this.keys.close();
+    await this.hsm.close();
     this.log.info("device identity daemon stopped");
   }
 }

@@ -41,6 +41,8 @@ export interface IdentityOptions {
   rotateKeys: boolean;
   retryInitialMs: number;
   retryMaxMs: number;
+  /** Why the HSM cannot be used right now (hsm-guard.ts), if so: due renewals wait (with backoff) instead of trying. */
+  hsmProblem?: () => string | undefined;
   /** Fresh attestation result to send with a renewal (when the CA requires one). */
   attestationForRenewal?: (ca: CaClient) => Promise<string>;
   log: Logger;
@@ -85,7 +87,7 @@ export class DeviceIdentity {
   private state: IdentityState | undefined;
   private readonly crypto = keyStoreCrypto();
   private readonly signingKeys = new Map<string, CryptoKey>();
-  private readonly failures = new Map<CertKind, { count: number; retryAt: number; error: string }>();
+  private readonly failures = new Map<CertKind, { count: number; retryAt: number; error: string; hsm?: boolean }>();
   private clockProblem: string | undefined;
   /** Set when a certificate fresh from the CA already looks expired here: the device clock runs ahead. */
   private clockAhead: string | undefined;
@@ -456,18 +458,25 @@ export class DeviceIdentity {
           wait = Math.min(wait, f.retryAt - now.getTime());
           continue;
         }
+        const fail = (error: string, permanent: boolean, hsm: boolean): void => {
+          const count = (f?.count ?? 0) + 1;
+          const delay = permanent ? this.opts.retryMaxMs : backoffMs(count, this.opts.retryInitialMs, this.opts.retryMaxMs);
+          this.failures.set(kind, { count, retryAt: now.getTime() + delay, error, ...(hsm ? { hsm } : {}) });
+          wait = Math.min(wait, delay);
+          this.opts.log.warn({ kind, attempt: count, retryInSeconds: Math.round(delay / 1000), err: error, permanent }, "renewal failed; serving with the current certificate and retrying");
+        };
+        const hsm = this.opts.hsmProblem?.();
+        if (hsm) {
+          // No key operation can succeed: do not call the CA with a renewal that cannot be signed; back off.
+          fail(`the HSM is unavailable: ${hsm}`, false, true);
+          continue;
+        }
         if (a.status === "expired") this.opts.log.error({ kind, notAfter: a.notAfter.toISOString() }, "certificate expired; renewing (the CA accepts renewals for a while after expiry)");
         try {
           await this.renewNow(kind, this.opts.rotateKeys && kind !== "hub");
           this.failures.delete(kind);
         } catch (e) {
-          const count = (f?.count ?? 0) + 1;
-          const permanent = isPermanentCaRefusal(e);
-          const delay = permanent ? this.opts.retryMaxMs : backoffMs(count, this.opts.retryInitialMs, this.opts.retryMaxMs);
-          const error = (e as Error).message;
-          this.failures.set(kind, { count, retryAt: now.getTime() + delay, error });
-          wait = Math.min(wait, delay);
-          this.opts.log.warn({ kind, attempt: count, retryInSeconds: Math.round(delay / 1000), err: error, permanent }, "renewal failed; serving with the current certificate and retrying");
+          fail((e as Error).message, isPermanentCaRefusal(e), Boolean(this.opts.hsmProblem?.()));
         }
       }
       if (clock && clock !== this.clockProblem) this.opts.log.error({ problem: clock }, "device clock is wrong: not renewing, still serving with the stored certificates");
@@ -478,6 +487,11 @@ export class DeviceIdentity {
       }
       return wait;
     });
+  }
+
+  /** The HSM works again: renewals that waited for it are retried at the next pass instead of after their backoff. */
+  hsmRecovered(): void {
+    for (const f of this.failures.values()) if (f.hsm) f.retryAt = 0;
   }
 
   status(): { deviceId: string; generation: number; clock?: string; certificates: KindStatus[] } {
