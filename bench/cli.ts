@@ -5,7 +5,7 @@ import { action } from "../cli/output.js";
 
 function table(rows: BenchRow[]): string {
   const head = ["benchmark", "value", "reference", "ratio", "target", "met"];
-  const body = rows.map((r) => [
+  const body = rows.map((r) => r.skipped ? [r.name, "-", r.reference.name, "-", `>= ${+r.target.toFixed(2)}x`, `skipped: ${r.skipped}`] : [
     r.name,
     `${fmt(r.value)} ${r.unit}`,
     `${r.reference.name}: ${fmt(r.reference.value)} ${r.unit}`,

@@ -12,6 +12,8 @@ export interface BenchRow {
   met: boolean;
   /** Which issue or component set the target. */
   source: string;
+  /** Set when the figure could not be measured here (e.g. no PostgreSQL): the reason; value and ratio are NaN. */
+  skipped?: string;
 }
 
 export interface Progress {
@@ -31,4 +33,9 @@ export function row(
   const ratio = higher ? r.value / r.reference.value : r.reference.value / r.value;
   const { higherIsBetter: _h, ...rest } = r;
   return { ...rest, ratio, met: ratio >= r.target };
+}
+
+/** A row that says why it was not measured (printed as "skipped"; never counted as met or missed). */
+export function skippedRow(r: Pick<BenchRow, "name" | "unit" | "target" | "source"> & { reference: string; reason: string }): BenchRow {
+  return { name: r.name, value: Number.NaN, unit: r.unit, reference: { name: r.reference, value: Number.NaN }, ratio: Number.NaN, target: r.target, met: false, source: r.source, skipped: r.reason };
 }

@@ -91,7 +91,7 @@ function baseOptions(config: CaConfig, logger: Logger) {
     loggerInstance: logger,
     bodyLimit: config.bodyLimitBytes,
     // Registration ids may be 128 characters (find-my-way's default of 100 answered longer ones with a bare 414).
-    maxParamLength: 256,
+    routerOptions: { maxParamLength: 256 },
     return503OnClosing: true,
     ajv: { customOptions: { removeAdditional: false as const, coerceTypes: "array" as const, allErrors: false } },
   };
