@@ -42,6 +42,11 @@ function perm<K extends keyof ModulePermissions>(policy: Policy, module: string,
   return { value: undefined, from: `built-in default for ${String(key)}` };
 }
 
+/** `{module}` in a policy path glob becomes the module's own name. */
+function forModule(glob: string, name: string): string {
+  return glob.includes("{module}") ? glob.replace(/\{module\}/g, name) : glob;
+}
+
 function isRoot(user: string): boolean {
   return user.split(":")[0] === "0";
 }
@@ -92,13 +97,13 @@ export function decideModuleOptions(policy: Policy, name: string, options: Modul
       continue;
     }
     const idx = (binds.value ?? []).findIndex((r) => {
-      const s = r.source.replace(/\{module\}/g, name);
-      const t = r.target?.replace(/\{module\}/g, name);
+      const s = forModule(r.source, name);
+      const t = r.target === undefined ? undefined : forModule(r.target, name);
       return pathGlobMatch(s, src) && (t === undefined || pathGlobMatch(t, dst)) && (r.readOnly === false || mode === "ro");
     });
     if (idx >= 0) rules.push({ rule: `${binds.from}[${idx}]`, effect: "allow", reason: `bind ${src} -> ${dst} (${mode}) allowed` });
     else {
-      const srcOnly = (binds.value ?? []).some((r) => pathGlobMatch(r.source.replace(/\{module\}/g, name), src));
+      const srcOnly = (binds.value ?? []).some((r) => pathGlobMatch(forModule(r.source, name), src));
       rules.push({
         rule: binds.from,
         effect: "deny",
@@ -110,7 +115,7 @@ export function decideModuleOptions(policy: Policy, name: string, options: Modul
   const devices = perm(policy, name, "devices");
   for (const d of options.devices ?? []) {
     const host = normalAbsPath(d.split(":")[0] ?? "");
-    const idx = host === undefined ? -1 : (devices.value ?? []).findIndex((g) => pathGlobMatch(g.replace(/\{module\}/g, name), host));
+    const idx = host === undefined ? -1 : (devices.value ?? []).findIndex((g) => pathGlobMatch(forModule(g, name), host));
     rules.push(idx >= 0
       ? { rule: `${devices.from}[${idx}]`, effect: "allow", reason: `device ${host} allowed` }
       : { rule: devices.from, effect: "deny", reason: `device ${d} is not in the allow-list` });

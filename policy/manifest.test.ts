@@ -521,3 +521,25 @@ describe("canonical base64url", () => {
     for (const bad of ["AB=", "A+B/", "AB C", "ABC\n"]) expect(() => decodeB64url(bad), bad).toThrow();
   });
 });
+
+describe("path checks used by bind and device decisions", () => {
+  it("normalAbsPath (one scan) agrees with the split/join definition on every path over a small alphabet", async () => {
+    const { normalAbsPath } = await import("./match.js");
+    const reference = (p: string): string | undefined => {
+      if (!p.startsWith("/")) return undefined;
+      const segs = p.split("/").slice(1);
+      if (segs.length === 1 && segs[0] === "") return "/";
+      for (const s of segs) if (s === "" || s === "." || s === "..") return undefined;
+      return "/" + segs.join("/");
+    };
+    const alphabet = ["/", ".", "a"];
+    let n = 0;
+    const walk = (p: string): void => {
+      expect(normalAbsPath(p), JSON.stringify(p)).toBe(reference(p));
+      n++;
+      if (p.length < 8) for (const c of alphabet) walk(p + c);
+    };
+    walk("");
+    expect(n).toBe((3 ** 9 - 1) / 2);
+  });
+});

@@ -37,13 +37,22 @@ export function pathGlobMatch(glob: string, path: string): boolean {
   return re.test(path);
 }
 
-/** Normalise an absolute path; undefined when it escapes (`..`), is relative or has empty/dot segments. */
+/**
+ * Check an absolute path: undefined when it escapes (`..`), is relative or has empty/dot segments; otherwise the path
+ * itself (a path that passes has nothing to normalise). One scan, no allocation: it runs for every bind and device.
+ */
 export function normalAbsPath(p: string): string | undefined {
-  if (!p.startsWith("/")) return undefined;
-  const segs = p.split("/").slice(1);
-  if (segs.length === 1 && segs[0] === "") return "/";
-  for (const s of segs) if (s === "" || s === "." || s === "..") return undefined;
-  return "/" + segs.join("/");
+  if (p === "/") return "/";
+  if (p.charCodeAt(0) !== 47) return undefined;
+  let start = 1;
+  for (let i = 1; i <= p.length; i++) {
+    if (i < p.length && p.charCodeAt(i) !== 47) continue;
+    const len = i - start;
+    if (len === 0) return undefined;
+    if (len <= 2 && p.charCodeAt(start) === 46 && (len === 1 || p.charCodeAt(start + 1) === 46)) return undefined;
+    start = i + 1;
+  }
+  return p;
 }
 
 /** Does the MQTT filter `pattern` (with + and #) match the concrete topic `topic`? */
