@@ -26,6 +26,21 @@ export async function toPublicKey(input: PublicKeyInput, crypto: Crypto = global
  */
 export function keyAlgorithmOfSpki(spki: ArrayBuffer | Uint8Array): KeyAlgorithm {
   const bytes = spki instanceof ArrayBuffer ? new Uint8Array(spki) : spki;
+  // OpenSSL 3's key decoder costs ~0.4 ms per call and issuance asks twice for the same key (CSR check, then the
+  // profile check in issueCertificate): remember recent answers for exact SPKI bytes (a pure function of them).
+  const cacheKey = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64");
+  const known = spkiAlgorithms.get(cacheKey);
+  if (known) return known;
+  const alg = decodeKeyAlgorithm(bytes);
+  if (spkiAlgorithms.size >= SPKI_CACHE_SIZE) spkiAlgorithms.delete(spkiAlgorithms.keys().next().value ?? "");
+  spkiAlgorithms.set(cacheKey, alg);
+  return alg;
+}
+
+const SPKI_CACHE_SIZE = 256;
+const spkiAlgorithms = new Map<string, KeyAlgorithm>();
+
+function decodeKeyAlgorithm(bytes: Uint8Array): KeyAlgorithm {
   let key;
   try {
     key = createPublicKey({ key: Buffer.from(bytes), format: "der", type: "spki" });
