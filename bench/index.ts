@@ -5,9 +5,10 @@ import { hubBenchmark } from "./hub.js";
 import { caBenchmark } from "./ca.js";
 import { agentBenchmark } from "./agent.js";
 import { enrollBenchmark, registrationBenchmark } from "./enroll.js";
+import { identityBenchmark } from "./identity.js";
 
 /** Every benchmark of the project, in the order `edgetrust bench` runs them. Components add theirs here. */
-export const benchmarks: Benchmark[] = [hsmBenchmark, manifestBenchmark, hubBenchmark, caBenchmark, agentBenchmark, enrollBenchmark, registrationBenchmark];
+export const benchmarks: Benchmark[] = [hsmBenchmark, manifestBenchmark, hubBenchmark, caBenchmark, agentBenchmark, enrollBenchmark, registrationBenchmark, identityBenchmark];
 
 export type { Benchmark, BenchRow, Progress } from "./types.js";
 export { row, skippedRow } from "./types.js";

@@ -35,6 +35,12 @@ export const WORKLOAD_SOCKET_NAME = "workload.sock";
  */
 export class WorkloadSockets {
   private readonly servers = new Map<string, FastifyInstance>();
+  /**
+   * The caller check's verdict per connection (and the container it was made for): the process at the other end of a
+   * unix connection is fixed when it connects, so a keep-alive client is looked up once (`ss` is ~10 ms of CPU), not
+   * on every request. A new registration (another container) is checked afresh.
+   */
+  private readonly callers = new WeakMap<Socket, { containerId: string; verdict: Promise<ContainerVerdict> }>();
 
   constructor(
     private readonly dir: string,
@@ -90,7 +96,13 @@ export class WorkloadSockets {
       if (!m) throw new EdgeTrustError("FORBIDDEN", `module ${moduleName} is not registered as attested`);
       // The socket is the module's identity only if the caller is in that module's container: a container started
       // by hand with another module's socket directory mounted is refused here.
-      const caller = await this.backend.checkCaller(m, req.raw.socket);
+      const sock = req.raw.socket;
+      let known = this.callers.get(sock);
+      if (!known || known.containerId !== m.containerId) {
+        known = { containerId: m.containerId, verdict: this.backend.checkCaller(m, sock) };
+        this.callers.set(sock, known);
+      }
+      const caller = await known.verdict;
       if (!caller.ok) {
         this.log.warn({ module: moduleName, reason: caller.reason }, "workload socket used from outside the module's container");
         throw new EdgeTrustError("FORBIDDEN", caller.reason);
