@@ -1,7 +1,10 @@
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
+import { createLogger } from "../common/index.js";
+import { Pkcs11KeyStore } from "./pkcs11.js";
+import { SOFTHSM_MODULE } from "./token-setup.js";
 import type * as x509 from "@peculiar/x509";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { issueCertificate, type Issuer } from "../pki/index.js";
@@ -100,10 +103,12 @@ function spec(serverKey: TlsKeyOptions, clientKey?: TlsKeyOptions): MtlsSpec {
   };
 }
 
-const engineKey = (object: string, engine = ENGINE_ID): TlsKeyOptions => ({
-  privateKeyEngine: engine,
-  privateKeyIdentifier: engineKeyIdentifier(`pkcs11:token=${TOKEN};object=${object}`, PIN),
-});
+const quiet = createLogger("hsm", { level: "silent" });
+const engineKey = (object: string, engine = ENGINE_ID): TlsKeyOptions => {
+  const file = join(dir, "user.pin");
+  writeFileSync(file, PIN, { mode: 0o600 });
+  return { privateKeyEngine: engine, privateKeyIdentifier: engineKeyIdentifier(`pkcs11:token=${TOKEN};object=${object}`, { file }) };
+};
 
 describe("TLS key source with keys in SoftHSM", () => {
   it("mTLS handshake: server and client keys both in the token, data exchanged, peer certificates checked", () => {
@@ -151,14 +156,22 @@ describe("TLS key source with keys in SoftHSM", () => {
     }
   });
 
-  it("the identifier carries the PIN, but its description does not", () => {
-    const k = engineKey("server");
-    expect("privateKeyIdentifier" in k && k.privateKeyIdentifier).toBe(`pkcs11:token=${TOKEN};object=server;type=private;pin-value=${PIN}`);
-    expect(describeTlsKey(k)).not.toContain(PIN);
-    expect(describeTlsKey(k)).toContain("pin-value=[redacted]");
+  it("the identifier never carries the PIN: the engine reads it from a private file (libp11 prints identifiers to stderr)", async () => {
+    const store = await Pkcs11KeyStore.open({ module: SOFTHSM_MODULE, tokenLabel: TOKEN, pin: PIN, logger: quiet });
+    try {
+      const k = await tlsKeyOptions(store, { label: "server" }, { pin: PIN, tokenLabel: TOKEN });
+      const id = "privateKeyIdentifier" in k ? k.privateKeyIdentifier : "";
+      expect(id).not.toContain(PIN);
+      const file = /pin-source=file:(\S+)$/.exec(id)?.[1] ?? "";
+      expect(readFileSync(file, "utf8")).toBe(PIN);
+      expect(statSync(file).mode & 0o777).toBe(0o600);
+      expect(statSync(dirname(file)).mode & 0o777).toBe(0o700);
+    } finally {
+      await store.close();
+    }
     // the key's own URI attributes are kept, its type/pin replaced
-    expect(engineKeyIdentifier("pkcs11:token=a%20b;object=k;id=%01;type=public?pin-value=x", "p;1")).toBe("pkcs11:token=a%20b;object=k;id=%01;type=private;pin-value=p%3B1");
-    expect(engineKeyIdentifier("pkcs11:object=k", "1", "tok en")).toBe("pkcs11:token=tok%20en;object=k;type=private;pin-value=1");
+    expect(engineKeyIdentifier("pkcs11:token=a%20b;object=k;id=%01;type=public?pin-value=x", { file: "/run/p" })).toBe("pkcs11:token=a%20b;object=k;id=%01;type=private;pin-source=file:/run/p");
+    expect(engineKeyIdentifier("pkcs11:object=k", { file: "/p" }, "tok en")).toBe("pkcs11:token=tok%20en;object=k;type=private;pin-source=file:/p");
   });
 
   it("the default engine is the registered id when OPENSSL_CONF registers it, else the .so path", () => {

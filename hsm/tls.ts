@@ -1,4 +1,7 @@
-import { existsSync, readFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
 import tls from "node:tls";
 import { EdgeTrustError, redactString } from "../common/index.js";
 import type { KeyRef, KeyStore } from "./types.js";
@@ -67,10 +70,11 @@ function pct(v: string): string {
 }
 
 /**
- * The engine identifier for a token key: `pkcs11:token=…;object=…;id=…;type=private;pin-value=…`. Built from the
- * key's own (PIN-less) URI; any `type`/`pin-*` attribute and query in it is replaced.
+ * The engine identifier for a token key: `pkcs11:token=…;object=…;id=…;type=private;pin-source=file:…`. Built from
+ * the key's own (PIN-less) URI; any `type`/`pin-*` attribute and query in it is replaced. The PIN goes by file, never
+ * by value: libp11 prints the whole identifier to stderr when it cannot find a key, and stderr ends up in logs.
  */
-export function engineKeyIdentifier(keyUri: string, pin: string, tokenLabel?: string): string {
+export function engineKeyIdentifier(keyUri: string, pin: { file: string }, tokenLabel?: string): string {
   if (!keyUri.startsWith("pkcs11:")) throw new EdgeTrustError("INVALID_INPUT", "not a pkcs11: URI");
   const [path = ""] = keyUri.slice("pkcs11:".length).split("?");
   const attrs = path.split(";").filter((a) => a !== "" && !/^(type|pin-value|pin-source)=/i.test(a));
@@ -78,7 +82,27 @@ export function engineKeyIdentifier(keyUri: string, pin: string, tokenLabel?: st
     if (!tokenLabel) throw new EdgeTrustError("INVALID_INPUT", "the key URI names no token and no token label was given");
     attrs.unshift(`token=${pct(tokenLabel)}`);
   }
-  return `pkcs11:${[...attrs, "type=private", `pin-value=${pct(pin)}`].join(";")}`;
+  return `pkcs11:${[...attrs, "type=private", `pin-source=file:${pin.file}`].join(";")}`;
+}
+
+const pinFiles = new Map<string, string>();
+
+/**
+ * The PIN, exactly (the operator's PIN file may end in a newline the engine would keep), written once per process to
+ * a file only this user can read, in a private directory removed at exit, for the engine's `pin-source`.
+ */
+function privatePinFile(pin: string): string {
+  const key = createHash("sha256").update(pin).digest("hex");
+  let file = pinFiles.get(key);
+  if (!file) {
+    const dir = mkdtempSync(join(tmpdir(), "edgetrust-pin-"));
+    chmodSync(dir, 0o700);
+    file = join(dir, "pin");
+    writeFileSync(file, pin, { mode: 0o600 });
+    pinFiles.set(key, file);
+    if (pinFiles.size === 1) process.once("exit", () => { for (const f of pinFiles.values()) rmSync(dirname(f), { recursive: true, force: true }); });
+  }
+  return file;
 }
 
 /** Node TLS options (`privateKeyEngine` + `privateKeyIdentifier`, or `key` for the software store) for a key. */
@@ -96,7 +120,7 @@ export async function tlsKeyOptions(store: KeyStore, ref: KeyRef, opts: TlsKeySo
   }
   if (opts.module) usePkcs11Module(opts.module);
   const info = await store.getKey(ref);
-  return { privateKeyEngine: engine, privateKeyIdentifier: engineKeyIdentifier(info.uri, opts.pin, opts.tokenLabel) };
+  return { privateKeyEngine: engine, privateKeyIdentifier: engineKeyIdentifier(info.uri, { file: privatePinFile(opts.pin) }, opts.tokenLabel) };
 }
 
 /**
@@ -185,5 +209,7 @@ export async function tlsKeyFromSpec(
   // The configured default is the engine's .so path, which backs only the first TLS context of a process; daemons
   // make many (a server, clients, one per reload). When OPENSSL_CONF registers the engine, use its id instead.
   const engine = cfg.engine === DEFAULT_ENGINE ? undefined : cfg.engine;
-  return tlsKeyOptions(store, { label: spec.slice(4) }, { module: cfg.module, ...(engine ? { engine } : {}), ...(pin ? { pin } : {}), ...(cfg.tokenLabel ? { tokenLabel: cfg.tokenLabel } : {}) });
+  return tlsKeyOptions(store, { label: spec.slice(4) }, {
+    module: cfg.module, ...(engine ? { engine } : {}), ...(pin ? { pin } : {}), ...(cfg.tokenLabel ? { tokenLabel: cfg.tokenLabel } : {}),
+  });
 }
