@@ -93,6 +93,10 @@ interface ClientState {
   rejected?: { reason: HubRejectReason; detail: string };
 }
 
+/** Policy decisions remembered (see `decide`): at most this many, for topics up to this many characters. */
+const DECISION_CACHE_MAX = 4096;
+const DECISION_TOPIC_MAX = 256;
+
 /** Client publishes to `$iothub/...` are answered by the hub and then published here, where nothing can subscribe. */
 const SINK = "$edgetrust/hub/sink";
 
@@ -124,6 +128,7 @@ export class EdgeHub extends EventEmitter<HubEvents> {
   private server: Server | undefined;
   private readonly states = new WeakMap<Client, ClientState>();
   private readonly clients = new Map<string, Client>();
+  private readonly decisions = new Map<string, { permitted: boolean; allowed: boolean; detail: string }>();
   private readonly pendingMethods = new Map<string, { resolve: (r: { status: number; payload: Buffer }) => void; timer: NodeJS.Timeout }>();
   private unsubscribeAttestation: (() => void) | undefined;
   private unsubscribeCrl: (() => void) | undefined;
@@ -345,10 +350,24 @@ export class EdgeHub extends EventEmitter<HubEvents> {
     this.decide(id, "publish", topic);
   }
 
-  /** The policy's hub rules (deny by default; audit mode logs and lets through). Throws Rejected. */
+  /**
+   * The policy's hub rules (deny by default; audit mode logs and lets through). Throws Rejected. The outcome depends
+   * only on (policy, principal, identity, action, topic) and the policy of a hub never changes, so it is remembered:
+   * a module publishing to the same topic again costs one map lookup. Bounded (cleared when full; long topics are
+   * not kept).
+   */
   private decide(id: ClientIdentity, action: "publish" | "subscribe", topic: string): void {
-    const d = decideTopic(this.opts.policy, this.principal(id), action, topic);
-    if (!d.permitted) throw new Rejected("policy-denied", `${d.subject}: ${d.rules.map((r) => r.reason).join("; ")}`);
+    const key = topic.length <= DECISION_TOPIC_MAX ? `${id.principal}\u0000${id.key}\u0000${action}\u0000${topic}` : undefined;
+    let d = key === undefined ? undefined : this.decisions.get(key);
+    if (!d) {
+      const full = decideTopic(this.opts.policy, this.principal(id), action, topic);
+      d = { permitted: full.permitted, allowed: full.allowed, detail: full.permitted ? "" : `${full.subject}: ${full.rules.map((r) => r.reason).join("; ")}` };
+      if (key !== undefined) {
+        if (this.decisions.size >= DECISION_CACHE_MAX) this.decisions.clear();
+        this.decisions.set(key, d);
+      }
+    }
+    if (!d.permitted) throw new Rejected("policy-denied", d.detail);
     if (!d.allowed) this.log.warn({ identity: id.key, action, topic }, "audit mode: would be denied");
   }
 

@@ -51,6 +51,8 @@ export class HubStore {
   readonly db: Database.Database;
   private count = 0;
   private bytes = 0;
+  /** The hot statements, compiled once (better-sqlite3 compiles on every prepare()). */
+  private readonly stmt: { insert: Database.Statement; next: Database.Statement; ack: Database.Statement };
 
   constructor(file: string, private readonly limits: OutboxLimits) {
     if (file !== ":memory:") mkdirSync(dirname(file), { recursive: true });
@@ -76,6 +78,11 @@ export class HubStore {
         reported_version INTEGER NOT NULL
       );
     `);
+    this.stmt = {
+      insert: this.db.prepare("INSERT INTO outbox (route, priority, topic, payload, enqueued_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)"),
+      next: this.db.prepare("SELECT * FROM outbox WHERE expires_at > ? ORDER BY priority, seq LIMIT ?"),
+      ack: this.db.prepare("DELETE FROM outbox WHERE seq = ? RETURNING LENGTH(payload) + LENGTH(topic) AS b"),
+    };
     const s = this.db.prepare("SELECT COUNT(*) AS n, COALESCE(SUM(LENGTH(payload) + LENGTH(topic)), 0) AS b FROM outbox").get() as { n: number; b: number };
     this.count = s.n;
     this.bytes = s.b;
@@ -106,7 +113,7 @@ export class HubStore {
         details: { bytes: this.bytes, maxBytes: this.limits.maxBytes },
       });
     }
-    const ins = this.db.prepare("INSERT INTO outbox (route, priority, topic, payload, enqueued_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)");
+    const ins = this.stmt.insert;
     this.db.transaction(() => {
       for (const i of items) ins.run(i.route, i.priority, i.topic, i.payload, now, now + i.ttlSeconds * 1000);
     })();
@@ -116,17 +123,23 @@ export class HubStore {
 
   /** The next messages to send, highest priority (lowest number) first, then in arrival order; skips `exclude`. */
   next(limit: number, exclude: ReadonlySet<number>, now = Date.now()): OutboxMessage[] {
-    const rows = this.db
-      .prepare("SELECT * FROM outbox WHERE expires_at > ? ORDER BY priority, seq LIMIT ?")
-      .all(now, limit + exclude.size) as OutboxRow[];
+    const rows = this.stmt.next.all(now, limit + exclude.size) as OutboxRow[];
     return rows.filter((r) => !exclude.has(r.seq)).slice(0, limit).map((r) => ({
       seq: r.seq, route: r.route, priority: r.priority, topic: r.topic, payload: r.payload, enqueuedAt: r.enqueued_at, expiresAt: r.expires_at,
     }));
   }
 
   /** Remove a delivered message. */
+  /** Delete several acknowledged messages in one transaction. */
+  ackMany(seqs: readonly number[]): void {
+    if (seqs.length === 0) return;
+    this.db.transaction(() => {
+      for (const seq of seqs) this.ack(seq);
+    })();
+  }
+
   ack(seq: number): void {
-    const r = this.db.prepare("DELETE FROM outbox WHERE seq = ? RETURNING LENGTH(payload) + LENGTH(topic) AS b").get(seq) as { b: number } | undefined;
+    const r = this.stmt.ack.get(seq) as { b: number } | undefined;
     if (r) {
       this.count -= 1;
       this.bytes -= r.b;
