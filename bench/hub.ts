@@ -17,7 +17,8 @@ import { row, type Benchmark, type BenchRow, type Progress } from "./types.js";
  *   telemetry with a window of WINDOW unacknowledged messages, one subscriber process (the `monitor` module) receives
  *   everything. Hub: mTLS, identity from the certificate, the policy's hub rules on every publish and subscribe.
  *   Mosquitto: TLS client certificates required, `use_identity_as_username`, and an `acl_file` whose `pattern`/`user`
- *   rules say what the hub's policy says. Each message carries its send time (CLOCK_MONOTONIC, shared by processes).
+ *   rules say what the hub's policy says; `set_tcp_nodelay true` (Debian's default leaves Nagle on, which only adds
+ *   latency to Mosquitto's side). Each message carries its send time (CLOCK_MONOTONIC, shared by processes).
  *   The broker's CPU time over the round is recorded: ~1 core busy = the broker is the bottleneck.
  * - TLS connections/s: load processes open connections one after another (full handshake, no resumption, CONNECT →
  *   CONNACK, then close).
@@ -310,7 +311,7 @@ async function startMosquitto(dir: string, pkiDir: string, name: string, o: { po
   const port = o.port ?? (await freePort());
   const lines = [`listener ${port} 127.0.0.1`, `cafile ${join(pkiDir, "trust-bundle.pem")}`, `certfile ${join(pkiDir, "edge-hub-server.chain.pem")}`,
     `keyfile ${join(pkiDir, "edge-hub-server.key.pem")}`, "require_certificate true", "persistence false", "user root",
-    "max_queued_messages 0", "max_inflight_messages 0", "log_dest stderr", "log_type error", "log_type warning"];
+    "max_queued_messages 0", "max_inflight_messages 0", "set_tcp_nodelay true", "log_dest stderr", "log_type error", "log_type warning"];
   if (o.acl !== undefined) {
     const aclFile = join(dir, `${name}.acl`);
     writeFileSync(aclFile, o.acl);
@@ -461,6 +462,8 @@ async function hubRssWith100Modules(pki: TestPki, dir: string, progress: Progres
       hub.stdout?.on("data", check);
       void exited.then((code) => rej(new Error(`hub exited ${code}: ${out}`)));
     });
+    const idle = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${hub.pid}/status`, "utf8"))?.[1];
+    progress.step(`hub RSS before any module connects: ${(Number(idle) / 1024).toFixed(1)} MB`);
     // Connected the way modules are: subscribed to their inputs and twin, one telemetry message each.
     for (let i = 0; i < mods.length; i += 10) {
       await Promise.all(mods.slice(i, i + 10).map(async (m, j) => {

@@ -180,7 +180,17 @@ describe("edge hub: identity, mTLS and ACL", () => {
   it("ignores a client id and username that claim another identity: the certificate decides", async () => {
     const real = await connect(leaf1, { clientId: "leaf1" });
     const leaf2 = await pki.leaf("leaf2");
+    // The client may see its CONNACK before the hub has registered the session: wait for the hub's own event.
+    const registered = within(new Promise<void>((r) => {
+      const on = (id: { key: string }) => {
+        if (id.key !== "leaf2") return;
+        t.hub.off("connected", on);
+        r();
+      };
+      t.hub.on("connected", on);
+    }), 5000, "leaf2 registered");
     const liar = await connect(leaf2, { clientId: "leaf1", username: "localhost/leaf1/?api-version=2021-04-12" });
+    await registered;
     try {
       expect(t.hub.connectedIdentities()).toEqual(expect.arrayContaining(["leaf1", "leaf2"]));
       expect(real.connected).toBe(true); // not taken over by the same client id
