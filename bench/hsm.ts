@@ -7,6 +7,7 @@ import pkcs11js from "pkcs11js";
 import { Value } from "@sinclair/typebox/value";
 import { createLogger } from "../common/index.js";
 import { HsmConfig, Pkcs11KeyStore, SOFTHSM_MODULE, createSoftHsmDir, initToken, openKeyStore, type KeyStore } from "../hsm/index.js";
+import { interleaved, timed } from "./measure.js";
 import { row, type Benchmark, type BenchRow, type Progress } from "./types.js";
 
 const execFileAsync = promisify(execFile);
@@ -16,43 +17,7 @@ const ROUND = 0.5;
 const SOURCE = "issue 2 (hsm)";
 const ECDSA_P256 = { name: "ECDSA", hash: "SHA-256" } as const;
 
-interface Timed {
-  ops: number;
-  ms: number;
-}
 
-/** Run `worker` on `concurrency` parallel loops for `seconds`. */
-async function timed(seconds: number, concurrency: number, worker: (loop: number) => Promise<unknown>): Promise<Timed> {
-  const start = performance.now();
-  const end = start + seconds * 1000;
-  let ops = 0;
-  await Promise.all(
-    Array.from({ length: concurrency }, async (_, loop) => {
-      while (performance.now() < end) {
-        await worker(loop);
-        ops++;
-      }
-    }),
-  );
-  return { ops, ms: performance.now() - start };
-}
-
-/**
- * Two workloads in alternating short rounds (A B B A A B ...) so load from other processes on a shared machine falls
- * on both alike; returns each side's operations per second over all its rounds.
- */
-async function interleaved(rounds: number, a: () => Promise<Timed>, b: () => Promise<Timed>): Promise<[number, number]> {
-  const tot: [Timed, Timed] = [{ ops: 0, ms: 0 }, { ops: 0, ms: 0 }];
-  for (let i = 0; i < rounds; i++) {
-    const order: [0 | 1, () => Promise<Timed>][] = i % 2 === 0 ? [[0, a], [1, b]] : [[1, b], [0, a]];
-    for (const [j, f] of order) {
-      const r = await f();
-      tot[j].ops += r.ops;
-      tot[j].ms += r.ms;
-    }
-  }
-  return [tot[0].ops / (tot[0].ms / 1000), tot[1].ops / (tot[1].ms / 1000)];
-}
 
 /** `openssl speed -seconds N ecdsap256`: the "sign/s" column. */
 function opensslSignRate(seconds: number): number {

@@ -11,6 +11,7 @@ import { HsmConfig, Pkcs11KeyStore, SOFTHSM_MODULE } from "../hsm/index.js";
 import { DockerClient, buildBusyboxImage, createModuleContainer, ensureImage, DOCKER_SOCKET } from "../edge-agent/index.js";
 import { DeviceConfig, ManagementClient, identityFromConfig } from "../device-identity/index.js";
 import { makeTokens, silentLogger, startCa, DEVICE_PIN, TRUST_DOMAIN } from "../device-identity/test-helpers.js";
+import { interleaved, timed } from "./measure.js";
 import { row, type Benchmark, type BenchRow, type Progress } from "./types.js";
 
 const SOURCE = "issue 6 (device identity)";
@@ -21,37 +22,7 @@ const ROUND_S = 1;
 const UNIT_NODE_FLAGS = ["--max-semi-space-size=1", "--lite-mode"];
 const BIN = resolve(import.meta.dirname, "../../bin/edgetrust.js");
 
-interface Timed {
-  ops: number;
-  ms: number;
-}
 
-async function timed(seconds: number, concurrency: number, worker: (loop: number) => Promise<unknown>): Promise<Timed> {
-  const start = performance.now();
-  const end = start + seconds * 1000;
-  let ops = 0;
-  await Promise.all(Array.from({ length: concurrency }, async (_, loop) => {
-    while (performance.now() < end) {
-      await worker(loop);
-      ops++;
-    }
-  }));
-  return { ops, ms: performance.now() - start };
-}
-
-/** A and B in alternating rounds (A B B A …) so load from other processes falls on both alike; ops/s of each. */
-async function interleaved(rounds: number, a: () => Promise<Timed>, b: () => Promise<Timed>): Promise<[number, number]> {
-  const tot: [Timed, Timed] = [{ ops: 0, ms: 0 }, { ops: 0, ms: 0 }];
-  for (let i = 0; i < rounds; i++) {
-    const order: [0 | 1, () => Promise<Timed>][] = i % 2 === 0 ? [[0, a], [1, b]] : [[1, b], [0, a]];
-    for (const [j, f] of order) {
-      const r = await f();
-      tot[j].ops += r.ops;
-      tot[j].ms += r.ms;
-    }
-  }
-  return [tot[0].ops / (tot[0].ms / 1000), tot[1].ops / (tot[1].ms / 1000)];
-}
 
 /** Peak and current RSS (kB) of a process, from the kernel. */
 function rssKb(pid: number): { peak: number; now: number } {
