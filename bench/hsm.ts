@@ -17,8 +17,6 @@ const ROUND = 0.5;
 const SOURCE = "issue 2 (hsm)";
 const ECDSA_P256 = { name: "ECDSA", hash: "SHA-256" } as const;
 
-
-
 /** `openssl speed -seconds N ecdsap256`: the "sign/s" column. */
 function opensslSignRate(seconds: number): number {
   const out = execFileSync("openssl", ["speed", "-seconds", String(seconds), "ecdsap256"], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });

@@ -22,8 +22,6 @@ const ROUND_S = 1;
 const UNIT_NODE_FLAGS = ["--max-semi-space-size=1", "--lite-mode"];
 const BIN = resolve(import.meta.dirname, "../../bin/edgetrust.js");
 
-
-
 /** Peak and current RSS (kB) of a process, from the kernel. */
 function rssKb(pid: number): { peak: number; now: number } {
   const st = readFileSync(`/proc/${pid}/status`, "utf8");
