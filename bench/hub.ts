@@ -1,10 +1,10 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { connect, createServer, type Socket } from "node:net";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import mqtt, { type MqttClient } from "mqtt";
-import { createLogger } from "../common/index.js";
+import { createLogger, freePort, holdDownPort } from "../common/index.js";
 import { parsePolicy } from "../policy/index.js";
 import { DEVICE, TEST_POLICY_YAML, TestPki, digest, startTestHub, stopTestHub, type Credential, type TestHub } from "../edge-hub/fixtures.js";
 import { HubStore, Upstream } from "../edge-hub/index.js";
@@ -251,33 +251,7 @@ async function connectionRound(port: number, clients: Credential[], ca: string, 
   }
 }
 
-function freePort(): Promise<number> {
-  return new Promise((res) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => res(p));
-    });
-  });
-}
 
-/** A port whose listener closes every connection: an upstream that is down. */
-async function holdPort(): Promise<{ port: number; release: () => Promise<void> }> {
-  const socks = new Set<Socket>();
-  const s = createServer((sock) => {
-    socks.add(sock);
-    sock.on("close", () => socks.delete(sock));
-    sock.destroy();
-  });
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", () => r()));
-  return {
-    port: (s.address() as { port: number }).port,
-    release: async () => {
-      for (const k of socks) k.destroy();
-      await new Promise<void>((r) => s.close(() => r()));
-    },
-  };
-}
 
 /** Resolves once `port` accepts a TCP connection (the broker is up); rejects if it exits or after 15 s. */
 async function listening(port: number, exited: Promise<void>, log: () => string): Promise<void> {
@@ -355,7 +329,7 @@ const median = (xs: number[]): number => {
 async function drainRound(pki: TestPki, dir: string, round: number): Promise<number> {
   const d = pki.out;
   const store = new HubStore(join(dir, `drain-${round}.db`), { maxMessages: DRAIN_MESSAGES * 2, maxBytes: 1 << 28 });
-  const down = await holdPort();
+  const down = await holdDownPort();
   const upstream = new Upstream({
     url: `mqtts://127.0.0.1:${down.port}`, clientId: DEVICE,
     tls: { cert: readFileSync(join(d, "device-identity.chain.pem")), key: readFileSync(join(d, "device-identity.key.pem")), ca: pki.rootPem(), servername: "localhost" },

@@ -9,3 +9,4 @@ export type { Located, ParsedYaml } from "./yaml-validate.js";
 export { writeFileAtomic } from "./fs.js";
 export { installProblemHandler, sendProblem, toProblemError } from "./http.js";
 export type { ProblemHandlerOptions } from "./http.js";
+export { freePort, holdDownPort } from "./net.js";

@@ -10,7 +10,7 @@ import { parsePolicy, signManifest, type JwsSigner, type Manifest } from "../pol
 import { makeSigners, makeTrustRoot } from "../policy/fixtures.js";
 import { buildBusyboxImage, DOCKER_SOCKET, REGISTRY, type BuiltImage } from "../test/fixtures/images.js";
 import { startTestDevice, type TestDevice } from "../test/fixtures/device.js";
-import { freePort } from "../test/fixtures/private-docker.js";
+import { freePort } from "../common/index.js";
 import { DockerClient } from "./docker.js";
 import { EdgeAgent, type AgentReport } from "./agent.js";
 import { ManagementSocketRegistrar } from "./identity-client.js";

@@ -4,11 +4,10 @@ import { X509Certificate } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { promisify } from "node:util";
 import mqtt, { type MqttClient } from "mqtt";
-import { createLogger } from "../common/index.js";
+import { createLogger, freePort, holdDownPort } from "../common/index.js";
 import { DEV_ATTESTATION, createDevPki } from "../certs-dev/generate.js";
 import { Pkcs11KeyStore, SOFTHSM_MODULE, createSoftHsmDir, engineConfig, initToken, type SoftHsmDir } from "../hsm/index.js";
 import { TEST_POLICY_YAML } from "./fixtures.js";
@@ -141,38 +140,7 @@ async function mosquitto(dir: string, port: number, server: { cert: string; key:
   }), 15_000, "mosquitto start");
 }
 
-async function freePort(): Promise<number> {
-  const { createServer } = await import("node:net");
-  return new Promise((r) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => r(p));
-    });
-  });
-}
 
-/** A loopback port held by a listener that accepts and at once closes: an upstream that is down, for sure. */
-async function holdPort(): Promise<{ port: number; release: () => Promise<void> }> {
-  const { createServer } = await import("node:net");
-  const socks = new Set<Socket>();
-  const s = createServer((sock) => {
-    socks.add(sock);
-    sock.on("close", () => socks.delete(sock));
-    sock.destroy();
-  });
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", () => r()));
-  const port = (s.address() as { port: number }).port;
-  let released = false;
-  const release = async () => {
-    if (released) return;
-    released = true;
-    for (const k of socks) k.destroy();
-    await new Promise<void>((r) => s.close(() => r()));
-  };
-  later(release);
-  return { port, release };
-}
 
 /** SIGTERM → clients are disconnected and the process exits 0 with its state closed. */
 async function stopGracefully(hub: Child, clients: MqttClient[]): Promise<void> {
@@ -295,7 +263,7 @@ describe("edgetrust hub run", () => {
     const dir = join(base, "kill9");
     const pkiDir = join(dir, "pki");
     await createDevPki({ out: pkiDir, trustDomain: "example.com", deviceId: "d1", modules: ["sensor", "monitor"], leafDeviceId: "leaf1", logger: quiet });
-    const down = await holdPort();
+    const down = await heldDown();
     const ca = join(pkiDir, "trust-bundle.pem");
     const cfg = writeHubConfig(dir, pkiDir, {
       upstreamUrl: `mqtts://localhost:${down.port}`, upstreamKey: join(pkiDir, "device-identity.key.pem"),
@@ -349,3 +317,10 @@ describe("edgetrust hub run", () => {
     await stopGracefully(hub, []);
   }, 300_000);
 });
+
+/** A held-down port released after the test. */
+async function heldDown(): Promise<{ port: number; release: () => Promise<void> }> {
+  const h = await holdDownPort();
+  later(h.release);
+  return h;
+}

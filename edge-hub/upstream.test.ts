@@ -2,10 +2,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { mkdirSync, readFileSync } from "node:fs";
-import { createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import mqtt, { type MqttClient } from "mqtt";
-import { createLogger, isEdgeTrustError } from "../common/index.js";
+import { createLogger, holdDownPort, isEdgeTrustError } from "../common/index.js";
 import { DEVICE, TestPki, digest, startTestHub, stopTestHub, testPolicy, writeTemp, type Credential, type TestHub } from "./fixtures.js";
 import { parseRoutes } from "./routes.js";
 import { Redactor } from "./privacy.js";
@@ -45,26 +44,6 @@ function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return Promise.race([p, new Promise<T>((_, rej) => (timer = setTimeout(() => rej(new Error(`${what}: not within ${ms} ms`)), ms)))]).finally(() => clearTimeout(timer));
 }
 
-/** A loopback port held by a listener that accepts and immediately closes: an upstream that is down, for sure. */
-async function holdPort(): Promise<{ port: number; release: () => Promise<void> }> {
-  const socks = new Set<Socket>();
-  const s: Server = createServer((sock) => {
-    socks.add(sock);
-    sock.on("close", () => socks.delete(sock));
-    sock.destroy();
-  });
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", () => r()));
-  const port = (s.address() as { port: number }).port;
-  let released = false;
-  const release = async () => {
-    if (released) return;
-    released = true;
-    for (const k of socks) k.destroy();
-    await new Promise<void>((r) => s.close(() => r()));
-  };
-  later(release);
-  return { port, release };
-}
 
 function tlsFor(c: Credential) {
   return { cert: c.chainPem, key: c.keyPem, ca: pki.rootPem(), servername: "localhost" };
@@ -199,7 +178,7 @@ afterAll(() => pki?.cleanup());
 describe("upstream outbox", () => {
   it("queues while upstream is down, survives a hub restart, then delivers everything in order with privacy applied", async () => {
     const storeFile = join(dir, "hub.db");
-    const down = await holdPort();
+    const down = await heldDown();
     let t = await hubWithUpstream(down.port, storeFile);
     let c = await client(t.hub.boundPort, leaf);
     for (let i = 0; i < 20; i++) {
@@ -240,7 +219,7 @@ describe("upstream outbox", () => {
   });
 
   it("refuses new messages with a reason when the outbox is full, keeping what is queued", async () => {
-    const down = await holdPort();
+    const down = await heldDown();
     const t = await hubWithUpstream(down.port, join(dir, "full.db"), { maxMessages: 5 });
     const c = await client(t.hub.boundPort, leaf);
     for (let i = 0; i < 5; i++) await c.publishAsync("devices/leaf1/messages/events/", JSON.stringify({ seq: i }), { qos: 1 });
@@ -276,7 +255,7 @@ describe("upstream outbox", () => {
 
 describe("cloud → device through the upstream connection", () => {
   it("relays direct methods and desired properties to the addressed module or leaf connection only, answers upstream", async () => {
-    const hold = await holdPort();
+    const hold = await heldDown();
     await hold.release();
     await startMosquitto(hold.port);
     const t = await hubWithUpstream(hold.port, join(dir, "cloud.db"));
@@ -351,3 +330,10 @@ describe("cloud → device through the upstream connection", () => {
     expect(monGot).toEqual(["$iothub/twin/PATCH/properties/desired/?$version=2"]);
   });
 });
+
+/** A held-down port released after the test. */
+async function heldDown(): Promise<{ port: number; release: () => Promise<void> }> {
+  const h = await holdDownPort();
+  later(h.release);
+  return h;
+}

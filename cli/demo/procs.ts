@@ -4,7 +4,6 @@
  */
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, statSync } from "node:fs";
-import { createServer } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
@@ -173,15 +172,6 @@ export async function until<T>(what: string, probe: () => T | undefined | false 
   }
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const a = s.address();
-      s.close(() => (a && typeof a === "object" ? resolve(a.port) : reject(new Error("no free port"))));
-    });
-  });
-}
 
 /** True when this process started with OPENSSL_CONF registering the pkcs11 engine (Node reads it only at start). */
 export function engineRegistered(engineId: string, env: NodeJS.ProcessEnv = process.env): boolean {

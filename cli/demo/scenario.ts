@@ -17,14 +17,14 @@ import * as x509 from "@peculiar/x509";
 import * as jose from "jose";
 import mqtt, { type MqttClient } from "mqtt";
 import { stringify } from "yaml";
-import { createLogger } from "../../common/index.js";
+import { createLogger, freePort } from "../../common/index.js";
 import { ENGINE_ID, Pkcs11KeyStore, SOFTHSM_MODULE, createSoftHsmDir, engineConfig, initToken, tlsKeyOptions, type KeyStore } from "../../hsm/index.js";
 import { parsePolicy, parseTrustRoot, signManifest, signTrustRoot, signerFromPrivateKey, type JwsSigner, type Manifest, type Policy, type TrustRoot } from "../../policy/index.js";
 import { CloudClient, DockerClient, EdgeAgent, ManagementSocketRegistrar, REGISTRY, DOCKER_SOCKET, buildNodeModuleImage, containerName, syncDeployment, type AgentReport, type NodeModuleImage } from "../../edge-agent/index.js";
 import { ClientVerifier, CrlCache, EdgeHub, HubStore, Redactor, Upstream, loadOrCreateSecret, parseRoutes, type ClientIdentity, type Rejection } from "../../edge-hub/index.js";
 import { ManagementAttestationSource, ManagementClient } from "../../device-identity/index.js";
 import type { Daemon} from "./procs.js";
-import { docker, edgetrust, edgetrustJson, engineRegistered, freePort, lastLines, repoRoot, run, startEdgetrust, startProcess, until } from "./procs.js";
+import { docker, edgetrust, edgetrustJson, engineRegistered, lastLines, repoRoot, run, startEdgetrust, startProcess, until } from "./procs.js";
 
 export interface StepResult {
   id: string;
