@@ -1,5 +1,5 @@
 import { describe, it, expect } from "vitest";
-import { EdgeTrustError, ErrorCodes, toEdgeTrustError, isEdgeTrustError } from "./errors.js";
+import { EdgeTrustError, ErrorCodes, readProblem, toEdgeTrustError, isEdgeTrustError } from "./errors.js";
 
 describe("EdgeTrustError", () => {
   it("carries a stable code, its HTTP status and a one-line CLI form", () => {
@@ -36,5 +36,13 @@ describe("EdgeTrustError", () => {
       expect(v.status, code).toBeGreaterThanOrEqual(400);
       expect(v.status, code).toBeLessThan(600);
     }
+  });
+
+  it("reads another service's problem+json, keeping only known codes", () => {
+    const body = JSON.stringify(new EdgeTrustError("FORBIDDEN", "not yours", { hint: "ask" }).toProblem("/x"));
+    expect(readProblem(body)).toEqual({ code: "FORBIDDEN", detail: "not yours", hint: "ask" });
+    expect(readProblem('{"code":"MADE_UP","detail":"d"}')).toEqual({ detail: "d" });
+    expect(readProblem("<html>502</html>")).toEqual({});
+    expect(readProblem("null")).toEqual({});
   });
 });

@@ -137,3 +137,20 @@ export function toEdgeTrustError(e: unknown, fallback: ErrorCode = "INTERNAL"): 
   const message = e instanceof Error ? e.message : String(e);
   return new EdgeTrustError(fallback, message, { cause: e });
 }
+
+/** What a problem+json body from another edgetrust service says, as far as it can be read (anything else: nothing). */
+export function readProblem(text: string): { code?: ErrorCode; detail?: string; hint?: string } {
+  let p: unknown;
+  try {
+    p = JSON.parse(text);
+  } catch {
+    return {};
+  }
+  if (typeof p !== "object" || p === null) return {};
+  const o = p as Record<string, unknown>;
+  return {
+    ...(typeof o.code === "string" && o.code in ErrorCodes ? { code: o.code as ErrorCode } : {}),
+    ...(typeof o.detail === "string" ? { detail: o.detail } : {}),
+    ...(typeof o.hint === "string" ? { hint: o.hint } : {}),
+  };
+}

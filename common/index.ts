@@ -1,4 +1,4 @@
-export { EdgeTrustError, ErrorCodes, isEdgeTrustError, toEdgeTrustError } from "./errors.js";
+export { EdgeTrustError, ErrorCodes, isEdgeTrustError, readProblem, toEdgeTrustError } from "./errors.js";
 export type { ErrorCode, ErrorDetails, Problem } from "./errors.js";
 export { createLogger, redactString } from "./log.js";
 export type { Logger, LogOptions } from "./log.js";

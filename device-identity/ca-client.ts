@@ -1,6 +1,6 @@
 import { request, type RequestOptions } from "node:https";
 import type { SecureContext, SecureContextOptions } from "node:tls";
-import { EdgeTrustError, ErrorCodes, type ErrorCode } from "../common/index.js";
+import { EdgeTrustError, readProblem, type ErrorCode } from "../common/index.js";
 import { createTlsSecureContext, type TlsKeyOptions } from "../hsm/index.js";
 
 export interface Issued {
@@ -110,13 +110,8 @@ export class CaClient {
               }
               return;
             }
-            let problem: { code?: string; detail?: string; hint?: string } = {};
-            try {
-              problem = JSON.parse(text) as typeof problem;
-            } catch {
-              /* not problem+json */
-            }
-            const code: ErrorCode = problem.code && problem.code in ErrorCodes ? (problem.code as ErrorCode) : "DEVICE_ENROLL_FAILED";
+            const problem = readProblem(text);
+            const code: ErrorCode = problem.code ?? "DEVICE_ENROLL_FAILED";
             reject(new EdgeTrustError(code, `CA refused ${method} ${path} (${status}): ${problem.detail ?? text.slice(0, 200)}`, {
               ...(problem.hint ? { hint: problem.hint } : {}),
               details: { status },

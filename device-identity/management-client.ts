@@ -1,6 +1,6 @@
 import { EventEmitter } from "node:events";
 import { request } from "node:http";
-import { EdgeTrustError, ErrorCodes, createLogger, type ErrorCode, type Logger } from "../common/index.js";
+import { EdgeTrustError, createLogger, readProblem, type ErrorCode, type Logger } from "../common/index.js";
 import type { AttestationEvent, AttestationSource, ModuleAttestationState } from "../edge-hub/index.js";
 import type { AttestedModuleInput } from "./attested-modules.js";
 import type { ModuleEvent } from "./events.js";
@@ -93,13 +93,8 @@ export class ManagementClient {
               resolve((text ? JSON.parse(text) : undefined) as T);
               return;
             }
-            let problem: { code?: string; detail?: string; hint?: string } = {};
-            try {
-              problem = JSON.parse(text) as typeof problem;
-            } catch {
-              /* not problem+json */
-            }
-            const code: ErrorCode = problem.code && problem.code in ErrorCodes ? (problem.code as ErrorCode) : status === 403 ? "FORBIDDEN" : "UNAVAILABLE";
+            const problem = readProblem(text);
+            const code: ErrorCode = problem.code ?? (status === 403 ? "FORBIDDEN" : "UNAVAILABLE");
             reject(new EdgeTrustError(code, problem.detail ?? `device identity daemon answered ${status} to ${method} ${path}`, problem.hint ? { hint: problem.hint } : {}));
           });
         },
