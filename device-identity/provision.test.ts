@@ -1,6 +1,6 @@
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
 import { spawn } from "node:child_process";
-import { existsSync, readFileSync, writeFileSync, readlinkSync } from "node:fs";
+import { cpSync, existsSync, readFileSync, readdirSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
 import { stringify } from "yaml";
@@ -116,6 +116,26 @@ describe("provisioning against a real ca-service, keys in SoftHSM", () => {
     const status = await cli(["status", "-c", configFile, "--json"], { OPENSSL_CONF: tokens.opensslConf, SOFTHSM2_CONF: tokens.hsm.conf });
     expect(status.code, status.stderr).toBe(0);
     expect(JSON.parse(status.stdout)).toMatchObject({ running: false, deviceId: DEVICE, generation: 2, certificates: [{ kind: "device", status: "valid" }, { kind: "edge-ca" }, { kind: "hub" }] });
+  });
+
+  it("a dangling `current` (its generation gone) deletes nothing: every generation stays on disk and the refusal names them", async () => {
+    const sd = join(dir, "identity-dangling");
+    cpSync(cfg.stateDir, sd, { recursive: true, verbatimSymlinks: true });
+    const kept = readdirSync(sd).filter((n) => /^gen-\d+$/.test(n)).sort();
+    expect(kept.length).toBeGreaterThanOrEqual(2);
+    rmSync(join(sd, "current"));
+    symlinkSync("gen-000009", join(sd, "current"));
+    const id = identityFromConfig({ ...cfg, stateDir: sd }, { ...hsm, pinFile: tokens.pinFile }, { keys, log: silentLogger() });
+    const err = await id.load().then(() => undefined, (e: unknown) => e);
+    expect(err).toMatchObject({ code: "DEVICE_STATE_INVALID" });
+    expect(String((err as Error).message)).toContain(kept[kept.length - 1]);
+    expect(readdirSync(sd).filter((n) => /^gen-\d+$/.test(n)).sort()).toEqual(kept);
+    // A `current` whose state.json is broken proves nothing either.
+    rmSync(join(sd, "current"));
+    symlinkSync(kept[kept.length - 1], join(sd, "current"));
+    writeFileSync(join(sd, kept[kept.length - 1], "state.json"), "{");
+    await expect(id.load()).rejects.toMatchObject({ code: "DEVICE_STATE_INVALID" });
+    expect(readdirSync(sd).filter((n) => /^gen-\d+$/.test(n)).sort()).toEqual(kept);
   });
 
   it("provisions through the enrollment API's registration route: keys first, the line enrolls the public key, a crash after the CA answered is retried with the same request and replayed", async () => {

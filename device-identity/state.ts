@@ -112,16 +112,41 @@ export class StateStore {
     return join(this.dir, "current");
   }
 
-  /** Remove half-written generations (a crash mid-write) and all but the previous generation. */
+  /**
+   * Remove half-written generations (a crash mid-write) and all but the previous generation — but only once the
+   * generation `current` names has proven itself (its state.json reads and validates). A dangling or broken `current`
+   * deletes nothing: the older generations may be the only good state left.
+   */
   cleanup(): void {
     if (!existsSync(this.dir)) return;
     const cur = this.currentGeneration();
+    const proven = cur !== undefined && this.verifies() ? cur : undefined;
     for (const name of readdirSync(this.dir)) {
-      if (name.endsWith(".partial") || name.startsWith("current.")) rmSync(join(this.dir, name), { recursive: true, force: true });
+      if (name.startsWith("current.")) rmSync(join(this.dir, name), { recursive: true, force: true });
+      if (proven === undefined) continue;
+      if (name.endsWith(".partial")) rmSync(join(this.dir, name), { recursive: true, force: true });
       const m = /^gen-(\d+)$/.exec(name);
-      if (m && cur !== undefined && Number(m[1]) < cur - 1) rmSync(join(this.dir, name), { recursive: true, force: true });
-      if (m && cur !== undefined && Number(m[1]) > cur) rmSync(join(this.dir, name), { recursive: true, force: true });
+      if (m && (Number(m[1]) < proven - 1 || Number(m[1]) > proven)) rmSync(join(this.dir, name), { recursive: true, force: true });
     }
+  }
+
+  /** Whether the generation in force reads and validates. */
+  private verifies(): boolean {
+    try {
+      return this.load() !== undefined;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Complete generations on disk, newest first (whether or not `current` names one of them). */
+  generations(): number[] {
+    if (!existsSync(this.dir)) return [];
+    return readdirSync(this.dir)
+      .map((n) => /^gen-(\d+)$/.exec(n))
+      .filter((m): m is RegExpExecArray => m !== null)
+      .map((m) => Number(m[1]))
+      .sort((a, b) => b - a);
   }
 
   currentGeneration(): number | undefined {
@@ -140,8 +165,15 @@ export class StateStore {
 
   /** The state in force, validated; undefined when the device was never provisioned. */
   load(): IdentityState | undefined {
-    if (!this.exists()) return undefined;
+    const cur = this.currentGeneration();
+    if (cur === undefined) return undefined;
     const file = join(this.currentDir, "state.json");
+    if (!existsSync(this.currentDir)) {
+      const kept = this.generations().map((g) => `gen-${String(g).padStart(6, "0")}`);
+      throw new EdgeTrustError("DEVICE_STATE_INVALID", `${this.currentDir} names gen-${String(cur).padStart(6, "0")}, which is missing; nothing was deleted (generations on disk: ${kept.join(", ") || "none"})`, {
+        hint: kept.length > 0 ? `point it at the newest good generation: ln -sfn ${kept[0]} ${this.currentDir}` : "re-provision with `edgetrust device provision --force`",
+      });
+    }
     let raw: unknown;
     try {
       raw = JSON.parse(readFileSync(file, "utf8"));
