@@ -128,12 +128,13 @@ describe("provisioning against a real ca-service, keys in SoftHSM", () => {
     const id = identityFromConfig({ ...cfg, stateDir: sd }, { ...hsm, pinFile: tokens.pinFile }, { keys, log: silentLogger() });
     const err = await id.load().then(() => undefined, (e: unknown) => e);
     expect(err).toMatchObject({ code: "DEVICE_STATE_INVALID" });
-    expect(String((err as Error).message)).toContain(kept[kept.length - 1]);
+    const newest = kept[kept.length - 1] ?? "";
+    expect(String((err as Error).message)).toContain(newest);
     expect(readdirSync(sd).filter((n) => /^gen-\d+$/.test(n)).sort()).toEqual(kept);
     // A `current` whose state.json is broken proves nothing either.
     rmSync(join(sd, "current"));
-    symlinkSync(kept[kept.length - 1], join(sd, "current"));
-    writeFileSync(join(sd, kept[kept.length - 1], "state.json"), "{");
+    symlinkSync(newest, join(sd, "current"));
+    writeFileSync(join(sd, newest, "state.json"), "{");
     await expect(id.load()).rejects.toMatchObject({ code: "DEVICE_STATE_INVALID" });
     expect(readdirSync(sd).filter((n) => /^gen-\d+$/.test(n)).sort()).toEqual(kept);
   });
