@@ -10,7 +10,7 @@ import { signedBytes } from "./csr.js";
  * (`verifyAsnSignature`: @peculiar/x509's PublicKey.export + its ECDSA DER→P1363 formatter + WebCrypto verify, with
  * our canonical-DER check in front). Every `invalid` vector must be rejected, every `valid` one accepted.
  */
-const VECTORS = fileURLToPath(new URL("../../shared/vectors/wycheproof/ecdsa_secp256r1_sha256_test.json", import.meta.url));
+const VECTORS = fileURLToPath(new URL("../test/vectors/wycheproof/ecdsa_secp256r1_sha256_test.json", import.meta.url));
 
 interface WycheproofTest { tcId: number; comment: string; flags: string[]; msg: string; sig: string; result: "valid" | "invalid" | "acceptable" }
 interface WycheproofGroup { publicKeyDer: string; sha: string; tests: WycheproofTest[] }

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { readdirSync, readFileSync } from "node:fs";
 import { resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import * as jose from "jose";
 import { rawVerify, signTrustRoot, trustKeyFromJwk, verifyJwsSignature, type JwsAlg, type TrustKey } from "./index.js";
 import { makeSigner } from "./fixtures.js";
@@ -12,7 +13,7 @@ import { checkProtectedHeader, MANIFEST_TYP } from "./jws.js";
  * `verifyJwsSignature`. JWS vectors go through `verifyJwsSignature` itself. Every `invalid` vector must be rejected,
  * every `valid` one accepted, and every `acceptable` one is treated as invalid: rejected (policy/README.md#conformance).
  */
-const DIR = resolve(process.cwd(), "../shared/vectors/wycheproof");
+const DIR = fileURLToPath(new URL("../test/vectors/wycheproof/", import.meta.url));
 
 interface RawGroup {
   publicKeyJwk?: { kty: string; crv: string; x: string; y?: string };
