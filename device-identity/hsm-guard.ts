@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from "node:crypto";
 import { EdgeTrustError, isEdgeTrustError, type Logger } from "../common/index.js";
-import { defaultScheme, openKeyStore, readPin, type HsmConfig, type KeyAlgorithm, type KeyInfo, type KeyRef, type KeyStore, type PublicKeyExport, type SignatureScheme } from "../hsm/index.js";
+import { defaultScheme, openKeyStore, readPin, type HsmConfig, type KeyAlgorithm, type KeyInfo, type KeyRef, type KeyStore, type MacKeyStore, type PublicKeyExport, type SignatureScheme } from "../hsm/index.js";
 
 /**
  * The daemon's view of its HSM: opening it (waiting while it is absent, never retrying a refused PIN), noticing when
@@ -280,6 +280,14 @@ export class HsmGuard {
 class GuardedKeyStore implements KeyStore {
   constructor(private readonly g: HsmGuard) {}
 
+  /** The open store's HMAC keys, through the guard like every other key operation. */
+  readonly mac: MacKeyStore = {
+    generateMacKey: (label) => this.g.call((s) => requireMac(s).generateMacKey(label)),
+    macSign: (label, data) => this.g.call((s) => requireMac(s).macSign(label, data)),
+    deleteMacKey: (label) => this.g.call((s) => requireMac(s).deleteMacKey(label)),
+    listMacKeys: () => this.g.call((s) => requireMac(s).listMacKeys()),
+  };
+
   get kind(): KeyStore["kind"] {
     return this.g.currentKind();
   }
@@ -316,4 +324,9 @@ class GuardedKeyStore implements KeyStore {
   exportPrivateKeyPem(ref: KeyRef): Promise<string> {
     return this.g.exportPem(ref);
   }
+}
+
+function requireMac(s: KeyStore): MacKeyStore {
+  if (!s.mac) throw new EdgeTrustError("HSM_MECHANISM_UNSUPPORTED", "this key store keeps no HMAC keys", { hint: "SAS authentication needs a PKCS#11 token (or the development software store)" });
+  return s.mac;
 }

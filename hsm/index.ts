@@ -1,5 +1,7 @@
 export type { KeyAlgorithm, HashAlgorithm, SignatureScheme, KeyRef, KeyInfo, PublicKeyExport, KeyStore } from "./types.js";
 export { KEY_ALGORITHMS, defaultScheme } from "./types.js";
+export { Pkcs11MacKeys, SoftwareMacKeys } from "./mac.js";
+export type { MacKeyStore } from "./mac.js";
 export { HsmConfig } from "./config.js";
 // PKCS#11 backend, the factory, URIs and token set-up helpers (tests, demo).
 export { openKeyStore, openPkcs11 } from "./open.js";

@@ -4,6 +4,7 @@ import type { Attribute, Handle, Mechanism, Template, TokenInfo } from "pkcs11js
 import { EdgeTrustError, createLogger, redactString, type ErrorCode, type Logger } from "../common/index.js";
 import { acquireModule, pkcs11ErrorName, releaseModule, type LoadedModule } from "./pkcs11-module.js";
 import { formatPkcs11Uri } from "./pkcs11-uri.js";
+import { Pkcs11MacKeys } from "./mac.js";
 import {
   CURVES, curveFromEcParams, curveOf, decodeEcPoint, digestInfo, ecParamsDer, ecSpki, jwkFromSpki, nodeHashName, rsaBitsOf, rsaSpki,
   type CurveInfo,
@@ -139,6 +140,8 @@ export class Pkcs11KeyStore implements KeyStore {
   readonly kind = "pkcs11" as const;
   private closed = false;
   private readonly cache = new Map<string, ResolvedKey>();
+  /** HMAC-SHA256 secret keys in the same token (SAS signing). */
+  readonly mac = new Pkcs11MacKeys(this);
 
   private constructor(
     private readonly mod: LoadedModule,

@@ -5,6 +5,7 @@ import { promisify } from "node:util";
 import { EdgeTrustError, createLogger, writeFileAtomic, type Logger } from "../common/index.js";
 import type { KeyAlgorithm, KeyInfo, KeyRef, KeyStore, PublicKeyExport, SignatureScheme } from "./types.js";
 import { KEY_ALGORITHMS } from "./types.js";
+import { SoftwareMacKeys } from "./mac.js";
 
 /**
  * Development-only key store: one encrypted PKCS#8 PEM file per key (PBES2, AES-256-CBC, passphrase) named by the
@@ -45,10 +46,14 @@ export class SoftwareKeyStore implements KeyStore {
   readonly #meta = new Map<string, Sidecar>();
   readonly #log: Logger;
 
+  /** HMAC-SHA256 secret keys, sealed with the same passphrase (development only, as the rest). */
+  readonly mac: SoftwareMacKeys;
+
   private constructor(dir: string, passphrase: string, log: Logger) {
     this.dir = dir;
     this.#passphrase = passphrase;
     this.#log = log;
+    this.mac = new SoftwareMacKeys(dir, passphrase);
   }
 
   /** Open (creating if needed) a store; checks the passphrase against an existing key. */

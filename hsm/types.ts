@@ -1,4 +1,5 @@
 /** The key store contract every backend (PKCS#11 token, software files) fulfils. */
+import type { MacKeyStore } from "./mac.js";
 
 
 export type KeyAlgorithm = "EC-P256" | "EC-P384" | "RSA-2048" | "RSA-3072";
@@ -47,6 +48,8 @@ export interface KeyStore {
   list(): Promise<KeyInfo[]>;
   delete(ref: KeyRef): Promise<void>;
   close(): Promise<void>;
+  /** HMAC-SHA256 secret keys kept in the store (hsm/mac.ts); absent on stores that have none. */
+  readonly mac?: MacKeyStore;
 }
 
 /** The natural signature scheme for a key: ECDSA with the curve's hash, RSA PKCS#1 v1.5 with SHA-256. */
