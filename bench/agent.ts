@@ -6,7 +6,8 @@ import { promisify } from "node:util";
 import { createLogger } from "../common/index.js";
 import { parsePolicy, signManifest, type JwsSigner, type Manifest } from "../policy/index.js";
 import { makeSigners, makeTrustRoot } from "../policy/fixtures.js";
-import { DockerClient, EdgeAgent, ManagementSocketRegistrar, buildBusyboxImage, createSpec, listManaged, ensureImage, DOCKER_SOCKET, REGISTRY } from "../edge-agent/index.js";
+import { DockerClient, ensureImage } from "../engine/index.js";
+import { EdgeAgent, ManagementSocketRegistrar, buildBusyboxImage, createSpec, listManaged, DOCKER_SOCKET, REGISTRY } from "../edge-agent/index.js";
 import { startEphemeralIdentity } from "../device-identity/index.js";
 import { row, type Benchmark, type BenchRow, type Progress } from "./types.js";
 

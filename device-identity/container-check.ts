@@ -1,4 +1,4 @@
-import { imageStillPinned, LABELS, type DockerClient } from "../edge-agent/index.js";
+import { imageStillPinned, LABELS, type DockerClient } from "../engine/index.js";
 import type { AttestedModule } from "./attested-modules.js";
 
 export type ContainerVerdict = { ok: true } | { ok: false; reason: string };

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import type { FastifyInstance } from "fastify";
 import { EdgeTrustError, createLogger, writeFileAtomic, type Logger } from "../common/index.js";
 import { DEFAULT_ENGINE, readPin, tlsKeyOptions, type HsmConfig, type KeyStore } from "../hsm/index.js";
-import { DockerClient } from "../edge-agent/index.js";
+import { DockerClient } from "../engine/index.js";
 import { loadPolicy } from "../policy/index.js";
 import { AttestedModules, type AttestedModule } from "./attested-modules.js";
 import type { CaClient } from "./ca-client.js";

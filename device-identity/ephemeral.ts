@@ -4,7 +4,7 @@ import { join } from "node:path";
 import type * as x509 from "@peculiar/x509";
 import { createLogger } from "../common/index.js";
 import { issueCertificate } from "../pki/index.js";
-import type { DockerClient } from "../edge-agent/index.js";
+import type { DockerClient } from "../engine/index.js";
 import { AttestedModules } from "./attested-modules.js";
 import { WorkloadSockets } from "./workload-api.js";
 import { startManagementApi } from "./management-api.js";

@@ -2,7 +2,7 @@ import { execFile } from "node:child_process";
 import { readdir, readFile, readlink } from "node:fs/promises";
 import type { Socket } from "node:net";
 import { promisify } from "node:util";
-import type { DockerClient } from "../edge-agent/index.js";
+import type { DockerClient } from "../engine/index.js";
 import type { AttestedModule } from "./attested-modules.js";
 import type { ContainerVerdict } from "./container-check.js";
 

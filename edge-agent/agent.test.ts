@@ -11,7 +11,7 @@ import { makeSigners, makeTrustRoot } from "../policy/fixtures.js";
 import { parseModuleAttestation } from "../pki/index.js";
 import { buildBusyboxImage, dockerCli, DOCKER_SOCKET, REGISTRY, type BuiltImage } from "../test/fixtures/images.js";
 import { startTestDevice, type TestDevice } from "../test/fixtures/device.js";
-import { DockerClient } from "./docker.js";
+import { DockerClient } from "../engine/index.js";
 import { EdgeAgent, type AgentReport } from "./agent.js";
 import { ManagementSocketRegistrar } from "./identity-client.js";
 import { listManaged } from "./containers.js";

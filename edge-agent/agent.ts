@@ -2,8 +2,7 @@ import { existsSync, readFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { writeFileAtomic, type Logger } from "../common/index.js";
 import { ManifestStateStore, verifyManifest, type Manifest, type Policy, type TrustRoot, type Verdict } from "../policy/index.js";
-import type { DockerClient, PullProgress } from "./docker.js";
-import { ensureImage, imageStillPinned } from "./images.js";
+import { ensureImage, imageStillPinned, type DockerClient, type PullProgress } from "../engine/index.js";
 import { containerName, createModuleContainer, listManaged, type ManagedContainer } from "./containers.js";
 import { containerPlan, modulesInOrder, userIds, type PlannedModule } from "./plan.js";
 

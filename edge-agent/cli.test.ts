@@ -7,7 +7,7 @@ import { makeSigners, makeTrustRoot } from "../policy/fixtures.js";
 import { buildBusyboxImage, DOCKER_SOCKET, REGISTRY, type BuiltImage } from "../test/fixtures/images.js";
 import { startTestDevice, type TestDevice } from "../test/fixtures/device.js";
 import { runCli } from "../test/fixtures/cli.js";
-import { DockerClient } from "./docker.js";
+import { DockerClient } from "../engine/index.js";
 
 const tag = `${process.pid}`;
 const DEVICE = `cli-dev-${tag}`;

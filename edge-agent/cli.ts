@@ -5,7 +5,7 @@ import type { KeyStore } from "../hsm/index.js";
 import { loadPolicy, resolveTrust } from "../policy/index.js";
 import { EdgeTrustConfig } from "../cli/config-schema.js";
 import { action, emit } from "../cli/output.js";
-import { DockerClient } from "./docker.js";
+import { DockerClient } from "../engine/index.js";
 import { EdgeAgent } from "./agent.js";
 import { ManagementSocketRegistrar } from "./identity-client.js";
 import { CloudClient, ReportQueue, syncDeployment } from "./cloud.js";

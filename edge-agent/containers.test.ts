@@ -2,8 +2,8 @@ import { describe, it, expect, beforeAll, afterAll } from "vitest";
 import { mkdtempSync, writeFileSync, chownSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { DockerClient } from "./docker.js";
-import { ensureImage, type ResolvedImage } from "./images.js";
+import { DockerClient } from "../engine/index.js";
+import { ensureImage, type ResolvedImage } from "../engine/index.js";
 import { createModuleContainer, listManaged, type ContainerPlan } from "./containers.js";
 import { buildBusyboxImage, DOCKER_SOCKET } from "../test/fixtures/images.js";
 

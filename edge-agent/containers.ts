@@ -1,16 +1,4 @@
-import type { DockerClient, ContainerInspect } from "./docker.js";
-import type { ResolvedImage } from "./images.js";
-
-/** Labels every container the agent creates carries; reconcile finds its containers by them. */
-export const LABELS = {
-  managed: "io.edgetrust.managed",
-  device: "io.edgetrust.device",
-  module: "io.edgetrust.module",
-  deployment: "io.edgetrust.deployment-id",
-  version: "io.edgetrust.manifest-version",
-  digest: "io.edgetrust.image-digest",
-  repository: "io.edgetrust.image-repository",
-} as const;
+import { LABELS, type DockerClient, type ContainerInspect, type ResolvedImage } from "../engine/index.js";
 
 /** Where a module finds its workload socket inside its container. */
 export const WORKLOAD_MOUNT = "/run/edgetrust/workload";

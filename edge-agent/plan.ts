@@ -1,7 +1,7 @@
 import { EdgeTrustError } from "../common/index.js";
 import { parsePinnedImage, type Manifest, type ManifestModule } from "../policy/index.js";
 import type { BindMount, ContainerPlan } from "./containers.js";
-import type { PinnedImage, ResolvedImage } from "./images.js";
+import type { PinnedImage, ResolvedImage } from "../engine/index.js";
 
 /** A module of a verified manifest, in start order, with its image pin: what the agent acts on. */
 export interface PlannedModule {

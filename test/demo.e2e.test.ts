@@ -10,7 +10,7 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { DemoResult, StepResult } from "../cli/demo/scenario.js";
-import { DockerClient } from "../edge-agent/index.js";
+import { DockerClient } from "../engine/index.js";
 import { DOCKER_SOCKET } from "./fixtures/images.js";
 
 const ROOT = resolve(import.meta.dirname, "..");

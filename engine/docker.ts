@@ -2,7 +2,7 @@ import { request } from "node:http";
 import { EdgeTrustError } from "../common/index.js";
 
 /**
- * A small typed client for the Docker Engine API over its unix socket. Only what the agent needs: inspect and pull
+ * A small typed client for the Docker Engine API over its unix socket. Only what the agent and the identity daemon need: inspect and pull
  * images by digest, and the container lifecycle. Every response is checked; failures carry Docker's own message.
  */
 export interface DockerOptions {
