@@ -14,6 +14,8 @@ export const AttestedModuleSchema = Type.Object(
     deploymentId: Type.String({ minLength: 1, maxLength: 128, pattern: "^[A-Za-z0-9._-]+$" }),
     uid: Type.Integer({ minimum: 0, maximum: 4294967294, description: "uid the module runs as (owns its socket)" }),
     gid: Type.Integer({ minimum: 0, maximum: 4294967294 }),
+    auth: Type.Optional(Type.Union([Type.Literal("x509"), Type.Literal("sas")], { description: "how the module authenticates to the hub (policy grant); default x509" })),
+    generationId: Type.Optional(Type.String({ pattern: "^[a-z0-9]{8,32}$", description: "IOTEDGE_MODULEGENERATIONID the agent gave this container (required with auth: sas)" })),
   },
   { additionalProperties: false },
 );

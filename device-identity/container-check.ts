@@ -1,7 +1,8 @@
 import { imageStillPinned, LABELS, type DockerClient } from "../engine/index.js";
 import type { AttestedModule } from "./attested-modules.js";
 
-export type ContainerVerdict = { ok: true } | { ok: false; reason: string };
+/** `onHost`: the caller check found a process on the host itself (root or the module's uid), not in any container. */
+export type ContainerVerdict = { ok: true; onHost?: boolean } | { ok: false; reason: string };
 
 /**
  * Before any module certificate is issued: the registered container must exist, run, carry the attested digest, and

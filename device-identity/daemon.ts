@@ -17,6 +17,7 @@ import { DeviceIdentity, type IdentityOptions } from "./identity.js";
 import { startManagementApi } from "./management-api.js";
 import { issueModuleCertificate } from "./module-issuer.js";
 import { WorkloadSockets } from "./workload-api.js";
+import { SasKeys, sasSigner } from "./sas.js";
 
 /** `30d`, `12h`, `90m` → seconds (policy durations). */
 function seconds(d: string): number {
@@ -179,6 +180,9 @@ export class DeviceDaemon {
       const settings = certificateSettings(cfg);
       const modules = new AttestedModules(join(cfg.stateDir, "attested-modules.json"));
       const events = new ModuleEventLog(modules);
+      // Modules granted `auth: sas` get an HMAC key in the HSM at registration (erased at deregistration).
+      const sas = keys.mac ? new SasKeys({ deviceId: cfg.deviceId, mac: keys.mac, modules, log }) : undefined;
+      await sas?.sweep();
       const sockets = new WorkloadSockets(cfg.workloadDir, modules, {
         issueModuleCertificate: async (m, csr) => {
           identity.assertCanIssue(m);
@@ -190,6 +194,7 @@ export class DeviceDaemon {
         },
         trustBundle: () => identity.trustBundle(),
         checkCaller: (m, socket) => checkCaller(docker, m, socket),
+        ...(sas ? { sasSign: sasSigner(sas, (x) => check(x, {}), () => (hsm.problem() ? hsm.unavailable("no SAS signature now: the HSM is unavailable") : undefined)) } : {}),
       }, log);
       let edgeCa = await identity.edgeCa();
       const writeHubCert = (): void => {
@@ -202,7 +207,7 @@ export class DeviceDaemon {
       });
       writeHubCert();
       const management = await startManagementApi({
-        path: cfg.managementSocket, modules, sockets, events, log,
+        path: cfg.managementSocket, modules, sockets, events, log, ...(sas ? { sas } : {}),
         backend: {
           checkContainer: (m) => check(m, { allowCreated: true }),
           status: () => ({ ...identity.status(), hsm: hsm.status(), modules: modules.list().length, managementSocket: cfg.managementSocket }),

@@ -30,3 +30,6 @@ export type { Assessment } from "./renewal.js";
 export { signEvidence, signJwsWithKeyStore, jwsAlgFor, sha256File, EVIDENCE_PROFILE, EVIDENCE_TYP } from "./evidence.js";
 export type { EvidenceClaims, Measurements } from "./evidence.js";
 export { checkCaller } from "./peer.js";
+export { SasKeys, sasSigner, parseSasToken, stringToSign, SAS_MAX_TOKEN_SECONDS, GENERATION_ID_PATTERN } from "./sas.js";
+export type { SasVerdict, SasResource, ParsedSas, SasKeysOptions } from "./sas.js";
+export { IOTEDGE_API_VERSION, IOTEDGE_API_VERSIONS } from "./iotedge-workload.js";

@@ -7,6 +7,8 @@ import { AttestedModuleSchema, type AttestedModule, type AttestedModules } from 
 import type { WorkloadSockets } from "./workload-api.js";
 import type { ContainerVerdict } from "./container-check.js";
 import type { ModuleEventLog } from "./events.js";
+import { addSasVerifyRoute } from "./sas-api.js";
+import type { SasKeys } from "./sas.js";
 
 export interface ManagementBackend {
   /** Checked at registration: the agent may only vouch for a container that really runs the digest. */
@@ -27,6 +29,8 @@ const ModuleView = Type.Object({
   deploymentId: Type.String(),
   registeredAt: Type.String(),
   socketPath: Type.String(),
+  auth: Type.Optional(Type.String()),
+  generationId: Type.Optional(Type.String()),
 });
 const NameParams = Type.Object({ name: Type.String({ pattern: "^[a-z0-9][a-z0-9_-]{0,62}$" }) }, { additionalProperties: false });
 const EventsQuery = Type.Object(
@@ -56,9 +60,11 @@ export async function startManagementApi(opts: {
   backend: ManagementBackend;
   /** Attestation change log for `GET /v1/events` (the hub's cross-process AttestationSource). */
   events?: ModuleEventLog;
+  /** SAS keys of modules granted `auth: sas`: made before registration, and `POST /v1/sas/verify` for the hub. */
+  sas?: SasKeys;
   log: Logger;
 }): Promise<FastifyInstance> {
-  const { modules, sockets, backend, log, events } = opts;
+  const { modules, sockets, backend, log, events, sas } = opts;
   const view = (m: AttestedModule) => ({ ...m, socketPath: sockets.socketPath(m.name) });
   const app = Fastify({ logger: false, bodyLimit: 16 * 1024 });
   installProblemHandler(app, { log });
@@ -68,6 +74,8 @@ export async function startManagementApi(opts: {
     const candidate: AttestedModule = { ...input, registeredAt: new Date().toISOString() };
     const verdict = await backend.checkContainer(candidate);
     if (!verdict.ok) throw new EdgeTrustError("FORBIDDEN", `refused to attest module ${input.name}: ${verdict.reason}`);
+    if (input.auth === "sas" && !sas) throw new EdgeTrustError("FORBIDDEN", `refused to attest module ${input.name}: this daemon keeps no SAS keys`);
+    await sas?.prepare(input);
     const m = modules.register(input);
     await sockets.open(m);
     log.info({ module: m.name, digest: m.imageDigest, manifestVersion: m.manifestVersion }, "module attested");
@@ -116,6 +124,8 @@ export async function startManagementApi(opts: {
     if (!backend.evidence) throw new EdgeTrustError("NOT_FOUND", "attestation evidence is not available on this socket");
     return { evidence: await backend.evidence((req.body as { nonce: string }).nonce) };
   });
+
+  if (sas) addSasVerifyRoute(app, sas, log);
 
   mkdirSync(dirname(opts.path), { recursive: true });
   rmSync(opts.path, { force: true });

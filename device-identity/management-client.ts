@@ -4,6 +4,7 @@ import { EdgeTrustError, createLogger, readProblem, type ErrorCode, type Logger 
 import type { AttestationEvent, AttestationSource, ModuleAttestationState } from "../edge-hub/index.js";
 import type { AttestedModuleInput } from "./attested-modules.js";
 import type { ModuleEvent } from "./events.js";
+import type { SasVerdict } from "./sas.js";
 
 /** A registered module as the management API shows it. */
 export interface ModuleView extends AttestedModuleInput {
@@ -71,6 +72,11 @@ export class ManagementClient {
   /** Attestation evidence (EAT-style JWT signed by the device key) bound to the verifier's nonce. */
   async evidence(nonce: string): Promise<string> {
     return (await this.call<{ evidence: string }>("POST", "/v1/attestation/evidence", { nonce })).evidence;
+  }
+
+  /** Is this a genuine, unexpired SAS token of a module registered with `auth: sas`? 403 FORBIDDEN says why not. */
+  verifySas(token: string): Promise<SasVerdict> {
+    return this.call<SasVerdict>("POST", "/v1/sas/verify", { token });
   }
 
   private call<T>(method: string, path: string, body?: unknown, signal?: AbortSignal, timeoutMs = this.timeoutMs): Promise<T> {

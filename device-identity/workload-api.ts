@@ -6,6 +6,7 @@ import { EdgeTrustError, installProblemHandler, type Logger } from "../common/in
 import type { Socket } from "node:net";
 import type { AttestedModule, AttestedModules } from "./attested-modules.js";
 import type { ContainerVerdict } from "./container-check.js";
+import { addIotEdgeWorkloadRoutes } from "./iotedge-workload.js";
 
 /** What the workload API needs from the daemon: issue for an attested module, and the current trust bundle. */
 export interface WorkloadBackend {
@@ -14,6 +15,8 @@ export interface WorkloadBackend {
   trustBundle(): string[];
   /** Is the process on the other end of this connection in the module's container? (peer.ts `checkCaller`) */
   checkCaller(module: AttestedModule, socket: Socket): Promise<ContainerVerdict>;
+  /** SAS signing for modules granted `auth: sas` (iotedge-workload.ts); checks the container, then signs in the HSM. */
+  sasSign?(module: AttestedModule, generationId: string, data: Buffer): Promise<Buffer>;
 }
 
 const CertificateRequest = Type.Object(
@@ -91,28 +94,47 @@ export class WorkloadSockets {
     const app = Fastify({ logger: false, bodyLimit: 32 * 1024 });
     installProblemHandler(app, { log: this.log });
     app.post("/v1/certificate", { schema: { body: CertificateRequest, response: { 200: CertificateResponse } } }, async (req) => {
-      // Looked up on every call: a module deregistered a moment ago gets nothing.
-      const m = this.modules.get(moduleName);
-      if (!m) throw new EdgeTrustError("FORBIDDEN", `module ${moduleName} is not registered as attested`);
-      // The socket is the module's identity only if the caller is in that module's container: a container started
-      // by hand with another module's socket directory mounted is refused here.
-      const sock = req.raw.socket;
-      let known = this.callers.get(sock);
-      if (!known || known.containerId !== m.containerId) {
-        known = { containerId: m.containerId, verdict: this.backend.checkCaller(m, sock) };
-        this.callers.set(sock, known);
-      }
-      const caller = await known.verdict;
-      if (!caller.ok) {
-        this.log.warn({ module: moduleName, reason: caller.reason }, "workload socket used from outside the module's container");
-        throw new EdgeTrustError("FORBIDDEN", caller.reason);
-      }
+      const m = await this.authorize(moduleName, req.raw.socket);
       const { csr } = req.body as { csr: string };
       const issued = await this.backend.issueModuleCertificate(m, csr);
       this.log.info({ module: moduleName, notAfter: issued.notAfter }, "module certificate issued");
       return issued;
     });
     app.get("/v1/trust-bundle", { schema: { response: { 200: TrustBundleResponse } } }, async () => ({ certificates: this.backend.trustBundle() }));
+    addIotEdgeWorkloadRoutes(app, {
+      module: moduleName,
+      authorize: (req) => this.authorize(moduleName, req.raw.socket, true),
+      issue: (m, csr) => this.backend.issueModuleCertificate(m, csr),
+      trustBundle: () => this.backend.trustBundle(),
+      ...(this.backend.sasSign ? { sign: this.backend.sasSign.bind(this.backend) } : {}),
+      log: this.log,
+    });
     return app;
+  }
+
+  /** The registered module, if the process on the other end of `sock` is inside its container; else FORBIDDEN. */
+  private async authorize(moduleName: string, sock: Socket, containerOnly = false): Promise<AttestedModule> {
+    // Looked up on every call: a module deregistered a moment ago gets nothing.
+    const m = this.modules.get(moduleName);
+    if (!m) throw new EdgeTrustError("FORBIDDEN", `module ${moduleName} is not registered as attested`);
+    // The socket is the module's identity only if the caller is in that module's container: a container started
+    // by hand with another module's socket directory mounted is refused here.
+    let known = this.callers.get(sock);
+    if (!known || known.containerId !== m.containerId) {
+      known = { containerId: m.containerId, verdict: this.backend.checkCaller(m, sock) };
+      this.callers.set(sock, known);
+    }
+    const caller = await known.verdict;
+    if (!caller.ok) {
+      this.log.warn({ module: moduleName, reason: caller.reason }, "workload socket used from outside the module's container");
+      throw new EdgeTrustError("FORBIDDEN", caller.reason);
+    }
+    // The IoT Edge routes sign SAS tokens: only the module's own processes, never a host process that can reach the
+    // socket directory (root, or a host user with the module's uid).
+    if (containerOnly && caller.onHost) {
+      this.log.warn({ module: moduleName }, "IoT Edge workload API called from the host, not from the module's container");
+      throw new EdgeTrustError("FORBIDDEN", `the caller is a process on the host, not in module ${moduleName}'s container`);
+    }
+    return m;
   }
 }
