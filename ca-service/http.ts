@@ -57,6 +57,7 @@ export function peerCertificate(req: FastifyRequest): NodeX509 | undefined {
  */
 export async function authenticate(store: CaStore, req: FastifyRequest): Promise<Principal | undefined> {
   const auth = req.headers.authorization;
+  refuseTwoCredentials(req);
   if (auth !== undefined) {
     const m = /^Bearer ([A-Za-z0-9._~+/=-]{16,256})$/.exec(auth);
     if (!m?.[1]) throw new EdgeTrustError("UNAUTHENTICATED", "malformed Authorization header", { hint: "send Authorization: Bearer <token>" });
@@ -72,6 +73,16 @@ export async function authenticate(store: CaStore, req: FastifyRequest): Promise
     return store.principalForCertificate(fp);
   }
   return undefined;
+}
+
+/**
+ * A caller presents one credential. With a token AND a client certificate only one would be consulted and the other
+ * ignored — a presented credential is verified or the request refused — so both together are a 401.
+ */
+export function refuseTwoCredentials(req: FastifyRequest): void {
+  if (req.headers.authorization !== undefined && peerCertificate(req)) {
+    throw new EdgeTrustError("UNAUTHENTICATED", "present one credential: an Authorization header or a TLS client certificate, not both", { hint: "a credential that is presented must be the one that authenticates the caller" });
+  }
 }
 
 /** preHandler: the request must carry a credential of one of `roles`. */

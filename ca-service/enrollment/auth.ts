@@ -1,7 +1,7 @@
 import type { FastifyRequest } from "fastify";
 import type { RateLimitOptions } from "@fastify/rate-limit";
 import { EdgeTrustError } from "../../common/index.js";
-import { authenticate, peerCertificate } from "../http.js";
+import { authenticate, peerCertificate, refuseTwoCredentials } from "../http.js";
 import { sha256Hex, type CaStore } from "../store.js";
 import type { EnrollmentStore, LineScope, ProvisioningLine, Writer } from "./store.js";
 
@@ -22,6 +22,7 @@ const BEARER_RE = /^Bearer ([A-Za-z0-9._~+/=-]{16,256})$/;
 export function requireLine(store: CaStore, enrollments: EnrollmentStore, scope: LineScope) {
   return async (req: FastifyRequest): Promise<void> => {
     const auth = req.headers.authorization;
+    refuseTwoCredentials(req);
     let line: ProvisioningLine | undefined;
     if (auth !== undefined) {
       const m = BEARER_RE.exec(auth);

@@ -79,6 +79,10 @@ interface Resolved {
   refusal?: EdgeTrustError;
 }
 
+const CREDENTIAL_NAMES: Record<RegistrationCredential["kind"], string> = {
+  none: "no credential", x509: "a TLS client certificate", sas: "a SAS token", basic: "a Basic password", tpm: "a TPM proof",
+};
+
 function unauth(message: string, hint?: string): EdgeTrustError {
   return new EdgeTrustError("UNAUTHENTICATED", message, hint ? { hint } : {});
 }
@@ -152,6 +156,9 @@ export class RegistrationService {
         if (cred.kind !== "tpm") throw unauth("this enrollment registers with a TPM proof", "POST /v1/registrations/{id}/tpm-challenge, then send the answer in the registration's tpm field");
         tpmCheck = { proof: cred.proof, ekSha256: ind.credentialSha256 };
       } else {
+        // The CSR alone authenticates a publicKey enrollment; a SAS, Basic password or certificate presented with it
+        // could not be verified against anything, so it is refused rather than ignored (a forged SAS is not "extra").
+        if (cred.kind !== "none") throw unauth(`${CREDENTIAL_NAMES[cred.kind]} was presented, but enrollment ${registrationId} authenticates with its enrolled public key (the CSR) only`, "send only the CSR signed by the enrolled key");
         required = ind.credentialSha256;
       }
       const refusal = ind.status !== "enabled" ? disabled(`enrollment ${registrationId}`) : undefined;

@@ -3,6 +3,7 @@ import { Type, type Static } from "@sinclair/typebox";
 import { EdgeTrustError } from "../../common/index.js";
 import { actorOf, peerCertificate, problemResponses, requireRole, SecurityBearer } from "../http.js";
 import { RegistrationService, type RegistrationCredential } from "../enrollment/registration.js";
+import type { TpmProof } from "../enrollment/tpm.js";
 import { EnrollmentStore } from "../enrollment/store.js";
 import { CsrPem } from "./schemas.js";
 import { RegistrationIdParam } from "./v1-enrollments.js";
@@ -56,9 +57,20 @@ export const RegistrationResultSchema = Type.Object({
 const Params = Type.Object({ registrationId: RegistrationIdParam });
 const Headers = Type.Object({ "idempotency-key": Type.String({ minLength: 8, maxLength: 128, pattern: "^[\\x21-\\x7e]+$" }) });
 
-/** The bootstrap credential of a device request: TLS client certificate, HTTP Basic (derived key), or just the CSR. */
-export function registrationCredential(req: FastifyRequest, idScope?: string): RegistrationCredential {
+/**
+ * The bootstrap credential of a device request: TLS client certificate, HTTP Basic (derived key), or just the CSR.
+ * A device presents ONE credential: with several, the one not consulted would be ignored, and a presented credential
+ * is verified or the request refused — so two (an Authorization header and a client certificate, or either beside a
+ * TPM proof) are a 401.
+ */
+export function registrationCredential(req: FastifyRequest, idScope?: string, tpm?: TpmProof): RegistrationCredential {
   const auth = req.headers.authorization;
+  const cert = peerCertificate(req);
+  const presented = [auth !== undefined ? "an Authorization header" : "", cert ? "a TLS client certificate" : "", tpm ? "a TPM proof" : ""].filter(Boolean);
+  if (presented.length > 1) {
+    throw new EdgeTrustError("UNAUTHENTICATED", `present one bootstrap credential, not ${presented.join(" and ")}`, { hint: "a credential that is presented must be the one that authenticates the device" });
+  }
+  if (tpm) return { kind: "tpm", proof: tpm };
   if (auth !== undefined) {
     if (auth.startsWith("SharedAccessSignature ")) {
       if (idScope === undefined) throw new EdgeTrustError("UNAUTHENTICATED", "SAS tokens are accepted on the DPS-compatible route; use Basic or a bootstrap certificate here");
@@ -71,7 +83,6 @@ export function registrationCredential(req: FastifyRequest, idScope?: string): R
     if (i < 0) throw new EdgeTrustError("UNAUTHENTICATED", "malformed Basic credentials");
     return { kind: "basic", password: text.slice(i + 1) };
   }
-  const cert = peerCertificate(req);
   if (cert) return { kind: "x509", cert };
   return { kind: "none" };
 }
@@ -107,7 +118,7 @@ export const registrationRoutes: FastifyPluginAsync<RouteDeps> = async (app, { c
     }
     const out = await svc.register({
       registrationId: b, csr: req.body.csr, ...(req.body.edgeCaCsr ? { edgeCaCsr: req.body.edgeCaCsr } : {}),
-      idempotencyKey: req.headers["idempotency-key"], credential: req.body.tpm ? { kind: "tpm", proof: req.body.tpm } : registrationCredential(req), channel: "api",
+      idempotencyKey: req.headers["idempotency-key"], credential: registrationCredential(req, undefined, req.body.tpm), channel: "api",
     });
     if (!out.replayed) metrics.issued.inc({ profile: "registration", kind: "issue" });
     reply.code(out.replayed ? 200 : 201).header("cache-control", "no-store");
