@@ -2,11 +2,12 @@ import { EventEmitter } from "node:events";
 import { readFileSync, existsSync } from "node:fs";
 import { Type, type Static } from "@sinclair/typebox";
 import { writeFileAtomic, validateValue } from "../common/index.js";
+import { ModuleNamePattern } from "../policy/index.js";
 
 /** What the agent vouches for when it registers a module: the container it created from a verified manifest. */
 export const AttestedModuleSchema = Type.Object(
   {
-    name: Type.String({ pattern: "^[a-z0-9][a-z0-9_-]{0,62}$", description: "module name from the manifest" }),
+    name: Type.String({ pattern: ModuleNamePattern, description: "module name from the manifest" }),
     containerId: Type.String({ pattern: "^[0-9a-f]{64}$", description: "Docker container ID" }),
     imageRepository: Type.String({ minLength: 1, maxLength: 255, pattern: "^[a-z0-9][a-z0-9._:/-]*$" }),
     imageDigest: Type.String({ pattern: "^sha256:[0-9a-f]{64}$" }),

@@ -3,6 +3,7 @@ import { dirname } from "node:path";
 import Fastify, { type FastifyInstance } from "fastify";
 import { Type } from "@sinclair/typebox";
 import { EdgeTrustError, installProblemHandler, type Logger } from "../common/index.js";
+import { ModuleNamePattern } from "../policy/index.js";
 import { AttestedModuleSchema, type AttestedModule, type AttestedModules } from "./attested-modules.js";
 import type { WorkloadSockets } from "./workload-api.js";
 import type { ContainerVerdict } from "./container-check.js";
@@ -32,7 +33,7 @@ const ModuleView = Type.Object({
   auth: Type.Optional(Type.String()),
   generationId: Type.Optional(Type.String()),
 });
-const NameParams = Type.Object({ name: Type.String({ pattern: "^[a-z0-9][a-z0-9_-]{0,62}$" }) }, { additionalProperties: false });
+const NameParams = Type.Object({ name: Type.String({ pattern: ModuleNamePattern }) }, { additionalProperties: false });
 const EventsQuery = Type.Object(
   { after: Type.Integer({ minimum: 0, default: 0 }), waitSeconds: Type.Integer({ minimum: 0, maximum: 60, default: 0 }) },
   { additionalProperties: false },

@@ -1,7 +1,7 @@
 /** policy/: policy files, the trust root, signed deployment manifests, decisions with reasons. */
 export { loadPolicy, parsePolicy, MAX_POLICY_BYTES } from "./policy.js";
 export type { LoadedPolicy } from "./policy.js";
-export { PolicySchema, AttestationSectionSchema, CaseFileSchema, ManifestSchema, ModuleOptionsSchema, TrustRootBodySchema, MANIFEST_LIMITS, CERT_KINDS, PinnedImagePattern } from "./schema.js";
+export { PolicySchema, AttestationSectionSchema, CaseFileSchema, ManifestSchema, ModuleOptionsSchema, TrustRootBodySchema, MANIFEST_LIMITS, CERT_KINDS, PinnedImagePattern, ModuleNamePattern } from "./schema.js";
 export type { Policy, AttestationSection, AttestationSeverity, ModulePermissions, HubRule, CertProfile, RedactRule, Manifest, ManifestModule, ModuleOptions, TrustKey, TrustRootBody, CertKind, CaseFile } from "./schema.js";
 export { decideModuleOptions, decideImage, decideTopic, parsePinnedImage } from "./decide.js";
 export type { Decision, RuleHit, HubIdentity, ParsedImage } from "./decide.js";

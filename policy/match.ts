@@ -22,9 +22,12 @@ function cached(cache: Map<string, RegExp>, glob: string, build: () => string): 
   return re;
 }
 
-/** Name glob: `*` matches any run of characters (names have no `/`). */
+/**
+ * Name glob (module names, device targets): `*` matches any run of characters except `/`, and never runs over `..`.
+ * The schemas already keep both out of names; this keeps a glob like `sensor-*` from ever admitting a path.
+ */
 export function nameGlobMatch(glob: string, name: string): boolean {
-  return cached(nameRes, glob, () => "^" + glob.split("*").map(escapeRe).join(".*") + "$").test(name);
+  return cached(nameRes, glob, () => "^" + glob.split("*").map(escapeRe).join("(?:(?!\\.\\.)[^/])*") + "$").test(name);
 }
 
 /** Path / repository glob: `*` matches within one `/` segment; a trailing `/**` matches any depth below. */

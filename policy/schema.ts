@@ -1,4 +1,4 @@
-import { Type, type Static } from "@sinclair/typebox";
+import { Type, type Static, type TSchema } from "@sinclair/typebox";
 
 /**
  * The policy file schema (TypeBox). `policy.schema.json` is generated from `PolicySchema` (see json-schema.ts) and
@@ -8,10 +8,19 @@ import { Type, type Static } from "@sinclair/typebox";
 
 const closed = { additionalProperties: false } as const;
 
-/** A short name: module names, rule ids, kids. */
+/** A short name: rule ids, route names. */
 export const NamePattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
-/** A glob over names: letters, digits, `.`, `_`, `-` and `*`. */
-const NameGlob = Type.String({ pattern: "^[A-Za-z0-9*][A-Za-z0-9._*-]{0,63}$", description: "name, `*` matches any run of characters" });
+/**
+ * The one module-name grammar, everywhere a module is named (manifest, policy, the identity daemon's management
+ * socket): lower-case letters, digits, `_` and `-`, starting with a letter or digit. A module name becomes a
+ * container name, a URI path segment, a directory name and a topic level, so it has no `/`, no `.` and no case.
+ */
+export const ModuleNamePattern = "^[a-z0-9][a-z0-9_-]{0,62}$";
+const ModuleName = Type.String({ pattern: ModuleNamePattern, description: "module name: a-z, 0-9, `_`, `-` (at most 63)" });
+/** A glob over module names: the module-name characters and `*` (any run of them; never `/` or `..`). */
+const ModuleNameGlob = Type.String({ pattern: "^[a-z0-9*][a-z0-9_*-]{0,62}$", description: "module name glob, `*` matches any run of module-name characters" });
+/** A map keyed by module name: a key outside the grammar is an error, never an unchecked extra property. */
+const byModuleName = <T extends TSchema>(value: T, description: string) => Type.Record(ModuleName, value, { additionalProperties: false, description });
 /** host[:port] of a registry. */
 const Registry = Type.String({
   pattern: "^(localhost|[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)*)(:[0-9]{1,5})?$",
@@ -94,7 +103,7 @@ const HubRule = Type.Object(
   {
     id: Type.String({ pattern: NamePattern, description: "rule name shown in decisions" }),
     principals: Type.Array(Principal, { minItems: 1, uniqueItems: true, description: "who the rule is for" }),
-    modules: Type.Optional(Type.Array(NameGlob, { maxItems: 64, description: "only these module names (module principals)" })),
+    modules: Type.Optional(Type.Array(ModuleNameGlob, { maxItems: 64, description: "only these module names (module principals)" })),
     topics: Type.Array(TopicPattern, { minItems: 1, maxItems: 64 }),
   },
   closed,
@@ -149,7 +158,7 @@ export const AttestationSectionSchema = Type.Object(
       Type.Union(
         [
           Type.Literal("manifest"),
-          Type.Record(Type.String({ pattern: NamePattern }), DigestList, { description: "per module name: allowed image digests; a module not listed is a mismatch, a listed one not running a warning" }),
+          byModuleName(DigestList, "per module name: allowed image digests; a module not listed is a mismatch, a listed one not running a warning"),
         ],
         { description: "`manifest` = every module must run exactly the digest the attested manifest pins, or image digests per module" },
       ),
@@ -179,9 +188,9 @@ export const PolicySchema = Type.Object(
     ),
     modules: Type.Object(
       {
-        allow: Type.Array(NameGlob, { maxItems: 256, description: "module names that may run at all (default none)" }),
+        allow: Type.Array(ModuleNameGlob, { maxItems: 256, description: "module names that may run at all (default none)" }),
         defaults: Type.Optional(ModulePermissionsSchema),
-        overrides: Type.Optional(Type.Record(Type.String({ pattern: NamePattern }), ModulePermissionsSchema, { description: "per module name; each key replaces the default" })),
+        overrides: Type.Optional(byModuleName(ModulePermissionsSchema, "per module name; each key replaces the default")),
       },
       closed,
     ),
@@ -268,7 +277,7 @@ export const ManifestModuleSchema = Type.Object(
   {
     image: Type.String({ maxLength: 512 }),
     options: Type.Optional(ModuleOptionsSchema),
-    env: Type.Optional(Type.Record(Type.String({ pattern: "^[A-Za-z_][A-Za-z0-9_]{0,127}$" }), Type.String({ maxLength: L.maxEnvValue }))),
+    env: Type.Optional(Type.Record(Type.String({ pattern: "^[A-Za-z_][A-Za-z0-9_]{0,127}$" }), Type.String({ maxLength: L.maxEnvValue }), closed)),
     restartPolicy: Type.Union([Type.Literal("always"), Type.Literal("on-failure"), Type.Literal("on-unhealthy"), Type.Literal("never")]),
     startupOrder: Type.Integer({ minimum: 0, maximum: 1000 }),
   },
@@ -284,8 +293,8 @@ export const ManifestSchema = Type.Object(
     issuedAt: Type.String({ format: "date-time", maxLength: 64 }),
     expiresAt: Type.String({ format: "date-time", maxLength: 64 }),
     targets: Type.Array(Type.String({ pattern: "^[A-Za-z0-9*][A-Za-z0-9._*-]{0,127}$" }), { minItems: 1, maxItems: L.maxTargets }),
-    modules: Type.Record(Type.String({ pattern: NamePattern }), ManifestModuleSchema),
-    routes: Type.Optional(Type.Record(Type.String({ pattern: NamePattern }), ShortString)),
+    modules: byModuleName(ManifestModuleSchema, "the modules to run, by name"),
+    routes: Type.Optional(Type.Record(Type.String({ pattern: NamePattern }), ShortString, closed)),
   },
   closed,
 );
@@ -307,7 +316,7 @@ export type TrustRootBody = Static<typeof TrustRootBodySchema>;
 /** `policy test` case file. */
 const ModuleOptionsCase = Type.Object(
   {
-    name: Type.String({ pattern: NamePattern }),
+    name: ModuleName,
     image: Type.Optional(Type.String({ maxLength: 512 })),
     options: Type.Optional(ModuleOptionsSchema),
     expect: Type.Union([Type.Literal("allow"), Type.Literal("deny")]),
@@ -326,7 +335,7 @@ export const CaseFileSchema = Type.Object(
               {
                 principal: Principal,
                 device: Type.String({ pattern: NamePattern }),
-                module: Type.Optional(Type.String({ pattern: NamePattern })),
+                module: Type.Optional(ModuleName),
                 action: Type.Union([Type.Literal("publish"), Type.Literal("subscribe")]),
                 topic: Type.String({ minLength: 1, maxLength: 512 }),
                 expect: Type.Union([Type.Literal("allow"), Type.Literal("deny")]),
@@ -340,7 +349,7 @@ export const CaseFileSchema = Type.Object(
           {
             name: Type.String({ maxLength: 200 }),
             image: Type.Object(
-              { image: Type.String({ maxLength: 512 }), module: Type.Optional(Type.String({ pattern: NamePattern })), expect: Type.Union([Type.Literal("allow"), Type.Literal("deny")]) },
+              { image: Type.String({ maxLength: 512 }), module: Type.Optional(ModuleName), expect: Type.Union([Type.Literal("allow"), Type.Literal("deny")]) },
               closed,
             ),
           },
