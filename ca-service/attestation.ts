@@ -10,7 +10,8 @@ import { signingAlgorithmFor } from "../pki/index.js";
 import { MANIFEST_LIMITS, decodePayload, parseGeneralJws, parsePolicy, validateManifest } from "../policy/index.js";
 import { DeploymentStore } from "./deployments/store.js";
 import type { CertificateAuthority } from "./ca.js";
-import { normalizeSerial, type CaStore } from "./store.js";
+import { normalizeSerial, sha256Hex, type CaStore } from "./store.js";
+import { SingleUseTokens } from "./shared/single-use.js";
 import type { AttestationConfig } from "./attestation-config.js";
 
 export { AttestationConfig } from "./attestation-config.js";
@@ -236,8 +237,10 @@ export function appraise(m: Evidence["measurements"], ref: References, attested?
  * the current issuing CA (JWS built by hand because the CA key is in the HSM, verified with jose by anyone).
  */
 export class AttestationVerifier {
-  private readonly nonces = new Map<string, number>();
-  private static readonly MAX_NONCES = 100_000;
+  /** Nonces live in the store, so any process of a fleet checks a nonce another one made (single use fleet-wide). */
+  private readonly nonces: SingleUseTokens;
+  /** Outstanding nonces one client address may hold (per nonce lifetime, fleet-wide). */
+  static readonly MAX_NONCES_PER_SOURCE = 100_000;
 
   constructor(
     private readonly ca: CertificateAuthority,
@@ -248,6 +251,7 @@ export class AttestationVerifier {
   ) {
     // Fail at start on a bad policy or reference file (file:line:col), not at the first device; re-read per appraisal.
     this.references();
+    this.nonces = new SingleUseTokens(store.db, "attestation-nonce", { ttlMs: config.nonceTtlSeconds * 1000, maxPerSource: AttestationVerifier.MAX_NONCES_PER_SOURCE, now });
   }
 
   /** The deployment whose served JWS has this sha256 (what the device stored as its accepted manifest). */
@@ -264,21 +268,17 @@ export class AttestationVerifier {
     return null;
   }
 
-  nonce(): { nonce: string; expiresAt: string } {
-    const t = this.now();
-    for (const [n, exp] of this.nonces) if (exp <= t) this.nonces.delete(n);
-    if (this.nonces.size >= AttestationVerifier.MAX_NONCES) throw new EdgeTrustError("RATE_LIMITED", "too many outstanding attestation nonces");
+  /** A fresh nonce for `source` (the client address): stored by its sha256, so the table holds no usable nonce. */
+  async nonce(source = "local"): Promise<{ nonce: string; expiresAt: string }> {
     const nonce = randomBytes(32).toString("base64url");
-    const exp = t + this.config.nonceTtlSeconds * 1000;
-    this.nonces.set(nonce, exp);
+    const exp = await this.nonces.put(sha256Hex(nonce), source, "");
     return { nonce, expiresAt: new Date(exp).toISOString() };
   }
 
-  private consume(nonce: string): void {
-    const exp = this.nonces.get(nonce);
-    this.nonces.delete(nonce);
-    if (exp === undefined) throw new EdgeTrustError("ATTESTATION_NONCE_INVALID", "the evidence's eat_nonce is unknown or was already used", { hint: "get a fresh nonce from /v1/attestation/nonce" });
-    if (exp <= this.now()) throw new EdgeTrustError("ATTESTATION_NONCE_INVALID", "the evidence's eat_nonce has expired", { hint: "get a fresh nonce and attest again promptly" });
+  private async consume(nonce: string): Promise<void> {
+    const r = await this.nonces.take(sha256Hex(nonce));
+    if (!r) throw new EdgeTrustError("ATTESTATION_NONCE_INVALID", "the evidence's eat_nonce is unknown or was already used", { hint: "get a fresh nonce from /v1/attestation/nonce" });
+    if (r.expired) throw new EdgeTrustError("ATTESTATION_NONCE_INVALID", "the evidence's eat_nonce has expired", { hint: "get a fresh nonce and attest again promptly" });
   }
 
   private async deviceCertificate(header: jose.ProtectedHeaderParameters): Promise<{ cert: x509.X509Certificate; deviceId: string }> {
@@ -323,7 +323,7 @@ export class AttestationVerifier {
     } catch (e) {
       throw new EdgeTrustError("ATTESTATION_EVIDENCE_INVALID", `evidence claims invalid: ${(e as Error).message}`, { cause: e });
     }
-    this.consume(claims.eat_nonce);
+    await this.consume(claims.eat_nonce);
     const uri = `edgetrust://${this.ca.options.trustDomain}/devices/${deviceId}`;
     if (claims.sub !== uri) throw new EdgeTrustError("ATTESTATION_EVIDENCE_INVALID", `evidence sub ${claims.sub} is not the signing device ${uri}`);
     const refs = this.references();

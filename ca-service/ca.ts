@@ -7,6 +7,7 @@ import { EdgeTrustError, createLogger, isEdgeTrustError, type Logger } from "../
 import { keyStoreCrypto, keyStoreCryptoKey, type KeyAlgorithm, type KeyStore } from "../hsm/index.js";
 import { issueCertificate, getProfile, signingAlgorithmFor, type Profile, type ProfileName } from "../pki/index.js";
 import { checkCsr, sanKey } from "./csr.js";
+import { announce } from "./shared/events.js";
 import { normalizeSerial, REVOCATION_REASON_CODES, sha256Hex, type CaRecord, type CaStore, type CertificateRecord, type RevocationReason } from "./store.js";
 
 /** Profiles the cloud CA issues (module certificates are issued on the device by its Edge CA). */
@@ -302,7 +303,7 @@ export class CertificateAuthority {
     const ca = this.cas.get(issuerId);
     if (!ca) throw new EdgeTrustError("NOT_FOUND", `no issuing CA ${issuerId}`);
     const hours = this.options.crlValidityHours ?? 24;
-    return this.store.nextCrl(issuerId, async (crlNumber, tx) => {
+    const next = await this.store.nextCrl(issuerId, async (crlNumber, tx) => {
       const revoked = await this.store.revokedBy(issuerId, tx);
       const thisUpdate = new Date(Math.floor(Date.now() / 1000) * 1000);
       const nextUpdate = new Date(thisUpdate.getTime() + hours * 3600e3);
@@ -325,6 +326,8 @@ export class CertificateAuthority {
       }, this.crypto);
       return { der: new Uint8Array(crl.rawData), thisUpdate, nextUpdate };
     });
+    await announce(this.store.db, { kind: "crl", issuerId, crlNumber: next.crlNumber });
+    return next;
   }
 
   /** The current CRL (regenerated when missing or within 10% of its nextUpdate). */

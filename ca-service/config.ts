@@ -41,6 +41,7 @@ export const CaConfig = Type.Object(
     }),
     rateLimitPerMinute: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 6000, description: "Requests per minute per client IP" }),
     bodyLimitBytes: Type.Integer({ minimum: 1024, maximum: 10_485_760, default: 65536, description: "Largest request body accepted" }),
+    instanceId: Type.String({ default: "", maxLength: 128, description: "Name of this process in a fleet, sent as the x-edgetrust-instance response header; empty: <hostname>:<pid>" }),
     attestation: AttestationConfig,
   },
   { additionalProperties: false, default: {}, description: "Cloud CA service (ca init / ca serve)" },

@@ -5,6 +5,7 @@ import { EdgeTrustError, createLogger, type Logger } from "../common/index.js";
 import { keyStoreCrypto, keyStoreCryptoKey, type KeyAlgorithm, type KeyStore } from "../hsm/index.js";
 import { issueCertificate } from "../pki/index.js";
 import type { CaRecord, CaStore } from "./store.js";
+import { announce } from "./shared/events.js";
 
 export interface InitCaOptions {
   rootName?: string;
@@ -119,5 +120,7 @@ export async function rolloverIssuingCa(store: CaStore, keys: KeyStore, opts: Ro
   const n = (await store.listCas("issuing")).length + 1;
   const rec = await issuingCa(store, keys, root, opts.name ?? `edgetrust Issuing CA ${n}`, opts.algorithm ?? (prev.at(-1)?.keyAlgorithm as KeyAlgorithm | undefined) ?? "EC-P256", opts.lifetimeSeconds, actor);
   if (opts.retirePrevious) for (const p of prev) await store.setCaStatus(p.id, "retired", actor);
+  // Every running `ca serve` on this store reloads its issuing CAs now (PostgreSQL NOTIFY; SQLite: its poll).
+  await announce(store.db, { kind: "cas" });
   return rec;
 }

@@ -29,6 +29,7 @@ import type { RouteDeps } from "./routes/types.js";
 import { attestationRoutes, requireAttestationForRenewal } from "./routes/v1-attestation.js";
 import { enrollmentApiRoutes } from "./enrollment/routes.js";
 import { deploymentRoutes } from "./deployments/routes.js";
+import { startFleet, type Fleet } from "./shared/fleet.js";
 
 export interface CaServerDeps {
   ca: CertificateAuthority;
@@ -126,7 +127,9 @@ export async function createCaServer(config: CaConfig, deps: CaServerDeps): Prom
   const routeDeps: RouteDeps = { ca: deps.ca, store: deps.store, config, metrics };
   installProblemHandlers(app);
   instrument(app, metrics);
-  await app.register(rateLimit, { max: config.rateLimitPerMinute, timeWindow: 60_000 });
+  const fleet: Fleet = startFleet(config, deps.ca, deps.store, logger, metrics);
+  app.addHook("onSend", async (_req, reply) => { reply.header("x-edgetrust-instance", fleet.instanceId); });
+  await app.register(rateLimit, { max: config.rateLimitPerMinute, timeWindow: 60_000, ...fleet.rateLimitStore });
   await app.register(swagger, {
     openapi: {
       openapi: "3.0.3",
@@ -156,7 +159,7 @@ export async function createCaServer(config: CaConfig, deps: CaServerDeps): Prom
     revocationApp = Fastify(baseOptions(config, logger)) as unknown as FastifyInstance;
     installProblemHandlers(revocationApp);
     instrument(revocationApp, metrics);
-    await revocationApp.register(rateLimit, { max: config.rateLimitPerMinute, timeWindow: 60_000 });
+    await revocationApp.register(rateLimit, { max: config.rateLimitPerMinute, timeWindow: 60_000, ...fleet.rateLimitStore });
     await revocationApp.register(crlRoutes, routeDeps);
     await revocationApp.register(ocspRoutes, routeDeps);
     await revocationApp.register(healthRoutes, routeDeps);
@@ -168,6 +171,7 @@ export async function createCaServer(config: CaConfig, deps: CaServerDeps): Prom
     ...(revocationApp ? { revocationApp } : {}),
     ...(tls ? { tlsCertPem: tls.cert } : {}),
     async listen() {
+      await fleet.start();
       await app.listen({ host: config.host, port: config.port });
       const a = app.server.address() as AddressInfo;
       const url = `${tls ? "https" : "http"}://${config.host}:${a.port}`;
@@ -178,6 +182,7 @@ export async function createCaServer(config: CaConfig, deps: CaServerDeps): Prom
     },
     async close() {
       await Promise.all([app.close(), revocationApp?.close()]);
+      await fleet.close();
     },
   };
   return server;

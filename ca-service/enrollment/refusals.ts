@@ -2,6 +2,7 @@ import type { FastifyError, FastifyRequest } from "fastify";
 import { toProblemError, type EdgeTrustError } from "../../common/index.js";
 import { peerCertificate } from "../http.js";
 import type { CaStore } from "../store.js";
+import { FleetCounters } from "../shared/counters.js";
 
 /**
  * Audit entries for refused enrollment-API requests (bad or revoked credentials, disabled enrollments, malformed ids,
@@ -10,9 +11,11 @@ import type { CaStore } from "../store.js";
  * never a token, key, password or SAS (the reason is the problem detail we answer with, which never carries them).
  *
  * An unauthenticated flood must not grow the audit log without bound, so entries are budgeted per fixed window
- * (default one minute): at most `perSource` entries per client address and `total` entries overall are written one by
- * one; everything beyond is counted and written as ONE `refusals.suppressed` summary per window (counts by action,
- * code and source, top sources). The log grows by at most `total + 1` entries per window, whatever the request rate.
+ * (default one minute, aligned to the epoch so every process of a fleet has the same windows): at most `perSource`
+ * entries per client address and `total` entries overall are written one by one — counted in the store, so the
+ * budget holds fleet-wide however many `ca serve` processes share it; everything beyond is counted (in memory, then
+ * added to `refusal_suppressed` when the window ends) and written as ONE `refusals.suppressed` summary per window by
+ * whichever process first sees the window `graceMs` past its end (counts by action, code and source, top sources).
  */
 export interface Refusal {
   action: "registration.refused" | "enrollment.refused";
@@ -26,28 +29,30 @@ export interface Refusal {
 }
 
 export interface RefusalAuditOptions {
-  /** Individually written refusals per client address per window (default 60). */
+  /** Individually written refusals per client address per window, fleet-wide (default 60). */
   perSource?: number;
-  /** Individually written refusals per window, all sources (default 600). */
+  /** Individually written refusals per window, all sources, fleet-wide (default 600). */
   total?: number;
   /** Window length in ms (default 60,000). */
   windowMs?: number;
+  /** How long after a window ends its summary waits for the other processes' counts (default 5,000 ms). */
+  graceMs?: number;
   /** Clock (tests drive windows with it). */
   now?: () => number;
 }
 
+/** This process's view of one window: budgets it knows are spent (no need to ask the store again) and what it suppressed. */
 interface Window {
   start: number;
-  perSource: Map<string, number>;
-  written: number;
-  suppressed: number;
-  byAction: Record<string, number>;
-  byCode: Record<string, number>;
-  /** Suppressed count per source, at most 1,000 sources tracked (the rest only counted in `suppressed`). */
-  suppressedBySource: Map<string, number>;
+  totalSpent: boolean;
+  sourcesSpent: Set<string>;
+  /** `source \0 action \0 code` → count; at most MAX_TRACKED_SOURCES sources, the rest under OTHER_SOURCES. */
+  suppressed: Map<string, number>;
+  sources: Set<string>;
 }
 
 const MAX_TRACKED_SOURCES = 1000;
+const OTHER_SOURCES = "(other sources)";
 
 /** Printable ASCII only (ids may carry NUL, newlines or look-alikes), bounded length. */
 export function safeText(s: string, max = 200): string {
@@ -59,8 +64,10 @@ export class RefusalAudit {
   readonly perSource: number;
   readonly total: number;
   readonly windowMs: number;
+  readonly graceMs: number;
   private readonly now: () => number;
-  private win: Window;
+  private readonly counters: FleetCounters;
+  private readonly windows = new Map<number, Window>();
   private timer: NodeJS.Timeout | undefined;
   private pending: Promise<unknown> = Promise.resolve();
 
@@ -68,59 +75,111 @@ export class RefusalAudit {
     this.perSource = opts.perSource ?? 60;
     this.total = opts.total ?? 600;
     this.windowMs = opts.windowMs ?? 60_000;
+    this.graceMs = opts.graceMs ?? 5_000;
     this.now = opts.now ?? Date.now;
-    this.win = this.fresh(this.now());
+    this.counters = new FleetCounters(store.db, this.now);
   }
 
-  private fresh(start: number): Window {
-    return { start, perSource: new Map(), written: 0, suppressed: 0, byAction: {}, byCode: {}, suppressedBySource: new Map() };
+  private windowStart(t: number): number {
+    return Math.floor(t / this.windowMs) * this.windowMs;
   }
 
-  /** Flush the summary of a finished window every window even when no refusal comes to roll it. */
+  private window(start: number): Window {
+    let w = this.windows.get(start);
+    if (!w) {
+      w = { start, totalSpent: false, sourcesSpent: new Set(), suppressed: new Map(), sources: new Set() };
+      this.windows.set(start, w);
+    }
+    return w;
+  }
+
+  /** Flush counts and write summaries of finished windows even when no refusal comes to roll them. */
   startTimer(): void {
     if (this.timer) return;
-    this.timer = setInterval(() => void this.roll().catch(() => undefined), this.windowMs);
+    this.timer = setInterval(() => void this.roll().catch(() => undefined), Math.min(this.windowMs, 10_000));
     this.timer.unref();
   }
 
   /** Write one refusal, or count it towards the window's summary. Returns what happened. */
   async record(r: Refusal): Promise<"written" | "suppressed"> {
     await this.roll();
-    const w = this.win;
-    const n = w.perSource.get(r.source) ?? 0;
-    if (n < this.perSource && w.written < this.total) {
-      if (w.perSource.size < 100_000 || w.perSource.has(r.source)) w.perSource.set(r.source, n + 1);
-      w.written++;
-      await this.track(this.store.audit({
-        actor: r.actor, action: r.action, target: r.target,
-        details: { code: r.code, status: r.status, reason: r.reason, source: r.source, ...(r.details ?? {}) },
-      }));
-      return "written";
+    const w = this.window(this.windowStart(this.now()));
+    if (!w.totalSpent && !w.sourcesSpent.has(r.source)) {
+      const n = await this.counters.incr(`refusals:${w.start}:source:${r.source}`, this.windowMs);
+      if (n.count <= this.perSource) {
+        const t = await this.counters.incr(`refusals:${w.start}:total`, this.windowMs);
+        if (t.count <= this.total) {
+          await this.track(this.store.audit({
+            actor: r.actor, action: r.action, target: r.target,
+            details: { code: r.code, status: r.status, reason: r.reason, source: r.source, ...(r.details ?? {}) },
+          }));
+          return "written";
+        }
+        w.totalSpent = true;
+      } else if (w.sourcesSpent.size < 100_000) {
+        w.sourcesSpent.add(r.source);
+      }
     }
-    w.suppressed++;
-    w.byAction[r.action] = (w.byAction[r.action] ?? 0) + 1;
-    w.byCode[r.code] = (w.byCode[r.code] ?? 0) + 1;
-    const s = w.suppressedBySource.get(r.source);
-    if (s !== undefined || w.suppressedBySource.size < MAX_TRACKED_SOURCES) w.suppressedBySource.set(r.source, (s ?? 0) + 1);
+    const source = w.sources.has(r.source) || w.sources.size < MAX_TRACKED_SOURCES ? r.source : OTHER_SOURCES;
+    w.sources.add(source);
+    const k = `${source}\0${r.action}\0${r.code}`;
+    w.suppressed.set(k, (w.suppressed.get(k) ?? 0) + 1);
     return "suppressed";
   }
 
-  /** Start a new window when the current one is over, writing its summary if anything was suppressed. */
+  /**
+   * Add this process's suppressed counts of finished windows to the store, then summarise every window in the store
+   * that ended more than `graceMs` ago — ONE audit entry per window fleet-wide (rows are taken with DELETE … RETURNING
+   * under an exclusive lock). `force` (shutdown) flushes and summarises the current window too.
+   */
   async roll(force = false): Promise<void> {
     const t = this.now();
-    if (!force && t < this.win.start + this.windowMs) return;
-    const done = this.win;
-    this.win = this.fresh(force ? t : done.start + Math.floor((t - done.start) / this.windowMs) * this.windowMs);
-    if (done.suppressed === 0) return;
-    const top = [...done.suppressedBySource.entries()].sort((a, b) => b[1] - a[1]).slice(0, 10).map(([source, count]) => ({ source, count }));
-    await this.track(this.store.audit({
-      actor: "ca-service", action: "refusals.suppressed", target: `window:${new Date(done.start).toISOString()}`,
-      details: {
-        windowStart: new Date(done.start).toISOString(), windowEnd: new Date(Math.min(t, done.start + this.windowMs)).toISOString(),
-        written: done.written, suppressed: done.suppressed, byAction: done.byAction, byCode: done.byCode,
-        sources: done.suppressedBySource.size, topSources: top,
-        limits: { perSource: this.perSource, total: this.total, windowMs: this.windowMs },
-      },
+    const current = this.windowStart(t);
+    for (const [start, w] of [...this.windows]) {
+      if (!force && start >= current) continue;
+      this.windows.delete(start);
+      for (const [k, count] of w.suppressed) {
+        const [source = "", action = "", code = ""] = k.split("\0");
+        await this.store.db.run(
+          `INSERT INTO refusal_suppressed (window_start, source, action, code, count) VALUES (?, ?, ?, ?, ?)
+           ON CONFLICT (window_start, source, action, code) DO UPDATE SET count = refusal_suppressed.count + excluded.count`,
+          [start, source, action, code, count]);
+      }
+    }
+    const before = force ? Number.MAX_SAFE_INTEGER : t - this.windowMs - this.graceMs + 1;
+    const due = await this.store.db.query("SELECT 1 AS x FROM refusal_suppressed WHERE window_start < ? LIMIT 1", [before]);
+    if (due.length === 0) return;
+    await this.track(this.store.db.exclusive("refusal-summary", async (tx) => {
+      const rows = await tx.query<{ window_start: number | string; source: string; action: string; code: string; count: number | string }>(
+        "DELETE FROM refusal_suppressed WHERE window_start < ? RETURNING window_start, source, action, code, count", [before]);
+      const byWindow = new Map<number, typeof rows>();
+      for (const r of rows) {
+        const s = Number(r.window_start);
+        byWindow.set(s, [...(byWindow.get(s) ?? []), r]);
+      }
+      for (const [start, list] of [...byWindow].sort((a, b) => a[0] - b[0])) {
+        const byAction: Record<string, number> = {};
+        const byCode: Record<string, number> = {};
+        const bySource = new Map<string, number>();
+        let suppressed = 0;
+        for (const r of list) {
+          const n = Number(r.count);
+          suppressed += n;
+          byAction[r.action] = (byAction[r.action] ?? 0) + n;
+          byCode[r.code] = (byCode[r.code] ?? 0) + n;
+          bySource.set(r.source, (bySource.get(r.source) ?? 0) + n);
+        }
+        const written = Math.min(this.total, Number((await tx.query<{ count: number | string }>("SELECT count FROM fleet_counters WHERE key = ?", [`refusals:${start}:total`]))[0]?.count ?? 0));
+        const top = [...bySource.entries()].sort((a, b) => b[1] - a[1]).slice(0, 10).map(([source, count]) => ({ source, count }));
+        await this.store.appendAudit(tx, {
+          actor: "ca-service", action: "refusals.suppressed", target: `window:${new Date(start).toISOString()}`,
+          details: {
+            windowStart: new Date(start).toISOString(), windowEnd: new Date(Math.min(t, start + this.windowMs)).toISOString(),
+            written, suppressed, byAction, byCode, sources: bySource.size, topSources: top,
+            limits: { perSource: this.perSource, total: this.total, windowMs: this.windowMs },
+          },
+        });
+      }
     }));
   }
 
@@ -129,7 +188,7 @@ export class RefusalAudit {
     return p;
   }
 
-  /** Flush the current window's summary (server close) and stop the timer. */
+  /** Flush the current window's counts and summary (server close) and stop the timer. */
   async close(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;

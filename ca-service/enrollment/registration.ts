@@ -110,18 +110,18 @@ export class RegistrationService {
   readonly tpmChallenges: TpmChallenges;
 
   constructor(readonly ca: CertificateAuthority, readonly enrollments: EnrollmentStore, tpmChallenges?: TpmChallenges) {
-    this.tpmChallenges = tpmChallenges ?? new TpmChallenges();
+    this.tpmChallenges = tpmChallenges ?? new TpmChallenges(ca.store.db);
   }
 
   /**
    * Step 1 of a TPM registration: the device names its EK and AK; the EK must be the enrolled one, the AK a restricted
    * signing key that never leaves the TPM. Answers a secret sealed to the EK for the AK (tpm2_makecredential).
    */
-  async tpmChallenge(registrationId: string, req: TpmChallengeRequest): Promise<TpmChallenge> {
+  async tpmChallenge(registrationId: string, req: TpmChallengeRequest, source?: string): Promise<TpmChallenge> {
     const id = checkRegistrationId(registrationId);
     const ind = await this.enrollments.getIndividual(id);
     if (!ind || ind.attestation !== "tpm") throw unauth(`no TPM enrollment for registration id ${id}`, "enroll the device's endorsement key (attestation tpm)");
-    const challenge = await this.tpmChallenges.create(id, Buffer.from(ind.credential, "base64"), req);
+    const challenge = await this.tpmChallenges.create(id, Buffer.from(ind.credential, "base64"), req, source);
     if (ind.status !== "enabled") throw disabled(`enrollment ${id}`);
     return challenge;
   }

@@ -270,7 +270,7 @@ describe.skipIf(skipReason !== undefined)("TPM endorsement-key enrollment (swtpm
   it("an expired challenge is refused (challenge clock advanced past its lifetime)", async () => {
     await enrollEk("tpm-dev-6", a);
     let clock = Date.now();
-    const svc = new RegistrationService(e.t.ca, new EnrollmentStore(e.ts.store), new TpmChallenges({ ttlMs: 60_000, now: () => clock }));
+    const svc = new RegistrationService(e.t.ca, new EnrollmentStore(e.ts.store), new TpmChallenges(e.ts.store.db, { ttlMs: 60_000, now: () => clock }));
     const ch = await svc.tpmChallenge("tpm-dev-6", a.challengeRequest());
     const secret = await a.activate(ch);
     expect(secret).toBeDefined();

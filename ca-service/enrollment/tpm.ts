@@ -5,6 +5,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { EdgeTrustError } from "../../common/index.js";
 import { sha256Hex } from "../store.js";
+import type { Db } from "../db.js";
+import { SingleUseTokens } from "../shared/single-use.js";
 import { derOf } from "./model.js";
 
 /**
@@ -208,40 +210,40 @@ export function tpmRegistrationProof(secret: Buffer, challengeId: string, csr: s
   return proofMac(secret, challengeId, csr, edgeCaCsr).toString("base64");
 }
 
+/** What a challenge remembers until it is answered (stored as JSON: the secret only lives as long as the challenge). */
 interface Pending {
   registrationId: string;
   ekSha256: string;
-  ak: TpmPublic;
-  secret: Buffer;
-  expiresAt: number;
+  akPem: string;
+  /** base64 */
+  secret: string;
 }
 
 export interface TpmChallengeOptions {
   /** How long a challenge may be answered (default 120 s). */
   ttlMs?: number;
-  /** Most outstanding challenges (default 10,000; the oldest are dropped). */
-  max?: number;
+  /** Most challenges one client address may be given per `ttlMs`, fleet-wide (default 10,000). */
+  maxPerSource?: number;
   now?: () => number;
 }
 
 /**
- * Outstanding challenges, in the memory of the serving process: single use (taken on the first answer, right or
- * wrong), short-lived, bound to the registration id and the EK they were made for.
+ * Outstanding challenges, in the store (`single_use_tokens`), so the process that checks the answer need not be the
+ * one that made the challenge: single use fleet-wide (taken on the first answer, right or wrong), short-lived, bound
+ * to the registration id and the EK they were made for. The secret sits in the store for at most `ttlMs`; whoever can
+ * read the CA database during that time could answer for the TPM (the database is inside the CA's trust boundary).
  */
 export class TpmChallenges {
-  private readonly pending = new Map<string, Pending>();
+  private readonly tokens: SingleUseTokens;
   private readonly ttlMs: number;
-  private readonly max: number;
-  private readonly now: () => number;
 
-  constructor(opts: TpmChallengeOptions = {}) {
+  constructor(db: Db, opts: TpmChallengeOptions = {}) {
     this.ttlMs = opts.ttlMs ?? 120_000;
-    this.max = opts.max ?? 10_000;
-    this.now = opts.now ?? Date.now;
+    this.tokens = new SingleUseTokens(db, "tpm-challenge", { ttlMs: this.ttlMs, maxPerSource: opts.maxPerSource ?? 10_000, ...(opts.now ? { now: opts.now } : {}) });
   }
 
   /** Make a challenge for an enrolled EK (`ekSpkiDer` comes from the enrollment, never from the request). */
-  async create(registrationId: string, ekSpkiDer: Buffer, req: TpmChallengeRequest): Promise<TpmChallenge> {
+  async create(registrationId: string, ekSpkiDer: Buffer, req: TpmChallengeRequest, source = "local"): Promise<TpmChallenge> {
     let sentEk: Buffer;
     try {
       sentEk = derOf(req.ekPub, ["PUBLIC KEY"]);
@@ -255,16 +257,10 @@ export class TpmChallenges {
     checkAkAttributes(ak);
     const secret = randomBytes(32);
     const blob = await makeCredential(ekSpkiDer, ak.name, secret);
-    const now = this.now();
-    for (const [id, p] of this.pending) if (p.expiresAt <= now) this.pending.delete(id);
-    while (this.pending.size >= this.max) {
-      const oldest = this.pending.keys().next();
-      if (oldest.done) break;
-      this.pending.delete(oldest.value);
-    }
     const challengeId = randomUUID();
-    this.pending.set(challengeId, { registrationId, ekSha256: sha256Hex(ekSpkiDer), ak, secret, expiresAt: now + this.ttlMs });
-    return { challengeId, credential: blob.toString("base64"), expiresAt: new Date(now + this.ttlMs).toISOString() };
+    const pending: Pending = { registrationId, ekSha256: sha256Hex(ekSpkiDer), akPem: ak.pem, secret: secret.toString("base64") };
+    const expiresAt = await this.tokens.put(challengeId, source, JSON.stringify(pending));
+    return { challengeId, credential: blob.toString("base64"), expiresAt: new Date(expiresAt).toISOString() };
   }
 
   /**
@@ -272,20 +268,20 @@ export class TpmChallenges {
    * AK's certify of the identity key, and that the identity key is the CSR's key. Returns nothing; throws 401s.
    */
   async verify(registrationId: string, enrolledEkSha256: string, proof: TpmProof, csr: { pem: string; spkiDer: Buffer }, edgeCaCsr: string | undefined): Promise<void> {
-    const p = this.pending.get(proof.challengeId);
-    this.pending.delete(proof.challengeId);
-    if (!p) throw unauth("unknown or already used TPM challenge", "ask for a new challenge (POST …/tpm-challenge)");
+    const taken = await this.tokens.take(proof.challengeId);
+    if (!taken) throw unauth("unknown or already used TPM challenge", "ask for a new challenge (POST …/tpm-challenge)");
+    const p = JSON.parse(taken.payload) as Pending;
     if (p.registrationId !== registrationId) throw unauth("this TPM challenge was made for another registration id");
-    if (p.expiresAt <= this.now()) throw unauth("the TPM challenge expired", "ask for a new challenge");
+    if (taken.expired) throw unauth("the TPM challenge expired", "ask for a new challenge");
     if (p.ekSha256 !== enrolledEkSha256) throw unauth("the enrolled EK changed since this challenge was made");
     const given = b64(proof.proof, "tpm.proof", 64);
-    const want = proofMac(p.secret, proof.challengeId, csr.pem, edgeCaCsr);
+    const want = proofMac(Buffer.from(p.secret, "base64"), proof.challengeId, csr.pem, edgeCaCsr);
     if (given.length !== want.length || !timingSafeEqual(given, want)) throw unauth("the TPM proof does not verify (the credential was not activated by the enrolled TPM, or the CSRs differ)");
     const attest = b64(proof.certifyInfo, "tpm.certifyInfo", 4096);
     const sig = b64(proof.certifySignature, "tpm.certifySignature", 4096);
     let sigOk = false;
     try {
-      sigOk = verifySignature("sha256", attest, createPublicKey(p.ak.pem), sig);
+      sigOk = verifySignature("sha256", attest, createPublicKey(p.akPem), sig);
     } catch {
       sigOk = false;
     }

@@ -40,9 +40,9 @@ export const attestationRoutes: FastifyPluginAsync<RouteDeps> = async (app, deps
   const v = verifierFor(deps);
   app.post("/v1/attestation/nonce", {
     schema: { summary: "A fresh single-use nonce for attestation evidence (eat_nonce)", tags: ["attestation"], response: { 200: NonceView, ...problemResponses(429) } },
-  }, async (_req, reply) => {
+  }, async (req, reply) => {
     reply.header("cache-control", "no-store");
-    return v.nonce();
+    return v.nonce(req.ip);
   });
   app.post<{ Body: Static<typeof VerifyBody> }>("/v1/attestation/verify", {
     schema: { summary: "Appraise evidence against reference values; EAR result signed by the CA", tags: ["attestation"], body: VerifyBody, response: { 200: VerifyView, ...problemResponses(400, 403) } },

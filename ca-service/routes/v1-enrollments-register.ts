@@ -101,7 +101,7 @@ export const registrationRoutes: FastifyPluginAsync<RouteDeps> = async (app, { c
       params: Params, body: TpmChallengeBody, response: { 201: TpmChallengeResult, ...problemResponses(400, 401, 403, 503) },
     },
   }, async (req, reply) => {
-    const c = await svc.tpmChallenge(req.params.registrationId, req.body);
+    const c = await svc.tpmChallenge(req.params.registrationId, req.body, req.ip);
     reply.code(201).header("cache-control", "no-store");
     return c;
   });

@@ -1,0 +1,45 @@
+import { hostname } from "node:os";
+import { Counter } from "prom-client";
+import type { FastifyRateLimitStoreCtor } from "@fastify/rate-limit";
+import type { Logger } from "../../common/index.js";
+import type { CertificateAuthority } from "../ca.js";
+import type { CaConfig } from "../config.js";
+import type { CaMetrics } from "../metrics.js";
+import type { CaStore } from "../store.js";
+import { FleetEvents } from "./events.js";
+import { fleetRateLimitStore } from "./rate-limit-store.js";
+
+/** What one `ca serve` process needs to behave as one member of a fleet on a shared store. */
+export interface Fleet {
+  /** Sent as `x-edgetrust-instance` on every response, so operators (and the fleet simulator) see which process answered. */
+  instanceId: string;
+  /** The rate-limit store option: fleet-wide counters on PostgreSQL; SQLite has one serving process, memory is enough. */
+  rateLimitStore: { store?: FastifyRateLimitStoreCtor };
+  start(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export function instanceIdOf(config: CaConfig): string {
+  return config.instanceId || `${hostname()}:${process.pid}`;
+}
+
+export function startFleet(config: CaConfig, ca: CertificateAuthority, store: CaStore, logger: Logger, metrics: CaMetrics): Fleet {
+  const events = new Counter({ name: "edgetrust_ca_fleet_events_total", help: "Fleet announcements applied by this process (cas, crl, resync)", labelNames: ["kind"], registers: [metrics.registry] });
+  const watcher = new FleetEvents({
+    db: store.db, ca, databaseUrl: store.dialect === "postgres" ? config.databaseUrl : "", schema: config.databaseSchema, logger,
+    onEvent: (e) => events.inc({ kind: e.kind }),
+  });
+  let started = false;
+  return {
+    instanceId: instanceIdOf(config),
+    rateLimitStore: store.dialect === "postgres" ? { store: fleetRateLimitStore(store.db) } : {},
+    async start() {
+      if (started) return;
+      started = true;
+      await watcher.start();
+    },
+    async close() {
+      await watcher.close();
+    },
+  };
+}
