@@ -5,7 +5,7 @@ import { Certificate as AsnCertificate, CRLNumber, id_ce_cRLNumber } from "@pecu
 import * as x509 from "@peculiar/x509";
 import { EdgeTrustError, createLogger, isEdgeTrustError, type Logger } from "../common/index.js";
 import { keyStoreCrypto, keyStoreCryptoKey, type KeyAlgorithm, type KeyStore } from "../hsm/index.js";
-import { issueCertificate, getProfile, signingAlgorithmFor, type Profile, type ProfileName } from "../pki/index.js";
+import { issueCertificate, getProfile, signingAlgorithmFor, wholeSeconds, type Profile, type ProfileName } from "../pki/index.js";
 import { checkCsr, sanKey } from "./csr.js";
 import { announce } from "./shared/events.js";
 import { normalizeSerial, REVOCATION_REASON_CODES, sha256Hex, type CaRecord, type CaStore, type CertificateRecord, type RevocationReason } from "./store.js";
@@ -122,6 +122,7 @@ export class CertificateAuthority {
   readonly log: Logger;
   private cas = new Map<string, LoadedCa>();
   private roots: x509.X509Certificate[] = [];
+  private rootIds = new Set<string>();
 
   private constructor(readonly store: CaStore, readonly keys: KeyStore, readonly options: CaOptions) {
     this.crypto = keyStoreCrypto();
@@ -139,6 +140,7 @@ export class CertificateAuthority {
   async reload(): Promise<void> {
     const all = await this.store.listCas();
     this.roots = all.filter((c) => c.kind === "root").map((c) => new x509.X509Certificate(c.certPem));
+    this.rootIds = new Set(all.filter((c) => c.kind === "root").map((c) => c.id));
     const next = new Map<string, LoadedCa>();
     for (const rec of all.filter((c) => c.kind === "issuing")) {
       const existing = this.cas.get(rec.id);
@@ -305,7 +307,7 @@ export class CertificateAuthority {
     const hours = this.options.crlValidityHours ?? 24;
     const next = await this.store.nextCrl(issuerId, async (crlNumber, tx) => {
       const revoked = await this.store.revokedBy(issuerId, tx);
-      const thisUpdate = new Date(Math.floor(Date.now() / 1000) * 1000);
+      const thisUpdate = wholeSeconds(Date.now());
       const nextUpdate = new Date(thisUpdate.getTime() + hours * 3600e3);
       const ski = ca.cert.getExtension(x509.SubjectKeyIdentifierExtension)?.keyId;
       const crl = await x509.X509CrlGenerator.create({
@@ -314,7 +316,7 @@ export class CertificateAuthority {
         nextUpdate,
         entries: revoked.map((r) => ({
           serialNumber: r.serial.length % 2 ? `0${r.serial}` : r.serial,
-          revocationDate: new Date(r.revokedAt),
+          revocationDate: wholeSeconds(r.revokedAt),
           reason: REVOCATION_REASON_CODES[r.reason] as x509.X509CrlReason,
         })),
         extensions: [
@@ -330,8 +332,17 @@ export class CertificateAuthority {
     return next;
   }
 
-  /** The current CRL (regenerated when missing or within 10% of its nextUpdate). */
+  /**
+   * The current CRL (an issuing CA's is regenerated when missing or within 10% of its nextUpdate). A root's CRL is
+   * served as signed at the last ceremony (init/rollover): the root key is offline, never used here.
+   */
   async crl(issuerId: string): Promise<Buffer> {
+    if (this.rootIds.has(issuerId)) {
+      const root = await this.store.currentCrl(issuerId);
+      if (!root) throw new EdgeTrustError("NOT_FOUND", `root CA ${issuerId} has no CRL`, { hint: "sign one with `edgetrust ca rollover` on the root's machine" });
+      if (root.nextUpdate.getTime() < Date.now()) this.log.warn({ root: issuerId, nextUpdate: root.nextUpdate.toISOString() }, "the root CRL is past its nextUpdate: re-sign it with the root key");
+      return root.der;
+    }
     if (!this.cas.has(issuerId)) throw new EdgeTrustError("NOT_FOUND", `no issuing CA ${issuerId}`);
     const cur = await this.store.currentCrl(issuerId);
     const margin = (this.options.crlValidityHours ?? 24) * 360e3;

@@ -38,7 +38,7 @@ export function caCommand(): Command {
       const cfg = load(o);
       const { store, keys } = await openCaStores(cfg.ca, cfg.hsm);
       try {
-        const r = await initCa(store, keys, { algorithm: o.algorithm, rootName: o.rootName, issuingName: o.issuingName, actor: "cli:ca-init" });
+        const r = await initCa(store, keys, { algorithm: o.algorithm, rootName: o.rootName, issuingName: o.issuingName, actor: "cli:ca-init", publicBaseUrl: cfg.ca.publicBaseUrl });
         if (o.rootOut) writeFileSync(o.rootOut, r.root.certPem, { mode: 0o644 });
         emit(Boolean(o.json), { ok: true, root: r.root.id, issuing: r.issuing.id, rootCertificatePem: r.root.certPem, adminToken: r.adminToken, adminTokenId: r.adminTokenId, keyStore: keys.kind },
           () => `root CA ${r.root.id}\nissuing CA ${r.issuing.id}\nkey store: ${keys.kind}${keys.kind === "software" ? " (DEVELOPMENT ONLY)" : ""}\nadmin token (shown once): ${r.adminToken}`);
@@ -116,7 +116,7 @@ export function caCommand(): Command {
       const cfg = load(o);
       const { store, keys } = await openCaStores(cfg.ca, cfg.hsm);
       try {
-        const r = await rolloverIssuingCa(store, keys, { ...(o.name ? { name: o.name } : {}), retirePrevious: Boolean(o.retirePrevious), actor: "cli:ca-rollover" });
+        const r = await rolloverIssuingCa(store, keys, { ...(o.name ? { name: o.name } : {}), retirePrevious: Boolean(o.retirePrevious), actor: "cli:ca-rollover", publicBaseUrl: cfg.ca.publicBaseUrl });
         emit(Boolean(o.json), { id: r.id, name: r.name, notAfter: r.notAfter }, () => `issuing CA ${r.id} (${r.name}) added`);
       } finally {
         await store.close();

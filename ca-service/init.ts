@@ -4,6 +4,7 @@ import * as x509 from "@peculiar/x509";
 import { EdgeTrustError, createLogger, type Logger } from "../common/index.js";
 import { keyStoreCrypto, keyStoreCryptoKey, type KeyAlgorithm, type KeyStore } from "../hsm/index.js";
 import { issueCertificate } from "../pki/index.js";
+import { crlUrlOf, signRootCrl } from "./root-crl.js";
 import type { CaRecord, CaStore } from "./store.js";
 import { announce } from "./shared/events.js";
 
@@ -16,6 +17,10 @@ export interface InitCaOptions {
   actor?: string;
   /** Name of the first admin token (its plaintext is returned once). */
   adminTokenName?: string;
+  /** `ca.publicBaseUrl`: the issuing CA certificate names the root's CRL there (CRL distribution point). */
+  publicBaseUrl?: string;
+  /** Validity of the root CRL signed by this ceremony (default 365 days). */
+  rootCrlValidityDays?: number;
   logger?: Logger;
 }
 
@@ -48,7 +53,7 @@ function toRecord(cert: x509.X509Certificate, kind: CaRecord["kind"], name: stri
   };
 }
 
-async function issuingCa(store: CaStore, keys: KeyStore, root: CaRecord, name: string, algorithm: KeyAlgorithm, lifetimeSeconds: number | undefined, actor: string): Promise<CaRecord> {
+async function issuingCa(store: CaStore, keys: KeyStore, root: CaRecord, name: string, algorithm: KeyAlgorithm, lifetimeSeconds: number | undefined, actor: string, publicBaseUrl: string | undefined): Promise<CaRecord> {
   const crypto = keyStoreCrypto();
   const rootCert = new x509.X509Certificate(root.certPem);
   const rootKey = await keyStoreCryptoKey(keys, { label: root.keyLabel });
@@ -61,6 +66,9 @@ async function issuingCa(store: CaStore, keys: KeyStore, root: CaRecord, name: s
     publicKey: pub.spki,
     issuer: { certificate: rootCert, signingKey: rootKey, crypto },
     ...(lifetimeSeconds ? { lifetimeSeconds } : {}),
+    // The root's CRL, so a relying party can check the issuing CA too (-crl_check_all). No OCSP URL: the root key is
+    // offline and cannot sign OCSP answers for it.
+    ...(publicBaseUrl ? { crlUrl: crlUrlOf(publicBaseUrl, root.id) } : {}),
   });
   return store.addCa(toRecord(cert, "issuing", name, root.id, label, algorithm), actor);
 }
@@ -89,7 +97,8 @@ export async function initCa(store: CaStore, keys: KeyStore, opts: InitCaOptions
     ...(opts.rootLifetimeSeconds ? { lifetimeSeconds: opts.rootLifetimeSeconds } : {}),
   });
   const root = await store.addCa(toRecord(rootCert, "root", rootName, null, rootLabel, rootAlg), actor);
-  const issuing = await issuingCa(store, keys, root, opts.issuingName ?? "edgetrust Issuing CA 1", algorithm, opts.issuingLifetimeSeconds, actor);
+  await signRootCrl(store, keys, root, opts.rootCrlValidityDays);
+  const issuing = await issuingCa(store, keys, root, opts.issuingName ?? "edgetrust Issuing CA 1", algorithm, opts.issuingLifetimeSeconds, actor, opts.publicBaseUrl);
   const tok = await store.createToken(opts.adminTokenName ?? "initial-admin", "admin", actor);
   log.info({ root: root.id, issuing: issuing.id, keyStore: keys.kind }, "CA initialised");
   return { root, issuing, adminToken: tok.token, adminTokenId: tok.id };
@@ -101,6 +110,9 @@ export interface RolloverOptions {
   lifetimeSeconds?: number;
   /** Mark the previous issuing CAs retired (they keep serving CRL/OCSP and stay in the trust bundle). */
   retirePrevious?: boolean;
+  /** `ca.publicBaseUrl` (the new issuing CA names the root's CRL there). */
+  publicBaseUrl?: string;
+  rootCrlValidityDays?: number;
   actor?: string;
   logger?: Logger;
 }
@@ -118,7 +130,9 @@ export async function rolloverIssuingCa(store: CaStore, keys: KeyStore, opts: Ro
   const prev = (await store.listCas("issuing")).filter((c) => c.status === "active");
   const actor = opts.actor ?? "cli:ca-rollover";
   const n = (await store.listCas("issuing")).length + 1;
-  const rec = await issuingCa(store, keys, root, opts.name ?? `edgetrust Issuing CA ${n}`, opts.algorithm ?? (prev.at(-1)?.keyAlgorithm as KeyAlgorithm | undefined) ?? "EC-P256", opts.lifetimeSeconds, actor);
+  const rec = await issuingCa(store, keys, root, opts.name ?? `edgetrust Issuing CA ${n}`, opts.algorithm ?? (prev.at(-1)?.keyAlgorithm as KeyAlgorithm | undefined) ?? "EC-P256", opts.lifetimeSeconds, actor, opts.publicBaseUrl);
+  // The root key is in use for this ceremony: re-sign the root CRL (fresh nextUpdate).
+  await signRootCrl(store, keys, root, opts.rootCrlValidityDays);
   if (opts.retirePrevious) for (const p of prev) await store.setCaStatus(p.id, "retired", actor);
   // Every running `ca serve` on this store reloads its issuing CAs now (PostgreSQL NOTIFY; SQLite: its poll).
   await announce(store.db, { kind: "cas" });

@@ -6,15 +6,46 @@ import {
 } from "@peculiar/asn1-ocsp";
 import { CRLReason, type AlgorithmIdentifier, type Extension as AsnExtension } from "@peculiar/asn1-x509";
 import * as x509 from "@peculiar/x509";
-import { signingAlgorithmFor } from "../pki/index.js";
+import { signingAlgorithmFor, wholeSeconds } from "../pki/index.js";
 import type { CertificateAuthority, LoadedCa } from "./ca.js";
 import { normalizeSerial, REVOCATION_REASON_CODES } from "./store.js";
 
 /**
  * RFC 6960 OCSP responder. The issuing CA signs its own responses (no delegated responder certificate), so a relying
- * party needs nothing beyond the chain it already has. Requests may use SHA-1 or SHA-256 CertIDs; the nonce
- * extension (RFC 8954) is echoed. Everything is built with @peculiar/asn1-ocsp — no hand-written ASN.1.
+ * party needs nothing beyond the chain it already has. Requests may use SHA-1 or SHA-256 CertIDs. The nonce follows
+ * RFC 9654 (which obsoletes RFC 8954): see `requestNonce`. Every time is whole seconds (RFC 5280 §4.1.2.5.2 forbids
+ * fractional GeneralizedTime; GnuTLS refuses it). Everything is built with @peculiar/asn1-ocsp — no hand-written ASN.1.
  */
+
+/** RFC 9654 §2.1: Nonce ::= OCTET STRING (SIZE(1..128)). */
+export const OCSP_NONCE_MAX = 128;
+
+/**
+ * The request's nonce extension per RFC 9654 §2.1: extnValue is the DER encoding of `Nonce ::= OCTET STRING
+ * (SIZE(1..128))`. A nonce of 0 octets, of more than 128, or one whose value is not that OCTET STRING makes the
+ * request malformed (the RFC: reject with malformedRequest). Every nonce of 1..128 octets is echoed (the RFC requires
+ * 16..32 and allows echoing the rest); "none" when the request has no nonce.
+ */
+export function requestNonce(req: OCSPRequest): AsnExtension | "none" | "malformed" {
+  const all = req.tbsRequest.requestExtensions?.filter((e: AsnExtension) => e.extnID === id_pkix_ocsp_nonce) ?? [];
+  if (all.length === 0) return "none";
+  const ext = all[0];
+  if (all.length > 1 || !ext) return "malformed";
+  let inner: OctetString;
+  try {
+    inner = AsnConvert.parse(ext.extnValue.buffer, OctetString);
+  } catch {
+    return "malformed";
+  }
+  const n = inner.byteLength;
+  if (n < 1 || n > OCSP_NONCE_MAX) return "malformed";
+  // Strict DER: the value must be exactly one OCTET STRING (no trailing bytes, no long-form length for short values).
+  const again = new Uint8Array(AsnConvert.serialize(new OctetString(inner.buffer)));
+  const got = new Uint8Array(ext.extnValue.buffer);
+  if (again.length !== got.length || !again.every((v, k) => v === got[k])) return "malformed";
+  return ext;
+}
+
 
 const HASH_OIDS: Record<string, "SHA-1" | "SHA-256"> = {
   "1.3.14.3.2.26": "SHA-1",
@@ -71,10 +102,12 @@ export async function respondOcsp(ca: CertificateAuthority, requestDer: Uint8Arr
   const list = req.tbsRequest.requestList;
   const first = list[0];
   if (!first || list.length > 50) return statusOnly(OCSPResponseStatus.malformedRequest, "malformed");
+  const nonce = requestNonce(req);
+  if (nonce === "malformed") return statusOnly(OCSPResponseStatus.malformedRequest, "malformed");
   const signer = caFor(ca, first.reqCert);
   if (!signer) return statusOnly(OCSPResponseStatus.unauthorized, "unauthorized");
   try {
-    const now = new Date(Math.floor(Date.now() / 1000) * 1000);
+    const now = wholeSeconds(Date.now());
     const nextUpdate = new Date(now.getTime() + validityMinutes * 60e3);
     let outcome: OcspOutcome = "good";
     const responses: SingleResponse[] = [];
@@ -87,7 +120,7 @@ export async function respondOcsp(ca: CertificateAuthority, requestDer: Uint8Arr
         certStatus = new CertStatus({ unknown: null });
         outcome = "unknown";
       } else if (rec.status === "revoked") {
-        const info = new RevokedInfo({ revocationTime: new Date(rec.revokedAt ?? now) });
+        const info = new RevokedInfo({ revocationTime: wholeSeconds(rec.revokedAt ?? now) });
         if (rec.revocationReason) info.revocationReason = new CRLReason(REVOCATION_REASON_CODES[rec.revocationReason]);
         certStatus = new CertStatus({ revoked: info });
         if (outcome !== "unknown") outcome = "revoked";
@@ -96,12 +129,11 @@ export async function respondOcsp(ca: CertificateAuthority, requestDer: Uint8Arr
       }
       responses.push(new SingleResponse({ certID: r.reqCert, certStatus, thisUpdate: now, nextUpdate }));
     }
-    const nonce = req.tbsRequest.requestExtensions?.find((e: AsnExtension) => e.extnID === id_pkix_ocsp_nonce);
     const data = new ResponseData({
       responderID: new ResponderID({ byKey: new KeyHash(new Uint8Array(signer.keyHashSha1)) }),
       producedAt: now,
       responses,
-      ...(nonce && nonce.extnValue.byteLength <= 128 ? { responseExtensions: [nonce] } : {}),
+      ...(nonce !== "none" ? { responseExtensions: [nonce] } : {}),
     });
     const tbs = AsnConvert.serialize(data);
     const { algorithm, signature } = await sign(ca, signer, tbs);

@@ -93,7 +93,7 @@ export interface TestCa {
 }
 
 export async function makeTestCa(store: CaStore, keys: KeyStore, config: CaConfig): Promise<TestCa> {
-  const init = await initCa(store, keys, { logger: quietLogger() });
+  const init = await initCa(store, keys, { logger: quietLogger(), publicBaseUrl: config.publicBaseUrl });
   const opts = { trustDomain: config.trustDomain, publicBaseUrl: config.publicBaseUrl, renewAfterExpiryDays: config.renewAfterExpiryDays, logger: quietLogger() };
   const ca = await CertificateAuthority.load(store, keys, opts);
   return {

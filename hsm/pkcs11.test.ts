@@ -130,6 +130,27 @@ describe("Pkcs11KeyStore on SoftHSM2", () => {
     }
   });
 
+  it("generates signing keys that can only sign: no decrypt, unwrap or derive (EC and RSA), no encrypt or wrap", async () => {
+    for (const alg of KEY_ALGORITHMS) {
+      const label = `k-${alg}`;
+      const handle = await store.privateKeyHandle({ label });
+      await store.withSession((p11, s) => {
+        const attrs = p11.C_GetAttributeValue(s, handle, [
+          { type: pkcs11js.CKA_SIGN }, { type: pkcs11js.CKA_DECRYPT }, { type: pkcs11js.CKA_UNWRAP }, { type: pkcs11js.CKA_DERIVE },
+        ]);
+        expect(attrs.map((a) => (a.value as Buffer)[0]), `${alg} private key CKA_SIGN, DECRYPT, UNWRAP, DERIVE`).toEqual([1, 0, 0, 0]);
+        p11.C_FindObjectsInit(s, [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY }, { type: pkcs11js.CKA_LABEL, value: label }]);
+        const found = p11.C_FindObjects(s, 2);
+        p11.C_FindObjectsFinal(s);
+        expect(found).toHaveLength(1);
+        const pubAttrs = p11.C_GetAttributeValue(s, found[0] as Buffer, [{ type: pkcs11js.CKA_VERIFY }, { type: pkcs11js.CKA_ENCRYPT }, { type: pkcs11js.CKA_WRAP }]);
+        expect(pubAttrs.map((a) => (a.value as Buffer)[0]), `${alg} public key CKA_VERIFY, ENCRYPT, WRAP`).toEqual([1, 0, 0]);
+        // The token itself refuses a decryption with the private key.
+        if (alg.startsWith("RSA")) expect(() => p11.C_DecryptInit(s, { mechanism: pkcs11js.CKM_RSA_PKCS }, handle)).toThrow(/CKR_KEY_FUNCTION_NOT_PERMITTED/);
+      });
+    }
+  });
+
   it("serves 100 concurrent signers correctly through the session pool", async () => {
     const pub = await store.getPublicKey({ label: "k-EC-P256" });
     const scheme = defaultScheme("EC-P256");

@@ -310,15 +310,15 @@ export class Pkcs11KeyStore implements KeyStore {
         { type: P.CKA_EXTRACTABLE, value: false },
         { type: P.CKA_SIGN, value: true },
       ];
-      // Least privilege: a signing key may not also decrypt or derive. Some tokens (tpm2-pkcs11: a TPM RSA key's
-      // sign and decrypt share one object attribute) refuse such templates; then the key is made with the token's
-      // usage defaults, which is logged.
-      const pubRestrict: Template = [];
-      const privRestrict: Template = [];
+      // Least privilege: a signing key signs and nothing else — no decrypt, unwrap or derive on the private half, no
+      // encrypt or wrap on the public half (SoftHSM's defaults allow all of them, for EC keys too). Some tokens
+      // (tpm2-pkcs11: a TPM RSA key's sign and decrypt share one object attribute) refuse such templates; then the
+      // key is made with the token's usage defaults, which is logged.
+      const pubRestrict: Template = [{ type: P.CKA_ENCRYPT, value: false }, { type: P.CKA_WRAP, value: false }];
+      const privRestrict: Template = [{ type: P.CKA_DECRYPT, value: false }, { type: P.CKA_UNWRAP, value: false }, { type: P.CKA_DERIVE, value: false }];
       if (curve) {
         pub.push({ type: P.CKA_KEY_TYPE, value: P.CKK_EC }, { type: P.CKA_EC_PARAMS, value: ecParamsDer(curve) });
         priv.push({ type: P.CKA_KEY_TYPE, value: P.CKK_EC });
-        privRestrict.push({ type: P.CKA_DERIVE, value: false });
       } else {
         pub.push(
           { type: P.CKA_KEY_TYPE, value: P.CKK_RSA },
@@ -326,14 +326,15 @@ export class Pkcs11KeyStore implements KeyStore {
           { type: P.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
         );
         priv.push({ type: P.CKA_KEY_TYPE, value: P.CKK_RSA });
-        pubRestrict.push({ type: P.CKA_ENCRYPT, value: false });
-        privRestrict.push({ type: P.CKA_DECRYPT, value: false });
       }
       try {
         // tpm2-pkcs11 gives every TPM RSA key encrypt/decrypt and fails a template that says otherwise (after it has
         // already created the object, so a retry would leak a TPM object slot): do not ask it.
-        const restrict = !(bits && this.isTpm2Pkcs11);
-        await p11.C_GenerateKeyPairAsync(s, { mechanism: genMech }, restrict ? [...pub, ...pubRestrict] : pub, restrict ? [...priv, ...privRestrict] : priv);
+        // For EC keys it refuses decrypt/unwrap false as well (a TPM ECC signing key cannot decrypt anyway): only
+        // derive false is asked there.
+        const tpm = this.isTpm2Pkcs11;
+        const privT = tpm ? (curve ? [...priv, { type: P.CKA_DERIVE, value: false }] : priv) : [...priv, ...privRestrict];
+        await p11.C_GenerateKeyPairAsync(s, { mechanism: genMech }, tpm ? pub : [...pub, ...pubRestrict], privT);
       } catch (e) {
         const ckr = pkcs11ErrorName(e);
         const templateTrouble = ["CKR_GENERAL_ERROR", "CKR_ATTRIBUTE_VALUE_INVALID", "CKR_ATTRIBUTE_TYPE_INVALID", "CKR_TEMPLATE_INCONSISTENT"];

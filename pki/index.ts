@@ -15,3 +15,4 @@ export { URI_SCHEME, deviceUri, moduleUri, parseWorkloadUri, certificateIdentity
 export type { WorkloadIdentity } from "./identity.js";
 export { keyAlgorithmOfSpki, toPublicKey, signingAlgorithmFor } from "./keys.js";
 export type { PublicKeyInput } from "./keys.js";
+export { wholeSeconds } from "./time.js";

@@ -8,6 +8,7 @@ import { moduleAttestationExtension, type ModuleAttestation } from "./attestatio
 import { certificateIdentity, checkDnsName, checkTrustDomain, deviceUri, moduleUri } from "./identity.js";
 import { keyAlgorithmOfSpki, signingAlgorithmFor, toPublicKey, type PublicKeyInput } from "./keys.js";
 import { getProfile, type Profile, type ProfileName } from "./profiles.js";
+import { wholeSeconds } from "./time.js";
 
 /** Subject DN fields — taken from the enrollment record, never copied from a CSR. */
 export interface SubjectFields {
@@ -132,9 +133,9 @@ export async function issueCertificate(params: IssueParams): Promise<x509.X509Ce
   }
 
   const subject = buildName(params.subject);
-  const notBefore = params.notBefore ?? new Date(Date.now() - SKEW_MS);
-  let notAfter = new Date(notBefore.getTime() + (params.lifetimeSeconds ?? profile.lifetimeSeconds) * 1000);
-  if (issuerCert && notAfter > issuerCert.notAfter) notAfter = issuerCert.notAfter;
+  const notBefore = wholeSeconds(params.notBefore ?? Date.now() - SKEW_MS);
+  let notAfter = wholeSeconds(notBefore.getTime() + (params.lifetimeSeconds ?? profile.lifetimeSeconds) * 1000);
+  if (issuerCert && notAfter > issuerCert.notAfter) notAfter = wholeSeconds(issuerCert.notAfter);
   if (notAfter <= notBefore) throw new EdgeTrustError("PKI_CHAIN_INVALID", "issuer certificate expires before the new certificate would start");
 
   const serial = params.serial ?? randomSerial();
