@@ -14,7 +14,7 @@ import { makeManifest, makeSigner } from "../policy/fixtures.js";
 import { signManifest } from "../policy/index.js";
 import { signEvidence, signJwsWithKeyStore, type Measurements } from "./evidence.js";
 import type { IdentityState } from "./state.js";
-import { ManagementClient } from "./management-client.js";
+import { ManagementClient } from "../identity-api/index.js";
 import { makeTokens, runDaemon, silentLogger, startCa, tmp, TRUST_DOMAIN, type RunningCa, type Tokens } from "./test-helpers.js";
 
 const DEVICE = "dev-att";

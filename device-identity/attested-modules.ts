@@ -1,26 +1,11 @@
 import { EventEmitter } from "node:events";
 import { readFileSync, existsSync } from "node:fs";
-import { Type, type Static } from "@sinclair/typebox";
+import { Type } from "@sinclair/typebox";
 import { writeFileAtomic, validateValue } from "../common/index.js";
-import { ModuleNamePattern } from "../policy/index.js";
+import { AttestedModuleSchema, type AttestedModuleInput } from "../identity-api/index.js";
 
-/** What the agent vouches for when it registers a module: the container it created from a verified manifest. */
-export const AttestedModuleSchema = Type.Object(
-  {
-    name: Type.String({ pattern: ModuleNamePattern, description: "module name from the manifest" }),
-    containerId: Type.String({ pattern: "^[0-9a-f]{64}$", description: "Docker container ID" }),
-    imageRepository: Type.String({ minLength: 1, maxLength: 255, pattern: "^[a-z0-9][a-z0-9._:/-]*$" }),
-    imageDigest: Type.String({ pattern: "^sha256:[0-9a-f]{64}$" }),
-    manifestVersion: Type.Integer({ minimum: 1 }),
-    deploymentId: Type.String({ minLength: 1, maxLength: 128, pattern: "^[A-Za-z0-9._-]+$" }),
-    uid: Type.Integer({ minimum: 0, maximum: 4294967294, description: "uid the module runs as (owns its socket)" }),
-    gid: Type.Integer({ minimum: 0, maximum: 4294967294 }),
-    auth: Type.Optional(Type.Union([Type.Literal("x509"), Type.Literal("sas")], { description: "how the module authenticates to the hub (policy grant); default x509" })),
-    generationId: Type.Optional(Type.String({ pattern: "^[a-z0-9]{8,32}$", description: "IOTEDGE_MODULEGENERATIONID the agent gave this container (required with auth: sas)" })),
-  },
-  { additionalProperties: false },
-);
-export type AttestedModuleInput = Static<typeof AttestedModuleSchema>;
+export type { AttestedModuleInput };
+
 export interface AttestedModule extends AttestedModuleInput {
   registeredAt: string;
 }

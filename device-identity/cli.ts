@@ -7,7 +7,7 @@ import { action, emit } from "../cli/output.js";
 import { CaClient } from "./ca-client.js";
 import { DeviceDaemon, identityFromConfig } from "./daemon.js";
 import type { DeviceConfig } from "./config.js";
-import { ManagementClient } from "./management-client.js";
+import { ManagementClient } from "../identity-api/index.js";
 
 function optionalToken(cfg: DeviceConfig, explicitFile?: string): string | undefined {
   const file = explicitFile ?? cfg.bootstrapTokenFile;

@@ -14,7 +14,7 @@ import { createModuleContainer } from "../edge-agent/index.js";
 import { buildBusyboxImage, DOCKER_SOCKET } from "../test/fixtures/images.js";
 import { DeviceConfig } from "./config.js";
 import { identityFromConfig } from "./daemon.js";
-import { ManagementClient, ManagementAttestationSource } from "./management-client.js";
+import { ManagementClient, ManagementAttestationSource } from "../identity-api/index.js";
 import { splitPems } from "./state.js";
 import { execFileAsync, makeTokens, runDaemon, silentLogger, startCa, tmp, TRUST_DOMAIN, type Daemon, type RunningCa, type Tokens } from "./test-helpers.js";
 

@@ -1,16 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { EventEmitter } from "node:events";
+import type { AttestationEvent, AttestationSource, ModuleAttestationState, ModuleEvent } from "../identity-api/index.js";
 import type { AttestedModule, AttestedModules } from "./attested-modules.js";
-
-/** What changed about a module's attestation, in the hub's terms (see edge-hub AttestationSource). */
-export interface ModuleEvent {
-  seq: number;
-  type: "registered" | "updated" | "deregistered";
-  module: string;
-  at: string;
-  /** deregistered: why. */
-  reason?: string;
-}
 
 /**
  * A numbered, bounded log of attestation changes for clients in other processes (the hub): they long-poll
@@ -101,16 +92,16 @@ export class ModuleEventLog {
 }
 
 /** The hub's AttestationSource when it runs in the daemon's process: reads the registry directly. */
-export class LocalAttestationSource {
+export class LocalAttestationSource implements AttestationSource {
   constructor(private readonly modules: AttestedModules, private readonly events: ModuleEventLog, private readonly deviceId: string) {}
 
-  current(deviceId: string, module: string): { imageDigest: string; manifestVersion: number } | undefined {
+  current(deviceId: string, module: string): ModuleAttestationState | undefined {
     if (deviceId !== this.deviceId) return undefined;
     const m = this.modules.get(module);
     return m ? { imageDigest: m.imageDigest, manifestVersion: m.manifestVersion } : undefined;
   }
 
-  subscribe(listener: (event: { type: "deregistered" | "updated"; deviceId: string; module: string }) => void): () => void {
+  subscribe(listener: (event: AttestationEvent) => void): () => void {
     return this.events.onEvent((e) => {
       if (e.type === "registered") return;
       listener({ type: e.type, deviceId: this.deviceId, module: e.module });

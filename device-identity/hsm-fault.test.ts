@@ -10,7 +10,7 @@ import { createModuleContainer } from "../edge-agent/index.js";
 import { buildBusyboxImage, DOCKER_SOCKET } from "../test/fixtures/images.js";
 import { DeviceConfig } from "./config.js";
 import { identityFromConfig } from "./daemon.js";
-import { ManagementClient } from "./management-client.js";
+import { ManagementClient } from "../identity-api/index.js";
 import { DEVICE_PIN, execFileAsync, makeTokens, runDaemon, silentLogger, startCa, tmp, TRUST_DOMAIN, type Daemon, type RunningCa, type Tokens } from "./test-helpers.js";
 
 const DEVICE = "dev-hsm-fault";

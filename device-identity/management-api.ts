@@ -1,10 +1,12 @@
 import { chmodSync, rmSync, mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import Fastify, { type FastifyInstance } from "fastify";
-import { Type } from "@sinclair/typebox";
 import { EdgeTrustError, installProblemHandler, type Logger } from "../common/index.js";
-import { ModuleNamePattern } from "../policy/index.js";
-import { AttestedModuleSchema, type AttestedModule, type AttestedModules } from "./attested-modules.js";
+import {
+  AttestedModuleSchema, DeregisterQuery, EventsPageSchema, EventsQuery, EvidenceBody, EvidenceResponse, ModuleListSchema, ModuleViewSchema, NameParams, RenewBody,
+  type RenewKind,
+} from "../identity-api/index.js";
+import type { AttestedModule, AttestedModules } from "./attested-modules.js";
 import type { WorkloadSockets } from "./workload-api.js";
 import type { ContainerVerdict } from "./container-check.js";
 import type { ModuleEventLog } from "./events.js";
@@ -16,42 +18,10 @@ export interface ManagementBackend {
   checkContainer(m: AttestedModule): Promise<ContainerVerdict>;
   status(): Record<string, unknown>;
   /** Renew now (operators, tests); absent in tests that only exercise the module registry. */
-  renew?(kind: "device" | "edge-ca" | "hub", rekey: boolean): Promise<Record<string, unknown>>;
+  renew?(kind: RenewKind, rekey: boolean): Promise<Record<string, unknown>>;
   /** Attestation evidence (EAT-style JWT signed with the device key) for a verifier's nonce. */
   evidence?(nonce: string): Promise<string>;
 }
-
-const ModuleView = Type.Object({
-  name: Type.String(),
-  containerId: Type.String(),
-  imageRepository: Type.String(),
-  imageDigest: Type.String(),
-  manifestVersion: Type.Integer(),
-  deploymentId: Type.String(),
-  registeredAt: Type.String(),
-  socketPath: Type.String(),
-  auth: Type.Optional(Type.String()),
-  generationId: Type.Optional(Type.String()),
-});
-const NameParams = Type.Object({ name: Type.String({ pattern: ModuleNamePattern }) }, { additionalProperties: false });
-const EventsQuery = Type.Object(
-  { after: Type.Integer({ minimum: 0, default: 0 }), waitSeconds: Type.Integer({ minimum: 0, maximum: 60, default: 0 }) },
-  { additionalProperties: false },
-);
-const ModuleEventSchema = Type.Object({
-  seq: Type.Integer(),
-  type: Type.Union([Type.Literal("registered"), Type.Literal("updated"), Type.Literal("deregistered")]),
-  module: Type.String(),
-  at: Type.String(),
-  reason: Type.Optional(Type.String()),
-});
-const EventsPage = Type.Object({ epoch: Type.String(), events: Type.Array(ModuleEventSchema), next: Type.Integer(), gap: Type.Boolean() });
-const RenewBody = Type.Object(
-  { kind: Type.Union([Type.Literal("device"), Type.Literal("edge-ca"), Type.Literal("hub")]), rekey: Type.Boolean({ default: false }) },
-  { additionalProperties: false },
-);
-const EvidenceBody = Type.Object({ nonce: Type.String({ minLength: 16, maxLength: 128, pattern: "^[A-Za-z0-9_-]+$" }) }, { additionalProperties: false });
-const DeregisterQuery = Type.Object({ reason: Type.Optional(Type.String({ maxLength: 200 })) }, { additionalProperties: false });
 
 /** The agent's API: root-only socket (0600), register/deregister attested modules, status. */
 export async function startManagementApi(opts: {
@@ -70,7 +40,7 @@ export async function startManagementApi(opts: {
   const app = Fastify({ logger: false, bodyLimit: 16 * 1024 });
   installProblemHandler(app, { log });
 
-  app.post("/v1/modules", { schema: { body: AttestedModuleSchema, response: { 201: ModuleView } } }, async (req, reply) => {
+  app.post("/v1/modules", { schema: { body: AttestedModuleSchema, response: { 201: ModuleViewSchema } } }, async (req, reply) => {
     const input = req.body as typeof AttestedModuleSchema.static;
     const candidate: AttestedModule = { ...input, registeredAt: new Date().toISOString() };
     const verdict = await backend.checkContainer(candidate);
@@ -93,11 +63,11 @@ export async function startManagementApi(opts: {
     return reply.code(204).send();
   });
 
-  app.get("/v1/modules", { schema: { response: { 200: Type.Object({ modules: Type.Array(ModuleView) }) } } }, async () => ({
+  app.get("/v1/modules", { schema: { response: { 200: ModuleListSchema } } }, async () => ({
     modules: modules.list().map(view),
   }));
 
-  app.get("/v1/modules/:name", { schema: { params: NameParams, response: { 200: ModuleView } } }, async (req) => {
+  app.get("/v1/modules/:name", { schema: { params: NameParams, response: { 200: ModuleViewSchema } } }, async (req) => {
     const m = modules.get((req.params as { name: string }).name);
     if (!m) throw new EdgeTrustError("NOT_FOUND", `module ${(req.params as { name: string }).name} is not registered`);
     return view(m);
@@ -105,7 +75,7 @@ export async function startManagementApi(opts: {
 
   app.get("/v1/status", async () => backend.status());
 
-  app.get("/v1/events", { schema: { querystring: EventsQuery, response: { 200: EventsPage } } }, async (req) => {
+  app.get("/v1/events", { schema: { querystring: EventsQuery, response: { 200: EventsPageSchema } } }, async (req) => {
     if (!events) throw new EdgeTrustError("NOT_FOUND", "this daemon keeps no event log");
     const q = req.query as { after: number; waitSeconds: number };
     const abort = new AbortController();
@@ -117,11 +87,11 @@ export async function startManagementApi(opts: {
 
   app.post("/v1/renew", { schema: { body: RenewBody } }, async (req) => {
     if (!backend.renew) throw new EdgeTrustError("NOT_FOUND", "renewal is not available on this socket");
-    const b = req.body as { kind: "device" | "edge-ca" | "hub"; rekey: boolean };
+    const b = req.body as { kind: RenewKind; rekey: boolean };
     return backend.renew(b.kind, b.rekey);
   });
 
-  app.post("/v1/attestation/evidence", { schema: { body: EvidenceBody, response: { 200: Type.Object({ evidence: Type.String() }) } } }, async (req) => {
+  app.post("/v1/attestation/evidence", { schema: { body: EvidenceBody, response: { 200: EvidenceResponse } } }, async (req) => {
     if (!backend.evidence) throw new EdgeTrustError("NOT_FOUND", "attestation evidence is not available on this socket");
     return { evidence: await backend.evidence((req.body as { nonce: string }).nonce) };
   });

@@ -7,7 +7,7 @@ import { stringify } from "yaml";
 import { HsmConfig, SOFTHSM_MODULE, type KeyStore } from "../hsm/index.js";
 import { DeviceConfig } from "./config.js";
 import { DeviceDaemon, identityFromConfig } from "./daemon.js";
-import { ManagementClient } from "./management-client.js";
+import { ManagementClient } from "../identity-api/index.js";
 import { assessCertificate, backoffMs, clockDisagreement } from "./renewal.js";
 import { execFileAsync, makeTokens, runDaemon, silentLogger, startCa, tmp, TRUST_DOMAIN, type RunningCa, type Tokens } from "./test-helpers.js";
 

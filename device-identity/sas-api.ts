@@ -1,18 +1,7 @@
 import type { FastifyInstance } from "fastify";
-import { Type } from "@sinclair/typebox";
 import type { Logger } from "../common/index.js";
+import { SasVerifyRequest, SasVerifyResponse } from "../identity-api/index.js";
 import type { SasKeys } from "./sas.js";
-
-export const SasVerifyRequest = Type.Object({ token: Type.String({ minLength: 1, maxLength: 2048 }) }, { additionalProperties: false });
-export const SasVerifyResponse = Type.Object({
-  deviceId: Type.String(),
-  moduleId: Type.String(),
-  generationId: Type.String(),
-  expiresAt: Type.Integer({ description: "unix seconds" }),
-  imageDigest: Type.String(),
-  manifestVersion: Type.Integer(),
-  host: Type.String(),
-});
 
 /**
  * `POST /v1/sas/verify` on the management socket: the hub asks whether a module's SAS token is genuine. The key stays

@@ -1,8 +1,8 @@
 import { chmodSync, chownSync, mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import Fastify, { type FastifyInstance } from "fastify";
-import { Type } from "@sinclair/typebox";
 import { EdgeTrustError, installProblemHandler, type Logger } from "../common/index.js";
+import { CertificateRequest, CertificateResponse, TrustBundleResponse, WORKLOAD_SOCKET_NAME } from "../identity-api/index.js";
 import type { Socket } from "node:net";
 import type { AttestedModule, AttestedModules } from "./attested-modules.js";
 import type { ContainerVerdict } from "./container-check.js";
@@ -19,18 +19,6 @@ export interface WorkloadBackend {
   sasSign?(module: AttestedModule, generationId: string, data: Buffer): Promise<Buffer>;
 }
 
-const CertificateRequest = Type.Object(
-  { csr: Type.String({ minLength: 100, maxLength: 16_384, pattern: "^-----BEGIN CERTIFICATE REQUEST-----" }) },
-  { additionalProperties: false },
-);
-const CertificateResponse = Type.Object({
-  certificate: Type.String(),
-  chain: Type.Array(Type.String()),
-  notAfter: Type.String(),
-});
-const TrustBundleResponse = Type.Object({ certificates: Type.Array(Type.String()) });
-
-export const WORKLOAD_SOCKET_NAME = "workload.sock";
 
 /**
  * One unix socket per module, in a directory owned by the module's uid: the socket *is* the module's identity,

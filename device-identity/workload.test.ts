@@ -20,8 +20,7 @@ import { checkAttestedContainer } from "./container-check.js";
 import { checkCaller } from "./peer.js";
 import { issueModuleCertificate, type EdgeCa } from "./module-issuer.js";
 import { ModuleEventLog, LocalAttestationSource } from "./events.js";
-import { ManagementClient, ManagementAttestationSource } from "./management-client.js";
-import type { AttestationEvent } from "../edge-hub/index.js";
+import { ManagementClient, ManagementAttestationSource, type AttestationEvent } from "../identity-api/index.js";
 
 const docker = new DockerClient({ socketPath: DOCKER_SOCKET });
 const log = createLogger("device-identity-test", { level: "silent" });

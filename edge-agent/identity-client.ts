@@ -1,8 +1,6 @@
 import { join } from "node:path";
 import { isEdgeTrustError } from "../common/index.js";
-// The client module alone, not device-identity's index: the daemon side imports the agent's Docker client, and
-// going through both index files would make the two components load each other.
-import { ManagementClient } from "../device-identity/management-client.js";
+import { ManagementClient } from "../identity-api/index.js";
 import type { IdentityRegistrar } from "./agent.js";
 
 /** The agent's side of device-identity's root-only management socket. */

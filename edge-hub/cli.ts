@@ -8,9 +8,9 @@ import { openKeyStore, tlsKeyFromSpec, type KeyStore } from "../hsm/index.js";
 import { loadPolicy } from "../policy/index.js";
 import { EdgeTrustConfig } from "../cli/config-schema.js";
 import { action, emit } from "../cli/output.js";
-import { MemoryAttestationSource, type AttestationSource, type ModuleAttestationState } from "./attestation.js";
+import { ManagementAttestationSource, ManagementClient, type AttestationSource, type ModuleAttestationState } from "../identity-api/index.js";
+import { MemoryAttestationSource } from "./attestation.js";
 // The client module only (not device-identity's index): the daemon's side imports nothing of the hub at run time.
-import { ManagementAttestationSource, ManagementClient } from "../device-identity/management-client.js";
 import { certificateIdentity } from "../pki/index.js";
 import { CrlCache } from "./crl.js";
 import { EdgeHub } from "./hub.js";

@@ -5,7 +5,7 @@ import { createServer, type SecureContextOptions, type Server, type TLSSocket } 
 import { Aedes, type AuthErrorCode, type AuthenticateError, type Client, type PublishPacket, type Subscription, type AedesPublishPacket } from "aedes";
 import { EdgeTrustError, createLogger, isEdgeTrustError, type Logger } from "../common/index.js";
 import { decideTopic, type Policy } from "../policy/index.js";
-import type { AttestationEvent, AttestationSource } from "./attestation.js";
+import type { AttestationEvent, AttestationSource } from "../identity-api/index.js";
 import type { CrlCache } from "./crl.js";
 import { IOTHUB_SUBSCRIPTIONS, cloudFilters, cloudMethodResponseTopic, desiredPatchTopic, inputTopic, methodRequestTopic, parseCloudTopic, parseTopic, telemetryTopic, twinResponseTopic } from "./dialect.js";
 import { HubMetrics } from "./metrics.js";

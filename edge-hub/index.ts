@@ -2,7 +2,6 @@
 export { EdgeHub } from "./hub.js";
 export type { HubOptions, HubLimits, RouteOptions, Rejection, RejectionStage, HubRejectReason, HubEvents } from "./hub.js";
 export { MemoryAttestationSource } from "./attestation.js";
-export type { AttestationSource, AttestationEvent, ModuleAttestationState } from "./attestation.js";
 export { ClientVerifier } from "./verify.js";
 export type { ClientIdentity, RejectReason, VerifyResult, VerifierOptions } from "./verify.js";
 export { CrlCache } from "./crl.js";

@@ -2,7 +2,7 @@ import { X509Certificate as NodeX509 } from "node:crypto";
 import * as x509 from "@peculiar/x509";
 import { EKU_CLIENT_AUTH, certificateIdentity, parseModuleAttestation, type WorkloadIdentity } from "../pki/index.js";
 import { isEdgeTrustError } from "../common/index.js";
-import type { AttestationSource } from "./attestation.js";
+import type { AttestationSource } from "../identity-api/index.js";
 import type { CrlCache } from "./crl.js";
 
 /** Who is on the other end of a connection: only ever taken from the verified certificate, never from CONNECT. */

@@ -23,7 +23,7 @@ import { parsePolicy, parseTrustRoot, signManifest, signTrustRoot, signerFromPri
 import { DockerClient } from "../../engine/index.js";
 import { CloudClient, EdgeAgent, ManagementSocketRegistrar, REGISTRY, DOCKER_SOCKET, buildNodeModuleImage, containerName, syncDeployment, type AgentReport, type NodeModuleImage } from "../../edge-agent/index.js";
 import { ClientVerifier, CrlCache, EdgeHub, HubStore, Redactor, Upstream, loadOrCreateSecret, parseRoutes, type ClientIdentity, type Rejection } from "../../edge-hub/index.js";
-import { ManagementAttestationSource, ManagementClient } from "../../device-identity/index.js";
+import { ManagementAttestationSource, ManagementClient } from "../../identity-api/index.js";
 import type { Daemon} from "./procs.js";
 import { docker, edgetrust, edgetrustJson, engineRegistered, lastLines, repoRoot, run, startEdgetrust, startProcess, until } from "./procs.js";
 

@@ -1,54 +1,39 @@
 import { EventEmitter } from "node:events";
 import { request } from "node:http";
-import { EdgeTrustError, createLogger, readProblem, type ErrorCode, type Logger } from "../common/index.js";
-import type { AttestationEvent, AttestationSource, ModuleAttestationState } from "../edge-hub/index.js";
-import type { AttestedModuleInput } from "./attested-modules.js";
-import type { ModuleEvent } from "./events.js";
-import type { SasVerdict } from "./sas.js";
-
-/** A registered module as the management API shows it. */
-export interface ModuleView extends AttestedModuleInput {
-  registeredAt: string;
-  /** The module's workload socket: mount its directory into that module's container only. */
-  socketPath: string;
-}
-
-export interface EventsPage {
-  epoch: string;
-  events: ModuleEvent[];
-  /** Pass as `after` next time. */
-  next: number;
-  /** Events were dropped before `after`: resynchronise with `list()`. */
-  gap: boolean;
-}
-
-export type RenewKind = "device" | "edge-ca" | "hub";
+import type { TSchema, Static } from "@sinclair/typebox";
+import { EdgeTrustError, createLogger, readProblem, validateValue, type ErrorCode, type Logger } from "../common/index.js";
+import type { AttestationEvent, AttestationSource, ModuleAttestationState } from "./attestation.js";
+import {
+  EventsPageSchema, EvidenceResponse, ModuleListSchema, ModuleViewSchema, ReportSchema, SasVerifyResponse,
+  type AttestedModuleInput, type EventsPage, type ModuleEvent, type ModuleView, type RenewKind, type SasVerifyAnswer,
+} from "./management.js";
 
 /**
- * Client of the device identity daemon's management socket (root-only), for the edge agent and the hub. Every failure
- * is an EdgeTrustError carrying the daemon's problem+json code and detail (403 FORBIDDEN says why a module was refused).
+ * Client of the device identity daemon's management socket (root-only), for the edge agent and the hub. Every answer
+ * is validated against the wire schema before it is returned; every failure is an EdgeTrustError carrying the daemon's
+ * problem+json code and detail (403 FORBIDDEN says why a module was refused).
  */
 export class ManagementClient {
   constructor(readonly socketPath: string, private readonly timeoutMs = 30_000) {}
 
   /** Vouch for a module the agent created from a verified manifest; the daemon checks the container before it agrees. */
   register(m: AttestedModuleInput): Promise<ModuleView> {
-    return this.call<ModuleView>("POST", "/v1/modules", m);
+    return this.call("POST", "/v1/modules", ModuleViewSchema, m);
   }
 
   async deregister(name: string, reason?: string): Promise<void> {
     const q = reason ? `?reason=${encodeURIComponent(reason)}` : "";
-    await this.call<undefined>("DELETE", `/v1/modules/${encodeURIComponent(name)}${q}`);
+    await this.call("DELETE", `/v1/modules/${encodeURIComponent(name)}${q}`, undefined);
   }
 
   async list(): Promise<ModuleView[]> {
-    return (await this.call<{ modules: ModuleView[] }>("GET", "/v1/modules")).modules;
+    return (await this.call("GET", "/v1/modules", ModuleListSchema)).modules;
   }
 
   /** The module, or undefined when it is not registered. */
   async get(name: string): Promise<ModuleView | undefined> {
     try {
-      return await this.call<ModuleView>("GET", `/v1/modules/${encodeURIComponent(name)}`);
+      return await this.call("GET", `/v1/modules/${encodeURIComponent(name)}`, ModuleViewSchema);
     } catch (e) {
       if (e instanceof EdgeTrustError && e.code === "NOT_FOUND") return undefined;
       throw e;
@@ -56,30 +41,34 @@ export class ManagementClient {
   }
 
   status(): Promise<Record<string, unknown>> {
-    return this.call<Record<string, unknown>>("GET", "/v1/status");
+    return this.call("GET", "/v1/status", ReportSchema);
   }
 
   /** Attestation changes after `after`; waits up to `waitSeconds` for one (long poll). */
   events(after: number, waitSeconds = 0, signal?: AbortSignal): Promise<EventsPage> {
-    return this.call<EventsPage>("GET", `/v1/events?after=${after}&waitSeconds=${waitSeconds}`, undefined, signal, (waitSeconds + 10) * 1000);
+    return this.call("GET", `/v1/events?after=${after}&waitSeconds=${waitSeconds}`, EventsPageSchema, undefined, signal, (waitSeconds + 10) * 1000);
   }
 
   /** Renew now, whatever the schedule says (operators, tests). */
   renew(kind: RenewKind, rekey = false): Promise<Record<string, unknown>> {
-    return this.call<Record<string, unknown>>("POST", "/v1/renew", { kind, rekey });
+    return this.call("POST", "/v1/renew", ReportSchema, { kind, rekey });
   }
 
   /** Attestation evidence (EAT-style JWT signed by the device key) bound to the verifier's nonce. */
   async evidence(nonce: string): Promise<string> {
-    return (await this.call<{ evidence: string }>("POST", "/v1/attestation/evidence", { nonce })).evidence;
+    return (await this.call("POST", "/v1/attestation/evidence", EvidenceResponse, { nonce })).evidence;
   }
 
   /** Is this a genuine, unexpired SAS token of a module registered with `auth: sas`? 403 FORBIDDEN says why not. */
-  verifySas(token: string): Promise<SasVerdict> {
-    return this.call<SasVerdict>("POST", "/v1/sas/verify", { token });
+  verifySas(token: string): Promise<SasVerifyAnswer> {
+    return this.call("POST", "/v1/sas/verify", SasVerifyResponse, { token });
   }
 
-  private call<T>(method: string, path: string, body?: unknown, signal?: AbortSignal, timeoutMs = this.timeoutMs): Promise<T> {
+  /** One request; a 2xx answer must match `answer` (no schema: no body expected). */
+  private call<S extends TSchema | undefined>(
+    method: string, path: string, answer: S, body?: unknown, signal?: AbortSignal, timeoutMs = this.timeoutMs,
+  ): Promise<S extends TSchema ? Static<S> : undefined> {
+    type T = S extends TSchema ? Static<S> : undefined;
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     return new Promise<T>((resolve, reject) => {
       const req = request(
@@ -96,7 +85,11 @@ export class ManagementClient {
             const text = Buffer.concat(chunks).toString("utf8");
             const status = res.statusCode ?? 0;
             if (status >= 200 && status < 300) {
-              resolve((text ? JSON.parse(text) : undefined) as T);
+              try {
+                resolve((answer ? validateValue(JSON.parse(text), answer, `device identity daemon's answer to ${method} ${path.split("?")[0]}`, "UNAVAILABLE") : undefined) as T);
+              } catch (e) {
+                reject(e instanceof SyntaxError ? new EdgeTrustError("UNAVAILABLE", `device identity daemon answered ${method} ${path.split("?")[0]} with no JSON: ${e.message}`) : e);
+              }
               return;
             }
             const problem = readProblem(text);
@@ -137,7 +130,7 @@ export class ManagementAttestationSource implements AttestationSource {
   constructor(private readonly client: ManagementClient, private readonly deviceId: string, opts: { waitSeconds?: number; retryMs?: number; log?: Logger } = {}) {
     this.waitSeconds = opts.waitSeconds ?? 25;
     this.retryMs = opts.retryMs ?? 2000;
-    this.log = opts.log ?? createLogger("device-identity");
+    this.log = opts.log ?? createLogger("identity-api");
   }
   private readonly waitSeconds: number;
   private readonly retryMs: number;
