@@ -1,10 +1,11 @@
 import { existsSync, readFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { writeFileAtomic, type Logger } from "../common/index.js";
-import { ManifestStateStore, verifyManifest, type Manifest, type Policy, type TrustRoot, type Verdict } from "../policy/index.js";
+import { ManifestStateStore, moduleAuth, verifyManifest, type Manifest, type Policy, type TrustRoot, type Verdict } from "../policy/index.js";
 import { ensureImage, imageStillPinned, type DockerClient, type PullProgress } from "../engine/index.js";
 import { containerName, createModuleContainer, listManaged, type ManagedContainer } from "./containers.js";
 import { containerPlan, modulesInOrder, userIds, type PlannedModule } from "./plan.js";
+import { DEFAULT_IOTEDGE, iotEdgeEnvironment, newGenerationId, type IotEdgeSettings } from "./iotedge-env.js";
 
 /** What the agent asks of the device identity daemon (its management socket). */
 export interface IdentityRegistrar {
@@ -19,6 +20,8 @@ export interface IdentityRegistrar {
     deploymentId: string;
     uid: number;
     gid: number;
+    auth?: "x509" | "sas";
+    generationId?: string;
   }): Promise<void>;
   deregister(name: string, reason: string): Promise<void>;
   registered(): Promise<Array<{ name: string; containerId: string }>>;
@@ -60,6 +63,8 @@ export interface AgentOptions {
   now?: () => Date;
   /** Restart backoff: first delay and cap (ms). */
   backoff?: { baseMs: number; maxMs: number };
+  /** Host names given to modules granted `auth: sas` (IOTEDGE_IOTHUBHOSTNAME, IOTEDGE_GATEWAYHOSTNAME). */
+  iotEdge?: IotEdgeSettings;
 }
 
 interface Supervised {
@@ -217,6 +222,9 @@ export class EdgeAgent {
     const socketDir = this.o.identity.workloadSocketDir(p.name);
     mkdirSync(socketDir, { recursive: true, mode: 0o700 });
     const plan = containerPlan(this.o.deviceId, manifest, p, resolved, socketDir);
+    // Policy grants SAS explicitly: the container gets the IoT Edge environment, the daemon a key for this generation.
+    const sas = moduleAuth(this.o.policy, p.name) === "sas" ? { auth: "sas" as const, generationId: newGenerationId() } : undefined;
+    if (sas) plan.env = { ...plan.env, ...iotEdgeEnvironment({ ...DEFAULT_IOTEDGE, ...this.o.iotEdge, deviceId: this.o.deviceId, module: p.name, generationId: sas.generationId }) };
     const id = await createModuleContainer(docker, plan);
     try {
       await this.o.identity.register({
@@ -227,6 +235,7 @@ export class EdgeAgent {
         manifestVersion: manifest.version,
         deploymentId: manifest.deploymentId,
         ...userIds(plan.user),
+        ...sas,
       });
     } catch (e) {
       await docker.removeContainer(id);

@@ -57,6 +57,7 @@ export function agentCommand(): Command {
         stateDir: cfg.stateDir,
         log,
         backoff: { baseMs: cfg.restartBackoffMs, maxMs: cfg.restartBackoffMaxMs },
+        iotEdge: { iotHubHostName: cfg.iotHubHostName, gatewayHostName: cfg.gatewayHostName },
         onPull: (module, p) => process.stderr.write(`pull ${module}: ${p.status}${p.progress ? " " + p.progress : ""}\n`),
         report: (r) => {
           log.info({ report: r }, `report: ${r.kind}`);

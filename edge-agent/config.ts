@@ -18,6 +18,8 @@ export const AgentConfig = Type.Object(
     deviceCertFile: Type.String({ default: "/var/lib/edgetrust/identity/device.pem", description: "Device identity certificate (TLS client certificate to the cloud)" }),
     deviceKey: Type.String({ default: "hsm:device-identity", description: "Device key for TLS: hsm:<label> (stays in the token, hsm section) or a PEM file (development)" }),
     pollIntervalMs: Type.Integer({ minimum: 1000, maximum: 86_400_000, default: 60_000, description: "How often the cloud is asked for a newer deployment" }),
+    iotHubHostName: Type.String({ default: "edgetrust.local", minLength: 1, maxLength: 255, description: "IOTEDGE_IOTHUBHOSTNAME for modules granted auth: sas (the host in their SAS tokens and MQTT user names)" }),
+    gatewayHostName: Type.String({ default: "localhost", minLength: 1, maxLength: 255, description: "IOTEDGE_GATEWAYHOSTNAME for modules granted auth: sas: where they reach the hub on port 8883 (a name on the hub's certificate)" }),
     reportQueueFile: Type.String({ default: "/var/lib/edgetrust/agent/reports.jsonl", description: "Reports queued here while the cloud is unreachable" }),
   },
   { additionalProperties: false, default: {}, description: "Edge agent (attested boot flow)" },

@@ -10,3 +10,5 @@ export { buildBusyboxImage, dockerCli, DOCKER_SOCKET, REGISTRY } from "./dev-ima
 export type { BuiltImage } from "./dev-images.js";
 export { buildNodeModuleImage, MODULE_PROGRAM_DIR, MODULE_ENTRY } from "./node-image.js";
 export type { NodeModuleImage } from "./node-image.js";
+export { iotEdgeEnvironment, newGenerationId, DEFAULT_IOTEDGE, IOTEDGE_WORKLOAD_URI, IOTEDGE_WORKLOAD_API_VERSION } from "./iotedge-env.js";
+export type { IotEdgeSettings } from "./iotedge-env.js";

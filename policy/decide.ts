@@ -42,6 +42,11 @@ function perm<K extends keyof ModulePermissions>(policy: Policy, module: string,
   return { value: undefined, from: `built-in default for ${String(key)}` };
 }
 
+/** How module `name` authenticates to the hub: `sas` only when the policy grants it explicitly. */
+export function moduleAuth(policy: Policy, name: string): "x509" | "sas" {
+  return perm(policy, name, "auth").value === "sas" ? "sas" : "x509";
+}
+
 /** `{module}` in a policy path glob becomes the module's own name. */
 function forModule(glob: string, name: string): string {
   return glob.includes("{module}") ? glob.replace(/\{module\}/g, name) : glob;

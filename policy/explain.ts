@@ -39,6 +39,7 @@ export function explainPolicy(p: Policy): string {
     show("users", perm.users ? list(perm.users, "none (no module can start)") : d ? "none: every module must set a user, and none is allowed" : undefined);
     show("read-only root filesystem", perm.readOnlyRootfs ?? (d ? "required" : undefined));
     show("image repositories", perm.images ? list(perm.images) : undefined);
+    show("hub authentication", perm.auth === "sas" ? "sas (Azure IoT Edge SDK: SAS tokens signed with a module key in the HSM)" : perm.auth === "x509" || d ? "x509 (module certificate)" : undefined);
   };
   out.push("  - every module, unless overridden:");
   describePerms("      ", p.modules.defaults ?? {}, true);

@@ -3,7 +3,7 @@ export { loadPolicy, parsePolicy, MAX_POLICY_BYTES } from "./policy.js";
 export type { LoadedPolicy } from "./policy.js";
 export { PolicySchema, AttestationSectionSchema, CaseFileSchema, ManifestSchema, ModuleOptionsSchema, TrustRootBodySchema, MANIFEST_LIMITS, CERT_KINDS, PinnedImagePattern, ModuleNamePattern } from "./schema.js";
 export type { Policy, AttestationSection, AttestationSeverity, ModulePermissions, HubRule, CertProfile, RedactRule, Manifest, ManifestModule, ModuleOptions, TrustKey, TrustRootBody, CertKind, CaseFile } from "./schema.js";
-export { decideModuleOptions, decideImage, decideTopic, parsePinnedImage } from "./decide.js";
+export { decideModuleOptions, decideImage, decideTopic, parsePinnedImage, moduleAuth } from "./decide.js";
 export type { Decision, RuleHit, HubIdentity, ParsedImage } from "./decide.js";
 /** MQTT topic-filter match (`+` one level, `#` the rest; a leading wildcard never matches a `$` topic), as the hub rules use it. */
 export { topicMatches, nameGlobMatch } from "./match.js";

@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseYamlStrict } from "../common/index.js";
-import { CaseFileSchema, decideImage, decideModuleOptions, decideTopic, loadPolicy, parsePolicy, resolveTrust } from "./index.js";
+import { CaseFileSchema, decideImage, decideModuleOptions, decideTopic, loadPolicy, moduleAuth, parsePolicy, resolveTrust } from "./index.js";
 import { explainPolicy, runCases } from "./explain.js";
 import { policyJsonSchemaText } from "./json-schema.js";
 import { filterCovered, pathGlobMatch, topicMatches } from "./match.js";
@@ -111,5 +111,17 @@ describe("decisions: deny by default, with the rules that decided", () => {
     const r = runCases(p, cases);
     expect(r.filter((x) => !x.pass).map((x) => x.name)).toEqual([]);
     expect(r.length).toBeGreaterThan(10);
+  });
+});
+
+describe("module hub authentication (auth)", () => {
+  it("is x509 unless the policy grants sas to that module explicitly", () => {
+    const p = loadPolicy("policy/examples/policy.yaml").policy;
+    expect(moduleAuth(p, "filter")).toBe("sas");
+    expect(moduleAuth(p, "sensor")).toBe("x509");
+    expect(moduleAuth(p, "edge-x")).toBe("x509");
+    const all = { ...p, modules: { ...p.modules, defaults: { ...p.modules.defaults, auth: "sas" as const }, overrides: { sensor: { auth: "x509" as const } } } };
+    expect(moduleAuth(all, "edge-x")).toBe("sas");
+    expect(moduleAuth(all, "sensor")).toBe("x509");
   });
 });

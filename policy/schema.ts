@@ -58,6 +58,12 @@ export const ModulePermissionsSchema = Type.Object(
     users: Type.Optional(Type.Array(UserSpec, { maxItems: 64, uniqueItems: true, description: "uid[:gid] a module may run as; root (0) only when listed literally (default none: user must be set and listed)" })),
     readOnlyRootfs: Type.Optional(Type.Union([Type.Literal("required"), Type.Literal("optional")], { description: "whether the root filesystem must be read-only (default required)" })),
     images: Type.Optional(Type.Array(RepositoryGlob, { maxItems: 64, uniqueItems: true, description: "repositories this module's image must come from (narrows images.repositories)" })),
+    auth: Type.Optional(
+      Type.Union([Type.Literal("x509"), Type.Literal("sas")], {
+        description:
+          "how the module authenticates to the hub: x509 (default: its own key, a certificate from its workload socket) or sas (unmodified Azure IoT Edge modules: IOTEDGE_* environment, SAS tokens signed with a per-module key kept in the HSM)",
+      }),
+    ),
   },
   closed,
 );
