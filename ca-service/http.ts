@@ -4,6 +4,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { Type, type TSchema } from "@sinclair/typebox";
 import { EdgeTrustError, installProblemHandler, sendProblem as sendCommonProblem } from "../common/index.js";
 import type { CaStore, Principal, Role } from "./store.js";
+import { authHook, type AuthHook } from "./route-auth.js";
 
 /** RFC 9457 problem+json, the only error shape the service sends. */
 export const ProblemSchema = Type.Object(
@@ -85,14 +86,14 @@ export function refuseTwoCredentials(req: FastifyRequest): void {
   }
 }
 
-/** preHandler: the request must carry a credential of one of `roles`. */
-export function requireRole(store: CaStore, ...roles: Role[]) {
-  return async (req: FastifyRequest): Promise<void> => {
+/** onRequest (before the body is read): the request must carry a credential of one of `roles`. */
+export function requireRole(store: CaStore, ...roles: Role[]): AuthHook {
+  return authHook(async (req: FastifyRequest): Promise<void> => {
     const p = await authenticate(store, req);
     if (!p) throw new EdgeTrustError("UNAUTHENTICATED", "this route needs an admin or auditor credential", { hint: "send Authorization: Bearer <token> (edgetrust ca token create)" });
     if (!roles.includes(p.role)) throw new EdgeTrustError("FORBIDDEN", `role ${p.role} may not ${req.method} ${req.routeOptions.url ?? req.url}`, { hint: `needs role ${roles.join(" or ")}` });
     req.principal = p;
-  };
+  }, `role ${roles.join("|")}`);
 }
 
 export function actorOf(req: FastifyRequest): string {

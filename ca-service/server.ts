@@ -11,6 +11,7 @@ import { EKU_SERVER_AUTH, randomSerial, signingAlgorithmFor } from "../pki/index
 import type { CertificateAuthority } from "./ca.js";
 import type { CaConfig } from "./config.js";
 import { installProblemHandlers } from "./http.js";
+import { enforceRouteAuth, type RouteAuthEntry } from "./route-auth.js";
 import { CaMetrics } from "./metrics.js";
 import { normalizeSerial, sha256Hex, type CaStore } from "./store.js";
 import { healthRoutes } from "./routes/health.js";
@@ -47,6 +48,8 @@ export interface CaServer {
   /** The plain-HTTP revocation listener (CRL + OCSP + health), when config.revocationPort >= 0. */
   revocationApp?: FastifyInstance;
   metrics: CaMetrics;
+  /** Every route of both listeners and what authenticates it (see route-auth.ts). */
+  routeAuth: RouteAuthEntry[];
   /** The PEM certificate the HTTPS listener presents. */
   tlsCertPem?: string;
   listen(): Promise<{ url: string; revocationUrl?: string }>;
@@ -125,7 +128,9 @@ export async function createCaServer(config: CaConfig, deps: CaServerDeps): Prom
     : Fastify(baseOptions(config, logger))) as unknown as FastifyInstance;
 
   const routeDeps: RouteDeps = { ca: deps.ca, store: deps.store, config, metrics };
+  const routeAuth: RouteAuthEntry[] = [];
   installProblemHandlers(app);
+  enforceRouteAuth(app, routeAuth);
   instrument(app, metrics);
   const fleet: Fleet = startFleet(config, deps.ca, deps.store, logger, metrics);
   app.addHook("onSend", async (_req, reply) => { reply.header("x-edgetrust-instance", fleet.instanceId); });
@@ -158,6 +163,7 @@ export async function createCaServer(config: CaConfig, deps: CaServerDeps): Prom
   if (config.revocationPort >= 0) {
     revocationApp = Fastify(baseOptions(config, logger)) as unknown as FastifyInstance;
     installProblemHandlers(revocationApp);
+    enforceRouteAuth(revocationApp, routeAuth);
     instrument(revocationApp, metrics);
     await revocationApp.register(rateLimit, { max: config.rateLimitPerMinute, timeWindow: 60_000, ...fleet.rateLimitStore });
     await revocationApp.register(crlRoutes, routeDeps);
@@ -168,6 +174,7 @@ export async function createCaServer(config: CaConfig, deps: CaServerDeps): Prom
   const server: CaServer = {
     app,
     metrics,
+    routeAuth,
     ...(revocationApp ? { revocationApp } : {}),
     ...(tls ? { tlsCertPem: tls.cert } : {}),
     async listen() {

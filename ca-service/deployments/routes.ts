@@ -1,25 +1,15 @@
 import type { FastifyPluginAsync, FastifyRequest } from "fastify";
 import { Type, type Static } from "@sinclair/typebox";
 import { EdgeTrustError } from "../../common/index.js";
-import { actorOf, peerCertificate, problemResponses, requireRole, SecurityBearer } from "../http.js";
-import { normalizeSerial, sha256Hex, type CaStore } from "../store.js";
+import { actorOf, problemResponses, requireRole, SecurityBearer } from "../http.js";
+import { requireDevice } from "../device-auth.js";
 import type { RouteDeps } from "../routes/types.js";
 import { DeploymentStore } from "./store.js";
 
-/**
- * The device is whoever holds a device-identity certificate this CA issued (exact DER match in the store), not
- * revoked and in its validity period: the TLS handshake proved the key.
- */
-async function authenticateDevice(store: CaStore, req: FastifyRequest): Promise<string> {
-  const peer = peerCertificate(req);
-  if (!peer) throw new EdgeTrustError("UNAUTHENTICATED", "this route needs the device identity certificate as the TLS client certificate");
-  const rec = await store.getCertificate(normalizeSerial(peer.serialNumber));
-  if (!rec || rec.fingerprintSha256 !== sha256Hex(new Uint8Array(peer.raw))) throw new EdgeTrustError("UNAUTHENTICATED", "the client certificate was not issued by this CA");
-  if (rec.status === "revoked") throw new EdgeTrustError("FORBIDDEN", `device certificate ${rec.serial} is revoked`);
-  const now = Date.now();
-  if (Date.parse(rec.notBefore) > now || Date.parse(rec.notAfter) < now) throw new EdgeTrustError("FORBIDDEN", "the device certificate is outside its validity period");
-  if (rec.profile !== "device-identity" || !rec.deviceId) throw new EdgeTrustError("FORBIDDEN", `a ${rec.profile} certificate is not a device identity`);
-  return rec.deviceId;
+/** The device `requireDevice` authenticated (the TLS handshake proved the key of its identity certificate). */
+function authenticatedDevice(req: FastifyRequest): string {
+  if (!req.deviceId) throw new EdgeTrustError("INTERNAL", "device route without requireDevice");
+  return req.deviceId;
 }
 
 const JwsBody = Type.Object(
@@ -68,7 +58,7 @@ export const deploymentRoutes: FastifyPluginAsync<RouteDeps> = async (app, { sto
   const deployments = new DeploymentStore(store);
 
   app.put<{ Body: Static<typeof JwsBody> }>("/v1/deployments", {
-    preHandler: requireRole(store, "admin"),
+    onRequest: requireRole(store, "admin"),
     schema: { summary: "Upload a signed deployment manifest", tags: ["deployments"], security: SecurityBearer, body: JwsBody, response: { 200: DeploymentView, 201: DeploymentView, ...problemResponses(400, 401, 403, 409) } },
   }, async (req, reply) => {
     const { record, created } = await deployments.upload(JSON.stringify(req.body), actorOf(req));
@@ -77,30 +67,32 @@ export const deploymentRoutes: FastifyPluginAsync<RouteDeps> = async (app, { sto
   });
 
   app.get("/v1/deployments", {
-    preHandler: requireRole(store, "admin", "auditor"),
+    onRequest: requireRole(store, "admin", "auditor"),
     schema: { summary: "List uploaded deployments", tags: ["deployments"], security: SecurityBearer, response: { 200: Type.Object({ deployments: Type.Array(DeploymentView) }), ...problemResponses(401, 403) } },
   }, async () => ({ deployments: (await deployments.list()).map(({ jws: _jws, ...v }) => v) }));
 
   app.get("/v1/device/deployment", {
+    onRequest: requireDevice(store),
     schema: { summary: "The newest deployment targeting the calling device (mTLS)", tags: ["devices"], response: { 200: DeviceDeployment, 204: Type.Null(), ...problemResponses(401, 403) } },
   }, async (req, reply) => {
-    const deviceId = await authenticateDevice(store, req);
+    const deviceId = authenticatedDevice(req);
     const d = await deployments.latestFor(deviceId);
     if (!d) return reply.code(204).send();
     return { deploymentId: d.deploymentId, version: d.version, jws: d.jws };
   });
 
   app.post<{ Body: Static<typeof Report> }>("/v1/device/reports", {
+    onRequest: requireDevice(store),
     schema: { summary: "Report manifest verdicts and module states (mTLS)", tags: ["devices"], body: Report, response: { 202: Type.Object({ id: Type.String() }), ...problemResponses(400, 401, 403) } },
   }, async (req, reply) => {
-    const deviceId = await authenticateDevice(store, req);
+    const deviceId = authenticatedDevice(req);
     if (req.body.deviceId !== deviceId) throw new EdgeTrustError("FORBIDDEN", `device ${deviceId} cannot report for ${req.body.deviceId}`);
     const id = await deployments.addReport(deviceId, req.body.kind, req.body);
     return reply.code(202).send({ id });
   });
 
   app.get<{ Params: Static<typeof DeviceParams> }>("/v1/devices/:deviceId/reports", {
-    preHandler: requireRole(store, "admin", "auditor"),
+    onRequest: requireRole(store, "admin", "auditor"),
     schema: { summary: "What a device reported", tags: ["devices"], security: SecurityBearer, params: DeviceParams, response: { 200: Type.Object({ reports: Type.Array(Type.Object({ id: Type.String(), kind: Type.String(), body: Type.Unknown(), receivedAt: Type.String() })) }), ...problemResponses(401, 403) } },
   }, async (req) => ({ reports: await deployments.reports(req.params.deviceId) }));
 };

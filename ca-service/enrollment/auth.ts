@@ -3,6 +3,7 @@ import type { RateLimitOptions } from "@fastify/rate-limit";
 import { EdgeTrustError } from "../../common/index.js";
 import { authenticate, peerCertificate, refuseTwoCredentials } from "../http.js";
 import { sha256Hex, type CaStore } from "../store.js";
+import { authHook, type AuthHook } from "../route-auth.js";
 import type { EnrollmentStore, LineScope, ProvisioningLine, Writer } from "./store.js";
 
 declare module "fastify" {
@@ -19,8 +20,8 @@ const BEARER_RE = /^Bearer ([A-Za-z0-9._~+/=-]{16,256})$/;
  * or an admin credential. A presented but unknown or revoked credential is a 401, never anonymous. Lines need the
  * scope; admins may do everything, auditors may read.
  */
-export function requireLine(store: CaStore, enrollments: EnrollmentStore, scope: LineScope) {
-  return async (req: FastifyRequest): Promise<void> => {
+export function requireLine(store: CaStore, enrollments: EnrollmentStore, scope: LineScope): AuthHook {
+  return authHook(async (req: FastifyRequest): Promise<void> => {
     const auth = req.headers.authorization;
     refuseTwoCredentials(req);
     let line: ProvisioningLine | undefined;
@@ -47,7 +48,7 @@ export function requireLine(store: CaStore, enrollments: EnrollmentStore, scope:
     if (!p) throw new EdgeTrustError("UNAUTHENTICATED", "this route needs a provisioning line or admin credential", { hint: "send Authorization: Bearer <token> (edgetrust ca line create)" });
     req.writer = { actor: `${p.kind}:${p.name}(${p.id})`, lineId: null };
     if (p.role !== "admin" && scope !== "read") throw new EdgeTrustError("FORBIDDEN", `role ${p.role} may not change enrollments`);
-  };
+  }, `line scope ${scope} or admin`);
 }
 
 /** The rate-limit key of a request: its bearer token's hash, else its client certificate, else its address. */

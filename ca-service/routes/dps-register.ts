@@ -68,7 +68,7 @@ export const dpsRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, store,
     return dpsError(reply, req, e);
   });
 
-  app.put<{ Params: Static<typeof RegisterParams>; Body: Static<typeof RegisterBody>; Querystring: Static<typeof Query> }>("/:idScope/registrations/:registrationId/register", {
+  app.put<{ Params: Static<typeof RegisterParams>; Body: Static<typeof RegisterBody>; Querystring: Static<typeof Query> }>("/:idScope/registrations/:registrationId/register", { config: { auth: "bootstrap" },
     schema: { summary: "DPS-compatible registration (X.509 or symmetric-key attestation)", tags: ["dps"], params: RegisterParams, querystring: Query, body: RegisterBody },
   }, async (req, reply) => {
     const { idScope, registrationId } = req.params;
@@ -86,7 +86,7 @@ export const dpsRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, store,
     return { operationId: out.result.operationId, status: "assigning" };
   });
 
-  app.get<{ Params: Static<typeof OperationParams>; Querystring: Static<typeof Query> }>("/:idScope/registrations/:registrationId/operations/:operationId", {
+  app.get<{ Params: Static<typeof OperationParams>; Querystring: Static<typeof Query> }>("/:idScope/registrations/:registrationId/operations/:operationId", { config: { auth: "bootstrap" },
     schema: { summary: "DPS-compatible operation status", tags: ["dps"], params: OperationParams, querystring: Query },
   }, async (req, reply) => {
     const { idScope, registrationId, operationId } = req.params;

@@ -7,6 +7,7 @@ import { EnrollmentStore } from "../enrollment/store.js";
 import { sha256Hex } from "../store.js";
 import { registrationCredential } from "./v1-enrollments-register.js";
 import type { RouteDeps } from "./types.js";
+import { requireIssuedCertificate } from "../device-auth.js";
 
 const EST = "/.well-known/est";
 
@@ -39,15 +40,15 @@ export const estRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, store,
     return estCsrToPem(req.body);
   };
 
-  app.get(`${EST}/cacerts`, {
+  app.get(`${EST}/cacerts`, { config: { auth: "public" },
     schema: { summary: "EST cacerts: trust bundle, base64 certs-only PKCS#7", tags: ["est"], produces: [EST_CERTS_TYPE] },
   }, async (_req, reply) => sendCerts(reply, ca.trustBundlePem().split(/(?<=-----END CERTIFICATE-----)\s*/).filter((p) => p.includes("BEGIN CERTIFICATE"))));
 
-  app.get(`${EST}/csrattrs`, {
+  app.get(`${EST}/csrattrs`, { config: { auth: "public" },
     schema: { summary: "EST csrattrs: accepted signature algorithms (base64 DER CsrAttrs)", tags: ["est"], produces: [EST_CSRATTRS_TYPE] },
   }, async (_req, reply) => reply.header("content-transfer-encoding", "base64").type(EST_CSRATTRS_TYPE).send(base64Body(csrAttrsDer())));
 
-  app.post<{ Body: Buffer }>(`${EST}/simpleenroll`, {
+  app.post<{ Body: Buffer }>(`${EST}/simpleenroll`, { config: { auth: "bootstrap" },
     schema: { summary: "EST simpleenroll: PKCS#10 in, the device identity certificate out", tags: ["est"], consumes: ["application/pkcs10"], produces: [EST_CERTS_TYPE], response: problemResponses(400, 401, 403, 409) },
   }, async (req, reply) => {
     const csr = csrOf(req);
@@ -67,6 +68,7 @@ export const estRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, store,
   });
 
   app.post<{ Body: Buffer }>(`${EST}/simplereenroll`, {
+    onRequest: requireIssuedCertificate(store),
     schema: { summary: "EST simplereenroll: renew or rekey with the current identity certificate (mTLS)", tags: ["est"], consumes: ["application/pkcs10"], produces: [EST_CERTS_TYPE], response: problemResponses(400, 401, 403) },
   }, async (req, reply) => {
     const csr = csrOf(req);

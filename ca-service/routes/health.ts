@@ -14,7 +14,7 @@ const Health = Type.Object({
 
 /** GET /healthz — liveness and readiness: the database answers and an issuing CA is usable. */
 export const healthRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, store }) => {
-  app.get("/healthz", {
+  app.get("/healthz", { config: { auth: "public" },
     schema: { summary: "Health: database reachable, an issuing CA usable", tags: ["ops"], response: { 200: Health, ...problemResponses(503) } },
   }, async () => {
     let head: { seq: number | string }[];

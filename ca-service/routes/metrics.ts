@@ -3,7 +3,7 @@ import type { RouteDeps } from "./types.js";
 
 /** GET /metrics — Prometheus text exposition. */
 export const metricsRoutes: FastifyPluginAsync<RouteDeps> = async (app, { metrics }) => {
-  app.get("/metrics", { schema: { summary: "Prometheus metrics", tags: ["ops"], produces: ["text/plain"] } }, async (_req, reply) => {
+  app.get("/metrics", { config: { auth: "public" }, schema: { summary: "Prometheus metrics", tags: ["ops"], produces: ["text/plain"] } }, async (_req, reply) => {
     reply.type(metrics.registry.contentType);
     return metrics.registry.metrics();
   });

@@ -26,7 +26,7 @@ const EnrollmentView = Type.Object({ deviceId: Type.String(), kind: Type.String(
  */
 export const adminRoutes: FastifyPluginAsync<RouteDeps> = async (app, { store }) => {
   app.post<{ Body: Static<typeof TokenBody> }>("/v1/admin/tokens", {
-    preHandler: requireRole(store, "admin"),
+    onRequest: requireRole(store, "admin"),
     schema: { summary: "Create an admin or auditor API token", tags: ["admin"], security: SecurityBearer, body: TokenBody, response: { 201: TokenCreated, ...problemResponses(400, 401, 403) } },
   }, async (req, reply) => {
     const t = await store.createToken(req.body.name, req.body.role, actorOf(req));
@@ -34,14 +34,14 @@ export const adminRoutes: FastifyPluginAsync<RouteDeps> = async (app, { store })
     return t;
   });
   app.delete<{ Params: Static<typeof PrincipalParams> }>("/v1/admin/principals/:id", {
-    preHandler: requireRole(store, "admin"),
+    onRequest: requireRole(store, "admin"),
     schema: { summary: "Revoke an API token or admin certificate", tags: ["admin"], security: SecurityBearer, params: PrincipalParams, response: { 204: Type.Null(), ...problemResponses(400, 401, 403, 404) } },
   }, async (req, reply) => {
     await store.revokePrincipal(req.params.id, actorOf(req));
     return reply.code(204).send();
   });
   app.put<{ Params: Static<typeof EnrollmentParams>; Body: Static<typeof EnrollmentBody> }>("/v1/admin/enrollments/:deviceId", {
-    preHandler: requireRole(store, "admin"),
+    onRequest: requireRole(store, "admin"),
     schema: { summary: "Create or update a device record (subject and SANs of its certificates)", tags: ["admin"], security: SecurityBearer, params: EnrollmentParams, body: EnrollmentBody, response: { 200: EnrollmentView, ...problemResponses(400, 401, 403) } },
   }, async (req) => {
     const b = req.body;

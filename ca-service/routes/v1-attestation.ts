@@ -38,13 +38,13 @@ function verifierFor(deps: RouteDeps): AttestationVerifier {
  */
 export const attestationRoutes: FastifyPluginAsync<RouteDeps> = async (app, deps) => {
   const v = verifierFor(deps);
-  app.post("/v1/attestation/nonce", {
+  app.post("/v1/attestation/nonce", { config: { auth: "public" },
     schema: { summary: "A fresh single-use nonce for attestation evidence (eat_nonce)", tags: ["attestation"], response: { 200: NonceView, ...problemResponses(429) } },
   }, async (req, reply) => {
     reply.header("cache-control", "no-store");
     return v.nonce(req.ip);
   });
-  app.post<{ Body: Static<typeof VerifyBody> }>("/v1/attestation/verify", {
+  app.post<{ Body: Static<typeof VerifyBody> }>("/v1/attestation/verify", { config: { auth: "public" },
     schema: { summary: "Appraise evidence against reference values; EAR result signed by the CA", tags: ["attestation"], body: VerifyBody, response: { 200: VerifyView, ...problemResponses(400, 403) } },
   }, async (req) => v.verify(req.body.evidence));
 };

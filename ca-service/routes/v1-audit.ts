@@ -21,11 +21,11 @@ const Verify = Type.Object({
 /** The hash-chained audit log: read it, and check the chain (admins and auditors). */
 export const auditRoutes: FastifyPluginAsync<RouteDeps> = async (app, { store }) => {
   app.get<{ Querystring: Static<typeof Query> }>("/v1/audit", {
-    preHandler: requireRole(store, "admin", "auditor"),
+    onRequest: requireRole(store, "admin", "auditor"),
     schema: { summary: "Audit entries after a sequence number", tags: ["audit"], security: SecurityBearer, querystring: Query, response: { 200: Type.Object({ entries: Type.Array(Entry) }), ...problemResponses(400, 401, 403) } },
   }, async (req) => ({ entries: await store.listAudit({ afterSeq: req.query.afterSeq ?? 0, limit: req.query.limit ?? 100 }) }));
   app.get("/v1/audit/verify", {
-    preHandler: requireRole(store, "admin", "auditor"),
+    onRequest: requireRole(store, "admin", "auditor"),
     schema: { summary: "Verify the audit hash chain", tags: ["audit"], security: SecurityBearer, response: { 200: Verify, ...problemResponses(401, 403) } },
   }, async () => store.verifyAudit());
 };

@@ -16,7 +16,7 @@ const CaItem = Type.Object({
 
 /** Public CA material: roots and issuing CAs (all of them during a rollover) and the PEM trust bundle. */
 export const casRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, store }) => {
-  app.get("/v1/cas", {
+  app.get("/v1/cas", { config: { auth: "public" },
     schema: { summary: "Root and issuing CAs", tags: ["ca"], response: { 200: Type.Object({ cas: Type.Array(CaItem) }) } },
   }, async () => {
     const cur = ca.current().record.id;
@@ -26,7 +26,7 @@ export const casRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, store 
     }));
     return { cas };
   });
-  app.get("/v1/cas/bundle.pem", {
+  app.get("/v1/cas/bundle.pem", { config: { auth: "public" },
     schema: { summary: "Trust bundle (roots + every issuing CA), PEM", tags: ["ca"], produces: ["application/pem-certificate-chain"] },
   }, async (_req, reply) => {
     reply.type("application/pem-certificate-chain");

@@ -17,7 +17,7 @@ const Query = Type.Object({
 /** GET /v1/certificates[/:serial] — admins and auditors read the issuance records. */
 export const certificateReadRoutes: FastifyPluginAsync<RouteDeps> = async (app, { store }) => {
   app.get<{ Params: Static<typeof Params> }>("/v1/certificates/:serial", {
-    preHandler: requireRole(store, "admin", "auditor"),
+    onRequest: requireRole(store, "admin", "auditor"),
     schema: { summary: "One issued certificate", tags: ["certificates"], security: SecurityBearer, params: Params, response: { 200: CertificateView, ...problemResponses(400, 401, 403, 404) } },
   }, async (req) => {
     const rec = await store.getCertificate(normalizeSerial(req.params.serial));
@@ -25,7 +25,7 @@ export const certificateReadRoutes: FastifyPluginAsync<RouteDeps> = async (app, 
     return certificateView(rec);
   });
   app.get<{ Querystring: Static<typeof Query> }>("/v1/certificates", {
-    preHandler: requireRole(store, "admin", "auditor"),
+    onRequest: requireRole(store, "admin", "auditor"),
     schema: { summary: "Issued certificates (paged by serial)", tags: ["certificates"], security: SecurityBearer, querystring: Query, response: { 200: Type.Object({ certificates: Type.Array(CertificateView) }), ...problemResponses(400, 401, 403) } },
   }, async (req) => {
     const q = req.query;

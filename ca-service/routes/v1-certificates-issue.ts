@@ -15,7 +15,7 @@ const Body = Type.Object({
 /** POST /v1/certificates — admin issuance from a PKCS#10 request for an enrolled device. */
 export const issueRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, store, metrics }) => {
   app.post<{ Body: Static<typeof Body> }>("/v1/certificates", {
-    preHandler: requireRole(store, "admin"),
+    onRequest: requireRole(store, "admin"),
     schema: {
       summary: "Issue a certificate from a CSR; subject and SANs come from the enrollment record and the profile",
       tags: ["certificates"], security: SecurityBearer, body: Body,

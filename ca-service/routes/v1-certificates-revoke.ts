@@ -10,7 +10,7 @@ const Body = Type.Object({ reason: ReasonSchema }, { additionalProperties: false
 /** POST /v1/certificates/:serial/revoke — admin only; the issuer's CRL is regenerated before the reply. */
 export const revokeRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, store, metrics }) => {
   app.post<{ Params: Static<typeof Params>; Body: Static<typeof Body> }>("/v1/certificates/:serial/revoke", {
-    preHandler: requireRole(store, "admin"),
+    onRequest: requireRole(store, "admin"),
     schema: { summary: "Revoke a certificate (RFC 5280 reason)", tags: ["certificates"], security: SecurityBearer, params: Params, body: Body, response: { 200: CertificateView, ...problemResponses(400, 401, 403, 404, 409) } },
   }, async (req) => {
     const rec = await ca.revoke(req.params.serial, req.body.reason, actorOf(req));

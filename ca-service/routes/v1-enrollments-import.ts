@@ -28,7 +28,7 @@ export const enrollmentImportRoutes: FastifyPluginAsync<RouteDeps> = async (app,
   const es = new EnrollmentStore(store);
   app.addContentTypeParser("text/csv", { parseAs: "string", bodyLimit: IMPORT_BODY_LIMIT }, (_req, body, done) => done(null, body));
   app.post<{ Body: unknown; Querystring: Static<typeof Query> }>("/v1/enrollments/import", {
-    preHandler: requireLine(store, es, "enroll"), config: { rateLimit: lineRateLimit(es, config.rateLimitPerMinute) }, bodyLimit: IMPORT_BODY_LIMIT,
+    onRequest: requireLine(store, es, "enroll"), config: { rateLimit: lineRateLimit(es, config.rateLimitPerMinute) }, bodyLimit: IMPORT_BODY_LIMIT,
     schema: { summary: "Bulk import individual enrollments (CSV or JSON), idempotent, all-or-nothing per batch", tags: ["enrollment"], security: SecurityBearer, querystring: Query, consumes: ["text/csv", "application/json"], response: { 200: ImportReportSchema, ...problemResponses(400, 401, 403, 413, 429) } },
   }, async (req) => {
     const rows = typeof req.body === "string" ? parseImport(req.body, "csv") : rowsFromJson(req.body);

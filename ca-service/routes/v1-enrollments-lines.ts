@@ -25,7 +25,7 @@ const view = (l: ProvisioningLine) => l;
 export const lineRoutes: FastifyPluginAsync<RouteDeps> = async (app, { store }) => {
   const es = new EnrollmentStore(store);
   app.post<{ Body: Static<typeof LineBody> }>("/v1/lines", {
-    preHandler: requireRole(store, "admin"),
+    onRequest: requireRole(store, "admin"),
     schema: { summary: "Create a provisioning line (token shown once, or a client certificate fingerprint)", tags: ["enrollment"], security: SecurityBearer, body: LineBody, response: { 201: Created, ...problemResponses(400, 401, 403) } },
   }, async (req, reply) => {
     const r = await es.createLine(req.body, actorOf(req));
@@ -33,11 +33,11 @@ export const lineRoutes: FastifyPluginAsync<RouteDeps> = async (app, { store }) 
     return { line: view(r.line), ...(r.token ? { token: r.token } : {}) };
   });
   app.get("/v1/lines", {
-    preHandler: requireRole(store, "admin", "auditor"),
+    onRequest: requireRole(store, "admin", "auditor"),
     schema: { summary: "Provisioning lines", tags: ["enrollment"], security: SecurityBearer, response: { 200: Type.Object({ lines: Type.Array(LineView) }), ...problemResponses(401, 403) } },
   }, async () => ({ lines: (await es.listLines()).map(view) }));
   app.delete<{ Params: Static<typeof Params> }>("/v1/lines/:id", {
-    preHandler: requireRole(store, "admin"),
+    onRequest: requireRole(store, "admin"),
     schema: { summary: "Revoke a provisioning line (its credential stops working at once)", tags: ["enrollment"], security: SecurityBearer, params: Params, response: { 200: LineView, ...problemResponses(400, 401, 403, 404) } },
   }, async (req) => view(await es.revokeLine(req.params.id, actorOf(req))));
 };

@@ -95,7 +95,7 @@ export function registrationCredential(req: FastifyRequest, idScope?: string, tp
 export const registrationRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, store, metrics }) => {
   const es = new EnrollmentStore(store);
   const svc = new RegistrationService(ca, es);
-  app.post<{ Params: Static<typeof Params>; Body: Static<typeof TpmChallengeBody> }>("/v1/registrations/:registrationId/tpm-challenge", {
+  app.post<{ Params: Static<typeof Params>; Body: Static<typeof TpmChallengeBody> }>("/v1/registrations/:registrationId/tpm-challenge", { config: { auth: "bootstrap" },
     schema: {
       summary: "TPM enrollment, step 1: a credential sealed to the enrolled EK for the device's AK (answer it in PUT /v1/registrations/{id} tpm)", tags: ["registration"],
       params: Params, body: TpmChallengeBody, response: { 201: TpmChallengeResult, ...problemResponses(400, 401, 403, 503) },
@@ -105,7 +105,7 @@ export const registrationRoutes: FastifyPluginAsync<RouteDeps> = async (app, { c
     reply.code(201).header("cache-control", "no-store");
     return c;
   });
-  app.put<{ Params: Static<typeof Params>; Body: Static<typeof RegistrationRequestBody>; Headers: Static<typeof Headers> }>("/v1/registrations/:registrationId", {
+  app.put<{ Params: Static<typeof Params>; Body: Static<typeof RegistrationRequestBody>; Headers: Static<typeof Headers> }>("/v1/registrations/:registrationId", { config: { auth: "bootstrap" },
     schema: {
       summary: "Register a device (bootstrap certificate over mTLS, Basic with the derived group key, or an enrolled public key)", tags: ["registration"],
       params: Params, headers: Headers, body: RegistrationRequestBody, response: { 200: RegistrationResultSchema, 201: RegistrationResultSchema, ...problemResponses(400, 401, 403, 409, 422, 429) },
@@ -125,7 +125,7 @@ export const registrationRoutes: FastifyPluginAsync<RouteDeps> = async (app, { c
     return out.result;
   });
   app.delete<{ Params: Static<typeof Params> }>("/v1/registrations/:registrationId", {
-    preHandler: requireRole(store, "admin"),
+    onRequest: requireRole(store, "admin"),
     schema: { summary: "Reset a registration so a wiped device may register again (its certificates stay valid; revoke them separately)", tags: ["registration"], security: SecurityBearer, params: Params, response: { 204: Type.Null(), ...problemResponses(400, 401, 403, 404) } },
   }, async (req, reply) => {
     await es.resetRegistration(req.params.registrationId, actorOf(req));

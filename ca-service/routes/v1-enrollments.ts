@@ -73,7 +73,7 @@ export const enrollmentRoutes: FastifyPluginAsync<RouteDeps> = async (app, { sto
   };
 
   app.put<{ Params: Static<typeof IdParams>; Body: Static<typeof IndividualBody> }>("/v1/enrollments/:registrationId", {
-    preHandler: enroll, config: { rateLimit },
+    onRequest: enroll, config: { rateLimit },
     schema: { summary: "Create or update an individual enrollment (idempotent)", tags: ["enrollment"], security: SecurityBearer, params: IdParams, body: IndividualBody, response: { 200: IndividualView, 201: IndividualView, ...problemResponses(400, 401, 403, 404, 429) } },
   }, async (req, reply) => {
     const r = await es.putIndividual({ ...req.body, registrationId: req.params.registrationId }, writerOf(req));
@@ -81,20 +81,20 @@ export const enrollmentRoutes: FastifyPluginAsync<RouteDeps> = async (app, { sto
     return individualView(r.enrollment);
   });
   app.get<{ Params: Static<typeof IdParams> }>("/v1/enrollments/:registrationId", {
-    preHandler: read, config: { rateLimit },
+    onRequest: read, config: { rateLimit },
     schema: { summary: "One individual enrollment", tags: ["enrollment"], security: SecurityBearer, params: IdParams, response: { 200: IndividualView, ...problemResponses(400, 401, 403, 404, 429) } },
   }, async (req) => individualView(own(await es.getIndividual(req.params.registrationId), writerOf(req).lineId, req.params.registrationId)));
   app.get<{ Querystring: Static<typeof ListQuery> }>("/v1/enrollments", {
-    preHandler: read, config: { rateLimit },
+    onRequest: read, config: { rateLimit },
     schema: { summary: "Individual enrollments (a line sees its own), paged by registration id", tags: ["enrollment"], security: SecurityBearer, querystring: ListQuery, response: { 200: Type.Object({ enrollments: Type.Array(IndividualView) }), ...problemResponses(400, 401, 403, 429) } },
   }, async (req) => ({ enrollments: (await es.listIndividuals({ lineId: writerOf(req).lineId, ...(req.query.after ? { after: req.query.after } : {}), limit: req.query.limit ?? 100 })).map(individualView) }));
   app.patch<{ Params: Static<typeof IdParams>; Body: Static<typeof StatusBody> }>("/v1/enrollments/:registrationId", {
-    preHandler: enroll, config: { rateLimit },
+    onRequest: enroll, config: { rateLimit },
     schema: { summary: "Enable or disable an individual enrollment", tags: ["enrollment"], security: SecurityBearer, params: IdParams, body: StatusBody, response: { 200: IndividualView, ...problemResponses(400, 401, 403, 404, 429) } },
   }, async (req) => individualView(await es.setIndividualStatus(req.params.registrationId, req.body.status, writerOf(req))));
 
   app.put<{ Params: Static<typeof GroupParams>; Body: Static<typeof GroupBody> }>("/v1/enrollment-groups/:groupId", {
-    preHandler: enroll, config: { rateLimit },
+    onRequest: enroll, config: { rateLimit },
     schema: { summary: "Create or update an enrollment group (x509CA or symmetricKey)", tags: ["enrollment"], security: SecurityBearer, params: GroupParams, body: GroupBody, response: { 200: GroupView, 201: GroupView, ...problemResponses(400, 401, 403, 429) } },
   }, async (req, reply) => {
     const existed = Boolean(await es.getGroup(req.params.groupId));
@@ -104,7 +104,7 @@ export const enrollmentRoutes: FastifyPluginAsync<RouteDeps> = async (app, { sto
     return { ...groupView(g), ...(key ? { groupKey: key } : {}) };
   });
   app.get<{ Params: Static<typeof GroupParams> }>("/v1/enrollment-groups/:groupId", {
-    preHandler: read, config: { rateLimit },
+    onRequest: read, config: { rateLimit },
     schema: { summary: "One enrollment group (never its key)", tags: ["enrollment"], security: SecurityBearer, params: GroupParams, response: { 200: GroupView, ...problemResponses(400, 401, 403, 404, 429) } },
   }, async (req) => {
     const g = await es.getGroup(req.params.groupId);
@@ -113,11 +113,11 @@ export const enrollmentRoutes: FastifyPluginAsync<RouteDeps> = async (app, { sto
     return groupView(g);
   });
   app.get("/v1/enrollment-groups", {
-    preHandler: read, config: { rateLimit },
+    onRequest: read, config: { rateLimit },
     schema: { summary: "Enrollment groups", tags: ["enrollment"], security: SecurityBearer, response: { 200: Type.Object({ groups: Type.Array(GroupView) }), ...problemResponses(401, 403, 429) } },
   }, async (req) => ({ groups: (await es.listGroups({ lineId: writerOf(req).lineId })).map(groupView) }));
   app.patch<{ Params: Static<typeof GroupParams>; Body: Static<typeof StatusBody> }>("/v1/enrollment-groups/:groupId", {
-    preHandler: enroll, config: { rateLimit },
+    onRequest: enroll, config: { rateLimit },
     schema: { summary: "Enable or disable an enrollment group", tags: ["enrollment"], security: SecurityBearer, params: GroupParams, body: StatusBody, response: { 200: GroupView, ...problemResponses(400, 401, 403, 404, 429) } },
   }, async (req) => groupView(await es.setGroupStatus(req.params.groupId, req.body.status, writerOf(req))));
 };

@@ -16,13 +16,13 @@ export const ocspRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, confi
     metrics.ocsp.inc({ outcome: r.outcome });
     return r.der;
   };
-  app.post<{ Body: Buffer }>("/v1/ocsp", {
+  app.post<{ Body: Buffer }>("/v1/ocsp", { config: { auth: "public" },
     schema: { summary: "OCSP request (POST, DER body)", tags: ["revocation"], consumes: ["application/ocsp-request"], produces: ["application/ocsp-response"] },
   }, async (req, reply) => {
     reply.type("application/ocsp-response");
     return answer(Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0));
   });
-  app.get<{ Params: Static<typeof GetParams> }>("/v1/ocsp/*", {
+  app.get<{ Params: Static<typeof GetParams> }>("/v1/ocsp/*", { config: { auth: "public" },
     schema: { summary: "OCSP request (GET, base64 in the path)", tags: ["revocation"], params: GetParams, produces: ["application/ocsp-response"] },
   }, async (req, reply) => {
     reply.type("application/ocsp-response");

@@ -4,6 +4,7 @@ import { EdgeTrustError, isEdgeTrustError } from "../../common/index.js";
 import { peerCertificate, problemResponses } from "../http.js";
 import { CsrPem, IssuedView } from "./schemas.js";
 import type { RouteDeps } from "./types.js";
+import { requireIssuedCertificate } from "../device-auth.js";
 
 const Body = Type.Object({
   csr: CsrPem,
@@ -17,8 +18,9 @@ const Renewed = Type.Composite([IssuedView, Type.Object({ rekey: Type.Boolean(),
  * handshake proves its key). Same key in the CSR: renewal; a new key: rekey (same identity). Accepted up to
  * `renewAfterExpiryDays` after expiry, so devices that were offline come back without re-enrolling.
  */
-export const renewRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, metrics }) => {
+export const renewRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, store, metrics }) => {
   app.post<{ Body: Static<typeof Body> }>("/v1/renew", {
+    onRequest: requireIssuedCertificate(store),
     schema: { summary: "Renew or rekey with the current certificate (mTLS)", tags: ["certificates"], body: Body, response: { 200: Renewed, ...problemResponses(400, 401, 403) } },
   }, async (req) => {
     const peer = peerCertificate(req);
