@@ -231,6 +231,23 @@ export function appraise(m: Evidence["measurements"], ref: References, attested?
   return out;
 }
 
+const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
+
+/**
+ * The leaf of a JWS header's x5c (RFC 7515 §4.1.6: an array of base64 — not base64url — DER certificates). Anything
+ * else — a string, numbers, empty, bad base64 — is invalid evidence (400), never an exception further down.
+ */
+function x5cLeaf(header: jose.ProtectedHeaderParameters, what: string): Buffer {
+  const x5c: unknown = header.x5c;
+  if (x5c === undefined) throw new EdgeTrustError("ATTESTATION_EVIDENCE_INVALID", `the ${what} header has no x5c device certificate`);
+  if (!Array.isArray(x5c) || x5c.length === 0 || x5c.length > 10) throw new EdgeTrustError("ATTESTATION_EVIDENCE_INVALID", `the ${what} header's x5c must be an array of 1 to 10 base64 certificates`);
+  const leaf: unknown = x5c[0];
+  if (typeof leaf !== "string" || leaf.length > 16384 || leaf.length % 4 !== 0 || !BASE64.test(leaf)) {
+    throw new EdgeTrustError("ATTESTATION_EVIDENCE_INVALID", `the ${what} header's x5c[0] is not base64 (RFC 7515 §4.1.6)`);
+  }
+  return Buffer.from(leaf, "base64");
+}
+
 /**
  * The verifier: single-use, short-lived nonces; evidence verified with jose against the device certificate in its
  * x5c (which must be a device-identity certificate this CA issued, unrevoked and unexpired); an EAR result signed by
@@ -282,10 +299,13 @@ export class AttestationVerifier {
   }
 
   private async deviceCertificate(header: jose.ProtectedHeaderParameters): Promise<{ cert: x509.X509Certificate; deviceId: string }> {
-    const leaf = header.x5c?.[0];
-    if (!leaf) throw new EdgeTrustError("ATTESTATION_EVIDENCE_INVALID", "the evidence header has no x5c device certificate");
-    const der = Buffer.from(leaf, "base64");
-    const cert = new x509.X509Certificate(new Uint8Array(der));
+    const der = x5cLeaf(header, "evidence");
+    let cert: x509.X509Certificate;
+    try {
+      cert = new x509.X509Certificate(new Uint8Array(der));
+    } catch (e) {
+      throw new EdgeTrustError("ATTESTATION_EVIDENCE_INVALID", "the evidence's x5c[0] is not a DER X.509 certificate", { cause: e });
+    }
     const rec = await this.store.getCertificate(normalizeSerial(cert.serialNumber));
     if (!rec || rec.fingerprintSha256 !== createHash("sha256").update(der).digest("hex")) {
       throw new EdgeTrustError("ATTESTATION_EVIDENCE_INVALID", "the evidence's device certificate was not issued by this CA");
@@ -305,6 +325,7 @@ export class AttestationVerifier {
     } catch (e) {
       throw new EdgeTrustError("ATTESTATION_EVIDENCE_INVALID", "the evidence is not a compact JWS", { cause: e });
     }
+    if (typeof header.alg !== "string" || !ALGS.includes(header.alg)) throw new EdgeTrustError("ATTESTATION_EVIDENCE_INVALID", `evidence alg must be one of ${ALGS.join(", ")}`);
     if (header.typ !== "eat+jwt") throw new EdgeTrustError("ATTESTATION_EVIDENCE_INVALID", `evidence typ must be eat+jwt, got ${String(header.typ)}`);
     const { cert, deviceId } = await this.deviceCertificate(header);
     let payload: Uint8Array;
@@ -361,8 +382,13 @@ export class AttestationVerifier {
     } catch (e) {
       throw new EdgeTrustError("FORBIDDEN", "the attestation result is not a JWS", { cause: e });
     }
-    const certB64 = header.x5c?.[0];
-    const issuer = this.ca.issuers().find((c) => Buffer.from(c.cert.rawData).toString("base64") === certB64);
+    let der: Buffer;
+    try {
+      der = x5cLeaf(header, "attestation result");
+    } catch (e) {
+      throw new EdgeTrustError("FORBIDDEN", `the attestation result is malformed: ${(e as Error).message}`, { cause: e });
+    }
+    const issuer = this.ca.issuers().find((c) => der.equals(Buffer.from(c.cert.rawData)));
     if (!issuer) throw new EdgeTrustError("FORBIDDEN", "the attestation result was not signed by this CA");
     let payload: jose.JWTPayload;
     try {
