@@ -285,6 +285,11 @@ export class AttestationVerifier {
     return null;
   }
 
+  /** Where the reference values come from (what the EAR result names), for the fleet view. */
+  referenceSource(): string {
+    try { return this.references().source ?? "none"; } catch { return "unreadable"; }
+  }
+
   /** A fresh nonce for `source` (the client address): stored by its sha256, so the table holds no usable nonce. */
   async nonce(source = "local"): Promise<{ nonce: string; expiresAt: string }> {
     const nonce = randomBytes(32).toString("base64url");

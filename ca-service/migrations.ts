@@ -2,6 +2,7 @@ import type { Db } from "./db.js";
 import { ENROLLMENT_MIGRATIONS } from "./enrollment/migrations.js";
 import { DEPLOYMENT_MIGRATIONS } from "./deployments/migrations.js";
 import { SHARED_STATE_MIGRATIONS } from "./shared/migrations.js";
+import { FLEET_MIGRATIONS } from "./fleet/migrations.js";
 
 /**
  * Schema migrations, one list for both dialects. Each migration is plain SQL shared by SQLite and PostgreSQL, with
@@ -113,6 +114,7 @@ CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log
   ...ENROLLMENT_MIGRATIONS,
   ...DEPLOYMENT_MIGRATIONS,
   ...SHARED_STATE_MIGRATIONS,
+  ...FLEET_MIGRATIONS,
 ];
 
 /** Apply every migration not yet applied; returns the versions applied now. */

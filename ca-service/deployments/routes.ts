@@ -5,6 +5,7 @@ import { actorOf, problemResponses, requireRole, SecurityBearer } from "../http.
 import { requireDevice } from "../device-auth.js";
 import type { RouteDeps } from "../routes/types.js";
 import { DeploymentStore } from "./store.js";
+import { recordReport } from "../fleet/record.js";
 
 /** The device `requireDevice` authenticated (the TLS handshake proved the key of its identity certificate). */
 function authenticatedDevice(req: FastifyRequest): string {
@@ -88,6 +89,7 @@ export const deploymentRoutes: FastifyPluginAsync<RouteDeps> = async (app, { sto
     const deviceId = authenticatedDevice(req);
     if (req.body.deviceId !== deviceId) throw new EdgeTrustError("FORBIDDEN", `device ${deviceId} cannot report for ${req.body.deviceId}`);
     const id = await deployments.addReport(deviceId, req.body.kind, req.body);
+    await recordReport(store, deviceId, req.body);
     return reply.code(202).send({ id });
   });
 

@@ -6,6 +6,7 @@ import { certificateIdentity } from "../../pki/index.js";
 import { AttestationVerifier } from "../attestation.js";
 import { peerCertificate, problemResponses } from "../http.js";
 import type { RouteDeps } from "./types.js";
+import { recordAttestation } from "../fleet/record.js";
 
 const NonceView = Type.Object({ nonce: Type.String(), expiresAt: Type.String() });
 const VerifyBody = Type.Object({ evidence: Type.String({ minLength: 20, maxLength: 65536 }) }, { additionalProperties: false });
@@ -46,7 +47,12 @@ export const attestationRoutes: FastifyPluginAsync<RouteDeps> = async (app, deps
   });
   app.post<{ Body: Static<typeof VerifyBody> }>("/v1/attestation/verify", { config: { auth: "public" },
     schema: { summary: "Appraise evidence against reference values; EAR result signed by the CA", tags: ["attestation"], body: VerifyBody, response: { 200: VerifyView, ...problemResponses(400, 403) } },
-  }, async (req) => v.verify(req.body.evidence));
+  }, async (req) => {
+    const r = await v.verify(req.body.evidence);
+    // The fleet view keeps the latest appraisal per device (issue 16); the device gets the same verdict either way.
+    await recordAttestation(deps.store, { deviceId: r.deviceId, status: r.status, claims: r.claims, reference: v.referenceSource() });
+    return r;
+  });
 };
 
 /**
