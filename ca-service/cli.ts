@@ -56,6 +56,11 @@ export function caCommand(): Command {
       const logger = createLogger("ca-service", { level: cfg.log.level });
       const opened = await openCa(cfg.ca, cfg.hsm, { logger });
       const server = await createCaServer(cfg.ca, { ca: opened.ca, store: opened.store, logger });
+      if (cfg.console.enabled) {
+        // The security console (issue 16), loaded only when served; it reads the CA through ca-service/index.
+        const { consolePlugin } = await import("../console/index.js");
+        await server.app.register(consolePlugin, { ca: opened.ca, store: opened.store, caConfig: cfg.ca, console: cfg.console });
+      }
       const addr = await server.listen();
       logger.info({ ...addr, database: opened.store.dialect, keyStore: opened.keys.kind }, "ca-service listening");
       process.stdout.write(JSON.stringify({ listening: addr.url, revocation: addr.revocationUrl ?? null }) + "\n");

@@ -19,7 +19,7 @@ export { createCaServer } from "./server.js";
 export type { CaServer, CaServerDeps } from "./server.js";
 export { openCa, openCaStores, profileOverrides } from "./service.js";
 export type { OpenCaOptions } from "./service.js";
-export { authenticate, requireRole, installProblemHandlers } from "./http.js";
+export { authenticate, requireRole, installProblemHandlers, peerCertificate } from "./http.js";
 export { caCommand } from "./cli.js";
 // Enrollment API (issue 4): provisioning lines, enrollments, bulk import, registration (JSON, EST, DPS-compatible).
 export {

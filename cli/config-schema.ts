@@ -4,6 +4,7 @@ import { HubConfig } from "../edge-hub/config.js";
 import { CaConfig } from "../ca-service/config.js";
 import { DeviceConfig } from "../device-identity/config.js";
 import { AgentConfig } from "../edge-agent/config.js";
+import { ConsoleConfig } from "../console/config.js";
 
 /** The whole edgetrust.yaml: one section per component. Each section's schema lives beside its component. */
 export const EdgeTrustConfig = Type.Object(
@@ -22,6 +23,7 @@ export const EdgeTrustConfig = Type.Object(
     ca: CaConfig,
     device: DeviceConfig,
     agent: AgentConfig,
+    console: ConsoleConfig,
   },
   { additionalProperties: false },
 );
