@@ -6,9 +6,10 @@ import { caBenchmark } from "./ca.js";
 import { agentBenchmark } from "./agent.js";
 import { enrollBenchmark, registrationBenchmark } from "./enroll.js";
 import { identityBenchmark } from "./identity.js";
+import { consoleBenchmark } from "./console.js";
 
 /** Every benchmark of the project, in the order `edgetrust bench` runs them. Components add theirs here. */
-export const benchmarks: Benchmark[] = [hsmBenchmark, manifestBenchmark, hubBenchmark, caBenchmark, agentBenchmark, enrollBenchmark, registrationBenchmark, identityBenchmark];
+export const benchmarks: Benchmark[] = [hsmBenchmark, manifestBenchmark, hubBenchmark, caBenchmark, agentBenchmark, enrollBenchmark, registrationBenchmark, identityBenchmark, consoleBenchmark];
 
 export type { Benchmark, BenchRow, Progress } from "./types.js";
 export { row, skippedRow } from "./types.js";
