@@ -10,6 +10,9 @@ import { createCaServer } from "./server.js";
 import { openCa, openCaStores } from "./service.js";
 import { REVOCATION_REASONS, type RevocationReason, type Role } from "./store.js";
 import { addEnrollmentCommands } from "./enrollment/cli.js";
+import type { FastifyInstance } from "fastify";
+import type { CertificateAuthority } from "./ca.js";
+import type { CaStore } from "./store.js";
 
 interface Common {
   config?: string;
@@ -24,7 +27,13 @@ function load(opts: Common) {
 const configOpt = () => new Option("-c, --config <file>", "edgetrust.yaml (default: built-in defaults + EDGETRUST_* environment)");
 const jsonOpt = () => new Option("--json", "machine-readable output");
 
-export function caCommand(): Command {
+/**
+ * What the command tree adds to `ca serve` before it listens (the security console): ca-service cannot import the
+ * components that read it, so they are handed in.
+ */
+export type ServeExtension = (app: FastifyInstance, deps: { ca: CertificateAuthority; store: CaStore; config: ReturnType<typeof load> }) => Promise<void>;
+
+export function caCommand(opts: { serveExtensions?: ServeExtension[] } = {}): Command {
   const cmd = new Command("ca").description("Cloud CA: init the hierarchy, serve the HTTPS API, issue, revoke, audit");
 
   cmd.command("init")
@@ -56,11 +65,7 @@ export function caCommand(): Command {
       const logger = createLogger("ca-service", { level: cfg.log.level });
       const opened = await openCa(cfg.ca, cfg.hsm, { logger });
       const server = await createCaServer(cfg.ca, { ca: opened.ca, store: opened.store, logger });
-      if (cfg.console.enabled) {
-        // The security console (issue 16), loaded only when served; it reads the CA through ca-service/index.
-        const { consolePlugin } = await import("../console/index.js");
-        await server.app.register(consolePlugin, { ca: opened.ca, store: opened.store, caConfig: cfg.ca, console: cfg.console });
-      }
+      for (const extend of opts.serveExtensions ?? []) await extend(server.app, { ca: opened.ca, store: opened.store, config: cfg });
       const addr = await server.listen();
       logger.info({ ...addr, database: opened.store.dialect, keyStore: opened.keys.kind }, "ca-service listening");
       process.stdout.write(JSON.stringify({ listening: addr.url, revocation: addr.revocationUrl ?? null }) + "\n");

@@ -1,6 +1,14 @@
 import "reflect-metadata";
 import { Command, CommanderError } from "commander";
 import { reportFailure } from "./output.js";
+import type { ServeExtension } from "../ca-service/cli.js";
+
+/** `ca serve` also serves the security console (issue 16) unless `console.enabled: false`; loaded only then. */
+const serveConsole: ServeExtension = async (app, { ca, store, config }) => {
+  if (!config.console.enabled) return;
+  const { consolePlugin } = await import("../console/index.js");
+  await app.register(consolePlugin, { ca, store, caConfig: config.ca, console: config.console });
+};
 
 interface Entry {
   description: string;
@@ -20,7 +28,7 @@ const COMMANDS: Record<string, Entry> = {
   manifest: { description: "Deployment manifests: sign, verify", load: async () => (await import("../policy/cli.js")).manifestCommand() },
   hub: { description: "Edge hub: mTLS MQTT broker for attested modules and leaf devices", load: async () => (await import("../edge-hub/cli.js")).hubCommand() },
   agent: { description: "Edge agent: verify the deployment manifest, start attested modules, supervise them", load: async () => (await import("../edge-agent/cli.js")).agentCommand() },
-  ca: { description: "Cloud CA: init, serve, issue, revoke, audit", load: async () => (await import("../ca-service/cli.js")).caCommand() },
+  ca: { description: "Cloud CA: init, serve, issue, revoke, audit", load: async () => (await import("../ca-service/cli.js")).caCommand({ serveExtensions: [serveConsole] }) },
   device: { description: "Device identity daemon: provision, run, status, attest", load: async () => (await import("../device-identity/cli.js")).deviceCommand() },
   bench: { description: "Run the benchmarks; each figure is a ratio against a reference measured in the same run", load: async () => (await import("../bench/cli.js")).benchCommand() },
 };

@@ -11,7 +11,7 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium, type BrowserContext, type Locator, type Page } from "playwright-core";
-import { populateFleet, startConsoleFleet, type ConsoleFleet } from "./test-fleet.js";
+import { populateFleet, startConsoleFleet, type ConsoleFleet } from "./test-helpers.js";
 import { CONTENT_SECURITY_POLICY } from "./plugin.js";
 
 const CHROMIUM = "/usr/bin/chromium";

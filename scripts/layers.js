@@ -15,8 +15,9 @@ export const LAYERS = {
   "device-identity": { uses: ["common", "hsm", "pki", "policy", "engine", "identity-api"], faces: ["cli", "config"] },
   "edge-agent": { uses: ["common", "hsm", "policy", "engine", "identity-api"], faces: ["cli", "config"] },
   "edge-hub": { uses: ["common", "hsm", "pki", "policy", "identity-api"], faces: ["cli", "config"] },
-  cli: { uses: ["common", "hsm", "pki", "policy", "engine", "identity-api", "certs-dev", "ca-service", "device-identity", "edge-agent", "edge-hub", "bench"] },
-  bench: { uses: ["common", "hsm", "pki", "policy", "engine", "identity-api", "certs-dev", "ca-service", "device-identity", "edge-agent", "edge-hub", "cli"], faces: ["cli"] },
+  console: { uses: ["common", "policy", "ca-service"], faces: ["config"] },
+  cli: { uses: ["common", "hsm", "pki", "policy", "engine", "identity-api", "certs-dev", "ca-service", "device-identity", "edge-agent", "edge-hub", "console", "bench"] },
+  bench: { uses: ["common", "hsm", "pki", "policy", "engine", "identity-api", "certs-dev", "ca-service", "device-identity", "edge-agent", "edge-hub", "console", "cli"], faces: ["cli"] },
 };
 
 /** Test code (tests, their helpers, fixtures) is held to the layering separately: it may reach `test/`. */
