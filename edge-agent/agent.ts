@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, mkdirSync } from "node:fs";
+import { existsSync, readFileSync, mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { writeFileAtomic, type Logger } from "../common/index.js";
 import { ManifestStateStore, moduleAuth, verifyManifest, type Manifest, type Policy, type TrustRoot, type Verdict } from "../policy/index.js";
@@ -6,6 +6,7 @@ import { ensureImage, imageStillPinned, type DockerClient, type PullProgress } f
 import { containerName, createModuleContainer, listManaged, type ManagedContainer } from "./containers.js";
 import { containerPlan, modulesInOrder, userIds, type PlannedModule } from "./plan.js";
 import { DEFAULT_IOTEDGE, iotEdgeEnvironment, newGenerationId, type IotEdgeSettings } from "./iotedge-env.js";
+import { atStep, describeFailure, failureLine, type DeploymentFailure } from "./deployment.js";
 
 /** What the agent asks of the device identity daemon (its management socket). */
 export interface IdentityRegistrar {
@@ -40,7 +41,7 @@ export interface ModuleStatus {
 
 export interface AgentReport {
   at: string;
-  kind: "manifest-accepted" | "manifest-rejected" | "module-status" | "last-known-good";
+  kind: "manifest-accepted" | "manifest-rejected" | "module-status" | "last-known-good" | "deployment-failed";
   deviceId: string;
   deploymentId?: string;
   version?: number;
@@ -82,6 +83,8 @@ export interface ApplyResult {
   /** True when the verified manifest is now what runs. */
   applied: boolean;
   modules: ModuleStatus[];
+  /** A manifest that verified but could not be applied: why, and what the device is back on. */
+  failure?: DeploymentFailure;
 }
 
 /**
@@ -92,6 +95,10 @@ export interface ApplyResult {
 export class EdgeAgent {
   private readonly store: ManifestStateStore;
   private readonly lkgFile: string;
+  /** The manifest being applied: written before anything changes, so a crash mid-apply resumes it at boot. */
+  private readonly pendingFile: string;
+  /** The last manifest that verified but failed to apply: not retried (and churned) until a new one arrives. */
+  private failed: { payloadDigest: string; failure: DeploymentFailure } | undefined;
   private manifest: Manifest | undefined;
   private supervised = new Map<string, Supervised>();
   private timer: NodeJS.Timeout | undefined;
@@ -101,6 +108,7 @@ export class EdgeAgent {
     mkdirSync(o.stateDir, { recursive: true });
     this.store = new ManifestStateStore(join(o.stateDir, "manifest-state.json"));
     this.lkgFile = join(o.stateDir, "current.jws");
+    this.pendingFile = join(o.stateDir, "pending.jws");
   }
 
   private now(): Date {
@@ -129,7 +137,9 @@ export class EdgeAgent {
    */
   boot(): Promise<ApplyResult | undefined> {
     return this.serial(async () => {
-      if (!existsSync(this.lkgFile)) return undefined;
+      const resumed = await this.resumePending();
+      if (resumed?.applied) return resumed;
+      if (!existsSync(this.lkgFile)) return resumed;
       const bytes = readFileSync(this.lkgFile);
       const state = this.store.read();
       const acceptedAt = state ? new Date(state.acceptedAt) : undefined;
@@ -147,7 +157,7 @@ export class EdgeAgent {
     });
   }
 
-  /** Verify a new manifest and, only if it passes, make it the deployment. */
+  /** Verify a new manifest and, only if it passes, make it the deployment — all of it, or none of it. */
   apply(bytes: string | Uint8Array): Promise<ApplyResult> {
     return this.serial(async () => {
       // The exact accepted manifest again is harmless (it re-reconciles); any other bytes at that version are a replay.
@@ -157,13 +167,84 @@ export class EdgeAgent {
         this.emit({ kind: "manifest-rejected", reasons: verdict.reasons.map((r) => `${r.check}: ${r.message}`), ...(verdict.version !== undefined ? { version: verdict.version } : {}) });
         return { verdict, applied: false, modules: this.status() };
       }
-      // Bytes first, state second: a crash in between leaves a newer current.jws that boot verifies as new.
-      writeFileAtomic(this.lkgFile, typeof bytes === "string" ? bytes : Buffer.from(bytes), 0o600);
-      this.store.accept(verdict, this.o.deviceId, this.now());
-      this.emit({ kind: "manifest-accepted", deploymentId: verdict.manifest.deploymentId, version: verdict.manifest.version, warnings: verdict.warnings.map((w) => w.message) });
-      const modules = await this.reconcileTo(verdict.manifest);
-      return { verdict, applied: true, modules };
+      if (this.failed && this.failed.payloadDigest === verdict.payloadDigest) {
+        return { verdict, applied: false, modules: this.status(), failure: this.failed.failure };
+      }
+      return this.applyVerified(bytes, { ...verdict, manifest: verdict.manifest });
     });
+  }
+
+  /**
+   * Switch to a verified manifest. pending.jws is written first; the accepted state and current.jws move only once
+   * every module is pulled, created, registered and started. Any failing step puts the last-known-good back.
+   */
+  private async applyVerified(bytes: string | Uint8Array, verdict: Verdict & { manifest: Manifest }): Promise<ApplyResult> {
+    const manifest = verdict.manifest;
+    const data = typeof bytes === "string" ? bytes : Buffer.from(bytes);
+    writeFileAtomic(this.pendingFile, data, 0o600);
+    try {
+      const modules = await this.reconcileTo(manifest, true);
+      // Bytes first, state second: a crash in between leaves a newer current.jws that boot verifies as new.
+      writeFileAtomic(this.lkgFile, data, 0o600);
+      this.store.accept(verdict, this.o.deviceId, this.now());
+      rmSync(this.pendingFile, { force: true });
+      this.failed = undefined;
+      this.emit({ kind: "manifest-accepted", deploymentId: manifest.deploymentId, version: manifest.version, warnings: verdict.warnings.map((w) => w.message) });
+      this.emit({ kind: "module-status", deploymentId: manifest.deploymentId, version: manifest.version, modules });
+      return { verdict, applied: true, modules };
+    } catch (e) {
+      rmSync(this.pendingFile, { force: true });
+      const failure = await this.rollBack(e);
+      if (verdict.payloadDigest) this.failed = { payloadDigest: verdict.payloadDigest, failure };
+      const line = failureLine(failure);
+      this.o.log.error({ version: manifest.version, step: failure.step, module: failure.module, reason: failure.reason, restoredVersion: failure.restoredVersion }, "deployment failed; rolled back");
+      const modules = this.status();
+      this.emit({ kind: "deployment-failed", deploymentId: manifest.deploymentId, version: manifest.version, reasons: [line], modules });
+      return { verdict, applied: false, modules, failure };
+    }
+  }
+
+  /** Put the last-known-good back after a failed apply: its modules from their pinned digests, or nothing at all. */
+  private async rollBack(cause: unknown): Promise<DeploymentFailure> {
+    const what = describeFailure(cause);
+    const lkg = await this.lastKnownGood();
+    if (!lkg) {
+      await this.removeAll("deployment failed; no last-known-good");
+      return { ...what, restoredVersion: 0, notRestored: [] };
+    }
+    const modules = await this.reconcileTo(lkg, false);
+    return { ...what, restoredVersion: lkg.version, notRestored: modules.filter((m) => m.state !== "running").map((m) => m.name) };
+  }
+
+  /** The accepted manifest on disk, re-verified as of when it was accepted (as boot does); undefined if none. */
+  private async lastKnownGood(): Promise<Manifest | undefined> {
+    if (!existsSync(this.lkgFile)) return undefined;
+    const state = this.store.read();
+    const v = await this.verify(readFileSync(this.lkgFile), true, state ? new Date(state.acceptedAt) : undefined);
+    return v.ok ? v.manifest : undefined;
+  }
+
+  /**
+   * An apply interrupted by a crash left pending.jws: apply it again (all-or-nothing) if it still verifies as newer
+   * than what was accepted; otherwise drop it and let boot run the last-known-good.
+   */
+  private async resumePending(): Promise<ApplyResult | undefined> {
+    if (!existsSync(this.pendingFile)) return undefined;
+    const bytes = readFileSync(this.pendingFile);
+    const verdict = await this.verify(bytes, false);
+    if (!verdict.ok || !verdict.manifest) {
+      rmSync(this.pendingFile, { force: true });
+      return undefined;
+    }
+    this.o.log.info({ version: verdict.manifest.version }, "resuming the deployment a restart interrupted");
+    return this.applyVerified(bytes, { ...verdict, manifest: verdict.manifest });
+  }
+
+  private async removeAll(reason: string): Promise<void> {
+    for (const c of await listManaged(this.o.docker, this.o.deviceId)) await this.removeModuleContainer(c, reason);
+    for (const r of await this.o.identity.registered()) await this.o.identity.deregister(r.name, reason);
+    this.manifest = undefined;
+    this.supervised = new Map();
   }
 
   private async verify(bytes: string | Uint8Array, reloadAccepted: boolean, at?: Date): Promise<Verdict> {
@@ -177,10 +258,15 @@ export class EdgeAgent {
     });
   }
 
-  /** Make the engine equal to the manifest: remove what is not in it, (re)create what differs, start in order. */
-  private async reconcileTo(manifest: Manifest): Promise<ModuleStatus[]> {
+  /**
+   * Make the engine equal to the manifest: remove what is not in it, (re)create what differs, start in order.
+   * `strict` (a new deployment): every image is pulled before anything running is touched, and the first failing
+   * step throws (the caller rolls back). Otherwise (the last-known-good) a module that fails is reported, the rest run.
+   */
+  private async reconcileTo(manifest: Manifest, strict = false): Promise<ModuleStatus[]> {
     const { docker, identity, log } = this.o;
     const planned = modulesInOrder(manifest);
+    if (strict) for (const p of planned) await atStep("pull", p.name, () => ensureImage(docker, p.image, (pr) => this.o.onPull?.(p.name, pr)));
     const wanted = new Set(planned.map((p) => p.name));
     const registered = new Map((await identity.registered()).map((r) => [r.name, r.containerId]));
     const managed = await listManaged(docker, this.o.deviceId);
@@ -198,6 +284,7 @@ export class EdgeAgent {
       try {
         next.set(p.name, await this.ensureModule(manifest, p, managed, registered.get(p.name)));
       } catch (e) {
+        if (strict) throw e;
         const reason = (e as Error).message;
         log.error({ module: p.name, reason }, "module could not be started");
         next.set(p.name, { planned: p, containerId: "", imageId: "", restarts: 0, nextRestartAt: 0, state: "failed", reason });
@@ -206,13 +293,13 @@ export class EdgeAgent {
     this.manifest = manifest;
     this.supervised = next;
     const modules = this.status();
-    this.emit({ kind: "module-status", deploymentId: manifest.deploymentId, version: manifest.version, modules });
+    if (!strict) this.emit({ kind: "module-status", deploymentId: manifest.deploymentId, version: manifest.version, modules });
     return modules;
   }
 
   private async ensureModule(manifest: Manifest, p: PlannedModule, managed: ManagedContainer[], registeredId: string | undefined): Promise<Supervised> {
     const { docker } = this.o;
-    const resolved = await ensureImage(docker, p.image, (pr) => this.o.onPull?.(p.name, pr));
+    const resolved = await atStep("pull", p.name, () => ensureImage(docker, p.image, (pr) => this.o.onPull?.(p.name, pr)));
     const existing = managed.find((c) => c.module === p.name && c.id === registeredId);
     if (existing && existing.digest === p.image.digest && existing.manifestVersion === manifest.version && existing.imageId === resolved.imageId) {
       if (!existing.running) await docker.startContainer(existing.id);
@@ -225,9 +312,9 @@ export class EdgeAgent {
     // Policy grants SAS explicitly: the container gets the IoT Edge environment, the daemon a key for this generation.
     const sas = moduleAuth(this.o.policy, p.name) === "sas" ? { auth: "sas" as const, generationId: newGenerationId() } : undefined;
     if (sas) plan.env = { ...plan.env, ...iotEdgeEnvironment({ ...DEFAULT_IOTEDGE, ...this.o.iotEdge, deviceId: this.o.deviceId, module: p.name, generationId: sas.generationId }) };
-    const id = await createModuleContainer(docker, plan);
+    const id = await atStep("create", p.name, () => createModuleContainer(docker, plan));
     try {
-      await this.o.identity.register({
+      await atStep("register", p.name, () => this.o.identity.register({
         name: p.name,
         containerId: id,
         imageRepository: p.image.repository,
@@ -236,12 +323,12 @@ export class EdgeAgent {
         deploymentId: manifest.deploymentId,
         ...userIds(plan.user),
         ...sas,
-      });
+      }));
     } catch (e) {
       await docker.removeContainer(id);
       throw e;
     }
-    await docker.startContainer(id);
+    await atStep("start", p.name, () => docker.startContainer(id));
     this.o.log.info({ module: p.name, digest: p.image.digest, container: id.slice(0, 12) }, "module attested and started");
     return { planned: p, containerId: id, imageId: resolved.imageId, restarts: 0, nextRestartAt: 0, state: "running" };
   }

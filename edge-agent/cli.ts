@@ -9,6 +9,7 @@ import { DockerClient } from "../engine/index.js";
 import { EdgeAgent } from "./agent.js";
 import { ManagementSocketRegistrar } from "./identity-client.js";
 import { CloudClient, ReportQueue, syncDeployment } from "./cloud.js";
+import { failureLine } from "./deployment.js";
 
 interface RunOptions {
   config?: string;
@@ -74,6 +75,7 @@ export function agentCommand(): Command {
         rejected = !r.applied;
         if (!r.applied) {
           for (const reason of r.verdict.reasons) process.stderr.write(`manifest rejected: ${reason.check}: ${reason.message}\n`);
+          if (r.failure) process.stderr.write(`${failureLine(r.failure)}\n`);
         }
       }
       const poll = async () => {
@@ -81,6 +83,7 @@ export function agentCommand(): Command {
         try {
           const r = await syncDeployment(agent, cloud);
           if (r.applied) log.info({ version: r.version }, "applied the cloud's deployment");
+          if (r.refused) rejected = true;
           await queue?.flush();
         } catch (e) {
           log.warn({ reason: (e as Error).message }, "cloud unreachable; running what the device has");

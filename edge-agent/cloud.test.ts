@@ -101,14 +101,14 @@ afterAll(async () => {
 
 describe("edge agent ↔ cloud over mTLS (real ca-service)", () => {
   it("nothing published yet: nothing applied", async () => {
-    expect(await syncDeployment(agent, cloud)).toEqual({ fetched: false, applied: false });
+    expect(await syncDeployment(agent, cloud)).toEqual({ fetched: false, applied: false, refused: false });
   });
 
   it("fetches the manifest the security team uploaded, verifies it on the device, and runs it", async () => {
     await upload(manifest(1));
-    expect(await syncDeployment(agent, cloud)).toEqual({ fetched: true, applied: true, version: 1 });
+    expect(await syncDeployment(agent, cloud)).toEqual({ fetched: true, applied: true, refused: false, version: 1 });
     expect((await docker.inspectContainer(`edgetrust-${MODULE}`))?.State.Running).toBe(true);
-    expect(await syncDeployment(agent, cloud)).toEqual({ fetched: true, applied: false, version: 1 });
+    expect(await syncDeployment(agent, cloud)).toEqual({ fetched: true, applied: false, refused: false, version: 1 });
   });
 
   it("reports wait on disk while the cloud is down and arrive in order once it is back", async () => {

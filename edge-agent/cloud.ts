@@ -127,11 +127,12 @@ export class ReportQueue {
 export async function syncDeployment(
   agent: { apply(bytes: string): Promise<{ applied: boolean }>; current(): { version: number } | undefined },
   cloud: CloudClient,
-): Promise<{ fetched: boolean; applied: boolean; version?: number }> {
+): Promise<{ fetched: boolean; applied: boolean; refused: boolean; version?: number }> {
   const d = await cloud.fetchDeployment();
-  if (!d) return { fetched: false, applied: false };
+  if (!d) return { fetched: false, applied: false, refused: false };
   const running = agent.current()?.version ?? 0;
-  if (d.version <= running) return { fetched: true, applied: false, version: d.version };
+  if (d.version <= running) return { fetched: true, applied: false, refused: false, version: d.version };
   const r = await agent.apply(d.jws);
-  return { fetched: true, applied: r.applied, version: d.version };
+  // Not applied = refused at verify or rolled back after a failing step: either way the device stayed where it was.
+  return { fetched: true, applied: r.applied, refused: !r.applied, version: d.version };
 }

@@ -32,7 +32,7 @@ const DeviceDeployment = Type.Object({ deploymentId: Type.String(), version: Typ
 const Report = Type.Object(
   {
     at: Type.String({ format: "date-time" }),
-    kind: Type.Union([Type.Literal("manifest-accepted"), Type.Literal("manifest-rejected"), Type.Literal("module-status"), Type.Literal("last-known-good")]),
+    kind: Type.Union([Type.Literal("manifest-accepted"), Type.Literal("manifest-rejected"), Type.Literal("module-status"), Type.Literal("last-known-good"), Type.Literal("deployment-failed")]),
     deviceId: Type.String({ maxLength: 128 }),
     deploymentId: Type.Optional(Type.String({ maxLength: 128 })),
     version: Type.Optional(Type.Integer({ minimum: 0 })),
