@@ -1,7 +1,7 @@
 import { Command } from "commander";
 import { benchmarks } from "./index.js";
 import type { BenchRow } from "./types.js";
-import { action } from "../cli/output.js";
+import { action } from "../common/index.js";
 
 function table(rows: BenchRow[]): string {
   const head = ["benchmark", "value", "reference", "ratio", "target", "met"];

@@ -1,9 +1,8 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { Command, Option } from "commander";
-import { EdgeTrustError, createLogger, loadConfig } from "../common/index.js";
-import { KEY_ALGORITHMS, type KeyAlgorithm } from "../hsm/index.js";
-import { EdgeTrustConfig } from "../cli/config-schema.js";
-import { action, emit } from "../cli/output.js";
+import { EdgeTrustError, createLogger, action, emit, type ConfigReader, type LogSection } from "../common/index.js";
+import { KEY_ALGORITHMS, type HsmConfig, type KeyAlgorithm } from "../hsm/index.js";
+import type { CaConfig } from "./config.js";
 import { CA_PROFILES, type CaProfileName } from "./ca.js";
 import { initCa, rolloverIssuingCa } from "./init.js";
 import { createCaServer } from "./server.js";
@@ -14,13 +13,16 @@ import type { FastifyInstance } from "fastify";
 import type { CertificateAuthority } from "./ca.js";
 import type { CaStore } from "./store.js";
 
+/** The sections of edgetrust.yaml these commands read (the command tree hands in a reader of the whole file). */
+export type CaCliConfig = { log: LogSection; hsm: HsmConfig; ca: CaConfig };
+
 interface Common {
   config?: string;
   json?: boolean;
 }
 
-function load(opts: Common) {
-  const cfg = loadConfig(EdgeTrustConfig, opts.config ? { file: opts.config, required: true } : {});
+function load<C extends CaCliConfig>(readConfig: ConfigReader<C>, opts: Common): C {
+  const cfg = readConfig(opts.config ? { file: opts.config, required: true } : {});
   return cfg;
 }
 
@@ -31,9 +33,9 @@ const jsonOpt = () => new Option("--json", "machine-readable output");
  * What the command tree adds to `ca serve` before it listens (the security console): ca-service cannot import the
  * components that read it, so they are handed in.
  */
-export type ServeExtension = (app: FastifyInstance, deps: { ca: CertificateAuthority; store: CaStore; config: ReturnType<typeof load> }) => Promise<void>;
+export type ServeExtension<C extends CaCliConfig = CaCliConfig> = (app: FastifyInstance, deps: { ca: CertificateAuthority; store: CaStore; config: C }) => Promise<void>;
 
-export function caCommand(opts: { serveExtensions?: ServeExtension[] } = {}): Command {
+export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, opts: { serveExtensions?: ServeExtension<C>[] } = {}): Command {
   const cmd = new Command("ca").description("Cloud CA: init the hierarchy, serve the HTTPS API, issue, revoke, audit");
 
   cmd.command("init")
@@ -44,7 +46,7 @@ export function caCommand(opts: { serveExtensions?: ServeExtension[] } = {}): Co
     .option("--issuing-name <cn>", "issuing CA common name", "edgetrust Issuing CA 1")
     .option("--root-out <file>", "also write the root certificate (PEM) here")
     .action(action(async (o: Common & { algorithm: KeyAlgorithm; rootName: string; issuingName: string; rootOut?: string }) => {
-      const cfg = load(o);
+      const cfg = load(readConfig, o);
       const { store, keys } = await openCaStores(cfg.ca, cfg.hsm);
       try {
         const r = await initCa(store, keys, { algorithm: o.algorithm, rootName: o.rootName, issuingName: o.issuingName, actor: "cli:ca-init", publicBaseUrl: cfg.ca.publicBaseUrl });
@@ -61,7 +63,7 @@ export function caCommand(opts: { serveExtensions?: ServeExtension[] } = {}): Co
     .description("serve the HTTPS API (and CRL/OCSP over plain HTTP on ca.revocationPort); SIGTERM shuts down gracefully")
     .addOption(configOpt())
     .action(action(async (o: Common) => {
-      const cfg = load(o);
+      const cfg = load(readConfig, o);
       const logger = createLogger("ca-service", { level: cfg.log.level });
       const opened = await openCa(cfg.ca, cfg.hsm, { logger });
       const server = await createCaServer(cfg.ca, { ca: opened.ca, store: opened.store, logger });
@@ -90,7 +92,7 @@ export function caCommand(opts: { serveExtensions?: ServeExtension[] } = {}): Co
     .option("--host-name <name>", "edge-hub-server: the device host name")
     .option("--out <file>", "write the certificate chain (PEM) here")
     .action(action(async (o: Common & { device: string; profile: CaProfileName; csr: string; hostName?: string; out?: string }) => {
-      const cfg = load(o);
+      const cfg = load(readConfig, o);
       const opened = await openCa(cfg.ca, cfg.hsm);
       try {
         const r = await opened.ca.issue({ csrPem: readFileSync(o.csr, "utf8"), profile: o.profile, deviceId: o.device, ...(o.hostName ? { hostName: o.hostName } : {}) }, "cli:ca-issue");
@@ -107,7 +109,7 @@ export function caCommand(opts: { serveExtensions?: ServeExtension[] } = {}): Co
     .argument("<serial>", "hex serial")
     .addOption(new Option("--reason <reason>", "RFC 5280 reason").choices([...REVOCATION_REASONS]).default("unspecified"))
     .action(action(async (serial: string, o: Common & { reason: RevocationReason }) => {
-      const cfg = load(o);
+      const cfg = load(readConfig, o);
       const opened = await openCa(cfg.ca, cfg.hsm);
       try {
         const r = await opened.ca.revoke(serial, o.reason, "cli:ca-revoke");
@@ -123,7 +125,7 @@ export function caCommand(opts: { serveExtensions?: ServeExtension[] } = {}): Co
     .option("--name <cn>", "common name of the new issuing CA")
     .option("--retire-previous", "stop issuing from the previous issuing CAs (they keep serving CRL/OCSP)")
     .action(action(async (o: Common & { name?: string; retirePrevious?: boolean }) => {
-      const cfg = load(o);
+      const cfg = load(readConfig, o);
       const { store, keys } = await openCaStores(cfg.ca, cfg.hsm);
       try {
         const r = await rolloverIssuingCa(store, keys, { ...(o.name ? { name: o.name } : {}), retirePrevious: Boolean(o.retirePrevious), actor: "cli:ca-rollover", publicBaseUrl: cfg.ca.publicBaseUrl });
@@ -139,7 +141,7 @@ export function caCommand(opts: { serveExtensions?: ServeExtension[] } = {}): Co
     .description("walk the chain; exit 1 on an edited, deleted, reordered or truncated entry")
     .addOption(configOpt()).addOption(jsonOpt())
     .action(action(async (o: Common) => {
-      const cfg = load(o);
+      const cfg = load(readConfig, o);
       const { CaStore } = await import("./store.js");
       const store = await CaStore.open({ databaseUrl: cfg.ca.databaseUrl, sqlitePath: cfg.ca.sqlitePath, schema: cfg.ca.databaseSchema });
       try {
@@ -159,7 +161,7 @@ export function caCommand(opts: { serveExtensions?: ServeExtension[] } = {}): Co
     .requiredOption("--name <name>", "who or what holds it")
     .addOption(new Option("--role <role>", "role").choices(["admin", "auditor"]).default("auditor"))
     .action(action(async (o: Common & { name: string; role: Role }) => {
-      const cfg = load(o);
+      const cfg = load(readConfig, o);
       const { CaStore } = await import("./store.js");
       const store = await CaStore.open({ databaseUrl: cfg.ca.databaseUrl, sqlitePath: cfg.ca.sqlitePath, schema: cfg.ca.databaseSchema });
       try {
@@ -178,7 +180,7 @@ export function caCommand(opts: { serveExtensions?: ServeExtension[] } = {}): Co
     .requiredOption("--cert <file>", "the client certificate (PEM)")
     .addOption(new Option("--role <role>", "role").choices(["admin", "auditor"]).default("auditor"))
     .action(action(async (o: Common & { name: string; cert: string; role: Role }) => {
-      const cfg = load(o);
+      const cfg = load(readConfig, o);
       const { X509Certificate } = await import("node:crypto");
       let fingerprint: string;
       try {
@@ -205,7 +207,7 @@ export function caCommand(opts: { serveExtensions?: ServeExtension[] } = {}): Co
     .option("--common-name <cn>", "subject CN (default: the device id)")
     .option("--dns <name...>", "the device's DNS names (Edge CA name constraints, hub server SANs)")
     .action(action(async (deviceId: string, o: Common & { kind: "device" | "leaf"; commonName?: string; dns?: string[] }) => {
-      const cfg = load(o);
+      const cfg = load(readConfig, o);
       const { CaStore } = await import("./store.js");
       const store = await CaStore.open({ databaseUrl: cfg.ca.databaseUrl, sqlitePath: cfg.ca.sqlitePath, schema: cfg.ca.databaseSchema });
       try {
@@ -215,6 +217,6 @@ export function caCommand(opts: { serveExtensions?: ServeExtension[] } = {}): Co
         await store.close();
       }
     }));
-  addEnrollmentCommands(cmd);
+  addEnrollmentCommands(cmd, readConfig);
   return cmd;
 }

@@ -1,9 +1,10 @@
 import { Command } from "commander";
-import { loadConfig } from "../common/index.js";
-import { EdgeTrustConfig } from "../cli/config-schema.js";
-import { action, emit } from "../cli/output.js";
-import { openKeyStore, type KeyStore } from "../hsm/index.js";
+import { action, emit, type ConfigReader } from "../common/index.js";
+import { openKeyStore, type HsmConfig, type KeyStore } from "../hsm/index.js";
 import { createDevPki } from "./generate.js";
+
+/** The sections of edgetrust.yaml these commands read (the command tree hands in a reader of the whole file). */
+export type CertsDevConfig = { hsm: HsmConfig };
 
 interface CreateOpts {
   out: string;
@@ -18,7 +19,7 @@ interface CreateOpts {
   json?: boolean;
 }
 
-export function certsDevCommand(): Command {
+export function certsDevCommand(readConfig: ConfigReader<CertsDevConfig>): Command {
   const cmd = new Command("certs-dev").description("Development PKI generator (never for production)");
   cmd
     .command("create")
@@ -36,7 +37,7 @@ export function certsDevCommand(): Command {
     .action(action(async (opts: CreateOpts) => {
       let keyStore: KeyStore | undefined;
       if (opts.hsmConfig) {
-        const cfg = loadConfig(EdgeTrustConfig, { file: opts.hsmConfig, required: true });
+        const cfg = readConfig({ file: opts.hsmConfig, required: true });
         keyStore = await openKeyStore(cfg.hsm);
       }
       try {

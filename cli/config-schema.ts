@@ -1,4 +1,4 @@
-import { Type } from "@sinclair/typebox";
+import { Type, type Static } from "@sinclair/typebox";
 import { HsmConfig } from "../hsm/config.js";
 import { HubConfig } from "../edge-hub/config.js";
 import { CaConfig } from "../ca-service/config.js";
@@ -27,3 +27,4 @@ export const EdgeTrustConfig = Type.Object(
   },
   { additionalProperties: false },
 );
+export type EdgeTrustConfigFile = Static<typeof EdgeTrustConfig>;

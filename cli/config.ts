@@ -1,7 +1,7 @@
 import { Command } from "commander";
-import { renderDefaults, loadConfig } from "../common/index.js";
+import { renderDefaults, loadConfig, action, emit } from "../common/index.js";
 import { EdgeTrustConfig } from "./config-schema.js";
-import { action, emit } from "./output.js";
+
 
 export function configCommand(): Command {
   const cmd = new Command("config").description("Show the configuration file format and its documented defaults");

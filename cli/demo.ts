@@ -2,7 +2,7 @@ import { spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Command } from "commander";
-import { action } from "./output.js";
+import { action } from "../common/index.js";
 
 /** `edgetrust demo`: the attested boot flow end to end on this machine (cli/demo/scenario.ts), then the refusals. */
 export function demoCommand(): Command {

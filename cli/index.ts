@@ -1,10 +1,11 @@
 import "reflect-metadata";
 import { Command, CommanderError } from "commander";
-import { reportFailure } from "./output.js";
+import { loadConfig, reportFailure, type ConfigReader } from "../common/index.js";
 import type { ServeExtension } from "../ca-service/cli.js";
+import type { EdgeTrustConfigFile } from "./config-schema.js";
 
 /** `ca serve` also serves the security console (issue 16) unless `console.enabled: false`; loaded only then. */
-const serveConsole: ServeExtension = async (app, { ca, store, config }) => {
+const serveConsole: ServeExtension<EdgeTrustConfigFile> = async (app, { ca, store, config }) => {
   if (!config.console.enabled) return;
   const { consolePlugin } = await import("../console/index.js");
   await app.register(consolePlugin, { ca, store, caConfig: config.ca, console: config.console });
@@ -19,17 +20,23 @@ interface Entry {
  * Every command, loaded only when it runs: a daemon started as `edgetrust agent run` does not carry the CA's
  * database drivers or the hub's broker in its memory. Descriptions live here so `edgetrust --help` loads nothing.
  */
+/** Reads the whole edgetrust.yaml (every section validated); loaded with the command, handed to it. */
+async function readConfig(): Promise<ConfigReader<EdgeTrustConfigFile>> {
+  const { EdgeTrustConfig } = await import("./config-schema.js");
+  return (opts) => loadConfig(EdgeTrustConfig, opts);
+}
+
 const COMMANDS: Record<string, Entry> = {
-  hsm: { description: "Key store: PKCS#11 tokens (SoftHSM2, TPM, HSM) and the development software store", load: async () => (await import("../hsm/cli.js")).hsmCommand() },
-  "certs-dev": { description: "Development PKI generator (never for production)", load: async () => (await import("../certs-dev/cli.js")).certsDevCommand() },
+  hsm: { description: "Key store: PKCS#11 tokens (SoftHSM2, TPM, HSM) and the development software store", load: async () => (await import("../hsm/cli.js")).hsmCommand(await readConfig()) },
+  "certs-dev": { description: "Development PKI generator (never for production)", load: async () => (await import("../certs-dev/cli.js")).certsDevCommand(await readConfig()) },
   config: { description: "Show the configuration file format and its documented defaults", load: async () => (await import("./config.js")).configCommand() },
   demo: { description: "Run the attested boot flow end to end on embedded defaults", load: async () => (await import("./demo.js")).demoCommand() },
-  policy: { description: "Policy files: check, explain, test", load: async () => (await import("../policy/cli.js")).policyCommand() },
-  manifest: { description: "Deployment manifests: sign, verify", load: async () => (await import("../policy/cli.js")).manifestCommand() },
-  hub: { description: "Edge hub: mTLS MQTT broker for attested modules and leaf devices", load: async () => (await import("../edge-hub/cli.js")).hubCommand() },
-  agent: { description: "Edge agent: verify the deployment manifest, start attested modules, supervise them", load: async () => (await import("../edge-agent/cli.js")).agentCommand() },
-  ca: { description: "Cloud CA: init, serve, issue, revoke, audit", load: async () => (await import("../ca-service/cli.js")).caCommand({ serveExtensions: [serveConsole] }) },
-  device: { description: "Device identity daemon: provision, run, status, attest", load: async () => (await import("../device-identity/cli.js")).deviceCommand() },
+  policy: { description: "Policy files: check, explain, test", load: async () => (await import("../policy/cli.js")).policyCommand(await readConfig()) },
+  manifest: { description: "Deployment manifests: sign, verify", load: async () => (await import("../policy/cli.js")).manifestCommand(await readConfig()) },
+  hub: { description: "Edge hub: mTLS MQTT broker for attested modules and leaf devices", load: async () => (await import("../edge-hub/cli.js")).hubCommand(await readConfig()) },
+  agent: { description: "Edge agent: verify the deployment manifest, start attested modules, supervise them", load: async () => (await import("../edge-agent/cli.js")).agentCommand(await readConfig()) },
+  ca: { description: "Cloud CA: init, serve, issue, revoke, audit", load: async () => (await import("../ca-service/cli.js")).caCommand(await readConfig(), { serveExtensions: [serveConsole] }) },
+  device: { description: "Device identity daemon: provision, run, status, attest", load: async () => (await import("../device-identity/cli.js")).deviceCommand(await readConfig()) },
   bench: { description: "Run the benchmarks; each figure is a ratio against a reference measured in the same run", load: async () => (await import("../bench/cli.js")).benchCommand() },
 };
 

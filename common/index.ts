@@ -10,3 +10,5 @@ export { writeFileAtomic } from "./fs.js";
 export { installProblemHandler, sendProblem, toProblemError } from "./http.js";
 export type { ProblemHandlerOptions } from "./http.js";
 export { freePort, holdDownPort } from "./net.js";
+export { action, emit, reportFailure, setJsonMode } from "./cli.js";
+export type { ConfigReader, LogSection } from "./cli.js";

@@ -1,13 +1,14 @@
 import { readFileSync } from "node:fs";
 import { Command } from "commander";
-import { EdgeTrustError, createLogger, loadConfig } from "../common/index.js";
-import { openKeyStore } from "../hsm/index.js";
-import { EdgeTrustConfig } from "../cli/config-schema.js";
-import { action, emit } from "../cli/output.js";
+import { EdgeTrustError, createLogger, action, emit, type ConfigReader, type LogSection } from "../common/index.js";
+import { openKeyStore, type HsmConfig } from "../hsm/index.js";
 import { CaClient } from "./ca-client.js";
 import { DeviceDaemon, identityFromConfig } from "./daemon.js";
 import type { DeviceConfig } from "./config.js";
 import { ManagementClient } from "../identity-api/index.js";
+
+/** The sections of edgetrust.yaml these commands read (the command tree hands in a reader of the whole file). */
+export type DeviceCliConfig = { log: LogSection; hsm: HsmConfig; device: DeviceConfig };
 
 function optionalToken(cfg: DeviceConfig, explicitFile?: string): string | undefined {
   const file = explicitFile ?? cfg.bootstrapTokenFile;
@@ -24,7 +25,7 @@ function bootstrapToken(cfg: DeviceConfig, explicitFile?: string): string {
 }
 
 /** `edgetrust device provision|run|status|attest`. */
-export function deviceCommand(): Command {
+export function deviceCommand(readConfig: ConfigReader<DeviceCliConfig>): Command {
   const device = new Command("device").description("Device identity daemon: provisioning, renewal, Edge CA, workload and management sockets, attestation");
 
   device
@@ -36,7 +37,7 @@ export function deviceCommand(): Command {
     .option("--keys-only", "registration: only generate the keys and CSRs (kept for the registration) and print the device public key for the factory line to enroll")
     .option("--json", "machine-readable output")
     .action(action(async (opts: { config: string; tokenFile?: string; force?: boolean; keysOnly?: boolean; json?: boolean }) => {
-      const all = loadConfig(EdgeTrustConfig, { file: opts.config });
+      const all = readConfig({ file: opts.config });
       const log = createLogger("device-identity", { level: all.log.level });
       const keys = await openKeyStore(all.hsm, { logger: log });
       try {
@@ -67,7 +68,7 @@ export function deviceCommand(): Command {
     .description("Run the daemon until SIGTERM/SIGINT: renew on schedule, serve the management and workload sockets")
     .option("-c, --config <file>", "edgetrust.yaml", "/etc/edgetrust/edgetrust.yaml")
     .action(action(async (opts: { config: string }) => {
-      const all = loadConfig(EdgeTrustConfig, { file: opts.config });
+      const all = readConfig({ file: opts.config });
       const log = createLogger("device-identity", { level: all.log.level });
       // Fault injection for tests: a device clock off by this many seconds (a wrong clock cannot be produced on demand).
       const offset = Number(process.env.EDGETRUST_FAULT_CLOCK_OFFSET_SECONDS ?? "0");
@@ -115,7 +116,7 @@ export function deviceCommand(): Command {
     .option("-c, --config <file>", "edgetrust.yaml", "/etc/edgetrust/edgetrust.yaml")
     .option("--json", "machine-readable output")
     .action(action(async (opts: { config: string; json?: boolean }) => {
-      const all = loadConfig(EdgeTrustConfig, { file: opts.config });
+      const all = readConfig({ file: opts.config });
       let st: Record<string, unknown>;
       try {
         st = { running: true, ...(await new ManagementClient(all.device.managementSocket, 5000).status()) };
@@ -140,7 +141,7 @@ export function deviceCommand(): Command {
     .option("-c, --config <file>", "edgetrust.yaml", "/etc/edgetrust/edgetrust.yaml")
     .option("--json", "machine-readable output")
     .action(action(async (opts: { config: string; json?: boolean }) => {
-      const all = loadConfig(EdgeTrustConfig, { file: opts.config });
+      const all = readConfig({ file: opts.config });
       const bundle = readFileSync(`${all.device.stateDir}/ca-bundle.pem`, "utf8");
       const ca = new CaClient(all.device.caUrl, [bundle]);
       const { body: n } = await ca.json<{ nonce: string }>("POST", "/v1/attestation/nonce", {});

@@ -1,15 +1,17 @@
 import { Command } from "commander";
 import { readFileSync } from "node:fs";
-import { createLogger, loadConfig, EdgeTrustError } from "../common/index.js";
-import type { KeyStore } from "../hsm/index.js";
+import { createLogger, EdgeTrustError, action, emit, type ConfigReader } from "../common/index.js";
+import type { HsmConfig, KeyStore } from "../hsm/index.js";
+import type { AgentConfig } from "./config.js";
 import { loadPolicy, resolveTrust } from "../policy/index.js";
-import { EdgeTrustConfig } from "../cli/config-schema.js";
-import { action, emit } from "../cli/output.js";
 import { DockerClient } from "../engine/index.js";
 import { EdgeAgent } from "./agent.js";
 import { ManagementSocketRegistrar } from "./identity-client.js";
 import { CloudClient, ReportQueue, syncDeployment } from "./cloud.js";
 import { failureLine } from "./deployment.js";
+
+/** The sections of edgetrust.yaml these commands read (the command tree hands in a reader of the whole file). */
+export type AgentCliConfig = { hsm: HsmConfig; agent: AgentConfig };
 
 interface RunOptions {
   config?: string;
@@ -19,7 +21,7 @@ interface RunOptions {
   json?: boolean;
 }
 
-export function agentCommand(): Command {
+export function agentCommand(readConfig: ConfigReader<AgentCliConfig>): Command {
   const cmd = new Command("agent").description("Edge agent: verify the deployment manifest, start attested modules, supervise them");
   cmd
     .command("run")
@@ -30,7 +32,7 @@ export function agentCommand(): Command {
     .option("--once", "apply, print the module states and exit (no supervision)")
     .option("--json", "machine-readable output")
     .action(action(async (opts: RunOptions) => {
-      const all = loadConfig(EdgeTrustConfig, { ...(opts.config ? { file: opts.config } : {}) });
+      const all = readConfig({ ...(opts.config ? { file: opts.config } : {}) });
       const cfg = all.agent;
       const deviceId = opts.deviceId ?? cfg.deviceId;
       if (!deviceId) throw new EdgeTrustError("INVALID_CONFIG", "no device id", { hint: "set agent.deviceId or pass --device-id" });

@@ -3,11 +3,10 @@ import { join } from "node:path";
 import type { SecureContextOptions } from "node:tls";
 import * as x509 from "@peculiar/x509";
 import { Command } from "commander";
-import { EdgeTrustError, createLogger, loadConfig } from "../common/index.js";
-import { openKeyStore, tlsKeyFromSpec, type KeyStore } from "../hsm/index.js";
+import { EdgeTrustError, createLogger, action, emit, type ConfigReader, type LogSection } from "../common/index.js";
+import { openKeyStore, tlsKeyFromSpec, type HsmConfig, type KeyStore } from "../hsm/index.js";
+import type { HubConfig } from "./config.js";
 import { loadPolicy } from "../policy/index.js";
-import { EdgeTrustConfig } from "../cli/config-schema.js";
-import { action, emit } from "../cli/output.js";
 import { ManagementAttestationSource, ManagementClient, type AttestationSource, type ModuleAttestationState } from "../identity-api/index.js";
 import { MemoryAttestationSource } from "./attestation.js";
 // The client module only (not device-identity's index): the daemon's side imports nothing of the hub at run time.
@@ -20,6 +19,9 @@ import { parseRoutes, type Route } from "./routes.js";
 import { HubStore } from "./store.js";
 import { Upstream } from "./upstream.js";
 import { ClientVerifier } from "./verify.js";
+
+/** The sections of edgetrust.yaml these commands read (the command tree hands in a reader of the whole file). */
+export type HubCliConfig = { log: LogSection; hsm: HsmConfig; hub: HubConfig };
 
 function certs(file: string): x509.X509Certificate[] {
   const text = readFileSync(file, "utf8");
@@ -37,14 +39,14 @@ export function routesFromFile(file: string): Route[] {
 }
 
 
-export function hubCommand(): Command {
+export function hubCommand(readConfig: ConfigReader<HubCliConfig>): Command {
   const hub = new Command("hub").description("Edge hub: mTLS MQTT broker for attested modules and leaf devices");
   hub
     .command("run")
     .description("Run the edge hub until SIGTERM/SIGINT (SIGHUP reloads the server certificate and the CRL)")
     .option("-c, --config <file>", "edgetrust.yaml", "/etc/edgetrust/edgetrust.yaml")
     .action(action(async (opts: { config: string }) => {
-      const all = loadConfig(EdgeTrustConfig, { file: opts.config });
+      const all = readConfig({ file: opts.config });
       const cfg = all.hub;
       const log = createLogger("edge-hub", { level: all.log.level });
       let store: KeyStore | undefined;

@@ -1,8 +1,6 @@
 import { createPublicKey } from "node:crypto";
 import { Command, Option } from "commander";
-import { EdgeTrustError, createLogger, loadConfig, type Logger } from "../common/index.js";
-import { EdgeTrustConfig } from "../cli/config-schema.js";
-import { action, emit } from "../cli/output.js";
+import { EdgeTrustError, createLogger, type Logger, action, emit, type ConfigReader } from "../common/index.js";
 import type { HsmConfig } from "./config.js";
 import { runDoctor } from "./doctor.js";
 import { openKeyStore } from "./open.js";
@@ -10,6 +8,9 @@ import { readPin } from "./pin.js";
 import { isPkcs11Uri, parseKeyRef, parsePkcs11Uri } from "./pkcs11-uri.js";
 import { initToken } from "./token-setup.js";
 import { KEY_ALGORITHMS, type KeyAlgorithm, type KeyInfo, type KeyRef, type KeyStore } from "./types.js";
+
+/** The sections of edgetrust.yaml these commands read (the command tree hands in a reader of the whole file). */
+export type HsmCliConfig = { hsm: HsmConfig };
 
 interface CommonOpts {
   config?: string;
@@ -33,8 +34,8 @@ function withCommon(cmd: Command): Command {
 }
 
 /** The effective hsm: section: config file < env < command-line flags < attributes of a pkcs11: URI key name. */
-function resolveConfig(o: CommonOpts, keyName?: string): HsmConfig {
-  const cfg = { ...loadConfig(EdgeTrustConfig, o.config ? { file: o.config, required: true } : {}).hsm };
+function resolveConfig(readConfig: ConfigReader<HsmCliConfig>, o: CommonOpts, keyName?: string): HsmConfig {
+  const cfg = { ...readConfig(o.config ? { file: o.config, required: true } : {}).hsm };
   if (o.backend) cfg.backend = o.backend;
   if (o.module) cfg.module = o.module;
   if (o.token) cfg.tokenLabel = o.token;
@@ -80,7 +81,7 @@ function infoLine(k: KeyInfo): string {
   return `${k.label}  ${k.algorithm}  id=${k.id}  ${k.extractable ? "EXTRACTABLE" : "non-extractable"}${k.sensitive ? ", sensitive" : ""}  ${k.uri}`;
 }
 
-export function hsmCommand(): Command {
+export function hsmCommand(readConfig: ConfigReader<HsmCliConfig>): Command {
   const hsm = new Command("hsm").description("Key store: PKCS#11 tokens (SoftHSM2, TPM, HSM) and the development software store");
 
   withCommon(hsm.command("init"))
@@ -89,7 +90,7 @@ export function hsmCommand(): Command {
     .option("--so-pin-env <name>", "environment variable holding the SO PIN", "EDGETRUST_HSM_SO_PIN")
     .option("--softhsm-conf <file>", "SOFTHSM2_CONF to use (SoftHSM only)")
     .action(action(async (o: CommonOpts & { soPinFile?: string; soPinEnv?: string; softhsmConf?: string }) => {
-      const cfg = resolveConfig(o);
+      const cfg = resolveConfig(readConfig, o);
       const soPin = readPin({ pinFile: o.soPinFile ?? "", pinEnv: o.soPinEnv ?? "EDGETRUST_HSM_SO_PIN" });
       const userPin = readPin({ pinFile: cfg.pinFile, pinEnv: cfg.pinEnv });
       const opts: Parameters<typeof initToken>[0] = { module: cfg.module, label: cfg.tokenLabel, soPin, userPin };
@@ -104,7 +105,7 @@ export function hsmCommand(): Command {
     .addOption(new Option("--alg <algorithm>", "key algorithm").choices([...KEY_ALGORITHMS]).default("EC-P256"))
     .option("--id <hex>", "CKA_ID as hex (default: 16 random bytes)")
     .action(action(async (label: string, o: CommonOpts & { alg: KeyAlgorithm; id?: string }) => {
-      const cfg = resolveConfig(o);
+      const cfg = resolveConfig(readConfig, o);
       const info = await withStore(cfg, (s) => s.generateKey(label, o.alg, o.id === undefined ? {} : { id: o.id }));
       emit(Boolean(o.json), info, () => infoLine(info));
     }));
@@ -112,7 +113,7 @@ export function hsmCommand(): Command {
   withCommon(hsm.command("list"))
     .description("list the private keys in the token")
     .action(action(async (o: CommonOpts) => {
-      const cfg = resolveConfig(o);
+      const cfg = resolveConfig(readConfig, o);
       const keys = await withStore(cfg, (s) => s.list());
       emit(Boolean(o.json), { token: cfg.tokenLabel, keys }, () => (keys.length ? keys.map(infoLine).join("\n") : `no keys in ${JSON.stringify(cfg.tokenLabel)}`));
     }));
@@ -122,7 +123,7 @@ export function hsmCommand(): Command {
     .argument("<key>", "label, id:<hex> or pkcs11: URI")
     .addOption(new Option("--format <format>", "output format").choices(["pem", "jwk", "der-hex"]).default("pem"))
     .action(action(async (name: string, o: CommonOpts & { format: "pem" | "jwk" | "der-hex" }) => {
-      const cfg = resolveConfig(o, name);
+      const cfg = resolveConfig(readConfig, o, name);
       const pub = await withStore(cfg, (s) => s.getPublicKey(keyRef(name, cfg)));
       const pem = createPublicKey({ key: pub.spki, format: "der", type: "spki" }).export({ type: "spki", format: "pem" }).toString();
       emit(Boolean(o.json), { algorithm: pub.algorithm, jwk: pub.jwk, spki: pub.spki.toString("base64") }, () =>
@@ -133,7 +134,7 @@ export function hsmCommand(): Command {
     .description("delete a key pair from the token")
     .argument("<key>", "label, id:<hex> or pkcs11: URI")
     .action(action(async (name: string, o: CommonOpts) => {
-      const cfg = resolveConfig(o, name);
+      const cfg = resolveConfig(readConfig, o, name);
       await withStore(cfg, async (s) => {
         const ref = keyRef(name, cfg);
         const info = await s.getKey(ref);
@@ -146,7 +147,7 @@ export function hsmCommand(): Command {
     .description("check, in order: module loads, token exists, PIN works, mechanisms supported, the named key signs")
     .option("--key <key>", "key to find and sign with (label, id:<hex> or pkcs11: URI)")
     .action(action(async (o: CommonOpts & { key?: string }) => {
-      const cfg = resolveConfig(o, o.key);
+      const cfg = resolveConfig(readConfig, o, o.key);
       const res = await runDoctor(cfg, o.key ? { key: keyRef(o.key, cfg), logger: cliLogger() } : { logger: cliLogger() });
       if (o.json) {
         emit(true, res, () => "");

@@ -1,9 +1,7 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { Command } from "commander";
-import { EdgeTrustError, loadConfig, parseYamlStrict } from "../common/index.js";
-import { openKeyStore, parseKeyRef } from "../hsm/index.js";
-import { EdgeTrustConfig } from "../cli/config-schema.js";
-import { action, emit } from "../cli/output.js";
+import { EdgeTrustError, parseYamlStrict, action, emit, type ConfigReader } from "../common/index.js";
+import { openKeyStore, parseKeyRef, type HsmConfig } from "../hsm/index.js";
 import { loadPolicy } from "./policy.js";
 import { explainPolicy, runCases } from "./explain.js";
 import { CaseFileSchema, type Manifest } from "./schema.js";
@@ -13,6 +11,9 @@ import { ManifestStateStore, signManifest, verifyManifest } from "./manifest.js"
 import { signerFromKeyFile, signerFromKeyStore, parseJwsForSigning, type JwsSigner } from "./sign.js";
 import type { GeneralJws } from "./jws.js";
 import type { TrustRootBody } from "./schema.js";
+
+/** The sections of edgetrust.yaml these commands read (the command tree hands in a reader of the whole file). */
+export type PolicyCliConfig = { hsm: HsmConfig };
 
 function readText(file: string, max = 1024 * 1024): string {
   let text: string;
@@ -30,7 +31,7 @@ function writeOut(out: string | undefined, text: string): void {
   else process.stdout.write(text);
 }
 
-export function policyCommand(): Command {
+export function policyCommand(readConfig: ConfigReader<PolicyCliConfig>): Command {
   const cmd = new Command("policy").description("Policy files: validate, explain in words, run test cases; the JSON Schema for editors");
   cmd
     .command("check")
@@ -88,7 +89,7 @@ export function policyCommand(): Command {
     .option("--out <file>", "write here instead of stdout")
     .action(action(async (o: SignOpts & { in: string; out?: string }) => {
       const v = JSON.parse(readText(o.in)) as unknown;
-      const signer = await signerFrom(o);
+      const signer = await signerFrom(o, readConfig);
       const target = typeof v === "object" && v !== null && "payload" in v ? parseJwsForSigning(JSON.stringify(v)) : (v as TrustRootBody);
       writeOut(o.out, JSON.stringify(await signTrustRoot(target, signer), null, 2) + "\n");
     }));
@@ -120,10 +121,10 @@ interface SignOpts {
   kid?: string;
 }
 
-async function signerFrom(o: SignOpts): Promise<JwsSigner> {
+async function signerFrom(o: SignOpts, readConfig: ConfigReader<PolicyCliConfig>): Promise<JwsSigner> {
   if (Boolean(o.key) === Boolean(o.hsmKey)) throw new EdgeTrustError("INVALID_INPUT", "give exactly one of --key FILE or --hsm-key NAME");
   if (o.key) return signerFromKeyFile(o.key, o.kid);
-  const cfg = loadConfig(EdgeTrustConfig, o.config ? { file: o.config, required: true } : {}).hsm;
+  const cfg = readConfig(o.config ? { file: o.config, required: true } : {}).hsm;
   const store = await openKeyStore(cfg);
   const ref = parseKeyRef(o.hsmKey ?? "");
   const s = await signerFromKeyStore(store, ref, o.kid);
@@ -131,7 +132,7 @@ async function signerFrom(o: SignOpts): Promise<JwsSigner> {
   return { ...s, sign: sign ? async (d) => { try { return await sign(d); } finally { await store.close(); } } : undefined };
 }
 
-export function manifestCommand(): Command {
+export function manifestCommand(readConfig: ConfigReader<PolicyCliConfig>): Command {
   const cmd = new Command("manifest").description("Deployment manifests: sign (N-of-M, JWS General JSON) and verify");
   cmd
     .command("sign")
@@ -146,7 +147,7 @@ export function manifestCommand(): Command {
       const text = readText(o.in, 512 * 1024);
       const v = JSON.parse(text) as unknown;
       const target: Manifest | GeneralJws = typeof v === "object" && v !== null && "signatures" in v ? parseJwsForSigning(text) : (v as Manifest);
-      const signer = await signerFrom(o);
+      const signer = await signerFrom(o, readConfig);
       writeOut(o.out, JSON.stringify(await signManifest(target, signer), null, 2) + "\n");
     }));
   cmd

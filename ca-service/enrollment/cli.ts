@@ -1,13 +1,15 @@
 import { readFileSync } from "node:fs";
 import { basename } from "node:path";
 import { Option, type Command } from "commander";
-import { EdgeTrustError, loadConfig } from "../../common/index.js";
-import { EdgeTrustConfig } from "../../cli/config-schema.js";
-import { action, emit } from "../../cli/output.js";
+import { EdgeTrustError, action, emit, type ConfigReader } from "../../common/index.js";
+import type { CaConfig } from "../config.js";
 import { CaStore } from "../store.js";
 import { detectFormat, parseImport, progressBar, type ImportFormat } from "./import.js";
 import { ENROLLMENT_PROFILES, INDIVIDUAL_ATTESTATIONS, type EnrollmentProfile, type IndividualAttestation, type IndividualEnrollment } from "./model.js";
 import { EnrollmentStore, LINE_SCOPES, type LineScope, type ProvisioningLine } from "./store.js";
+
+/** The sections of edgetrust.yaml these commands read (the command tree hands in a reader of the whole file). */
+export type EnrollmentCliConfig = { ca: CaConfig };
 
 interface Common {
   config?: string;
@@ -17,8 +19,8 @@ interface Common {
 const configOpt = () => new Option("-c, --config <file>", "edgetrust.yaml (default: built-in defaults + EDGETRUST_* environment)");
 const jsonOpt = () => new Option("--json", "machine-readable output");
 
-async function withStore<T>(o: Common, fn: (es: EnrollmentStore) => Promise<T>): Promise<T> {
-  const cfg = loadConfig(EdgeTrustConfig, o.config ? { file: o.config, required: true } : {});
+async function withStore<T>(readConfig: ConfigReader<EnrollmentCliConfig>, o: Common, fn: (es: EnrollmentStore) => Promise<T>): Promise<T> {
+  const cfg = readConfig(o.config ? { file: o.config, required: true } : {});
   const store = await CaStore.open({ databaseUrl: cfg.ca.databaseUrl, sqlitePath: cfg.ca.sqlitePath, schema: cfg.ca.databaseSchema });
   try {
     return await fn(new EnrollmentStore(store));
@@ -42,7 +44,7 @@ function enrollmentView(e: IndividualEnrollment): Omit<IndividualEnrollment, "cr
 }
 
 /** `edgetrust ca line create|list|revoke` and `edgetrust ca enroll add|import|list|disable|enable`, added to `ca`. */
-export function addEnrollmentCommands(ca: Command): void {
+export function addEnrollmentCommands(ca: Command, readConfig: ConfigReader<EnrollmentCliConfig>): void {
   const line = ca.command("line").description("provisioning lines: factory API principals with scoped credentials, quotas and rate limits");
   line.command("create")
     .description("create a line; its token is printed once (only its sha256 is stored)")
@@ -53,7 +55,7 @@ export function addEnrollmentCommands(ca: Command): void {
     .option("--rate <n>", "requests per minute", int("--rate"), 600)
     .option("--cert-fingerprint <sha256>", "authenticate with this client certificate instead of a token")
     .action(action(async (o: Common & { name: string; scopes: string; maxEnrollments: number; rate: number; certFingerprint?: string }) => {
-      const r = await withStore(o, (es) => es.createLine({
+      const r = await withStore(readConfig, o, (es) => es.createLine({
         name: o.name, scopes: o.scopes.split(",").map((s) => s.trim()) as LineScope[], maxEnrollments: o.maxEnrollments, ratePerMinute: o.rate,
         ...(o.certFingerprint ? { certFingerprintSha256: o.certFingerprint } : {}),
       }, "cli:line-create"));
@@ -63,7 +65,7 @@ export function addEnrollmentCommands(ca: Command): void {
     .description("list provisioning lines")
     .addOption(configOpt()).addOption(jsonOpt())
     .action(action(async (o: Common) => {
-      const lines = await withStore(o, (es) => es.listLines());
+      const lines = await withStore(readConfig, o, (es) => es.listLines());
       emit(Boolean(o.json), { lines }, () => lines.map(lineText).join("\n") || "no provisioning lines");
     }));
   line.command("revoke")
@@ -71,7 +73,7 @@ export function addEnrollmentCommands(ca: Command): void {
     .addOption(configOpt()).addOption(jsonOpt())
     .argument("<id>", "line id")
     .action(action(async (id: string, o: Common) => {
-      const l = await withStore(o, (es) => es.revokeLine(id, "cli:line-revoke"));
+      const l = await withStore(readConfig, o, (es) => es.revokeLine(id, "cli:line-revoke"));
       emit(Boolean(o.json), l, () => `revoked ${l.id} (${l.name})`);
     }));
 
@@ -95,7 +97,7 @@ export function addEnrollmentCommands(ca: Command): void {
         if (i <= 0) throw new EdgeTrustError("INVALID_INPUT", `--label ${kv}: expected key=value`);
         labels[kv.slice(0, i)] = kv.slice(i + 1);
       }
-      const r = await withStore(o, (es) => es.putIndividual({
+      const r = await withStore(readConfig, o, (es) => es.putIndividual({
         registrationId, attestation: o.attestation, credential: readFileSync(o.credential, "utf8"), profile: o.profile,
         edgeCa: o.profile === "leaf-device" ? false : o.edgeCa, ...(o.lifetimeDays ? { lifetimeDays: o.lifetimeDays } : {}),
         ...(o.dns ? { dnsNames: o.dns } : {}), labels, status: o.disabled ? "disabled" : "enabled",
@@ -113,7 +115,7 @@ export function addEnrollmentCommands(ca: Command): void {
     .action(action(async (file: string, o: Common & { format?: ImportFormat; batchSize: number; line?: string; progress: boolean }) => {
       const text = readFileSync(file, "utf8");
       const rows = parseImport(text, o.format ?? detectFormat(file, text));
-      const report = await withStore(o, async (es) => {
+      const report = await withStore(readConfig, o, async (es) => {
         if (o.line && !(await es.getLine(o.line))) throw new EdgeTrustError("NOT_FOUND", `no provisioning line ${o.line}`);
         return es.importIndividuals(rows, { actor: o.line ? `cli:enroll-import(line ${o.line})` : "cli:enroll-import", lineId: o.line ?? null }, {
           batchSize: o.batchSize, ...(o.progress ? { onProgress: progressBar(process.stderr, `import ${basename(file)}`) } : {}),
@@ -135,7 +137,7 @@ export function addEnrollmentCommands(ca: Command): void {
     .option("--limit <n>", "at most this many (<= 1000)", int("--limit"), 100)
     .option("--line <id>", "only this line's")
     .action(action(async (o: Common & { after?: string; limit: number; line?: string }) => {
-      const list = await withStore(o, (es) => es.listIndividuals({ ...(o.after ? { after: o.after } : {}), limit: o.limit, lineId: o.line ?? null }));
+      const list = await withStore(readConfig, o, (es) => es.listIndividuals({ ...(o.after ? { after: o.after } : {}), limit: o.limit, lineId: o.line ?? null }));
       emit(Boolean(o.json), { enrollments: list.map(enrollmentView) }, () => list.map((e) => `${e.registrationId}  ${e.attestation}  ${e.profile}  ${e.status}${e.lineId ? `  line=${e.lineId}` : ""}`).join("\n") || "no enrollments");
     }));
   for (const [verb, status] of [["disable", "disabled"], ["enable", "enabled"]] as const) {
@@ -144,7 +146,7 @@ export function addEnrollmentCommands(ca: Command): void {
       .addOption(configOpt()).addOption(jsonOpt())
       .argument("<registrationId>", "registration id")
       .action(action(async (registrationId: string, o: Common) => {
-        const e = await withStore(o, (es) => es.setIndividualStatus(registrationId, status, { actor: `cli:enroll-${verb}`, lineId: null }));
+        const e = await withStore(readConfig, o, (es) => es.setIndividualStatus(registrationId, status, { actor: `cli:enroll-${verb}`, lineId: null }));
         emit(Boolean(o.json), enrollmentView(e), () => `${e.registrationId} ${e.status}`);
       }));
   }

@@ -1,4 +1,17 @@
-import { isEdgeTrustError } from "../common/index.js";
+import type { LoadConfigOptions } from "./config.js";
+import { isEdgeTrustError } from "./errors.js";
+
+/**
+ * Command-line plumbing shared by every component's `cli.ts`: one-line failures, `--json` output, and the config
+ * reader. The reader is handed in by the command tree (`cli/`), which composes the whole edgetrust.yaml schema from
+ * every component's section; a component names only the sections it reads, so no component imports the tree.
+ */
+export type ConfigReader<T> = (opts?: LoadConfigOptions) => T;
+
+/** The `log:` section every command reads. */
+export interface LogSection {
+  level: "trace" | "debug" | "info" | "warn" | "error";
+}
 
 /** Set by commands that were given --json so failures are machine-readable too. */
 let jsonMode = false;
