@@ -8,7 +8,8 @@ import { parsePolicy, signManifest, type JwsSigner, type Manifest } from "../pol
 import { makeSigners, makeTrustRoot } from "../policy/fixtures.js";
 import { DockerClient, ensureImage } from "../engine/index.js";
 import { EdgeAgent, ManagementSocketRegistrar, buildBusyboxImage, createSpec, listManaged, DOCKER_SOCKET, REGISTRY } from "../edge-agent/index.js";
-import { startEphemeralIdentity } from "../device-identity/index.js";
+// A harness, like a test: it runs from a checkout and may use the test fixtures.
+import { startEphemeralIdentity } from "../test/fixtures/ephemeral-identity.js";
 import { row, type Benchmark, type BenchRow, type Progress } from "./types.js";
 
 const execFileAsync = promisify(execFile);

@@ -8,7 +8,7 @@ import Database from "better-sqlite3";
 import { SOFTHSM_MODULE } from "../hsm/index.js";
 import { openssl, softHsm, TEST_PIN, type SoftHsm } from "./test-helpers.js";
 
-const ENTRY = fileURLToPath(new URL("./testdata/cli-entry.ts", import.meta.url));
+const ENTRY = fileURLToPath(new URL("../test/helpers/cli-main.ts", import.meta.url));
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
 let hsm: SoftHsm;

@@ -11,7 +11,7 @@ import { PostgresDb } from "./db.js";
 import { initCa } from "./init.js";
 import { DATABASE_URL, PG_SKIP_REASON, announcePgSkip, pgStore, quietLogger, softHsm, TEST_PIN, uniqueSchema, type SoftHsm, type TestStore } from "./test-helpers.js";
 
-const ENTRY = fileURLToPath(new URL("./testdata/cli-entry.ts", import.meta.url));
+const ENTRY = fileURLToPath(new URL("../test/helpers/cli-main.ts", import.meta.url));
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 /** Issue 3: two `ca serve` processes on one PostgreSQL, 10,000 concurrent issuances. */
 const PROCESSES = 2;

@@ -143,7 +143,7 @@ describe("remote attestation: device evidence (SoftHSM key) → ca-service verif
       const configFile = join(dir, "edgetrust.yaml");
       writeFileSync(configFile, stringify({ log: { level: "warn" }, hsm: { ...hsm, pinFile: tokens.pinFile }, device: cfg }));
       const run = (): Promise<{ code: number | null; out: string; err: string }> => new Promise((resolve) => {
-        const p = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, "cli-main.ts"), "device", "attest", "-c", configFile, "--json"], { stdio: ["ignore", "pipe", "pipe"] });
+        const p = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, "../test/helpers/cli-main.ts"), "device", "attest", "-c", configFile, "--json"], { stdio: ["ignore", "pipe", "pipe"] });
         let out = "";
         let err = "";
         p.stdout.on("data", (b: Buffer) => { out += b.toString(); });

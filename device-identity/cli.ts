@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { Command } from "commander";
-import { EdgeTrustError, createLogger, action, emit, type ConfigReader, type LogSection } from "../common/index.js";
+import { EdgeTrustError, createLogger, action, emit, faultClockOffsetSeconds, type ConfigReader, type LogSection } from "../common/index.js";
 import { openKeyStore, type HsmConfig } from "../hsm/index.js";
 import { CaClient } from "./ca-client.js";
 import { DeviceDaemon, identityFromConfig } from "./daemon.js";
@@ -70,8 +70,8 @@ export function deviceCommand(readConfig: ConfigReader<DeviceCliConfig>): Comman
     .action(action(async (opts: { config: string }) => {
       const all = readConfig({ file: opts.config });
       const log = createLogger("device-identity", { level: all.log.level });
-      // Fault injection for tests: a device clock off by this many seconds (a wrong clock cannot be produced on demand).
-      const offset = Number(process.env.EDGETRUST_FAULT_CLOCK_OFFSET_SECONDS ?? "0");
+      // A fault point for tests (common/faults.ts): a device clock off by this many seconds.
+      const offset = faultClockOffsetSeconds();
       const now = offset ? () => new Date(Date.now() + offset * 1000) : undefined;
       if (offset) log.warn({ offsetSeconds: offset }, "fault injection: device clock shifted");
       // SIGTERM while the daemon still waits for its HSM: stop waiting, exit cleanly.

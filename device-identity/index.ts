@@ -10,8 +10,6 @@ export { checkAttestedContainer } from "./container-check.js";
 export type { ContainerVerdict } from "./container-check.js";
 export { issueModuleCertificate } from "./module-issuer.js";
 export type { EdgeCa, ModuleIssuerOptions } from "./module-issuer.js";
-export { startEphemeralIdentity, makeEphemeralEdgeCa } from "./ephemeral.js";
-export type { EphemeralIdentity, EphemeralIdentityOptions, EphemeralCa } from "./ephemeral.js";
 // The daemon: config, identity (provisioning, renewal), state on disk, CA client, attestation evidence.
 export { DeviceConfig } from "./config.js";
 export { DeviceDaemon, identityFromConfig, certificateSettings, collectMeasurements } from "./daemon.js";

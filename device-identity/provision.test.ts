@@ -17,7 +17,7 @@ const DEVICE = "dev-prov";
 
 /** `edgetrust device …` in a child process (its own SoftHSM session; OPENSSL_CONF registers the pkcs11 engine). */
 async function cli(args: string[], env: Record<string, string>): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
-  const p = spawn(process.execPath, ["--import", "tsx", join(ROOT, "device-identity/cli-main.ts"), "device", ...args], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  const p = spawn(process.execPath, ["--import", "tsx", join(ROOT, "test/helpers/cli-main.ts"), "device", ...args], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
   let stdout = "";
   let stderr = "";
   p.stdout.on("data", (d: Buffer) => { stdout += d.toString(); });

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import * as x509 from "@peculiar/x509";
 import { Type, type Static } from "@sinclair/typebox";
-import { EdgeTrustError, validateValue, writeFileAtomic } from "../common/index.js";
+import { EdgeTrustError, validateValue, writeFileAtomic, faultAfterWrite } from "../common/index.js";
 
 const Pem = Type.String({ pattern: "^-----BEGIN CERTIFICATE-----" });
 
@@ -82,11 +82,6 @@ function derivedFiles(s: IdentityState): Record<(typeof STATE_FILES)[number], st
     "trust-bundle.pem": trustBundle(s).join(""),
     "hub-server.chain.pem": [s.hub.cert, s.edgeCa.cert, ...s.edgeCa.chain].join(""),
   };
-}
-
-/** Fault injection for crash tests: EDGETRUST_FAULT_CRASH_AFTER=<file> kills this process right after writing it. */
-function faultPoint(name: string): void {
-  if (process.env.EDGETRUST_FAULT_CRASH_AFTER === name) process.kill(process.pid, "SIGKILL");
 }
 
 function fsyncDir(dir: string): void {
@@ -197,14 +192,14 @@ export class StateStore {
     rmSync(partial, { recursive: true, force: true });
     mkdirSync(partial, { mode: 0o755 });
     writeFileAtomic(join(partial, "state.json"), JSON.stringify(state, null, 2), 0o600);
-    faultPoint("state.json");
+    faultAfterWrite("state.json");
     for (const [file, text] of Object.entries(derivedFiles(state))) {
       writeFileAtomic(join(partial, file), text, 0o644);
-      faultPoint(file);
+      faultAfterWrite(file);
     }
     renameSync(partial, join(this.dir, name));
     fsyncDir(this.dir);
-    faultPoint("generation");
+    faultAfterWrite("generation");
     const link = join(this.dir, `current.${randomBytes(4).toString("hex")}`);
     symlinkSync(name, link);
     renameSync(link, this.currentDir);

@@ -103,7 +103,7 @@ export interface Daemon {
 }
 
 export function runDaemon(configFile: string, env: Record<string, string>): Daemon {
-  const proc = spawn(process.execPath, ["--import", "tsx", join(ROOT, "device-identity/cli-main.ts"), "device", "run", "-c", configFile], { env: { ...process.env, ...env }, stdio: ["ignore", "ignore", "pipe"] });
+  const proc = spawn(process.execPath, ["--import", "tsx", join(ROOT, "test/helpers/cli-main.ts"), "device", "run", "-c", configFile], { env: { ...process.env, ...env }, stdio: ["ignore", "ignore", "pipe"] });
   const logs: Record<string, unknown>[] = [];
   let err = "";
   let partial = "";

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { run } from "./test-fixtures.js";
 
-const ENTRY = fileURLToPath(new URL("../testdata/cli-entry.ts", import.meta.url));
+const ENTRY = fileURLToPath(new URL("../../test/helpers/cli-main.ts", import.meta.url));
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 let dir: string;
 let cfg: string;
