@@ -5,7 +5,7 @@ import { Certificate as AsnCertificate, CRLNumber, id_ce_cRLNumber } from "@pecu
 import * as x509 from "@peculiar/x509";
 import { EdgeTrustError, createLogger, isEdgeTrustError, type Logger } from "../common/index.js";
 import { keyStoreCrypto, keyStoreCryptoKey, type KeyAlgorithm, type KeyStore } from "../hsm/index.js";
-import { issueCertificate, getProfile, signingAlgorithmFor, wholeSeconds, type Profile, type ProfileName } from "../pki/index.js";
+import { issueCertificateDer, getProfile, signingAlgorithmFor, wholeSeconds, type Profile, type ProfileName } from "../pki/index.js";
 import { checkCsr, sanKey } from "./csr.js";
 import { announce } from "./shared/events.js";
 import { normalizeSerial, REVOCATION_REASON_CODES, sha256Hex, type CaRecord, type CaStore, type CertificateRecord, type RevocationReason } from "./store.js";
@@ -77,6 +77,8 @@ export interface LoadedCa {
   certIdHashes: { "SHA-1": { name: string; key: string }; "SHA-256": { name: string; key: string } };
   /** SHA-1 of the public key bits (OCSP ResponderID byKey). */
   keyHashSha1: Buffer;
+  /** The certificate, PEM (second in every chain this CA returns). */
+  pem: string;
 }
 
 export interface IssueRequest {
@@ -149,7 +151,7 @@ export class CertificateAuthority {
       const key = await keyStoreCryptoKey(this.keys, { label: rec.keyLabel });
       const asn = AsnConvert.parse(cert.rawData, AsnCertificate);
       next.set(rec.id, {
-        record: rec, cert, key, certIdHashes: certIdHashesOf(cert),
+        record: rec, cert, key, certIdHashes: certIdHashesOf(cert), pem: cert.toString("pem") + "\n",
         keyHashSha1: createHash("sha1").update(new Uint8Array(asn.tbsCertificate.subjectPublicKeyInfo.subjectPublicKey)).digest(),
       });
     }
@@ -242,24 +244,24 @@ export class CertificateAuthority {
     const checked = await checkCsr(req.csrPem, { allowedKeyAlgorithms: profile.allowedKeyAlgorithms, allowedSans });
     for (let attempt = 0; ; attempt++) {
       const ca = this.current();
-      const cert = await issueCertificate({
+      const cert = await issueCertificateDer({
         profile,
         subject: { commonName },
         identity,
-        publicKey: checked.spki,
+        publicKey: new Uint8Array(checked.spki),
         issuer: { certificate: ca.cert, signingKey: ca.key, crypto: this.crypto },
         crlUrl: this.crlUrl(ca.record.id),
         ocspUrl: this.ocspUrl(),
       });
-      const san = cert.getExtension(x509.SubjectAlternativeNameExtension);
       try {
+        const certPem = cert.pem();
         const record = await this.store.recordIssued({
-          serial: normalizeSerial(cert.serialNumber), issuerId: ca.record.id, profile: profile.name, subject: cert.subject,
-          sans: (san?.names.items ?? []).map((n) => sanKey(n)), deviceId: enr.deviceId, spkiSha256: sha256Hex(new Uint8Array(checked.spki)),
-          fingerprintSha256: sha256Hex(new Uint8Array(cert.rawData)), notBefore: cert.notBefore.toISOString(), notAfter: cert.notAfter.toISOString(),
-          certPem: cert.toString("pem"), replacesSerial: req.replacesSerial ? normalizeSerial(req.replacesSerial) : null,
+          serial: normalizeSerial(cert.serial), issuerId: ca.record.id, profile: profile.name, subject: cert.subject,
+          sans: cert.sans.map((n) => sanKey(n)), deviceId: enr.deviceId, spkiSha256: sha256Hex(new Uint8Array(checked.spki)),
+          fingerprintSha256: cert.fingerprintSha256, notBefore: cert.notBefore.toISOString(), notAfter: cert.notAfter.toISOString(),
+          certPem, replacesSerial: req.replacesSerial ? normalizeSerial(req.replacesSerial) : null,
         }, actor, action);
-        return { record, certificate: cert, chainPem: [cert, ca.cert].map((c) => c.toString("pem")).join("\n") + "\n" };
+        return { record, get certificate() { return cert.certificate(); }, chainPem: `${certPem}\n${ca.pem}` };
       } catch (e) {
         // A 128-bit random serial collision is practically impossible; still, never record two certs under one serial.
         if (isEdgeTrustError(e, "CONFLICT") && attempt < 3) continue;

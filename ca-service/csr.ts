@@ -11,9 +11,7 @@ export interface CsrCheck {
   allowedSans: readonly string[];
 }
 
-export interface CheckedCsr extends VerifiedCsr {
-  spki: ArrayBuffer;
-}
+export type CheckedCsr = Omit<VerifiedCsr, "spki"> & { spki: ArrayBuffer };
 
 /** `dns:edgehub`, `uri:edgetrust://...`: how SANs are recorded and compared. */
 export function sanKey(n: { type: string; value: string }): string {
@@ -36,6 +34,6 @@ export async function checkCsr(pem: string, rules: CsrCheck): Promise<CheckedCsr
     if (kind === "dns" || kind === "uri" || kind === "ip" || kind === "email") allowed[kind].push(s.slice(i + 1));
   }
   refuseExtraSans({ ...v.sans, dns: v.sans.dns.map((d) => d.toLowerCase()) }, allowed);
-  return { ...v, spki: v.publicKey.rawData };
+  return Object.assign(v, { spki: v.spki.slice().buffer });
 }
 

@@ -1,6 +1,6 @@
 import type * as x509 from "@peculiar/x509";
 import { EdgeTrustError } from "../common/index.js";
-import { issueCertificate, moduleUri, refuseExtraSans, verifyCsr, type Issuer } from "../pki/index.js";
+import { issueCertificateDer, moduleUri, refuseExtraSans, verifyCsr, type Issuer } from "../pki/index.js";
 import type { AttestedModule } from "./attested-modules.js";
 import type { ContainerVerdict } from "./container-check.js";
 
@@ -31,17 +31,17 @@ export async function issueModuleCertificate(opts: ModuleIssuerOptions, m: Attes
   const uri = moduleUri(opts.trustDomain, opts.deviceId, m.name);
   refuseExtraSans(csr.sans, { uri: [uri] });
   const edgeCa = opts.edgeCa();
-  const cert = await issueCertificate({
+  const cert = await issueCertificateDer({
     profile: "module",
     subject: { commonName: m.name },
     identity: { trustDomain: opts.trustDomain, deviceId: opts.deviceId, moduleId: m.name },
     attestation: { imageDigest: m.imageDigest, manifestVersion: m.manifestVersion, deploymentId: m.deploymentId },
-    publicKey: csr.publicKey,
+    publicKey: csr.spki,
     issuer: edgeCa,
     lifetimeSeconds: opts.lifetimeSeconds,
   });
   return {
-    certificate: cert.toString("pem"),
+    certificate: cert.pem(),
     chain: edgeCa.chain.map((c) => c.toString("pem")),
     notAfter: cert.notAfter.toISOString(),
   };

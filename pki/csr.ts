@@ -1,11 +1,13 @@
 import "reflect-metadata";
+import { verify as nodeVerify, type KeyObject } from "node:crypto";
+import * as asn1js from "asn1js";
 import * as x509 from "@peculiar/x509";
 import { AsnConvert } from "@peculiar/asn1-schema";
 import { ECDSASigValue } from "@peculiar/asn1-ecc";
 import { CertificationRequest } from "@peculiar/asn1-csr";
 import { EdgeTrustError } from "../common/index.js";
 import type { KeyAlgorithm } from "../hsm/index.js";
-import { keyAlgorithmOfSpki } from "./keys.js";
+import { importSpki, keyAlgorithmOfKey, keyAlgorithmOfSpki, rememberKeyAlgorithm } from "./keys.js";
 import { getProfile, type Profile, type ProfileName } from "./profiles.js";
 
 /** SANs a CSR asks for, by kind. Callers compare them with the record and refuse extras (`refuseExtraSans`). */
@@ -19,10 +21,14 @@ export interface RequestedSans {
 }
 
 export interface VerifiedCsr {
-  csr: x509.Pkcs10CertificateRequest;
+  /** The request parsed by @peculiar/x509 (built on first use). */
+  readonly csr: x509.Pkcs10CertificateRequest;
+  /** The subject key, DER SubjectPublicKeyInfo exactly as requested. */
+  spki: Uint8Array;
   /** The subject DN as the CSR wrote it (informational: issuers take the subject from the record). */
   subject: string;
-  publicKey: x509.PublicKey;
+  /** The subject key as an x509 object (built on first use). */
+  readonly publicKey: x509.PublicKey;
   keyAlgorithm: KeyAlgorithm;
   sans: RequestedSans;
   /** OIDs of the requested extensions. */
@@ -103,6 +109,16 @@ export async function verifyAsnSignature(
   signed: ArrayBuffer,
   crypto: Crypto = globalThis.crypto,
 ): Promise<boolean> {
+  const nodeHash = nativeHash(signatureAlgorithm);
+  if (nodeHash && crypto === globalThis.crypto) {
+    let key: KeyObject;
+    try {
+      key = importSpki(new Uint8Array(publicKey.rawData));
+    } catch (e) {
+      throw invalid("the CSR key cannot be imported", e);
+    }
+    return verifyNative(key, signatureAlgorithm.name, nodeHash, new Uint8Array(signature), new Uint8Array(signed));
+  }
   const algorithm = { ...publicKey.algorithm, ...signatureAlgorithm };
   const key = await publicKey.export(algorithm, ["verify"], crypto);
   let web: ArrayBuffer | null;
@@ -120,6 +136,31 @@ export async function verifyAsnSignature(
   return crypto.subtle.verify(signatureAlgorithm, key, web, signed);
 }
 
+/** Node's digest name for ECDSA and RSASSA-PKCS1-v1_5 with SHA-2; undefined for anything else (the WebCrypto path). */
+function nativeHash(alg: Algorithm): string | undefined {
+  if (alg.name !== "ECDSA" && alg.name !== "RSASSA-PKCS1-v1_5") return undefined;
+  const h = (alg as Algorithm & { hash?: string | { name: string } }).hash;
+  const name = typeof h === "string" ? h : h?.name;
+  return name === "SHA-256" || name === "SHA-384" || name === "SHA-512" ? name.replace("SHA-", "sha") : undefined;
+}
+
+/**
+ * The signature check on OpenSSL (Node's native verify): an ECDSA signature must first be canonical DER (the same
+ * refusal as before; OpenSSL also refuses non-DER and trailing data), and is then handed over in DER as it came.
+ */
+function verifyNative(key: KeyObject, name: string, hash: string, signature: Uint8Array, signed: Uint8Array): boolean {
+  try {
+    if (name === "ECDSA") {
+      if (key.asymmetricKeyType !== "ec" || !isCanonicalEcdsaDer(signature)) return false;
+      return nodeVerify(hash, signed, { key, dsaEncoding: "der" }, signature);
+    }
+    if (key.asymmetricKeyType !== "rsa") return false;
+    return nodeVerify(hash, signed, key, signature);
+  } catch {
+    return false;
+  }
+}
+
 /**
  * The bytes a CSR's signature covers: the CertificationRequestInfo exactly as received — what
  * `Pkcs10CertificateRequest.verify` uses (its `tbs` is TypeScript-private, so it is read by name, checked, and
@@ -132,15 +173,117 @@ export function signedBytes(csr: x509.Pkcs10CertificateRequest): ArrayBuffer {
   return req.certificationRequestInfoRaw ?? AsnConvert.serialize(req.certificationRequestInfo);
 }
 
+/** PKCS#9 extensionRequest: the attribute a CSR asks for extensions in. */
+const OID_EXTENSION_REQUEST = "1.2.840.113549.1.9.14";
+
+/** Signature algorithms the native path reads by OID; anything else goes through @peculiar/x509 as before. */
+const SIGNATURE_OIDS: Record<string, { name: string; hash: string }> = {
+  "1.2.840.10045.4.3.2": { name: "ECDSA", hash: "SHA-256" },
+  "1.2.840.10045.4.3.3": { name: "ECDSA", hash: "SHA-384" },
+  "1.2.840.10045.4.3.4": { name: "ECDSA", hash: "SHA-512" },
+  "1.2.840.113549.1.1.11": { name: "RSASSA-PKCS1-v1_5", hash: "SHA-256" },
+  "1.2.840.113549.1.1.12": { name: "RSASSA-PKCS1-v1_5", hash: "SHA-384" },
+  "1.2.840.113549.1.1.13": { name: "RSASSA-PKCS1-v1_5", hash: "SHA-512" },
+};
+
+/** The parts of a PKCS#10 request the checks need, read with asn1js (the decoder under @peculiar/asn1-schema). */
+interface CsrParts {
+  info: Uint8Array;
+  subject: Uint8Array;
+  spki: Uint8Array;
+  signatureAlgorithm: { name: string; hash: string };
+  signature: Uint8Array;
+  extensions: Uint8Array[];
+}
+
+const raw = (b: asn1js.AsnType): Uint8Array => new Uint8Array(b.valueBeforeDecodeView);
+
+/**
+ * CertificationRequest ::= SEQUENCE { certificationRequestInfo SEQUENCE { version, subject, subjectPKInfo,
+ * attributes [0] }, signatureAlgorithm, signature BIT STRING } (RFC 2986). Undefined when the request uses a
+ * signature algorithm outside the native table (the caller then takes the @peculiar/x509 path); throws on anything
+ * that is not this structure.
+ */
+function readCsr(der: Uint8Array): CsrParts | undefined {
+  const top = asn1js.fromBER(der).result;
+  const [info, alg, sig] = top instanceof asn1js.Sequence ? top.valueBlock.value : [];
+  if (!(info instanceof asn1js.Sequence) || !(alg instanceof asn1js.Sequence) || !(sig instanceof asn1js.BitString)) throw invalid("CSR cannot be parsed");
+  const [version, subject, spki, attrs] = info.valueBlock.value;
+  if (!(version instanceof asn1js.Integer) || !(subject instanceof asn1js.Sequence) || !(spki instanceof asn1js.Sequence)) throw invalid("CSR cannot be parsed");
+  const oid = alg.valueBlock.value[0];
+  if (!(oid instanceof asn1js.ObjectIdentifier)) throw invalid("CSR cannot be parsed");
+  const signatureAlgorithm = SIGNATURE_OIDS[oid.valueBlock.toString()];
+  if (!signatureAlgorithm || sig.valueBlock.unusedBits !== 0) return undefined;
+  const extensions: Uint8Array[] = [];
+  if (attrs !== undefined) {
+    if (!(attrs instanceof asn1js.Constructed) || attrs.idBlock.tagClass !== 3 || attrs.idBlock.tagNumber !== 0) throw invalid("CSR cannot be parsed");
+    for (const a of attrs.valueBlock.value) {
+      const [type, values] = a instanceof asn1js.Sequence ? a.valueBlock.value : [];
+      if (!(type instanceof asn1js.ObjectIdentifier) || !(values instanceof asn1js.Set)) throw invalid("CSR attribute cannot be parsed");
+      if (type.valueBlock.toString() !== OID_EXTENSION_REQUEST) continue;
+      const exts = values.valueBlock.value[0];
+      if (!(exts instanceof asn1js.Sequence)) throw invalid("CSR extension request cannot be parsed");
+      for (const e of exts.valueBlock.value) extensions.push(raw(e));
+    }
+  }
+  return { info: raw(info), subject: raw(subject), spki: raw(spki), signatureAlgorithm, signature: new Uint8Array(sig.valueBlock.valueHexView), extensions };
+}
+
 /**
  * Parse and check a PKCS#10 request: its signature (proof of possession of the key), the key type and size, no
  * request for CA:TRUE, no critical extension we do not understand, no duplicate extension. Returns what it asks for.
+ * The common requests (ECDSA / RSA PKCS#1 v1.5 with SHA-2) are read with asn1js and verified with Node's native
+ * verify (the key imported once); any other goes through @peculiar/x509 and WebCrypto as before.
  */
 export async function verifyCsr(input: string | BufferSource, opts: VerifyCsrOptions = {}): Promise<VerifiedCsr> {
+  const der = new Uint8Array(toDer(input));
+  let parts: CsrParts | undefined;
+  try {
+    parts = readCsr(der);
+  } catch (e) {
+    if (e instanceof EdgeTrustError) throw e;
+    throw invalid("CSR cannot be parsed", e);
+  }
+  if (!parts || (opts.crypto && opts.crypto !== globalThis.crypto)) return verifyCsrWithX509(der.buffer, opts);
+
+  const key = importSpki(parts.spki);
+  const keyAlgorithm = keyAlgorithmOfKey(key);
+  rememberKeyAlgorithm(parts.spki, keyAlgorithm);
+  const allowed = opts.allowedKeyAlgorithms ?? (opts.profile ? getProfile(opts.profile).allowedKeyAlgorithms : undefined);
+  if (allowed && !allowed.includes(keyAlgorithm)) {
+    throw new EdgeTrustError("PKI_PROFILE_VIOLATION", `${keyAlgorithm} keys are not allowed here`, { hint: `allowed: ${allowed.join(", ")}` });
+  }
+  const { name, hash } = parts.signatureAlgorithm;
+  if (!verifyNative(key, name, hash.replace("SHA-", "sha"), parts.signature, parts.info)) {
+    throw invalid("CSR signature does not verify (no proof of possession of the key)");
+  }
+  let extensions: x509.Extension[];
+  try {
+    extensions = parts.extensions.map((e) => new x509.Extension(new Uint8Array(e)));
+  } catch (e) {
+    throw invalid("CSR extension request cannot be parsed", e);
+  }
+  const checked = checkExtensions(extensions);
+  const spki = parts.spki;
+  const subjectDer = parts.subject;
+  let csr: x509.Pkcs10CertificateRequest | undefined;
+  let publicKey: x509.PublicKey | undefined;
+  let subject: string | undefined;
+  return {
+    get csr() { return (csr ??= new x509.Pkcs10CertificateRequest(der.slice().buffer)); },
+    spki,
+    get subject() { return (subject ??= new x509.Name(subjectDer.slice().buffer).toString()); },
+    get publicKey() { return (publicKey ??= new x509.PublicKey(spki.slice().buffer)); },
+    keyAlgorithm, sans: checked.sans, extensions: checked.oids,
+  };
+}
+
+/** The @peculiar/x509 path: other signature algorithms (RSA-PSS, SHA-1) and a caller's own WebCrypto. */
+async function verifyCsrWithX509(der: ArrayBuffer, opts: VerifyCsrOptions): Promise<VerifiedCsr> {
   const crypto = opts.crypto ?? globalThis.crypto;
   let csr: x509.Pkcs10CertificateRequest;
   try {
-    csr = new x509.Pkcs10CertificateRequest(toDer(input));
+    csr = new x509.Pkcs10CertificateRequest(der);
   } catch (e) {
     if (e instanceof EdgeTrustError) throw e;
     throw invalid("CSR cannot be parsed", e);
@@ -166,6 +309,12 @@ export async function verifyCsr(input: string | BufferSource, opts: VerifyCsrOpt
   } catch (e) {
     throw invalid("CSR extension request cannot be parsed", e);
   }
+  const checked = checkExtensions(extensions);
+  return { csr, spki: new Uint8Array(csr.publicKey.rawData), subject: csr.subject, publicKey: csr.publicKey, keyAlgorithm, sans: checked.sans, extensions: checked.oids };
+}
+
+/** No duplicate, no unknown critical extension, no CA:TRUE; the SANs it asks for. */
+function checkExtensions(extensions: x509.Extension[]): { sans: RequestedSans; oids: string[] } {
   const seen = new Set<string>();
   const sans: RequestedSans = { dns: [], uri: [], ip: [], email: [], other: [] };
   for (const ext of extensions) {
@@ -194,7 +343,7 @@ export async function verifyCsr(input: string | BufferSource, opts: VerifyCsrOpt
       throw invalid(`CSR extension ${ext.type} is malformed`, e);
     }
   }
-  return { csr, subject: csr.subject, publicKey: csr.publicKey, keyAlgorithm, sans, extensions: [...seen] };
+  return { sans, oids: [...seen] };
 }
 
 /** Throw PKI_PROFILE_VIOLATION when a CSR asks for any SAN the record does not give it. */

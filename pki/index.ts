@@ -2,8 +2,8 @@ import "reflect-metadata";
 
 export { PROFILES, PROFILE_NAMES, EKU_CLIENT_AUTH, EKU_SERVER_AUTH, getProfile, withLifetime } from "./profiles.js";
 export type { Profile, ProfileName, ProfileRequirements } from "./profiles.js";
-export { issueCertificate, checkModuleDevice, randomSerial } from "./issue.js";
-export type { IssueParams, Issuer, SubjectFields, IdentityFields } from "./issue.js";
+export { issueCertificate, issueCertificateDer, checkModuleDevice, randomSerial } from "./issue.js";
+export type { IssueParams, Issuer, SubjectFields, IdentityFields, IssuedCertificate } from "./issue.js";
 export { verifyCsr, refuseExtraSans, verifyAsnSignature, isCanonicalEcdsaDer } from "./csr.js";
 export type { VerifiedCsr, VerifyCsrOptions, RequestedSans } from "./csr.js";
 export {

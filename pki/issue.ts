@@ -1,236 +1,294 @@
 import "reflect-metadata";
-import { randomBytes } from "node:crypto";
+import { KeyObject, createHash, sign as nodeSign } from "node:crypto";
+import * as asn1js from "asn1js";
 import { AsnConvert } from "@peculiar/asn1-schema";
-import { GeneralName as AsnGeneralName, GeneralSubtree, GeneralSubtrees, NameConstraints, id_ce_nameConstraints } from "@peculiar/asn1-x509";
+import { Certificate as AsnCertificate, GeneralName, GeneralNames, Name as AsnName, Version } from "@peculiar/asn1-x509";
 import * as x509 from "@peculiar/x509";
 import { EdgeTrustError } from "../common/index.js";
-import { moduleAttestationExtension, type ModuleAttestation } from "./attestation.js";
-import { certificateIdentity, checkDnsName, checkTrustDomain, deviceUri, moduleUri } from "./identity.js";
-import { keyAlgorithmOfSpki, signingAlgorithmFor, toPublicKey, type PublicKeyInput } from "./keys.js";
-import { getProfile, type Profile, type ProfileName } from "./profiles.js";
-import { wholeSeconds } from "./time.js";
+import { ModuleAttestationAsn, OID_MODULE_ATTESTATION } from "./attestation.js";
+import {
+  authorityKeyId, fixedExtensions, issueCertificateReference, nameConstraintsExtension, planCertificate, subjectName,
+  type CertificatePlan, type IssueParams, type Issuer, type SubjectFields,
+} from "./issue-reference.js";
+import { signingAlgorithmFor, toPublicKey } from "./keys.js";
 
-/** Subject DN fields — taken from the enrollment record, never copied from a CSR. */
-export interface SubjectFields {
-  commonName: string;
-  organization?: string;
-  organizationalUnit?: string;
-  /** ISO 3166 two-letter code. */
-  country?: string;
+export { randomSerial, checkModuleDevice } from "./issue-reference.js";
+export type { IssueParams, Issuer, SubjectFields, IdentityFields } from "./issue-reference.js";
+
+/**
+ * The certificate factory: one issuance core for every path (ca-service issue/register/EST/DPS/renew, the device's
+ * module and Edge-CA certificates, certs-dev).
+ *
+ * Per (profile, issuer, URLs) a template is built once, with @peculiar/x509 and @peculiar/asn1-schema: the DER of the
+ * version, the signature AlgorithmIdentifier, the issuer Name and every extension that does not change (basic
+ * constraints, key usage, EKU, AKI, CRL DP, AIA), plus the extnID prefix of each extension that does. Per
+ * certificate only the variable fields are written — serial, validity, subject (cached per DN), SPKI, SKI, SANs, the
+ * module-attestation extension, an Edge CA's name constraints — and the TBSCertificate is signed: with Node's crypto
+ * (synchronous, DER signature) for software keys, through the KeyStore shim (the PKCS#11 session pool) for HSM keys.
+ *
+ * The only DER written here by hand are the identifier and length octets that wrap those parts (`tlv`, X.690
+ * §8.1.2-8.1.3); `factory.test.ts` decodes a certificate from each profile made here and the same certificate made
+ * by `issueCertificateReference` (@peculiar/x509's generator) and finds every byte of the TBSCertificate equal.
+ */
+
+/** X.690 identifier octets of the universal types (and the one context tag) the factory wraps around parts. */
+const TAG = {
+  INTEGER: 0x02,
+  BIT_STRING: 0x03,
+  OCTET_STRING: 0x04,
+  UTC_TIME: 0x17,
+  GENERALIZED_TIME: 0x18,
+  SEQUENCE: 0x30,
+  /** TBSCertificate `extensions [3] EXPLICIT Extensions` (context-specific, constructed, number 3). */
+  EXTENSIONS: 0xa3,
+} as const;
+
+/** Identifier and length octets in DER (X.690 §8.1.3: short form below 128, else the minimal long form). */
+function header(tag: number, length: number): Uint8Array {
+  if (length < 0x80) return Uint8Array.of(tag, length);
+  const bytes: number[] = [];
+  for (let n = length; n > 0; n = Math.floor(n / 256)) bytes.unshift(n & 0xff);
+  return Uint8Array.of(tag, 0x80 | bytes.length, ...bytes);
 }
 
-/** Identity fields the profile needs (from the record). */
-export interface IdentityFields {
-  trustDomain?: string;
-  deviceId?: string;
-  moduleId?: string;
-  /** edge-ca: the device's DNS names (name constraints); edge-hub-server: extra DNS SANs. */
-  dnsNames?: string[];
-  /** edge-hub-server: the device's host name, added to `edgehub` and `localhost`. */
-  hostName?: string;
+/** One TLV: `tag`, the DER length of the parts, the parts. */
+function tlv(tag: number, ...parts: Uint8Array[]): Uint8Array {
+  let len = 0;
+  for (const p of parts) len += p.length;
+  return Buffer.concat([header(tag, len), ...parts]);
 }
 
-export interface Issuer {
-  /** The issuing CA's certificate; omit for a self-signed root (profile root-ca). */
-  certificate?: x509.X509Certificate;
-  /** The CA private key: a Node CryptoKey or a KeyStore shim key (then pass the shim as `crypto`). */
-  signingKey: CryptoKey;
-  /** WebCrypto to sign with: `keyStoreCrypto()` for KeyStore keys; default Node's. */
-  crypto?: Crypto;
+/** Raw bytes of the elements of a DER SEQUENCE made by @peculiar (template building only, never per certificate). */
+function elementsOf(der: ArrayBuffer | Uint8Array): Uint8Array[] {
+  const buf = der instanceof Uint8Array ? der : new Uint8Array(der);
+  const parsed = asn1js.fromBER(buf);
+  if (parsed.offset === -1 || !(parsed.result instanceof asn1js.Sequence)) throw new EdgeTrustError("INTERNAL", "template part is not a DER SEQUENCE");
+  return parsed.result.valueBlock.value.map((e) => new Uint8Array(e.valueBeforeDecodeView));
 }
 
-export interface IssueParams {
-  profile: Profile | ProfileName;
-  subject: SubjectFields;
-  identity?: IdentityFields;
-  /** module profile: what device-identity attested. */
-  attestation?: ModuleAttestation;
-  publicKey: PublicKeyInput;
-  issuer: Issuer;
-  /** Hex; default 16 random bytes (≥ 120 bits of entropy), positive. */
-  serial?: string;
-  /** Default: now − 5 minutes (clock skew). */
-  notBefore?: Date;
-  /** Override the profile lifetime. */
-  lifetimeSeconds?: number;
-  crlUrl?: string;
-  ocspUrl?: string;
-  caIssuersUrl?: string;
+/** The serial as the generator writes it: the hex value as a positive INTEGER in its minimal form. */
+function serialDer(hex: string): Uint8Array {
+  let b = Buffer.from(hex.length % 2 ? `0${hex}` : hex, "hex");
+  let i = 0;
+  while (i < b.length - 1 && b[i] === 0) i++;
+  b = b.subarray(i);
+  return (b[0] ?? 0) & 0x80 ? tlv(TAG.INTEGER, Uint8Array.of(0), b) : tlv(TAG.INTEGER, b);
 }
 
-const SKEW_MS = 5 * 60 * 1000;
+const pad = (n: number, w = 2): string => String(n).padStart(w, "0");
 
-/** 16 random bytes, top bit clear (positive INTEGER, no 0x00 pad) and a non-zero first byte (full 16 octets). */
-export function randomSerial(): string {
-  const b = randomBytes(16);
-  b[0] = (b[0] ?? 0) & 0x7f || 0x01;
-  return b.toString("hex");
+/** RFC 5280 §4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050; always whole seconds, always Z. */
+function timeDer(d: Date): Uint8Array {
+  const y = d.getUTCFullYear();
+  const rest = `${pad(d.getUTCMonth() + 1)}${pad(d.getUTCDate())}${pad(d.getUTCHours())}${pad(d.getUTCMinutes())}${pad(d.getUTCSeconds())}Z`;
+  if (y >= 1950 && y < 2050) return tlv(TAG.UTC_TIME, Buffer.from(`${pad(y % 100)}${rest}`, "latin1"));
+  return tlv(TAG.GENERALIZED_TIME, Buffer.from(`${pad(y, 4)}${rest}`, "latin1"));
 }
 
-function buildName(s: SubjectFields): x509.Name {
-  if (!s.commonName || s.commonName.length > 64) throw new EdgeTrustError("INVALID_INPUT", "subject commonName must be 1..64 characters");
-  const rdns: Record<string, string[]>[] = [];
-  if (s.country !== undefined) {
-    if (!/^[A-Z]{2}$/.test(s.country)) throw new EdgeTrustError("INVALID_INPUT", `country must be two capital letters, got ${JSON.stringify(s.country)}`);
-    rdns.push({ C: [s.country] });
+/** SHA-1 of the subjectPublicKey bits: the key identifier @peculiar/x509 (and RFC 5280 §4.2.1.2 method 1) uses. */
+function keyIdentifier(spki: Uint8Array): Buffer {
+  const parsed = asn1js.fromBER(spki);
+  const bits = parsed.result instanceof asn1js.Sequence ? parsed.result.valueBlock.value[1] : undefined;
+  if (!(bits instanceof asn1js.BitString)) throw new EdgeTrustError("PKI_PROFILE_VIOLATION", "public key cannot be parsed");
+  return createHash("sha1").update(bits.valueBlock.valueHexView).digest();
+}
+
+/** Signs a TBSCertificate; returns the DER signature value that goes into the BIT STRING. */
+type DerSigner = (tbs: Uint8Array) => Promise<Uint8Array>;
+
+const ecdsaFormatter = new x509.AsnEcSignatureFormatter();
+
+function signerFor(issuer: Issuer): DerSigner {
+  const key = issuer.signingKey;
+  const alg = signingAlgorithmFor(key);
+  const webCrypto = issuer.crypto ?? globalThis.crypto;
+  const nodeHash = alg.hash.replace("SHA-", "sha");
+  // A software key of Node's own WebCrypto: sign synchronously with the same OpenSSL key, DER out (no conversion).
+  if (webCrypto === globalThis.crypto && key instanceof globalThis.CryptoKey && (alg.name === "ECDSA" || alg.name === "RSASSA-PKCS1-v1_5")) {
+    const ko = KeyObject.from(key);
+    return (tbs) => Promise.resolve(nodeSign(nodeHash, tbs, alg.name === "ECDSA" ? { key: ko, dsaEncoding: "der" } : ko));
   }
-  if (s.organization !== undefined) rdns.push({ O: [s.organization] });
-  if (s.organizationalUnit !== undefined) rdns.push({ OU: [s.organizationalUnit] });
-  rdns.push({ CN: [s.commonName] });
-  return new x509.Name(rdns);
+  // A KeyStore key (HSM through the PKCS#11 session pool, or the dev store): WebCrypto shape, converted as x509 does.
+  return async (tbs) => {
+    const raw = await webCrypto.subtle.sign(alg, key, new Uint8Array(tbs));
+    if (alg.name !== "ECDSA") return new Uint8Array(raw);
+    const der = ecdsaFormatter.toAsnSignature({ ...key.algorithm, ...alg } as EcdsaParams & EcKeyAlgorithm, raw);
+    if (!der) throw new EdgeTrustError("INTERNAL", "cannot encode the ECDSA signature");
+    return new Uint8Array(der);
+  };
 }
 
-function need<T>(v: T | undefined, what: string, profile: string): T {
-  if (v === undefined || v === "") throw new EdgeTrustError("PKI_PROFILE_VIOLATION", `profile ${profile} needs ${what}`);
+/** What the factory keeps for one (profile, issuer, URLs): everything that is the same in each certificate. */
+interface Template {
+  version: Uint8Array;
+  signatureAlgorithm: Uint8Array;
+  issuerName: Uint8Array;
+  /** Extensions before SKI (basicConstraints, keyUsage, EKU), DER each. */
+  head: Uint8Array[];
+  /** The AKI extension, DER. */
+  aki: Uint8Array;
+  /** CRL DP and AIA, DER each. */
+  tail: Uint8Array[];
+  /** extnID (+ critical) DER of each variable extension, by OID. */
+  prefix: Map<string, Uint8Array>;
+  sign: DerSigner;
+}
+
+const OID_SKI = "2.5.29.14";
+const OID_SAN = "2.5.29.17";
+const OID_NAME_CONSTRAINTS = "2.5.29.30";
+
+/** extnID (and critical) of an extension, DER: all its elements but the last (the extnValue OCTET STRING). */
+function extensionPrefix(ext: x509.Extension): Uint8Array {
+  return Buffer.concat(elementsOf(ext.rawData).slice(0, -1));
+}
+
+function variableExtension(prefix: Uint8Array | undefined, value: Uint8Array): Uint8Array {
+  if (!prefix) throw new EdgeTrustError("INTERNAL", "template has no prefix for this extension");
+  return tlv(TAG.SEQUENCE, prefix, tlv(TAG.OCTET_STRING, value));
+}
+
+async function buildTemplate(plan: CertificatePlan, issuer: Issuer): Promise<Template> {
+  const issuerCert = plan.issuerCert;
+  if (!issuerCert) throw new EdgeTrustError("INTERNAL", "self-signed certificates are made by the reference path");
+  const crypto = issuer.crypto ?? globalThis.crypto;
+  const fixed = fixedExtensions(plan, await authorityKeyId(issuerCert, "", crypto));
+  // The signature AlgorithmIdentifier exactly as @peculiar/x509 writes it for this key.
+  const algorithm = { ...signingAlgorithmFor(issuer.signingKey), ...issuer.signingKey.algorithm };
+  const sigAlg = new Uint8Array(AsnConvert.serialize(new x509.AlgorithmProvider().toAsnAlgorithm(algorithm)));
+  // Version [0] EXPLICIT v3: the first element of a v3 TBSCertificate serialised by asn1-schema (the issuer's own).
+  const sample = AsnConvert.parse(issuerCert.rawData, AsnCertificate).tbsCertificate;
+  sample.version = Version.v3;
+  const version = elementsOf(AsnConvert.serialize(sample))[0];
+  if (!version) throw new EdgeTrustError("INTERNAL", "cannot encode the certificate version");
+  // The issuer Name re-serialised the way the generator does (parse + serialize with asn1-schema).
+  const issuerName = new Uint8Array(AsnConvert.serialize(AsnConvert.parse(issuerCert.subjectName.toArrayBuffer(), AsnName)));
+  const prefix = new Map<string, Uint8Array>([
+    [OID_SKI, extensionPrefix(new x509.SubjectKeyIdentifierExtension("00", false))],
+    [OID_SAN, extensionPrefix(new x509.SubjectAlternativeNameExtension([{ type: "dns", value: "x" }], false))],
+    [OID_MODULE_ATTESTATION, extensionPrefix(new x509.Extension(OID_MODULE_ATTESTATION, false, new Uint8Array([5, 0])))],
+    [OID_NAME_CONSTRAINTS, extensionPrefix(nameConstraintsExtension("x", ["x"]))],
+  ]);
+  return {
+    version, signatureAlgorithm: sigAlg, issuerName,
+    head: fixed.head.map((e) => new Uint8Array(e.rawData)), aki: new Uint8Array(fixed.aki.rawData), tail: fixed.tail.map((e) => new Uint8Array(e.rawData)),
+    prefix, sign: signerFor(issuer),
+  };
+}
+
+/** Templates per issuer certificate object (CAs keep theirs for the process), then by profile and URLs. */
+const templates = new WeakMap<x509.X509Certificate, WeakMap<CryptoKey, Map<string, Template>>>();
+const TEMPLATES_PER_ISSUER = 64;
+
+async function templateFor(plan: CertificatePlan, issuer: Issuer): Promise<Template> {
+  const cert = plan.issuerCert as x509.X509Certificate;
+  let byKey = templates.get(cert);
+  if (!byKey) templates.set(cert, (byKey = new WeakMap()));
+  let byProfile = byKey.get(issuer.signingKey);
+  if (!byProfile) byKey.set(issuer.signingKey, (byProfile = new Map()));
+  const p = plan.profile;
+  const key = JSON.stringify([p.name, p.ca, p.pathLength, p.keyUsage, p.extendedKeyUsage, plan.crlUrl, plan.ocspUrl, plan.caIssuersUrl]);
+  let t = byProfile.get(key);
+  if (!t) {
+    t = await buildTemplate(plan, issuer);
+    if (byProfile.size >= TEMPLATES_PER_ISSUER) byProfile.delete(byProfile.keys().next().value ?? "");
+    byProfile.set(key, t);
+  }
+  return t;
+}
+
+/** Subject DNs, DER and text, remembered for recent records (renewals and re-registrations repeat them). */
+const subjects = new Map<string, { der: Uint8Array; text: string }>();
+const SUBJECT_CACHE = 4096;
+
+function subjectOf(s: SubjectFields): { der: Uint8Array; text: string } {
+  const k = JSON.stringify([s.commonName, s.organization, s.organizationalUnit, s.country]);
+  let v = subjects.get(k);
+  if (!v) {
+    const name = subjectName(s);
+    v = { der: new Uint8Array(name.toArrayBuffer()), text: name.toString() };
+    if (subjects.size >= SUBJECT_CACHE) subjects.delete(subjects.keys().next().value ?? "");
+    subjects.set(k, v);
+  }
   return v;
 }
 
-function nameConstraintsExtension(trustDomain: string, dnsNames: string[]): x509.Extension {
-  const subtrees = [
-    new GeneralSubtree({ base: new AsnGeneralName({ uniformResourceIdentifier: trustDomain }) }),
-    ...dnsNames.map((d) => new GeneralSubtree({ base: new AsnGeneralName({ dNSName: d }) })),
-  ];
-  // No IP addresses at all: an Edge CA (a key on a device) must not vouch for any address. Excluding 0.0.0.0/0 and
-  // ::/0 closes the gap that "permitted" leaves open for name types it does not list.
-  const excluded = ["0.0.0.0/0", "::/0"].map((cidr) => new GeneralSubtree({ base: new AsnGeneralName({ iPAddress: cidr }) }));
-  const nc = new NameConstraints({ permittedSubtrees: new GeneralSubtrees(subtrees), excludedSubtrees: new GeneralSubtrees(excluded) });
-  return new x509.Extension(id_ce_nameConstraints, true, AsnConvert.serialize(nc));
+/** A certificate the factory made: its DER and the fields callers record, without parsing it again. */
+export interface IssuedCertificate {
+  der: Uint8Array;
+  /** Hex without a sign byte, as `X509Certificate.serialNumber` writes it. */
+  serial: string;
+  /** The subject DN as text (`CN=dev-1`). */
+  subject: string;
+  notBefore: Date;
+  notAfter: Date;
+  sans: x509.JsonGeneralName[];
+  /** SHA-256 of the DER, hex. */
+  fingerprintSha256: string;
+  spki: Uint8Array;
+  pem(): string;
+  /** The parsed certificate (built on first use). */
+  certificate(): x509.X509Certificate;
 }
 
-function checkUrl(u: string, what: string): void {
-  let p: URL;
-  try {
-    p = new URL(u);
-  } catch {
-    throw new EdgeTrustError("INVALID_INPUT", `${what} ${JSON.stringify(u)} is not a URL`);
-  }
-  if (p.protocol !== "http:" && p.protocol !== "https:") throw new EdgeTrustError("INVALID_INPUT", `${what} must be http(s)`);
+function issued(der: Uint8Array, plan: CertificatePlan, subject: string): IssuedCertificate {
+  let parsed: x509.X509Certificate | undefined;
+  const serialBytes = Buffer.from(plan.serial.length % 2 ? `0${plan.serial}` : plan.serial, "hex");
+  let i = 0;
+  while (i < serialBytes.length - 1 && serialBytes[i] === 0) i++;
+  return {
+    der, serial: serialBytes.subarray(i).toString("hex"), subject, notBefore: plan.notBefore, notAfter: plan.notAfter, sans: plan.sans,
+    fingerprintSha256: createHash("sha256").update(der).digest("hex"), spki: plan.spki,
+    pem: () => x509.PemConverter.encode(new Uint8Array(der), "CERTIFICATE"),
+    certificate: () => (parsed ??= new x509.X509Certificate(new Uint8Array(der))),
+  };
+}
+
+async function spkiOf(params: IssueParams): Promise<Uint8Array> {
+  const k = params.publicKey;
+  if (k instanceof Uint8Array) return k;
+  if (k instanceof ArrayBuffer) return new Uint8Array(k);
+  return new Uint8Array((await toPublicKey(k, params.issuer.crypto ?? globalThis.crypto)).rawData);
 }
 
 /**
- * Issue a certificate under a profile. The subject, SANs and extensions come from the profile and the caller's
- * record; nothing is copied from a CSR. Always sets SKI and AKI; CRL DP and OCSP/caIssuers AIA when given.
+ * Issue a certificate under a profile and return its DER with the recorded fields. The subject, SANs and extensions
+ * come from the profile and the caller's record; nothing is copied from a CSR. Root certificates (self-signed) go
+ * through the reference path.
  */
+export async function issueCertificateDer(params: IssueParams): Promise<IssuedCertificate> {
+  const plan = await planCertificate(params, await spkiOf(params));
+  const subject = subjectOf(plan.subjectFields);
+  if (!plan.issuerCert) {
+    const cert = await issueCertificateReference(params);
+    return issued(new Uint8Array(cert.rawData), plan, subject.text);
+  }
+  const t = await templateFor(plan, params.issuer);
+  const extensions: Uint8Array[] = [...t.head, variableExtension(t.prefix.get(OID_SKI), tlv(TAG.OCTET_STRING, keyIdentifier(plan.spki))), t.aki];
+  if (plan.attestation) {
+    const a = new ModuleAttestationAsn({ version: 1, imageDigest: plan.attestation.imageDigest, manifestVersion: plan.attestation.manifestVersion });
+    if (plan.attestation.deploymentId !== undefined) a.deploymentId = plan.attestation.deploymentId;
+    extensions.push(variableExtension(t.prefix.get(OID_MODULE_ATTESTATION), new Uint8Array(AsnConvert.serialize(a))));
+  }
+  if (plan.nameConstraints) {
+    extensions.push(new Uint8Array(nameConstraintsExtension(plan.nameConstraints.trustDomain, plan.nameConstraints.dnsNames).rawData));
+  }
+  if (plan.sans.length > 0) {
+    const names = new GeneralNames(plan.sans.map((n) => new GeneralName(n.type === "dns" ? { dNSName: n.value } : { uniformResourceIdentifier: n.value })));
+    extensions.push(variableExtension(t.prefix.get(OID_SAN), new Uint8Array(AsnConvert.serialize(names))));
+  }
+  extensions.push(...t.tail);
+  const tbs = tlv(TAG.SEQUENCE,
+    t.version, serialDer(plan.serial), t.signatureAlgorithm, t.issuerName,
+    tlv(TAG.SEQUENCE, timeDer(plan.notBefore), timeDer(plan.notAfter)),
+    subject.der, plan.spki, tlv(TAG.EXTENSIONS, tlv(TAG.SEQUENCE, ...extensions)));
+  const signature = await t.sign(tbs);
+  const der = tlv(TAG.SEQUENCE, tbs, t.signatureAlgorithm, tlv(TAG.BIT_STRING, Uint8Array.of(0), signature));
+  return issued(der, plan, subject.text);
+}
+
+/** `issueCertificateDer`, parsed: for callers that work with @peculiar/x509 objects. */
 export async function issueCertificate(params: IssueParams): Promise<x509.X509Certificate> {
-  const profile = getProfile(params.profile);
-  const crypto = params.issuer.crypto ?? globalThis.crypto;
-  const id = params.identity ?? {};
-  const pub = await toPublicKey(params.publicKey, crypto);
-  const keyAlg = keyAlgorithmOfSpki(pub.rawData);
-  if (!profile.allowedKeyAlgorithms.includes(keyAlg)) {
-    throw new EdgeTrustError("PKI_PROFILE_VIOLATION", `profile ${profile.name} does not allow ${keyAlg} keys`, {
-      hint: `allowed: ${profile.allowedKeyAlgorithms.join(", ")}`,
-    });
-  }
-
-  const issuerCert = params.issuer.certificate;
-  if (!issuerCert && profile.name !== "root-ca") {
-    throw new EdgeTrustError("PKI_PROFILE_VIOLATION", `profile ${profile.name} needs an issuer certificate (only root-ca is self-signed)`);
-  }
-  if (issuerCert) {
-    const bc = issuerCert.getExtension(x509.BasicConstraintsExtension);
-    if (!bc?.ca) throw new EdgeTrustError("PKI_CHAIN_INVALID", "issuer certificate is not a CA");
-  }
-
-  const subject = buildName(params.subject);
-  const notBefore = wholeSeconds(params.notBefore ?? Date.now() - SKEW_MS);
-  let notAfter = wholeSeconds(notBefore.getTime() + (params.lifetimeSeconds ?? profile.lifetimeSeconds) * 1000);
-  if (issuerCert && notAfter > issuerCert.notAfter) notAfter = wholeSeconds(issuerCert.notAfter);
-  if (notAfter <= notBefore) throw new EdgeTrustError("PKI_CHAIN_INVALID", "issuer certificate expires before the new certificate would start");
-
-  const serial = params.serial ?? randomSerial();
-  if (!/^[0-9a-fA-F]{2,40}$/.test(serial) || /^0+$/.test(serial)) {
-    throw new EdgeTrustError("INVALID_INPUT", "serial must be 1..20 bytes of hex and non-zero");
-  }
-
-  const extensions: x509.Extension[] = [];
-  extensions.push(new x509.BasicConstraintsExtension(profile.ca, profile.ca ? profile.pathLength : undefined, true));
-  extensions.push(new x509.KeyUsagesExtension(profile.keyUsage, true));
-  if (profile.extendedKeyUsage.length > 0) extensions.push(new x509.ExtendedKeyUsageExtension(profile.extendedKeyUsage, false));
-
-  const ski = await x509.SubjectKeyIdentifierExtension.create(pub, false, crypto);
-  extensions.push(ski);
-  const issuerSki = issuerCert?.getExtension(x509.SubjectKeyIdentifierExtension)?.keyId;
-  const akiId = issuerCert ? issuerSki ?? Buffer.from(await issuerCert.publicKey.getKeyIdentifier(crypto)).toString("hex") : ski.keyId;
-  extensions.push(new x509.AuthorityKeyIdentifierExtension(akiId, false));
-
-  const sans: x509.JsonGeneralName[] = [];
-  const r = profile.requires;
-  if (r.deviceUri || r.moduleUri || r.nameConstraints) {
-    const td = need(id.trustDomain, "a trust domain", profile.name);
-    const dev = need(id.deviceId, "a device id", profile.name);
-    if (r.moduleUri) {
-      const mod = need(id.moduleId, "a module id", profile.name);
-      sans.push({ type: "url", value: moduleUri(td, dev, mod) });
-      extensions.push(moduleAttestationExtension(need(params.attestation, "the attested image digest and manifest version", profile.name)));
-      if (issuerCert) {
-        // An Edge CA names its device; it may only issue modules of that device (name constraints cannot say so).
-        const issuerId = tryIdentity(issuerCert);
-        if (issuerId && (issuerId.deviceId !== dev || issuerId.trustDomain !== td)) {
-          throw new EdgeTrustError("PKI_PROFILE_VIOLATION", `Edge CA of device ${issuerId.deviceId} cannot issue a module of device ${dev}`);
-        }
-      }
-    } else {
-      sans.push({ type: "url", value: deviceUri(td, dev) });
-    }
-    if (r.nameConstraints) {
-      const dns = need(id.dnsNames, "the device's DNS names", profile.name);
-      if (dns.length === 0) throw new EdgeTrustError("PKI_PROFILE_VIOLATION", `profile ${profile.name} needs at least one DNS name`);
-      checkTrustDomain(td);
-      dns.forEach(checkDnsName);
-      extensions.push(nameConstraintsExtension(td, dns));
-    }
-  }
-  if (r.hubDnsNames) {
-    const names = ["edgehub", "localhost", ...(id.hostName ? [id.hostName] : []), ...(id.dnsNames ?? [])];
-    names.forEach(checkDnsName);
-    for (const n of [...new Set(names)]) sans.push({ type: "dns", value: n });
-  }
-  if (sans.length > 0) extensions.push(new x509.SubjectAlternativeNameExtension(sans, false));
-
-  if (params.crlUrl) {
-    checkUrl(params.crlUrl, "CRL URL");
-    extensions.push(new x509.CRLDistributionPointsExtension([params.crlUrl], false));
-  }
-  if (params.ocspUrl || params.caIssuersUrl) {
-    if (params.ocspUrl) checkUrl(params.ocspUrl, "OCSP URL");
-    if (params.caIssuersUrl) checkUrl(params.caIssuersUrl, "caIssuers URL");
-    extensions.push(new x509.AuthorityInfoAccessExtension({
-      ...(params.ocspUrl ? { ocsp: [params.ocspUrl] } : {}),
-      ...(params.caIssuersUrl ? { caIssuers: [params.caIssuersUrl] } : {}),
-    }, false));
-  }
-
-  return x509.X509CertificateGenerator.create({
-    serialNumber: serial,
-    subject,
-    issuer: issuerCert ? issuerCert.subjectName : subject,
-    notBefore,
-    notAfter,
-    publicKey: pub,
-    signingKey: params.issuer.signingKey,
-    signingAlgorithm: signingAlgorithmFor(params.issuer.signingKey),
-    extensions,
-  }, crypto);
+  return (await issueCertificateDer(params)).certificate();
 }
 
-function tryIdentity(cert: x509.X509Certificate): ReturnType<typeof certificateIdentity> | undefined {
-  try {
-    return certificateIdentity(cert);
-  } catch {
-    return undefined;
-  }
-}
-
-/**
- * Verifiers' URI-path check (name constraints confine only the host): a module certificate's device must be the
- * device named by the Edge CA that issued it. Throws PKI_CHAIN_INVALID otherwise.
- */
-export function checkModuleDevice(moduleCert: x509.X509Certificate, edgeCa: x509.X509Certificate): void {
-  const m = certificateIdentity(moduleCert);
-  const ca = certificateIdentity(edgeCa);
-  if (m.moduleId === undefined) throw new EdgeTrustError("PKI_CHAIN_INVALID", "certificate is not a module certificate");
-  if (m.trustDomain !== ca.trustDomain || m.deviceId !== ca.deviceId) {
-    throw new EdgeTrustError("PKI_CHAIN_INVALID", `module of device ${m.deviceId} was issued by the Edge CA of device ${ca.deviceId}`);
-  }
-}

@@ -1,4 +1,4 @@
-import { createPublicKey } from "node:crypto";
+import { createPublicKey, type KeyObject } from "node:crypto";
 import * as x509 from "@peculiar/x509";
 import { EdgeTrustError } from "../common/index.js";
 import type { HashAlgorithm, KeyAlgorithm } from "../hsm/index.js";
@@ -41,12 +41,27 @@ const SPKI_CACHE_SIZE = 256;
 const spkiAlgorithms = new Map<string, KeyAlgorithm>();
 
 function decodeKeyAlgorithm(bytes: Uint8Array): KeyAlgorithm {
-  let key;
+  return keyAlgorithmOfKey(importSpki(bytes));
+}
+
+/** OpenSSL's parse of a DER SubjectPublicKeyInfo, or PKI_PROFILE_VIOLATION. */
+export function importSpki(bytes: Uint8Array): KeyObject {
   try {
-    key = createPublicKey({ key: Buffer.from(bytes), format: "der", type: "spki" });
+    return createPublicKey({ key: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), format: "der", type: "spki" });
   } catch (e) {
     throw new EdgeTrustError("PKI_PROFILE_VIOLATION", "public key cannot be parsed", { cause: e });
   }
+}
+
+/** Remember a key's algorithm for its SPKI bytes (a caller that already imported the key). */
+export function rememberKeyAlgorithm(spki: Uint8Array, alg: KeyAlgorithm): void {
+  const cacheKey = Buffer.from(spki.buffer, spki.byteOffset, spki.byteLength).toString("base64");
+  if (spkiAlgorithms.size >= SPKI_CACHE_SIZE) spkiAlgorithms.delete(spkiAlgorithms.keys().next().value ?? "");
+  spkiAlgorithms.set(cacheKey, alg);
+}
+
+/** The KeyAlgorithm of an imported public key, or a PKI_PROFILE_VIOLATION naming what it is. */
+export function keyAlgorithmOfKey(key: KeyObject): KeyAlgorithm {
   const d = key.asymmetricKeyDetails;
   if (key.asymmetricKeyType === "ec") {
     if (d?.namedCurve === "prime256v1") return "EC-P256";
