@@ -98,7 +98,7 @@ export function hubCommand(readConfig: ConfigReader<HubCliConfig>): Command {
       });
       await edgeHub.start();
       const m = cfg.metricsPort ? await serveMetrics(metrics, "127.0.0.1", cfg.metricsPort) : undefined;
-      const crlTimer = setInterval(() => void crl.refresh().catch((e: unknown) => log.warn({ err: (e as Error).message }, "CRL refresh failed")), cfg.crlRefreshSeconds * 1000);
+      crl.watch(cfg.crlRefreshSeconds);
       const reload = () => void edgeHub.reloadServerCertificate().catch((e: unknown) => log.error({ err: (e as Error).message }, "server certificate reload failed"));
       watchFile(cfg.serverCertFile, { interval: 5000 }, reload);
       // Edge CA renewal: old and new overlap in the file; accept both, keep every live connection.
@@ -125,7 +125,7 @@ export function hubCommand(readConfig: ConfigReader<HubCliConfig>): Command {
         process.once("SIGTERM", stop);
         process.once("SIGINT", stop);
       });
-      clearInterval(crlTimer);
+      crl.unwatch();
       unwatchFile(cfg.serverCertFile);
       unwatchFile(cfg.edgeCaFile);
       await following?.stop();

@@ -1,5 +1,12 @@
 import { Type, type Static } from "@sinclair/typebox";
 
+/**
+ * How often the hub asks its CRL source whether the CRL changed, by default. The question is a conditional GET with
+ * the ETag of the CRL it holds (ca-service answers an empty 304 until a revocation changes the CRL; a file source is
+ * compared by mtime and size), so asking every few seconds is cheap and a revoked leaf is cut off within about this.
+ */
+export const DEFAULT_CRL_POLL_SECONDS = 5;
+
 /** `hub:` section of edgetrust.yaml. Keys given as `hsm:<label>` stay in the HSM (OpenSSL pkcs11 engine). */
 export const HubConfig = Type.Object(
   {
@@ -13,7 +20,7 @@ export const HubConfig = Type.Object(
     trustBundleFile: Type.String({ default: "/var/lib/edgetrust/identity/trust-bundle.pem", description: "Root CA certificate(s) the TLS handshake chains client certificates to" }),
     crlSource: Type.String({ default: "", description: "CRL of the issuing CA: a file path or an http(s) URL (ca-service); empty = none" }),
     crlRequired: Type.Boolean({ default: false, description: "Refuse devices and modules while no CRL has ever been loaded (fail closed)" }),
-    crlRefreshSeconds: Type.Integer({ minimum: 10, default: 3600, description: "How often the CRL is fetched again" }),
+    crlRefreshSeconds: Type.Integer({ minimum: 1, maximum: 86_400, default: DEFAULT_CRL_POLL_SECONDS, description: "How often the hub asks the CRL source whether the CRL changed (conditional GET with its ETag: a 304 until a revocation; a file by mtime+size); a new CRL re-checks every live connection" }),
     policyFile: Type.String({ default: "/etc/edgetrust/policy.yaml", description: "Policy file: hub publish/subscribe rules and privacy redaction" }),
     routesFile: Type.String({ default: "", description: "Accepted deployment manifest (payload JSON or JWS) or a {routes: {...}} file; empty = no routes" }),
     managementSocket: Type.String({ default: "/run/edgetrust/identity/mgmt.sock", description: "device-identity's management socket: which modules are attested now (followed by long poll); ignored when attestationFile is set" }),

@@ -1,9 +1,10 @@
 import "reflect-metadata";
 import { EventEmitter } from "node:events";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
 import { EdgeTrustError, writeFileAtomic, type Logger } from "../common/index.js";
+import { DEFAULT_CRL_POLL_SECONDS } from "./config.js";
 
 /**
  * Revocation for the hub: the CRL of the cloud issuing CA, from a file or an http(s) URL (ca-service serves it as DER),
@@ -38,6 +39,10 @@ export class CrlCache extends EventEmitter<CrlEvents> {
   private crl: x509.X509Crl | undefined;
   private crlIssuer: x509.X509Certificate | undefined;
   private readonly cacheFile: string;
+  /** What the source said last time, so the next question can be "changed since?" (ETag, or a file's mtime+size). */
+  private validator: string | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private polling: Promise<boolean> | undefined;
 
   constructor(private readonly opts: CrlOptions) {
     super();
@@ -64,24 +69,55 @@ export class CrlCache extends EventEmitter<CrlEvents> {
     await this.refresh().catch((e: unknown) => this.opts.log?.warn({ err: (e as Error).message, source: this.opts.source }, "CRL refresh failed; using the cached CRL"));
   }
 
-  /** Fetch from the source, verify, and cache. Throws when the source cannot be read or the CRL does not verify. */
-  async refresh(): Promise<void> {
-    if (!this.opts.source) return;
-    const der = await this.fetchSource();
-    await this.accept(der, true);
+  /**
+   * Ask the source whether the CRL changed and, if so, fetch, verify and cache it. True when a new CRL was loaded
+   * (live connections are then re-checked). Throws when the source cannot be read or the CRL does not verify.
+   */
+  async refresh(): Promise<boolean> {
+    if (!this.opts.source) return false;
+    // One question at a time: a slow source never piles up requests.
+    this.polling ??= this.pollOnce().finally(() => (this.polling = undefined));
+    return this.polling;
   }
 
-  private async fetchSource(): Promise<Buffer> {
+  private async pollOnce(): Promise<boolean> {
+    const got = await this.fetchSource();
+    if (!got) return false;
+    const changed = await this.accept(got.der, true);
+    this.validator = got.validator;
+    return changed;
+  }
+
+  /** Ask every `seconds` (default DEFAULT_CRL_POLL_SECONDS) until unwatch(); failures are logged, the last CRL kept. */
+  watch(seconds = DEFAULT_CRL_POLL_SECONDS): void {
+    if (this.timer || !this.opts.source) return;
+    this.timer = setInterval(() => void this.refresh().catch((e: unknown) => this.opts.log?.warn({ err: (e as Error).message }, "CRL refresh failed; using the last CRL")), seconds * 1000);
+    this.timer.unref();
+  }
+
+  unwatch(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  /** The CRL bytes and a validator for the next question, or undefined when the source says nothing changed. */
+  private async fetchSource(): Promise<{ der: Buffer; validator: string | undefined } | undefined> {
     const src = this.opts.source;
     if (/^https?:\/\//.test(src)) {
-      const res = await fetch(src, { signal: AbortSignal.timeout(this.opts.fetchTimeoutMs ?? 10_000) });
+      const headers: Record<string, string> = this.validator && this.crl ? { "if-none-match": this.validator } : {};
+      const res = await fetch(src, { headers, signal: AbortSignal.timeout(this.opts.fetchTimeoutMs ?? 10_000) });
+      if (res.status === 304 && this.crl) return undefined;
       if (!res.ok) throw new EdgeTrustError("HUB_CRL_INVALID", `CRL fetch ${src} answered ${res.status}`);
-      return Buffer.from(await res.arrayBuffer());
+      return { der: Buffer.from(await res.arrayBuffer()), validator: res.headers.get("etag") ?? undefined };
     }
-    return readFileSync(src);
+    const st = statSync(src);
+    const validator = `${st.mtimeMs}:${st.size}`;
+    if (validator === this.validator && this.crl) return undefined;
+    return { der: readFileSync(src), validator };
   }
 
-  private async accept(data: Buffer, persist: boolean): Promise<void> {
+  /** Verify and load a CRL; false when it is the one already loaded (nothing to re-check). */
+  private async accept(data: Buffer, persist: boolean): Promise<boolean> {
     let crl: x509.X509Crl;
     try {
       const text = data.toString("latin1");
@@ -98,6 +134,7 @@ export class CrlCache extends EventEmitter<CrlEvents> {
       }
     }
     if (!issuer) throw new EdgeTrustError("HUB_CRL_INVALID", `CRL from ${crl.issuer} is not signed by a configured issuing CA`);
+    if (this.crl && Buffer.from(this.crl.rawData).equals(Buffer.from(crl.rawData))) return false;
     if (this.crl && crl.thisUpdate < this.crl.thisUpdate) {
       throw new EdgeTrustError("HUB_CRL_INVALID", "CRL is older than the one already loaded (rollback refused)");
     }
@@ -106,6 +143,7 @@ export class CrlCache extends EventEmitter<CrlEvents> {
     if (persist) writeFileAtomic(this.cacheFile, Buffer.from(crl.rawData), 0o644);
     this.opts.log?.info({ issuer: crl.issuer, entries: crl.entries.length, nextUpdate: crl.nextUpdate?.toISOString() }, "CRL loaded");
     this.emit("updated");
+    return true;
   }
 
   /**

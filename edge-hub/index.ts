@@ -5,6 +5,7 @@ export { MemoryAttestationSource } from "./attestation.js";
 export { ClientVerifier } from "./verify.js";
 export type { ClientIdentity, RejectReason, VerifyResult, VerifierOptions } from "./verify.js";
 export { CrlCache } from "./crl.js";
+export { DEFAULT_CRL_POLL_SECONDS } from "./config.js";
 export type { CrlOptions, RevocationStatus } from "./crl.js";
 export { HubStore, mergePatch } from "./store.js";
 export type { OutboxMessage, OutboxLimits, Twin } from "./store.js";
