@@ -7,6 +7,7 @@ import { CA_PROFILES, type CaProfileName } from "./ca.js";
 import { initCa, rolloverIssuingCa } from "./init.js";
 import { createCaServer } from "./server.js";
 import { openCa, openCaStores } from "./service.js";
+import { identityFilePath, openCaStore, writeIdentity } from "./store-identity.js";
 import { REVOCATION_REASONS, type RevocationReason, type Role } from "./store.js";
 import { addEnrollmentCommands } from "./enrollment/cli.js";
 import type { FastifyInstance } from "fastify";
@@ -47,9 +48,11 @@ export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, op
     .option("--root-out <file>", "also write the root certificate (PEM) here")
     .action(action(async (o: Common & { algorithm: KeyAlgorithm; rootName: string; issuingName: string; rootOut?: string }) => {
       const cfg = load(readConfig, o);
-      const { store, keys } = await openCaStores(cfg.ca, cfg.hsm);
+      const { store, keys } = await openCaStores(cfg.ca, cfg.hsm, { ...(o.config ? { configFile: o.config } : {}) });
       try {
         const r = await initCa(store, keys, { algorithm: o.algorithm, rootName: o.rootName, issuingName: o.issuingName, actor: "cli:ca-init", publicBaseUrl: cfg.ca.publicBaseUrl });
+        const idFile = identityFilePath(cfg.ca, o.config);
+        if (idFile) writeIdentity(idFile, cfg.ca, r.root.certPem);
         if (o.rootOut) writeFileSync(o.rootOut, r.root.certPem, { mode: 0o644 });
         emit(Boolean(o.json), { ok: true, root: r.root.id, issuing: r.issuing.id, rootCertificatePem: r.root.certPem, adminToken: r.adminToken, adminTokenId: r.adminTokenId, keyStore: keys.kind },
           () => `root CA ${r.root.id}\nissuing CA ${r.issuing.id}\nkey store: ${keys.kind}${keys.kind === "software" ? " (DEVELOPMENT ONLY)" : ""}\nadmin token (shown once): ${r.adminToken}`);
@@ -65,7 +68,7 @@ export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, op
     .action(action(async (o: Common) => {
       const cfg = load(readConfig, o);
       const logger = createLogger("ca-service", { level: cfg.log.level });
-      const opened = await openCa(cfg.ca, cfg.hsm, { logger });
+      const opened = await openCa(cfg.ca, cfg.hsm, { logger, ...(o.config ? { configFile: o.config } : {}) });
       const server = await createCaServer(cfg.ca, { ca: opened.ca, store: opened.store, logger });
       for (const extend of opts.serveExtensions ?? []) await extend(server.app, { ca: opened.ca, store: opened.store, config: cfg });
       const addr = await server.listen();
@@ -93,7 +96,7 @@ export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, op
     .option("--out <file>", "write the certificate chain (PEM) here")
     .action(action(async (o: Common & { device: string; profile: CaProfileName; csr: string; hostName?: string; out?: string }) => {
       const cfg = load(readConfig, o);
-      const opened = await openCa(cfg.ca, cfg.hsm);
+      const opened = await openCa(cfg.ca, cfg.hsm, { ...(o.config ? { configFile: o.config } : {}) });
       try {
         const r = await opened.ca.issue({ csrPem: readFileSync(o.csr, "utf8"), profile: o.profile, deviceId: o.device, ...(o.hostName ? { hostName: o.hostName } : {}) }, "cli:ca-issue");
         if (o.out) writeFileSync(o.out, r.chainPem);
@@ -110,7 +113,7 @@ export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, op
     .addOption(new Option("--reason <reason>", "RFC 5280 reason").choices([...REVOCATION_REASONS]).default("unspecified"))
     .action(action(async (serial: string, o: Common & { reason: RevocationReason }) => {
       const cfg = load(readConfig, o);
-      const opened = await openCa(cfg.ca, cfg.hsm);
+      const opened = await openCa(cfg.ca, cfg.hsm, { ...(o.config ? { configFile: o.config } : {}) });
       try {
         const r = await opened.ca.revoke(serial, o.reason, "cli:ca-revoke");
         emit(Boolean(o.json), { serial: r.serial, status: r.status, reason: r.revocationReason, revokedAt: r.revokedAt }, () => `revoked ${r.serial} (${o.reason})`);
@@ -126,7 +129,7 @@ export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, op
     .option("--retire-previous", "stop issuing from the previous issuing CAs (they keep serving CRL/OCSP)")
     .action(action(async (o: Common & { name?: string; retirePrevious?: boolean }) => {
       const cfg = load(readConfig, o);
-      const { store, keys } = await openCaStores(cfg.ca, cfg.hsm);
+      const { store, keys } = await openCaStores(cfg.ca, cfg.hsm, { ...(o.config ? { configFile: o.config } : {}) });
       try {
         const r = await rolloverIssuingCa(store, keys, { ...(o.name ? { name: o.name } : {}), retirePrevious: Boolean(o.retirePrevious), actor: "cli:ca-rollover", publicBaseUrl: cfg.ca.publicBaseUrl });
         emit(Boolean(o.json), { id: r.id, name: r.name, notAfter: r.notAfter }, () => `issuing CA ${r.id} (${r.name}) added`);
@@ -142,8 +145,7 @@ export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, op
     .addOption(configOpt()).addOption(jsonOpt())
     .action(action(async (o: Common) => {
       const cfg = load(readConfig, o);
-      const { CaStore } = await import("./store.js");
-      const store = await CaStore.open({ databaseUrl: cfg.ca.databaseUrl, sqlitePath: cfg.ca.sqlitePath, schema: cfg.ca.databaseSchema });
+      const store = await openCaStore(cfg.ca, { ...(o.config ? { configFile: o.config } : {}) });
       try {
         const v = await store.verifyAudit();
         if (!v.ok && !o.json) throw new EdgeTrustError("CONFLICT", `audit chain broken at entry ${v.problem?.seq ?? "?"}: ${v.problem?.reason ?? "unknown"}`, { hint: "restore the audit log from a backup and investigate" });
@@ -162,8 +164,7 @@ export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, op
     .addOption(new Option("--role <role>", "role").choices(["admin", "auditor"]).default("auditor"))
     .action(action(async (o: Common & { name: string; role: Role }) => {
       const cfg = load(readConfig, o);
-      const { CaStore } = await import("./store.js");
-      const store = await CaStore.open({ databaseUrl: cfg.ca.databaseUrl, sqlitePath: cfg.ca.sqlitePath, schema: cfg.ca.databaseSchema });
+      const store = await openCaStore(cfg.ca, { ...(o.config ? { configFile: o.config } : {}) });
       try {
         const t = await store.createToken(o.name, o.role, "cli:token-create");
         emit(Boolean(o.json), t, () => `${t.role} token ${t.id} (shown once): ${t.token}`);
@@ -188,8 +189,7 @@ export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, op
       } catch (e) {
         throw new EdgeTrustError("INVALID_INPUT", `${o.cert} is not a PEM certificate: ${(e as Error).message}`);
       }
-      const { CaStore } = await import("./store.js");
-      const store = await CaStore.open({ databaseUrl: cfg.ca.databaseUrl, sqlitePath: cfg.ca.sqlitePath, schema: cfg.ca.databaseSchema });
+      const store = await openCaStore(cfg.ca, { ...(o.config ? { configFile: o.config } : {}) });
       try {
         const r = await store.addAdminCertificate(o.name, o.role, fingerprint, "cli:admin-cert-add");
         emit(Boolean(o.json), { ...r, role: o.role, fingerprint }, () => `${o.role} certificate ${r.id} (sha256 ${fingerprint}) added for ${o.name}`);
@@ -208,8 +208,7 @@ export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, op
     .option("--dns <name...>", "the device's DNS names (Edge CA name constraints, hub server SANs)")
     .action(action(async (deviceId: string, o: Common & { kind: "device" | "leaf"; commonName?: string; dns?: string[] }) => {
       const cfg = load(readConfig, o);
-      const { CaStore } = await import("./store.js");
-      const store = await CaStore.open({ databaseUrl: cfg.ca.databaseUrl, sqlitePath: cfg.ca.sqlitePath, schema: cfg.ca.databaseSchema });
+      const store = await openCaStore(cfg.ca, { ...(o.config ? { configFile: o.config } : {}) });
       try {
         const r = await store.upsertEnrollment({ deviceId, kind: o.kind, commonName: o.commonName ?? deviceId, dnsNames: (o.dns ?? []).map((d) => d.toLowerCase()) }, "cli:enrollment-set");
         emit(Boolean(o.json), r, () => `record ${r.deviceId} (${r.kind}) saved`);

@@ -21,6 +21,10 @@ export const CaConfig = Type.Object(
     databaseUrl: Type.String({ default: "", description: "postgres://... for PostgreSQL (scale-out); empty for the embedded SQLite store" }),
     databaseSchema: Type.String({ default: "public", description: "PostgreSQL schema holding the CA tables" }),
     sqlitePath: Type.String({ default: "/var/lib/edgetrust/ca.db", description: "SQLite database file (when databaseUrl is empty)" }),
+    identityFile: Type.String({
+      default: "",
+      description: "File outside the database recording the CA's root fingerprint and store location, checked at every start (a missing, empty or different store is refused); empty: ca-identity.json beside the config file, else <sqlitePath>.identity.json",
+    }),
     publicBaseUrl: Type.String({
       default: "http://127.0.0.1:8080",
       description: "Base URL written into certificates: <base>/v1/crl/<issuer>.crl (CRL DP) and <base>/v1/ocsp (OCSP AIA)",

@@ -3,7 +3,8 @@ import { openKeyStore, type HsmConfig, type KeyStore } from "../hsm/index.js";
 import { loadPolicy } from "../policy/index.js";
 import { CertificateAuthority, overridesFromPolicy, type ProfileOverrides } from "./ca.js";
 import type { CaConfig } from "./config.js";
-import { CaStore } from "./store.js";
+import type { CaStore } from "./store.js";
+import { openCaStore } from "./store-identity.js";
 
 export interface OpenCaOptions {
   /** Use this key store instead of opening the one `hsm` describes (tests, embedding). */
@@ -11,6 +12,8 @@ export interface OpenCaOptions {
   /** Extra profile overrides, applied over the policy file's `certificates:` section. */
   profiles?: ProfileOverrides;
   logger?: Logger;
+  /** The config file the configuration came from: the CA identity file sits beside it (store-identity.ts). */
+  configFile?: string;
 }
 
 export interface OpenedCa {
@@ -28,7 +31,7 @@ export async function openCaStores(config: CaConfig, hsm: HsmConfig, opts: OpenC
       hint: "use hsm.backend: pkcs11 (SoftHSM2 in development), or set ca.allowSoftwareKeys: true for development only",
     });
   }
-  const store = await CaStore.open({ databaseUrl: config.databaseUrl, sqlitePath: config.sqlitePath, schema: config.databaseSchema });
+  const store = await openCaStore(config, { ...(opts.configFile ? { configFile: opts.configFile } : {}), logger: log });
   try {
     const keys = opts.keys ?? (await openKeyStore(hsm, { logger: log }));
     return { store, keys };

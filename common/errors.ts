@@ -13,6 +13,9 @@ export const ErrorCodes = {
   TOO_LARGE: { status: 413, title: "Payload too large" },
   RATE_LIMITED: { status: 429, title: "Too many requests" },
   UNAVAILABLE: { status: 503, title: "Service unavailable" },
+  CA_STORE_REFUSED: { status: 503, title: "CA store refused" },
+  STORAGE_FULL: { status: 507, title: "Insufficient storage" },
+  STORAGE_UNAVAILABLE: { status: 503, title: "Storage unavailable" },
   INTERNAL: { status: 500, title: "Internal error" },
   // hsm
   HSM_MODULE_NOT_FOUND: { status: 500, title: "PKCS#11 module not found" },

@@ -3,7 +3,7 @@ import { basename } from "node:path";
 import { Option, type Command } from "commander";
 import { EdgeTrustError, action, emit, type ConfigReader } from "../../common/index.js";
 import type { CaConfig } from "../config.js";
-import { CaStore } from "../store.js";
+import { openCaStore } from "../store-identity.js";
 import { detectFormat, parseImport, progressBar, type ImportFormat } from "./import.js";
 import { ENROLLMENT_PROFILES, INDIVIDUAL_ATTESTATIONS, type EnrollmentProfile, type IndividualAttestation, type IndividualEnrollment } from "./model.js";
 import { EnrollmentStore, LINE_SCOPES, type LineScope, type ProvisioningLine } from "./store.js";
@@ -21,7 +21,7 @@ const jsonOpt = () => new Option("--json", "machine-readable output");
 
 async function withStore<T>(readConfig: ConfigReader<EnrollmentCliConfig>, o: Common, fn: (es: EnrollmentStore) => Promise<T>): Promise<T> {
   const cfg = readConfig(o.config ? { file: o.config, required: true } : {});
-  const store = await CaStore.open({ databaseUrl: cfg.ca.databaseUrl, sqlitePath: cfg.ca.sqlitePath, schema: cfg.ca.databaseSchema });
+  const store = await openCaStore(cfg.ca, { ...(o.config ? { configFile: o.config } : {}) });
   try {
     return await fn(new EnrollmentStore(store));
   } finally {
