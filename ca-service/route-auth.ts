@@ -11,7 +11,9 @@ export type DeclaredAuth =
   | "public"
   /** A device's bootstrap credential that can only be checked with the body: the CSR of a publicKey enrollment, a
    * TPM proof, the EK of a TPM challenge (registration, EST simpleenroll, DPS). Verified by the handler. */
-  | "bootstrap";
+  | "bootstrap"
+  /** The security console (console/): a session cookie checked by the console plugin; its sign-in pages start one. */
+  | "session";
 
 declare module "fastify" {
   interface FastifyContextConfig {
@@ -45,20 +47,32 @@ export interface RouteAuthEntry {
   auth: string;
 }
 
-/** Install the check on an app before any route is registered; every route registered after it lands in `table`. */
+/**
+ * Install the check on an app before any route is registered; every route registered after it lands in `table`.
+ * Routes are checked when the app gets ready (after every onRoute hook, so a plugin may declare its routes' auth in
+ * its own onRoute hook); a route that fails the check stops `ready()`/`listen()`.
+ */
 export function enforceRouteAuth(app: FastifyInstance, table: RouteAuthEntry[]): void {
+  const routes: RouteOptions[] = [];
   app.addHook("onRoute", (r: RouteOptions) => {
-    const methods = [r.method].flat().join(",");
-    const where = `${methods} ${r.url}`;
-    for (const phase of ["preParsing", "preValidation", "preHandler"] as const) {
-      if (authOf(r[phase])) throw new Error(`route ${where}: its authentication hook is in ${phase}; put it in onRequest so it runs before the body is parsed and validated`);
-    }
-    const hooked = authOf(r.onRequest);
-    const declared = (r.config as { auth?: DeclaredAuth } | undefined)?.auth;
-    if (hooked && declared) throw new Error(`route ${where}: has an authentication hook and also declares config.auth ${declared}`);
-    if (!hooked && !declared) {
-      throw new Error(`route ${where} declares no authentication: add onRequest: requireRole(...)/requireLine(...)/requireDevice(...), or config: { auth: "public" | "bootstrap" }`);
-    }
-    table.push({ method: methods, url: r.url, auth: hooked ?? declared ?? "" });
+    routes.push(r);
   });
+  app.addHook("onReady", async () => {
+    for (const r of routes) table.push(checkRoute(r));
+  });
+}
+
+function checkRoute(r: RouteOptions): RouteAuthEntry {
+  const methods = [r.method].flat().join(",");
+  const where = `${methods} ${r.url}`;
+  for (const phase of ["preParsing", "preValidation", "preHandler"] as const) {
+    if (authOf(r[phase])) throw new Error(`route ${where}: its authentication hook is in ${phase}; put it in onRequest so it runs before the body is parsed and validated`);
+  }
+  const hooked = authOf(r.onRequest);
+  const declared = (r.config as { auth?: DeclaredAuth } | undefined)?.auth;
+  if (hooked && declared) throw new Error(`route ${where}: has an authentication hook and also declares config.auth ${declared}`);
+  if (!hooked && !declared) {
+    throw new Error(`route ${where} declares no authentication: add onRequest: requireRole(...)/requireLine(...)/requireDevice(...), or config: { auth: "public" | "bootstrap" | "session" }`);
+  }
+  return { method: methods, url: r.url, auth: hooked ?? declared ?? "" };
 }
