@@ -13,6 +13,7 @@ import { MemoryAttestationSource } from "./attestation.js";
 import { certificateIdentity } from "../pki/index.js";
 import { CrlCache } from "./crl.js";
 import { EdgeHub } from "./hub.js";
+import { policyGrantsSas } from "./sas-auth.js";
 import { HubMetrics, serveMetrics } from "./metrics.js";
 import { Redactor, loadOrCreateSecret } from "./privacy.js";
 import { parseRoutes, type Route } from "./routes.js";
@@ -95,6 +96,8 @@ export function hubCommand(readConfig: ConfigReader<HubCliConfig>): Command {
         redactor: new Redactor(policy.privacy?.redact ?? [], loadOrCreateSecret(join(cfg.stateDir, "privacy.key"))),
         ...(upstream ? { upstream } : {}),
         upstreamTopicPrefix: cfg.upstreamTopicPrefix, crl, metrics, log,
+        // Modules granted `auth: sas`: their tokens are checked by the identity daemon, whose HSM holds the keys.
+        ...(policyGrantsSas(policy) && !cfg.attestationFile ? { sas: new ManagementClient(cfg.managementSocket) } : {}),
       });
       await edgeHub.start();
       const m = cfg.metricsPort ? await serveMetrics(metrics, "127.0.0.1", cfg.metricsPort) : undefined;

@@ -14,6 +14,7 @@ import { matchRoutes, type Route } from "./routes.js";
 import type { HubStore } from "./store.js";
 import type { Upstream } from "./upstream.js";
 import type { ClientIdentity, ClientVerifier, RejectReason } from "./verify.js";
+import { authenticateSas, type SasRejectReason, type SasTokenVerifier } from "./sas-auth.js";
 
 export interface HubLimits {
   maxPayloadBytes: number;
@@ -49,6 +50,8 @@ export interface HubOptions {
   methodTimeoutMs?: number;
   /** The verifier's CRL cache: when it loads a new CRL, connected clients are checked again (revoked ones cut off). */
   crl?: CrlCache;
+  /** Accept modules the policy grants `auth: sas` with their SAS token instead of a certificate (sas-auth.ts). */
+  sas?: SasTokenVerifier;
   metrics?: HubMetrics;
   log?: Logger;
 }
@@ -68,7 +71,9 @@ export type HubRejectReason =
   | "privacy-unparseable"
   | "deregistered"
   | "attestation-changed"
-  | "iothub-unsupported";
+  | "iothub-unsupported"
+  | SasRejectReason
+  | "sas-expired";
 
 export interface Rejection {
   stage: RejectionStage;
@@ -91,6 +96,8 @@ interface ClientState {
   /** The peer certificate (DER), to check the connection again when revocation or attestation changes. */
   der?: Buffer;
   rejected?: { reason: HubRejectReason; detail: string };
+  /** No certificate, SAS enabled: the token in CONNECT decides (the will is checked once the module is known). */
+  sas?: { will?: { topic: string; payload: Buffer }; expiry?: NodeJS.Timeout };
 }
 
 /** Policy decisions remembered (see `decide`): at most this many, for topics up to this many characters. */
@@ -159,18 +166,14 @@ export class EdgeHub extends EventEmitter<HubEvents> {
           cb(e instanceof Error ? e : new Error(String(e)), false);
         }
       },
-      authenticate: (client, _username, _password, done) => {
-        // Username and password are ignored: the certificate is the credential.
+      authenticate: (client, username, password, done) => {
+        // Username and password are ignored for certificate clients: the certificate is the credential.
         const st = this.states.get(client);
-        if (!st?.identity || st.rejected) {
-          const r = st?.rejected ?? { reason: "no-certificate" as const, detail: "no verified certificate" };
-          this.reject({ stage: "connect", reason: r.reason, detail: r.detail, ...(st?.identity ? { identity: st.identity.key } : {}) });
-          this.metrics.connections.inc({ result: "refused", principal: st?.identity?.principal ?? "unknown" });
-          const err = Object.assign(new Error(`not authorized: ${r.reason}`), { returnCode: 5 as AuthErrorCode }) as AuthenticateError;
-          done(err, false);
+        if (st?.sas && !st.identity && !st.rejected) {
+          void this.authenticateSas(client, st, username, password).then(() => this.finishAuthenticate(st, done));
           return;
         }
-        done(null, true);
+        this.finishAuthenticate(st, done);
       },
       authorizePublish: (client, packet, cb) => {
         if (!client) return cb(new Error("will of an unknown client"));
@@ -220,6 +223,7 @@ export class EdgeHub extends EventEmitter<HubEvents> {
       this.emit("connected", id);
     });
     broker.on("clientDisconnect", (client) => {
+      clearTimeout(this.states.get(client)?.sas?.expiry);
       const id = this.states.get(client)?.identity;
       if (!id) return;
       if (this.clients.get(id.key) === client) {
@@ -255,7 +259,8 @@ export class EdgeHub extends EventEmitter<HubEvents> {
       { ...tlsOpts, ca: this.opts.clientCa, requestCert: true, rejectUnauthorized: false, minVersion: "TLSv1.2", maxVersion: "TLSv1.3" },
       (socket) => {
         const problem = handshakeProblem(socket);
-        if (problem) {
+        // Without a certificate, a module granted SAS authenticates in CONNECT (its token); nothing else does.
+        if (problem && !(problem.reason === "no-certificate" && this.opts.sas)) {
           this.reject({ stage: "connect", ...problem });
           this.metrics.connections.inc({ result: "refused", principal: "unknown" });
           socket.destroy();
@@ -327,6 +332,52 @@ export class EdgeHub extends EventEmitter<HubEvents> {
     this.emit("rejected", r);
   }
 
+  /** The CONNECT verdict: an identity from the certificate or the SAS token, or the recorded refusal. */
+  private finishAuthenticate(st: ClientState | undefined, done: (err: AuthenticateError | null, ok: boolean | null) => void): void {
+    if (!st?.identity || st.rejected) {
+      const r = st?.rejected ?? { reason: "no-certificate" as const, detail: "no verified certificate" };
+      this.reject({ stage: "connect", reason: r.reason, detail: r.detail, ...(st?.identity ? { identity: st.identity.key } : {}) });
+      this.metrics.connections.inc({ result: "refused", principal: st?.identity?.principal ?? "unknown" });
+      const err = Object.assign(new Error(`not authorized: ${r.reason}`), { returnCode: 5 as AuthErrorCode }) as AuthenticateError;
+      done(err, false);
+      return;
+    }
+    done(null, true);
+  }
+
+  /** A module without a certificate: its SAS token, checked by the identity daemon (key in the HSM) and here. */
+  private async authenticateSas(client: Client, st: ClientState, username: string | undefined, password: Buffer | undefined): Promise<void> {
+    const sas = st.sas;
+    const verifier = this.opts.sas;
+    if (!sas || !verifier) return;
+    const r = await authenticateSas(
+      { verifier, policy: this.opts.policy, attestation: this.opts.attestation, deviceId: this.opts.verifier.deviceId },
+      { clientId: client.id, username, password },
+    );
+    if (!r.ok) {
+      st.rejected = { reason: r.reason, detail: r.detail };
+      return;
+    }
+    st.identity = r.identity;
+    if (sas.will) {
+      try {
+        this.checkPublish(r.identity, sas.will.topic, sas.will.payload);
+      } catch (e) {
+        if (!(e instanceof Rejected)) throw e;
+        st.rejected = { reason: "will-denied", detail: `will on ${sas.will.topic}: ${e.message}` };
+        return;
+      }
+    }
+    // IoT Hub closes a SAS connection when its token expires; the SDKs reconnect with a fresh one before that.
+    const left = r.identity.notAfter.getTime() - Date.now();
+    sas.expiry = setTimeout(() => {
+      if (this.states.get(client)?.identity !== r.identity) return;
+      this.reject({ stage: "session", reason: "sas-expired", detail: `module ${r.identity.moduleId ?? ""}: SAS token expired; disconnected`, identity: r.identity.key });
+      client.close();
+    }, Math.max(0, Math.min(left, 2 ** 31 - 1)));
+    sas.expiry.unref();
+  }
+
   private preConnect(client: Client, will: { topic: string; payload: Buffer } | undefined): void {
     const sock = client.conn as TLSSocket;
     const peer = typeof sock.getPeerCertificate === "function" ? sock.getPeerCertificate(false) : undefined;
@@ -337,7 +388,8 @@ export class EdgeHub extends EventEmitter<HubEvents> {
       res = { ok: false as const, reason: "bad-uri-san" as const, detail: `certificate could not be read: ${(e as Error).message}` };
     }
     if (!res.ok) {
-      this.states.set(client, { rejected: { reason: res.reason, detail: res.detail } });
+      const noCert = !(peer && "raw" in peer && peer.raw);
+      this.states.set(client, noCert && this.opts.sas ? { sas: will ? { will } : {} } : { rejected: { reason: res.reason, detail: res.detail } });
       return;
     }
     const st: ClientState = { identity: res.identity, ...(peer && "raw" in peer ? { der: peer.raw } : {}) };

@@ -16,3 +16,5 @@ export type { Route, Sink, Source, RoutableMessage } from "./routes.js";
 export { Redactor, loadOrCreateSecret } from "./privacy.js";
 export { HubMetrics, serveMetrics } from "./metrics.js";
 export { parseTopic, parsePropertyBag, formatPropertyBag } from "./dialect.js";
+export { authenticateSas, policyGrantsSas } from "./sas-auth.js";
+export type { SasTokenVerifier, SasRejectReason, SasResult } from "./sas-auth.js";
