@@ -11,6 +11,7 @@ export { installProblemHandler, sendProblem, toProblemError } from "./http.js";
 export type { ProblemHandlerOptions } from "./http.js";
 export { freePort, holdDownPort } from "./net.js";
 export { action, emit, reportFailure, setJsonMode } from "./cli.js";
+export { backoffDelay } from "./backoff.js";
 export { installFaults, faultAfterWrite, faultClockOffsetSeconds } from "./faults.js";
 export type { FaultHooks } from "./faults.js";
 export type { ConfigReader, LogSection } from "./cli.js";

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
-import { EdgeTrustError, isEdgeTrustError, type Logger } from "../common/index.js";
+import { EdgeTrustError, isEdgeTrustError, type Logger, backoffDelay } from "../common/index.js";
 import { defaultScheme, openKeyStore, readPin, type HsmConfig, type KeyAlgorithm, type KeyInfo, type KeyRef, type KeyStore, type MacKeyStore, type PublicKeyExport, type SignatureScheme } from "../hsm/index.js";
 
 /**
@@ -97,7 +97,7 @@ export class HsmGuard {
     let refused: string | undefined;
     for (let attempt = 1; ; attempt++) {
       if (o.signal?.aborted) throw new EdgeTrustError("UNAVAILABLE", "stopped while waiting for the HSM");
-      const delay = Math.min(o.maxRetryMs, o.retryMs * 2 ** Math.min(20, attempt - 1));
+      const delay = backoffDelay(attempt - 1, { initialMs: o.retryMs, maxMs: o.maxRetryMs });
       let line: string;
       try {
         const pinTag = HsmGuard.pinTag(o.hsm);
@@ -243,7 +243,7 @@ export class HsmGuard {
       for (const l of this.listeners) l();
       return;
     }
-    const delay = Math.min(this.o.maxRetryMs, this.o.retryMs * 2 ** Math.min(20, d.attempts));
+    const delay = backoffDelay(d.attempts, { initialMs: this.o.retryMs, maxMs: this.o.maxRetryMs });
     d.nextAt = Date.now() + delay;
     const line = doctorLine(err);
     if (line !== d.line) {

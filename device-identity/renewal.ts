@@ -1,3 +1,4 @@
+import { backoffDelay } from "../common/index.js";
 import type * as x509 from "@peculiar/x509";
 
 /** Certificates are backdated by the CA (clock skew); a device clock this far behind notBefore is still believed. */
@@ -35,8 +36,7 @@ export function assessCertificate(cert: Pick<x509.X509Certificate, "notBefore" |
 
 /** Retry delay after `failures` consecutive failures: initial·2^(n-1), capped, with ±20% jitter so fleets spread out. */
 export function backoffMs(failures: number, initialMs: number, maxMs: number, random: () => number = Math.random): number {
-  const base = Math.min(maxMs, initialMs * 2 ** Math.max(0, failures - 1));
-  return Math.max(1, Math.round(base * (0.8 + 0.4 * random())));
+  return backoffDelay(failures - 1, { initialMs, maxMs, jitter: 0.2, random });
 }
 
 /**

@@ -1,6 +1,6 @@
 import { existsSync, readFileSync, mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { writeFileAtomic, type Logger } from "../common/index.js";
+import { writeFileAtomic, type Logger, backoffDelay } from "../common/index.js";
 import { ManifestStateStore, moduleAuth, verifyManifest, type Manifest, type Policy, type TrustRoot, type Verdict } from "../policy/index.js";
 import { ensureImage, imageStillPinned, type DockerClient, type PullProgress } from "../engine/index.js";
 import { containerName, createModuleContainer, listManaged, type ManagedContainer } from "./containers.js";
@@ -396,7 +396,7 @@ export class EdgeAgent {
           continue;
         }
         const { baseMs, maxMs } = this.o.backoff ?? { baseMs: 1000, maxMs: 60_000 };
-        s.nextRestartAt = nowMs + Math.min(maxMs, baseMs * 2 ** Math.min(s.restarts, 16));
+        s.nextRestartAt = nowMs + backoffDelay(s.restarts, { initialMs: baseMs, maxMs });
         s.restarts += 1;
         try {
           await docker.startContainer(c.id);

@@ -1,5 +1,5 @@
 import pg from "pg";
-import type { Logger } from "../../common/index.js";
+import { backoffDelay, type Logger } from "../../common/index.js";
 import type { CertificateAuthority } from "../ca.js";
 import type { Db } from "../db.js";
 
@@ -43,7 +43,9 @@ export class FleetEvents {
   private reconnectTimer: NodeJS.Timeout | undefined;
   private closed = false;
   private casSignature = "";
-  private backoffMs = 250;
+  /** Reconnect attempts since the LISTEN connection last came up. */
+  private failures = 0;
+  private static readonly RETRY = { initialMs: 250, maxMs: 10_000 };
   private reloading: Promise<void> = Promise.resolve();
 
   constructor(private readonly opts: FleetEventsOptions) {}
@@ -90,7 +92,7 @@ export class FleetEvents {
       client.on("error", () => undefined);
       client.end().catch(() => undefined);
       if (this.closed) return;
-      this.opts.logger.warn({ reason: why, retryInMs: this.backoffMs }, "fleet: lost the LISTEN connection; reconnecting");
+      this.opts.logger.warn({ reason: why, retryInMs: backoffDelay(this.failures, FleetEvents.RETRY) }, "fleet: lost the LISTEN connection; reconnecting");
       this.scheduleReconnect();
     };
     client.on("error", (e) => lost(e.message));
@@ -103,13 +105,12 @@ export class FleetEvents {
       lost((e as Error).message);
       return;
     }
-    this.backoffMs = 250;
+    this.failures = 0;
   }
 
   private scheduleReconnect(): void {
     if (this.reconnectTimer || this.closed) return;
-    const wait = this.backoffMs;
-    this.backoffMs = Math.min(this.backoffMs * 2, 10_000);
+    const wait = backoffDelay(this.failures++, FleetEvents.RETRY);
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = undefined;
       void this.listen().then(() => {
