@@ -1,5 +1,5 @@
 import "reflect-metadata";
-import { verify as nodeVerify, type KeyObject } from "node:crypto";
+import { createHash, verify as nodeVerify, type KeyObject } from "node:crypto";
 import * as asn1js from "asn1js";
 import * as x509 from "@peculiar/x509";
 import { AsnConvert } from "@peculiar/asn1-schema";
@@ -191,6 +191,8 @@ interface CsrParts {
   info: Uint8Array;
   subject: Uint8Array;
   spki: Uint8Array;
+  /** SHA-1 of the subjectPublicKey bits (the SKI issuance writes). */
+  keyId: Uint8Array;
   signatureAlgorithm: { name: string; hash: string };
   signature: Uint8Array;
   extensions: Uint8Array[];
@@ -226,7 +228,10 @@ function readCsr(der: Uint8Array): CsrParts | undefined {
       for (const e of exts.valueBlock.value) extensions.push(raw(e));
     }
   }
-  return { info: raw(info), subject: raw(subject), spki: raw(spki), signatureAlgorithm, signature: new Uint8Array(sig.valueBlock.valueHexView), extensions };
+  const bits = spki.valueBlock.value[1];
+  if (!(bits instanceof asn1js.BitString)) throw invalid("CSR public key cannot be parsed");
+  const keyId = createHash("sha1").update(bits.valueBlock.valueHexView).digest();
+  return { info: raw(info), subject: raw(subject), spki: raw(spki), keyId, signatureAlgorithm, signature: new Uint8Array(sig.valueBlock.valueHexView), extensions };
 }
 
 /**
@@ -248,7 +253,7 @@ export async function verifyCsr(input: string | BufferSource, opts: VerifyCsrOpt
 
   const key = importSpki(parts.spki);
   const keyAlgorithm = keyAlgorithmOfKey(key);
-  rememberKeyAlgorithm(parts.spki, keyAlgorithm);
+  rememberKeyAlgorithm(parts.spki, keyAlgorithm, parts.keyId);
   const allowed = opts.allowedKeyAlgorithms ?? (opts.profile ? getProfile(opts.profile).allowedKeyAlgorithms : undefined);
   if (allowed && !allowed.includes(keyAlgorithm)) {
     throw new EdgeTrustError("PKI_PROFILE_VIOLATION", `${keyAlgorithm} keys are not allowed here`, { hint: `allowed: ${allowed.join(", ")}` });

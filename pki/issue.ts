@@ -10,7 +10,7 @@ import {
   authorityKeyId, fixedExtensions, issueCertificateReference, nameConstraintsExtension, planCertificate, subjectName,
   type CertificatePlan, type IssueParams, type Issuer, type SubjectFields,
 } from "./issue-reference.js";
-import { signingAlgorithmFor, toPublicKey } from "./keys.js";
+import { knownKeyIdentifier, signingAlgorithmFor, toPublicKey } from "./keys.js";
 
 export { randomSerial, checkModuleDevice } from "./issue-reference.js";
 export type { IssueParams, Issuer, SubjectFields, IdentityFields } from "./issue-reference.js";
@@ -39,8 +39,15 @@ const TAG = {
   UTC_TIME: 0x17,
   GENERALIZED_TIME: 0x18,
   SEQUENCE: 0x30,
+  UTF8_STRING: 0x0c,
+  PRINTABLE_STRING: 0x13,
+  SET: 0x31,
   /** TBSCertificate `extensions [3] EXPLICIT Extensions` (context-specific, constructed, number 3). */
   EXTENSIONS: 0xa3,
+  /** GeneralName `dNSName [2] IMPLICIT IA5String` (context-specific, primitive, number 2). */
+  DNS_NAME: 0x82,
+  /** GeneralName `uniformResourceIdentifier [6] IMPLICIT IA5String` (context-specific, primitive, number 6). */
+  URI: 0x86,
 } as const;
 
 /** Identifier and length octets in DER (X.690 §8.1.3: short form below 128, else the minimal long form). */
@@ -86,7 +93,9 @@ function timeDer(d: Date): Uint8Array {
 }
 
 /** SHA-1 of the subjectPublicKey bits: the key identifier @peculiar/x509 (and RFC 5280 §4.2.1.2 method 1) uses. */
-function keyIdentifier(spki: Uint8Array): Buffer {
+function keyIdentifier(spki: Uint8Array): Uint8Array {
+  const known = knownKeyIdentifier(spki);
+  if (known) return known;
   const parsed = asn1js.fromBER(spki);
   const bits = parsed.result instanceof asn1js.Sequence ? parsed.result.valueBlock.value[1] : undefined;
   if (!(bits instanceof asn1js.BitString)) throw new EdgeTrustError("PKI_PROFILE_VIOLATION", "public key cannot be parsed");
@@ -117,6 +126,42 @@ function signerFor(issuer: Issuer): DerSigner {
     return new Uint8Array(der);
   };
 }
+
+/**
+ * GeneralNames of the names the profiles write: RFC 5280 §4.2.1.6 `dNSName [2] IA5String`, `uniformResourceIdentifier
+ * [6] IA5String`, IMPLICIT tags (context-specific, primitive). The values were checked as ASCII host names and
+ * `edgetrust:` URIs by the plan; anything else goes through asn1-schema.
+ */
+function generalNames(sans: x509.JsonGeneralName[]): Uint8Array {
+  if (sans.every((n) => (n.type === "dns" || n.type === "url") && /^[\x21-\x7e]+$/.test(n.value))) {
+    return tlv(TAG.SEQUENCE, ...sans.map((n) => tlv(n.type === "dns" ? TAG.DNS_NAME : TAG.URI, Buffer.from(n.value, "latin1"))));
+  }
+  const names = new GeneralNames(sans.map((n) => new GeneralName(n.type === "dns" ? { dNSName: n.value } : { uniformResourceIdentifier: n.value })));
+  return new Uint8Array(AsnConvert.serialize(names));
+}
+
+/**
+ * A subject of one plain CN (what the CAs write: device and module ids) without the generic DN encoder: the
+ * attribute's OID and string type exactly as @peculiar/x509's Name picks them (PrintableString when the value fits,
+ * else UTF8String). Values that need escaping or other attributes take the x509 path.
+ */
+function plainCnSubject(s: SubjectFields): { der: Uint8Array; text: string } | undefined {
+  if (s.organization !== undefined || s.organizationalUnit !== undefined || s.country !== undefined) return undefined;
+  const cn = s.commonName;
+  if (!/^[A-Za-z0-9][A-Za-z0-9._:@-]*$/.test(cn)) return undefined;
+  const value = tlv(x509.Name.isPrintableString(cn) ? TAG.PRINTABLE_STRING : TAG.UTF8_STRING, Buffer.from(cn, "utf8"));
+  return { der: tlv(TAG.SEQUENCE, tlv(TAG.SET, tlv(TAG.SEQUENCE, CN_OID, value))), text: `CN=${cn}` };
+}
+
+/** The DER of the commonName OID (2.5.4.3), taken from a Name @peculiar/x509 encodes. */
+const CN_OID: Uint8Array = (() => {
+  const rdn = elementsOf(new x509.Name([{ CN: ["x"] }]).toArrayBuffer())[0];
+  const set = rdn ? asn1js.fromBER(rdn).result : undefined;
+  const atv = set instanceof asn1js.Set ? set.valueBlock.value[0] : undefined;
+  const oid = atv instanceof asn1js.Sequence ? atv.valueBlock.value[0] : undefined;
+  if (!oid) throw new Error("cannot encode the commonName OID");
+  return new Uint8Array(oid.valueBeforeDecodeView);
+})();
 
 /** What the factory keeps for one (profile, issuer, URLs): everything that is the same in each certificate. */
 interface Template {
@@ -203,7 +248,7 @@ const SUBJECT_CACHE = 4096;
 
 function subjectOf(s: SubjectFields): { der: Uint8Array; text: string } {
   const k = JSON.stringify([s.commonName, s.organization, s.organizationalUnit, s.country]);
-  let v = subjects.get(k);
+  let v = subjects.get(k) ?? plainCnSubject(s);
   if (!v) {
     const name = subjectName(s);
     v = { der: new Uint8Array(name.toArrayBuffer()), text: name.toString() };
@@ -273,10 +318,7 @@ export async function issueCertificateDer(params: IssueParams): Promise<IssuedCe
   if (plan.nameConstraints) {
     extensions.push(new Uint8Array(nameConstraintsExtension(plan.nameConstraints.trustDomain, plan.nameConstraints.dnsNames).rawData));
   }
-  if (plan.sans.length > 0) {
-    const names = new GeneralNames(plan.sans.map((n) => new GeneralName(n.type === "dns" ? { dNSName: n.value } : { uniformResourceIdentifier: n.value })));
-    extensions.push(variableExtension(t.prefix.get(OID_SAN), new Uint8Array(AsnConvert.serialize(names))));
-  }
+  if (plan.sans.length > 0) extensions.push(variableExtension(t.prefix.get(OID_SAN), generalNames(plan.sans)));
   extensions.push(...t.tail);
   const tbs = tlv(TAG.SEQUENCE,
     t.version, serialDer(plan.serial), t.signatureAlgorithm, t.issuerName,

@@ -53,12 +53,25 @@ export function importSpki(bytes: Uint8Array): KeyObject {
   }
 }
 
-/** Remember a key's algorithm for its SPKI bytes (a caller that already imported the key). */
-export function rememberKeyAlgorithm(spki: Uint8Array, alg: KeyAlgorithm): void {
+/**
+ * Remember a key's algorithm (and its SHA-1 key identifier) for its SPKI bytes: the CSR check has both in hand and
+ * issuance asks for them again right after.
+ */
+export function rememberKeyAlgorithm(spki: Uint8Array, alg: KeyAlgorithm, keyIdentifier?: Uint8Array): void {
   const cacheKey = Buffer.from(spki.buffer, spki.byteOffset, spki.byteLength).toString("base64");
   if (spkiAlgorithms.size >= SPKI_CACHE_SIZE) spkiAlgorithms.delete(spkiAlgorithms.keys().next().value ?? "");
   spkiAlgorithms.set(cacheKey, alg);
+  if (keyIdentifier) {
+    if (keyIds.size >= SPKI_CACHE_SIZE) keyIds.delete(keyIds.keys().next().value ?? "");
+    keyIds.set(cacheKey, keyIdentifier);
+  }
 }
+
+/** The SHA-1 key identifier remembered for these SPKI bytes, if any. */
+export function knownKeyIdentifier(spki: Uint8Array): Uint8Array | undefined {
+  return keyIds.get(Buffer.from(spki.buffer, spki.byteOffset, spki.byteLength).toString("base64"));
+}
+const keyIds = new Map<string, Uint8Array>();
 
 /** The KeyAlgorithm of an imported public key, or a PKI_PROFILE_VIOLATION naming what it is. */
 export function keyAlgorithmOfKey(key: KeyObject): KeyAlgorithm {
