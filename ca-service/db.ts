@@ -1,6 +1,7 @@
 import Database from "better-sqlite3";
 import pg from "pg";
 import { EdgeTrustError } from "../common/index.js";
+import { asStorageFault, probeDirectoryWritable } from "./storage-faults.js";
 
 /**
  * One small async database contract over two dialects. SQL is written once with `?` placeholders; the PostgreSQL
@@ -28,6 +29,8 @@ export interface Db extends Queryable {
   /** Serialise `fn` against every other holder of `key` across processes (PG advisory lock; SQLite: the write lock). */
   exclusive<T>(key: string, fn: (tx: Queryable) => Promise<T>): Promise<T>;
   close(): Promise<void>;
+  /** Throw the storage problem (STORAGE_FULL / STORAGE_UNAVAILABLE) when the store cannot take a write now (/healthz). */
+  probeWritable?(): Promise<void>;
 }
 
 /** A tiny FIFO mutex: better-sqlite3 has one connection, so async transactions must not interleave on it. */
@@ -53,7 +56,7 @@ export class SqliteDb implements Db {
   private readonly mutex = new Mutex();
   private inTx = false;
 
-  constructor(path: string) {
+  constructor(readonly path: string) {
     this.db = new Database(path);
     this.db.pragma("journal_mode = WAL");
     this.db.pragma("synchronous = NORMAL");
@@ -62,10 +65,23 @@ export class SqliteDb implements Db {
   }
 
   private direct: Queryable = {
-    query: async <R extends Row>(sql: string, params: Param[] = []) => this.db.prepare(sql).all(...params) as R[],
-    run: async (sql: string, params: Param[] = []) => this.db.prepare(sql).run(...params).changes,
-    script: async (sql: string) => { this.db.exec(sql); },
+    query: async <R extends Row>(sql: string, params: Param[] = []) => this.guard(() => this.db.prepare(sql).all(...params) as R[]),
+    run: async (sql: string, params: Param[] = []) => this.guard(() => this.db.prepare(sql).run(...params).changes),
+    script: async (sql: string) => { this.guard(() => this.db.exec(sql)); },
   };
+
+  /** SQLite errors of the file system (full, read-only, I/O) become problems naming this file (storage-faults.ts). */
+  private guard<T>(fn: () => T): T {
+    try {
+      return fn();
+    } catch (e) {
+      throw asStorageFault(e, this.path);
+    }
+  }
+
+  async probeWritable(): Promise<void> {
+    probeDirectoryWritable(this.path);
+  }
 
   /**
    * Reads never wait for the mutex: better-sqlite3 runs each statement synchronously, so a read is atomic; during an
@@ -84,14 +100,14 @@ export class SqliteDb implements Db {
   transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
     return this.mutex.lock(async () => {
       this.inTx = true;
-      this.db.exec("BEGIN IMMEDIATE");
+      this.guard(() => this.db.exec("BEGIN IMMEDIATE"));
       try {
         const out = await fn(this.direct);
-        this.db.exec("COMMIT");
+        this.guard(() => this.db.exec("COMMIT"));
         return out;
       } catch (e) {
         if (this.db.inTransaction) this.db.exec("ROLLBACK");
-        throw e;
+        throw asStorageFault(e, this.path);
       } finally {
         this.inTx = false;
       }
@@ -169,7 +185,7 @@ export class PostgresDb implements Db {
       return out;
     } catch (e) {
       await client.query("ROLLBACK").catch(() => undefined);
-      throw e;
+      throw asStorageFault(e, `postgres schema ${this.schema}`);
     } finally {
       client.release();
     }

@@ -16,7 +16,7 @@ import { makeTestCa, softHsm, testConfig, TEST_PIN, type SoftHsm } from "./test-
  * every open; a zero-byte, missing, half-truncated or foreign store is refused naming its file — by `ca serve`,
  * `ca audit verify` and `ca init` alike — and nothing is written to it.
  */
-const ENTRY = fileURLToPath(new URL("./testdata/cli-entry.ts", import.meta.url));
+const ENTRY = fileURLToPath(new URL("../test/helpers/cli-main.ts", import.meta.url));
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
 let hsm: SoftHsm;

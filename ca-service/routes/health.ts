@@ -15,8 +15,10 @@ const Health = Type.Object({
 /** GET /healthz — liveness and readiness: the database answers and an issuing CA is usable. */
 export const healthRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, store }) => {
   app.get("/healthz", { config: { auth: "public" },
-    schema: { summary: "Health: database reachable, an issuing CA usable", tags: ["ops"], response: { 200: Health, ...problemResponses(503) } },
+    schema: { summary: "Health: database reachable and writable, an issuing CA usable", tags: ["ops"], response: { 200: Health, ...problemResponses(503, 507) } },
   }, async () => {
+    // Reachable is not enough: a store whose file system is full or read-only answers reads but refuses every change.
+    await store.db.probeWritable?.();
     let head: { seq: number | string }[];
     try {
       head = await store.db.query<{ seq: number | string }>("SELECT seq FROM audit_head WHERE id = 1");
