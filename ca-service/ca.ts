@@ -8,6 +8,7 @@ import { keyStoreCrypto, keyStoreCryptoKey, type KeyAlgorithm, type KeyStore } f
 import { issueCertificateDer, getProfile, signingAlgorithmFor, wholeSeconds, type Profile, type ProfileName } from "../pki/index.js";
 import { checkCsr, sanKey } from "./csr.js";
 import { announce } from "./shared/events.js";
+import { successorOf } from "./shared/renewal.js";
 import { normalizeSerial, REVOCATION_REASON_CODES, sha256Hex, type CaRecord, type CaStore, type CertificateRecord, type RevocationReason } from "./store.js";
 
 /** Profiles the cloud CA issues (module certificates are issued on the device by its Edge CA). */
@@ -291,6 +292,14 @@ export class CertificateAuthority {
     if (!rec.deviceId || !(CA_PROFILES as readonly string[]).includes(rec.profile)) throw new EdgeTrustError("FORBIDDEN", `certificates of profile ${rec.profile} cannot renew here`);
     const csr = await checkCsr(csrPem, { allowedKeyAlgorithms: this.profile(rec.profile as ProfileName).allowedKeyAlgorithms, allowedSans: rec.sans });
     const rekey = sha256Hex(new Uint8Array(csr.spki)) !== rec.spkiSha256;
+    // Renewal is idempotent per (certificate, key): a device retrying a renewal whose answer it lost gets the
+    // successor already issued instead of a second certificate.
+    const prior = await successorOf(this.store, rec.serial, sha256Hex(new Uint8Array(csr.spki)));
+    const priorCa = prior ? this.cas.get(prior.issuerId) : undefined;
+    if (prior && priorCa) {
+      const certificate = new x509.X509Certificate(prior.certPem);
+      return { record: prior, certificate, chainPem: [certificate, priorCa.cert].map((c) => c.toString("pem")).join("\n") + "\n", rekey };
+    }
     const issued = await this.issue({ csrPem, profile: rec.profile as CaProfileName, deviceId: rec.deviceId, replacesSerial: rec.serial, ...(hostName ? { hostName } : {}) }, `device:${rec.deviceId}`, rekey ? "cert.rekey" : "cert.renew");
     return { ...issued, rekey };
   }

@@ -49,6 +49,7 @@ const Report = Type.Object(
   },
   { additionalProperties: false },
 );
+const ReportHeaders = Type.Object({ "idempotency-key": Type.Optional(Type.String({ minLength: 8, maxLength: 128, pattern: "^[\\x21-\\x7e]+$" })) });
 const DeviceParams = Type.Object({ deviceId: Type.String({ pattern: "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$" }) });
 
 /**
@@ -82,13 +83,13 @@ export const deploymentRoutes: FastifyPluginAsync<RouteDeps> = async (app, { sto
     return { deploymentId: d.deploymentId, version: d.version, jws: d.jws };
   });
 
-  app.post<{ Body: Static<typeof Report> }>("/v1/device/reports", {
+  app.post<{ Body: Static<typeof Report>; Headers: Static<typeof ReportHeaders> }>("/v1/device/reports", {
     onRequest: requireDevice(store),
-    schema: { summary: "Report manifest verdicts and module states (mTLS)", tags: ["devices"], body: Report, response: { 202: Type.Object({ id: Type.String() }), ...problemResponses(400, 401, 403) } },
+    schema: { summary: "Report manifest verdicts and module states (mTLS); an Idempotency-Key makes a retried report count once", tags: ["devices"], body: Report, headers: ReportHeaders, response: { 202: Type.Object({ id: Type.String() }), ...problemResponses(400, 401, 403) } },
   }, async (req, reply) => {
     const deviceId = authenticatedDevice(req);
     if (req.body.deviceId !== deviceId) throw new EdgeTrustError("FORBIDDEN", `device ${deviceId} cannot report for ${req.body.deviceId}`);
-    const id = await deployments.addReport(deviceId, req.body.kind, req.body);
+    const id = await deployments.addReport(deviceId, req.body.kind, req.body, req.headers["idempotency-key"]);
     await recordReport(store, deviceId, req.body);
     return reply.code(202).send({ id });
   });

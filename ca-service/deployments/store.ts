@@ -83,9 +83,13 @@ export class DeploymentStore {
     return (await this.store.db.query<Row>("SELECT * FROM deployments ORDER BY deployment_id, version DESC")).map(toRecord);
   }
 
-  async addReport(deviceId: string, kind: string, body: unknown): Promise<string> {
-    const id = randomUUID();
-    await this.store.db.run("INSERT INTO device_reports (id, device_id, kind, body, received_at) VALUES (?, ?, ?, ?, ?)", [id, deviceId, kind, JSON.stringify(body), new Date().toISOString()]);
+  /**
+   * Store a report. With an idempotency key the id is derived from device and key, so a device retrying a report
+   * whose answer it lost (a CA process killed mid-request) stores it once.
+   */
+  async addReport(deviceId: string, kind: string, body: unknown, idempotencyKey?: string): Promise<string> {
+    const id = idempotencyKey ? `idem-${sha256Hex(`${deviceId}\n${idempotencyKey}`).slice(0, 32)}` : randomUUID();
+    await this.store.db.run("INSERT INTO device_reports (id, device_id, kind, body, received_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING", [id, deviceId, kind, JSON.stringify(body), new Date().toISOString()]);
     return id;
   }
 

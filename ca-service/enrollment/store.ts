@@ -7,6 +7,9 @@ import {
   type IndividualEnrollment, type IndividualEnrollmentInput, type NormalizedIndividual,
 } from "./model.js";
 
+/** How long a registration may stay `assigning` before the same request may take it over (its process is gone). */
+const ABANDONED_CLAIM_MS = 30_000;
+
 export const LINE_SCOPES = ["enroll", "read"] as const;
 export type LineScope = (typeof LINE_SCOPES)[number];
 
@@ -443,13 +446,19 @@ export class EnrollmentStore {
       const now = new Date().toISOString();
       if (cur) {
         const rec = toRegistration(cur);
-        if (rec.status !== "failed") {
+        // A claim still 'assigning' long after it was made belongs to a process that died mid-request (kill -9,
+        // host loss): the same device may take it over, or it could never register again.
+        const abandoned = rec.status === "assigning" && Date.now() - Date.parse(rec.updatedAt) > ABANDONED_CLAIM_MS;
+        if (rec.status !== "failed" && !abandoned) {
           // Audited as registration.refused by the enrollment API's refusal hook (an entry here would roll back).
           if (rec.idempotencyKey !== idempotencyKey) {
             throw new EdgeTrustError("REGISTRATION_CONFLICT", `registration ${registrationId} was already made with a different idempotency key`, { hint: "a device registers once; renew with its certificate, or ask an admin to reset the registration" });
           }
           if (rec.requestSha256 !== requestSha256) throw new EdgeTrustError("IDEMPOTENCY_KEY_REUSED", "this idempotency key was used with a different request");
           return { fresh: false as const, record: rec };
+        }
+        if (abandoned && (rec.idempotencyKey !== idempotencyKey || rec.requestSha256 !== requestSha256)) {
+          throw new EdgeTrustError("REGISTRATION_CONFLICT", `registration ${registrationId} was abandoned mid-request; only its own request (same idempotency key and CSRs) may resume it`);
         }
         const operationId = randomUUID();
         await tx.run("UPDATE registrations SET source = ?, idempotency_key = ?, request_sha256 = ?, operation_id = ?, status = 'assigning', result = NULL, error = NULL, updated_at = ? WHERE registration_id = ?", [source, idempotencyKey, requestSha256, operationId, now, registrationId]);
