@@ -8,7 +8,7 @@ import { keyStoreCrypto, keyStoreCryptoKey, type KeyAlgorithm, type KeyStore } f
 import { issueCertificateDer, getProfile, signingAlgorithmFor, wholeSeconds, type Profile, type ProfileName } from "../pki/index.js";
 import { checkCsr, sanKey } from "./csr.js";
 import { announce } from "./shared/events.js";
-import { successorOf } from "./shared/renewal.js";
+import { releaseRenewal, successorOf } from "./shared/renewal.js";
 import { normalizeSerial, REVOCATION_REASON_CODES, sha256Hex, type CaRecord, type CaStore, type CertificateRecord, type RevocationReason } from "./store.js";
 
 /** Profiles the cloud CA issues (module certificates are issued on the device by its Edge CA). */
@@ -300,7 +300,13 @@ export class CertificateAuthority {
       const certificate = new x509.X509Certificate(prior.certPem);
       return { record: prior, certificate, chainPem: [certificate, priorCa.cert].map((c) => c.toString("pem")).join("\n") + "\n", rekey };
     }
-    const issued = await this.issue({ csrPem, profile: rec.profile as CaProfileName, deviceId: rec.deviceId, replacesSerial: rec.serial, ...(hostName ? { hostName } : {}) }, `device:${rec.deviceId}`, rekey ? "cert.rekey" : "cert.renew");
+    let issued: Issued;
+    try {
+      issued = await this.issue({ csrPem, profile: rec.profile as CaProfileName, deviceId: rec.deviceId, replacesSerial: rec.serial, ...(hostName ? { hostName } : {}) }, `device:${rec.deviceId}`, rekey ? "cert.rekey" : "cert.renew");
+    } catch (e) {
+      await releaseRenewal(this.store, rec.serial, sha256Hex(new Uint8Array(csr.spki)));
+      throw e;
+    }
     return { ...issued, rekey };
   }
 

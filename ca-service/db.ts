@@ -173,6 +173,12 @@ export class PostgresDb implements Db {
 
   async transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
     const client = await this.pool.connect();
+    // A checked-out client whose connection dies between two statements (database restart) emits 'error' with no
+    // listener of the pool's: without ours that is an uncaught exception that ends the process. The statement in
+    // flight (or the next) fails and the transaction rolls back; the broken client is destroyed, not pooled.
+    let broken: Error | undefined;
+    const onError = (e: Error) => { broken = e; };
+    client.on("error", onError);
     const tx: Queryable = {
       query: async <R extends Row>(sql: string, params: Param[] = []) => (await client.query(renumber(sql), params)).rows as R[],
       run: async (sql: string, params: Param[] = []) => (await client.query(renumber(sql), params)).rowCount ?? 0,
@@ -187,7 +193,8 @@ export class PostgresDb implements Db {
       await client.query("ROLLBACK").catch(() => undefined);
       throw asStorageFault(e, `postgres schema ${this.schema}`);
     } finally {
-      client.release();
+      client.off("error", onError);
+      client.release(broken);
     }
   }
 

@@ -4,3 +4,6 @@ export type { SimulateOptions, SimulationResult, ReferenceDigests } from "./simu
 export type { StoreCheck, StoreTarget } from "./store-check.js";
 export type { DeviceOutcome, Measurements } from "./device.js";
 export { progressReporter } from "./progress.js";
+// A whole fleet on this machine (private PostgreSQL, `ca serve` processes, HAProxy): the fleet test and bench.
+export { startPrivatePostgres, startCaProcess, startHaproxy, haproxyConfig, waitHealthy, localFleetUnavailable, postgresBinaries, haproxyBinary } from "./harness.js";
+export type { PrivatePostgres, CaProcess, Balancer } from "./harness.js";

@@ -16,8 +16,9 @@ export const LAYERS = {
   "edge-agent": { uses: ["common", "hsm", "policy", "engine", "identity-api"], faces: ["cli", "config"] },
   "edge-hub": { uses: ["common", "hsm", "pki", "policy", "identity-api"], faces: ["cli", "config"] },
   console: { uses: ["common", "policy", "ca-service"], faces: ["config"] },
-  cli: { uses: ["common", "hsm", "pki", "policy", "engine", "identity-api", "certs-dev", "ca-service", "device-identity", "edge-agent", "edge-hub", "console", "bench"] },
-  bench: { uses: ["common", "hsm", "pki", "policy", "engine", "identity-api", "certs-dev", "ca-service", "device-identity", "edge-agent", "edge-hub", "console"], faces: ["cli"] },
+  fleet: { uses: ["common", "hsm", "pki", "policy", "ca-service"] },
+  cli: { uses: ["common", "hsm", "pki", "policy", "engine", "identity-api", "certs-dev", "ca-service", "device-identity", "edge-agent", "edge-hub", "console", "fleet", "bench"] },
+  bench: { uses: ["common", "hsm", "pki", "policy", "engine", "identity-api", "certs-dev", "ca-service", "device-identity", "edge-agent", "edge-hub", "console", "fleet"], faces: ["cli"] },
 };
 
 /** Test code (tests, their helpers, fixtures) is held to the layering separately: it may reach `test/`. */

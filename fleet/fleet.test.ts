@@ -1,0 +1,222 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { execFile } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { Agent } from "node:https";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import * as x509 from "@peculiar/x509";
+import * as jose from "jose";
+import { createLogger } from "../common/index.js";
+import { Pkcs11KeyStore, SOFTHSM_MODULE, createSoftHsmDir, initToken } from "../hsm/index.js";
+import { signManifest, signerFromPrivateKey, type Manifest } from "../policy/index.js";
+import { CaStore, initCa } from "../ca-service/index.js";
+import { call } from "./http.js";
+import { localFleetUnavailable, startCaProcess, startHaproxy, startPrivatePostgres, waitHealthy, type Balancer, type CaProcess, type PrivatePostgres } from "./harness.js";
+import { simulateFleet, type ReferenceDigests, type SimulationResult } from "./simulate.js";
+
+/**
+ * Issue 13: three `ca serve` processes behind HAProxy on one PostgreSQL (a private cluster this test starts, so it
+ * can restart it without disturbing anyone) behave as one CA. FLEET_TEST_DEVICES / FLEET_CHAOS_DEVICES scale it.
+ */
+const PROCESSES = 3;
+const DEVICES = Number(process.env.FLEET_TEST_DEVICES ?? 2000);
+const CHAOS_DEVICES = Number(process.env.FLEET_CHAOS_DEVICES ?? 400);
+const PIN = "fleet-test-pin-1234";
+const ENTRY = fileURLToPath(new URL("../ca-service/testdata/cli-entry.ts", import.meta.url));
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const run = promisify(execFile);
+const d = (c: string) => `sha256:${c.repeat(64)}`;
+const REFS: ReferenceDigests = { agent: [d("a")], policy: [d("b")], trustRoot: [d("c")], manifest: { minVersion: 1 }, modules: { sensor: [d("e")] } };
+
+const unavailable = localFleetUnavailable();
+if (unavailable) process.stderr.write(`fleet/fleet.test.ts: skipped: ${unavailable}\n`);
+
+describe.skipIf(Boolean(unavailable))(`a CA fleet: ${PROCESSES} \`ca serve\` behind HAProxy on one PostgreSQL`, () => {
+  let pg: PrivatePostgres;
+  let hsmCleanup: () => void;
+  let store: CaStore;
+  let dir: string;
+  let cfg: string;
+  let env: NodeJS.ProcessEnv;
+  let rootPem: string;
+  let admin: string;
+  let procs: CaProcess[] = [];
+  let lb: Balancer;
+  let newIssuer = "";
+
+  const direct = () => new Agent({ keepAlive: false, ca: rootPem });
+  const metricsText = async (url: string): Promise<string> => {
+    const { request } = await import("node:https");
+    return new Promise((resolve, reject) => {
+      request(`${url}/metrics`, { agent: direct() }, (res) => {
+        let t = "";
+        res.on("data", (c: Buffer) => { t += c.toString(); });
+        res.on("end", () => resolve(t));
+      }).on("error", reject).end();
+    });
+  };
+
+  beforeAll(async () => {
+    pg = await startPrivatePostgres();
+    const h = createSoftHsmDir();
+    hsmCleanup = h.cleanup;
+    initToken({ module: SOFTHSM_MODULE, label: "et-fleet", soPin: `so-${PIN}`, userPin: PIN });
+    store = await CaStore.open({ databaseUrl: pg.url });
+    const keys = await Pkcs11KeyStore.open({ module: SOFTHSM_MODULE, tokenLabel: "et-fleet", pin: PIN, logger: createLogger("fleet-test", { level: "error" }) });
+    const init = await initCa(store, keys, { logger: createLogger("fleet-test", { level: "error" }) });
+    await keys.close();
+    rootPem = init.root.certPem;
+    admin = init.adminToken;
+    dir = mkdtempSync(join(tmpdir(), "et-fleet-test-"));
+    writeFileSync(join(dir, "references.yaml"), JSON.stringify(REFS));
+    cfg = join(dir, "edgetrust.yaml");
+    writeFileSync(cfg, [
+      "log:", "  level: warn",
+      "hsm:", "  backend: pkcs11", `  module: ${SOFTHSM_MODULE}`, "  tokenLabel: et-fleet", "  pinEnv: FLEET_TEST_PIN",
+      "ca:", "  host: 127.0.0.1", "  port: 0", "  revocationPort: -1", `  databaseUrl: ${pg.url}`,
+      "  trustDomain: fleet.edgetrust", "  rateLimitPerMinute: 1000000",
+      "  attestation:", `    referenceFile: ${join(dir, "references.yaml")}`, "    requiredForRenewal: true", "",
+    ].join("\n"));
+    env = { SOFTHSM2_CONF: h.conf, FLEET_TEST_PIN: PIN };
+    procs = await Promise.all(Array.from({ length: PROCESSES }, () => startCaProcess(cfg, env)));
+    lb = await startHaproxy(procs.map((p) => ({ host: "127.0.0.1", port: p.port })));
+    expect(await waitHealthy(lb.url, rootPem, PROCESSES)).toHaveLength(PROCESSES);
+    // A deployment for the simulated devices, signed offline (the CA only checks its envelope).
+    const { privateKey } = await jose.generateKeyPair("ES256", { extractable: true });
+    const signer = await signerFromPrivateKey(JSON.stringify(await jose.exportJWK(privateKey)));
+    const manifest: Manifest = {
+      schemaVersion: 1, deploymentId: "fleet", version: 1, targets: ["fleet-*"],
+      issuedAt: new Date(Date.now() - 60_000).toISOString(), expiresAt: new Date(Date.now() + 86_400_000).toISOString(),
+      modules: { sensor: { image: `127.0.0.1:5000/edgetrust/sensor@${d("e")}`, options: { user: "1000:1000" }, restartPolicy: "always", startupOrder: 0 } },
+    };
+    const up = await call(direct(), "PUT", `${lb.url}/v1/deployments`, { headers: { authorization: `Bearer ${admin}` }, body: await signManifest(manifest, signer) });
+    expect(up.status).toBe(201);
+  }, 240_000);
+
+  afterAll(async () => {
+    await lb?.stop();
+    await Promise.all(procs.map((p) => p.stop()));
+    await store?.close();
+    await pg?.stop();
+    hsmCleanup?.();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("a line's rate limit is granted once fleet-wide, not once per process", async () => {
+    const line = await call(direct(), "POST", `${lb.url}/v1/lines`, { headers: { authorization: `Bearer ${admin}` }, body: { name: "rate-limited line", ratePerMinute: 15 } });
+    expect(line.status).toBe(201);
+    // The window is the minute: stay inside one.
+    const msLeft = 60_000 - (Date.now() % 60_000);
+    if (msLeft < 20_000) await new Promise((r) => setTimeout(r, msLeft + 200));
+    const replies = [];
+    for (let i = 0; i < 45; i++) {
+      // A new connection each time: HAProxy spreads them over the three processes.
+      replies.push(await call(direct(), "GET", `${lb.url}/v1/enrollments`, { headers: { authorization: `Bearer ${String(line.json.token)}` } }));
+    }
+    expect(new Set(replies.map((r) => r.instance)).size).toBe(PROCESSES);
+    expect(replies.filter((r) => r.status === 200)).toHaveLength(15);
+    expect(replies.filter((r) => r.status === 429)).toHaveLength(30);
+    expect(replies.find((r) => r.status === 429)?.json).toMatchObject({ code: "RATE_LIMITED" });
+  });
+
+  it("a nonce made by one process is checked by another — once: the same evidence replayed on a third is refused", async () => {
+    const [p0, p1, p2] = procs as [CaProcess, CaProcess, CaProcess];
+    const keys = (await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, false, ["sign", "verify"])) as CryptoKeyPair;
+    const csr = await x509.Pkcs10CertificateRequestGenerator.create({ name: "CN=fleet-nonce", keys, signingAlgorithm: { name: "ECDSA", hash: "SHA-256" } });
+    expect((await call(direct(), "PUT", `${p0.url}/v1/admin/enrollments/fleet-nonce`, { headers: { authorization: `Bearer ${admin}` }, body: { dnsNames: [] } })).status).toBe(200);
+    const issued = await call(direct(), "POST", `${p1.url}/v1/certificates`, { headers: { authorization: `Bearer ${admin}` }, body: { csr: csr.toString("pem"), profile: "device-identity", deviceId: "fleet-nonce" } });
+    expect(issued.status).toBe(201);
+    const nonce = await call(direct(), "POST", `${p0.url}/v1/attestation/nonce`);
+    const cert = new x509.X509Certificate(String(issued.json.certificatePem));
+    const evidence = await new jose.CompactSign(new TextEncoder().encode(JSON.stringify({
+      eat_nonce: nonce.json.nonce, iat: Math.floor(Date.now() / 1000), sub: "edgetrust://fleet.edgetrust/devices/fleet-nonce",
+      eat_profile: "tag:edgetrust.dev,2026:evidence/v1",
+      measurements: { agent: d("a"), policy: d("b"), trustRoot: d("c"), manifest: { digest: d("f"), version: 1 }, modules: { sensor: { imageDigest: d("e"), manifestVersion: 1 } } },
+    }))).setProtectedHeader({ alg: "ES256", typ: "eat+jwt", x5c: [Buffer.from(cert.rawData).toString("base64")] }).sign(keys.privateKey);
+    const verified = await call(direct(), "POST", `${p1.url}/v1/attestation/verify`, { body: { evidence } });
+    expect(verified.status).toBe(200);
+    expect(verified.instance).not.toBe(nonce.instance);
+    const replay = await call(direct(), "POST", `${p2.url}/v1/attestation/verify`, { body: { evidence } });
+    expect(replay.instance).not.toBe(verified.instance);
+    expect(replay.status).toBe(400);
+    expect(replay.json).toMatchObject({ code: "ATTESTATION_NONCE_INVALID", detail: expect.stringMatching(/unknown or was already used/) as unknown });
+  });
+
+  it("a rollover made by another process is served by every process within seconds (NOTIFY, not the 30 s poll)", async () => {
+    const t0 = Date.now();
+    const { stdout } = await run(process.execPath, ["--import", "tsx", ENTRY, "ca", "rollover", "-c", cfg, "--json"], { cwd: ROOT, env: { ...process.env, ...env } });
+    newIssuer = String((JSON.parse(stdout) as { id: string }).id);
+    const seen: number[] = [];
+    for (const p of procs) {
+      for (;;) {
+        const cas = await call(direct(), "GET", `${p.url}/v1/cas`);
+        const cur = (cas.json.cas as Array<{ id: string; current: boolean }> | undefined)?.find((c) => c.current);
+        if (cur?.id === newIssuer) break;
+        // A liveness bound, not a timing assertion: the safety-net poll alone would take 30 s.
+        if (Date.now() - t0 > 25_000) throw new Error(`${p.url} still serves the old issuing CA`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      seen.push(Date.now() - t0);
+      const metrics = await metricsText(p.url);
+      expect(metrics).toMatch(/edgetrust_ca_fleet_events_total\{kind="cas"\} [1-9]/);
+    }
+    process.stderr.write(`fleet: rollover (CLI process) seen by all ${PROCESSES} processes after ${seen.map((s) => `${s} ms`).join(", ")} (includes the CLI's start)\n`);
+  }, 60_000);
+
+  let result: SimulationResult;
+  it(`${DEVICES} simulated devices through HAProxy: every one attests across processes, nothing duplicated or lost, the audit chain verifies`, async () => {
+    result = await simulateFleet({
+      caUrl: lb.url, rootPem, devices: DEVICES, concurrency: 32, adminToken: admin, prefix: "fleet-a", revokePercent: 5, references: REFS,
+      store: { databaseUrl: pg.url },
+    });
+    process.stderr.write(`fleet: ${JSON.stringify({ seconds: result.seconds, devicesPerSecond: result.devicesPerSecond, steps: result.steps, retries: result.retriesByCode })}\n`);
+    expect(result.sampleErrors).toEqual([]);
+    expect(result).toMatchObject({
+      devices: DEVICES, completed: DEVICES, registered: DEVICES, affirming: DEVICES, crossInstanceAttestations: DEVICES,
+      deployments: DEVICES, reported: DEVICES, renewed: DEVICES, revoked: DEVICES / 20, refusedAsExpected: DEVICES / 20, errors: 0,
+    });
+    expect(result.instances).toHaveLength(PROCESSES);
+    expect(result.store).toMatchObject({
+      enrollments: DEVICES, registrations: DEVICES, certificates: 2 * DEVICES,
+      duplicateCertificates: 0, lostCertificates: 0, undeliveredCertificates: 0, reports: DEVICES, duplicateReports: 0, lostReports: 0, auditChainOk: true,
+    });
+    // Every process issued from the rolled-over CA (registrations went round robin over all three).
+    const issuers = await store.db.query<{ issuer_id: string; n: string }>("SELECT issuer_id, count(*) AS n FROM certificates WHERE device_id LIKE 'fleet-a-%' GROUP BY issuer_id");
+    expect(issuers).toEqual([{ issuer_id: newIssuer, n: String(2 * DEVICES) }]);
+  }, 1_200_000);
+
+  it(`chaos: ${CHAOS_DEVICES} devices while one CA process is killed (-9), PostgreSQL restarts and HAProxy reloads — every device completes`, async () => {
+    const events: string[] = [];
+    let step = 0;
+    const chaos: Promise<void>[] = [];
+    const victim = procs[PROCESSES - 1] as CaProcess;
+    const r = await simulateFleet({
+      caUrl: lb.url, rootPem, devices: CHAOS_DEVICES, concurrency: 32, adminToken: admin, prefix: "fleet-b", revokePercent: 5, references: REFS,
+      store: { databaseUrl: pg.url },
+      onProgress: (done) => {
+        const at = done / CHAOS_DEVICES;
+        if (step === 0 && at >= 0.15) { step = 1; events.push(`kill -9 at ${done}`); chaos.push(victim.kill9()); }
+        else if (step === 1 && at >= 0.35) { step = 2; events.push(`PostgreSQL restart at ${done}`); chaos.push(pg.restart()); }
+        else if (step === 2 && at >= 0.6) { step = 3; events.push(`HAProxy reload at ${done}`); chaos.push(lb.reload()); }
+      },
+    });
+    await Promise.all(chaos);
+    process.stderr.write(`fleet chaos: ${events.join("; ")}; ${JSON.stringify({ seconds: r.seconds, retries: r.retriesByCode, store: r.store })}\n`);
+    expect(events).toHaveLength(3);
+    expect(r.sampleErrors).toEqual([]);
+    expect(r).toMatchObject({ devices: CHAOS_DEVICES, completed: CHAOS_DEVICES, registered: CHAOS_DEVICES, renewed: CHAOS_DEVICES, reported: CHAOS_DEVICES, refusedAsExpected: CHAOS_DEVICES / 20, errors: 0 });
+    expect(Object.values(r.retriesByCode).reduce((a, b) => a + b, 0)).toBeGreaterThan(0);
+    const s = r.store;
+    expect(s).toMatchObject({ lostCertificates: 0, duplicateReports: 0, lostReports: 0, reports: CHAOS_DEVICES, auditChainOk: true, registrations: CHAOS_DEVICES });
+    // A certificate beyond one per step can only be one a killed process committed but never delivered.
+    expect(s?.duplicateCertificates).toBe(s?.undeliveredCertificates);
+    expect(s?.undeliveredCertificates ?? 0).toBeLessThanOrEqual(32);
+    procs = procs.slice(0, PROCESSES - 1);
+  }, 1_200_000);
+
+  it("SIGTERM stops the surviving processes gracefully (exit 0)", async () => {
+    expect(await Promise.all(procs.map((p) => p.stop()))).toEqual(procs.map(() => 0));
+  });
+});
