@@ -37,7 +37,7 @@ const COMMANDS: Record<string, Entry> = {
   agent: { description: "Edge agent: verify the deployment manifest, start attested modules, supervise them", load: async () => (await import("../edge-agent/cli.js")).agentCommand(await readConfig()) },
   ca: { description: "Cloud CA: init, serve, issue, revoke, audit", load: async () => (await import("../ca-service/cli.js")).caCommand(await readConfig(), { serveExtensions: [serveConsole] }) },
   device: { description: "Device identity daemon: provision, run, status, attest", load: async () => (await import("../device-identity/cli.js")).deviceCommand(await readConfig()) },
-  fleet: { description: "Fleet simulator: drive simulated devices through their life against a CA", load: async () => (await import("./fleet.js")).fleetCommand() },
+  fleet: { description: "Fleet simulator: drive simulated devices through their life against a CA", load: async () => (await import("../fleet/cli.js")).fleetCommand() },
   bench: { description: "Run the benchmarks; each figure is a ratio against a reference measured in the same run", load: async () => (await import("../bench/cli.js")).benchCommand() },
 };
 

@@ -16,7 +16,7 @@ export const LAYERS = {
   "edge-agent": { uses: ["common", "hsm", "policy", "engine", "identity-api"], faces: ["cli", "config"] },
   "edge-hub": { uses: ["common", "hsm", "pki", "policy", "identity-api"], faces: ["cli", "config"] },
   console: { uses: ["common", "policy", "ca-service"], faces: ["config"] },
-  fleet: { uses: ["common", "hsm", "pki", "policy", "ca-service"] },
+  fleet: { uses: ["common", "hsm", "pki", "policy", "ca-service"], faces: ["cli"] },
   cli: { uses: ["common", "hsm", "pki", "policy", "engine", "identity-api", "certs-dev", "ca-service", "device-identity", "edge-agent", "edge-hub", "console", "fleet", "bench"] },
   bench: { uses: ["common", "hsm", "pki", "policy", "engine", "identity-api", "certs-dev", "ca-service", "device-identity", "edge-agent", "edge-hub", "console", "fleet"], faces: ["cli"] },
 };

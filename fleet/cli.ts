@@ -1,9 +1,8 @@
 import { readFileSync } from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
-import { EdgeTrustError, parseYamlStrict } from "../common/index.js";
+import { EdgeTrustError, action, emit, parseYamlStrict } from "../common/index.js";
 import { ReferenceValues } from "../ca-service/index.js";
-import { formatResult, progressReporter, simulateFleet } from "../fleet/index.js";
-import { action, emit } from "./output.js";
+import { formatResult, progressReporter, simulateFleet } from "./index.js";
 
 const int = (name: string, min: number, max: number) => (v: string): number => {
   const n = Number(v);
