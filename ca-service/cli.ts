@@ -141,10 +141,25 @@ export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, op
 
   const audit = cmd.command("audit").description("the hash-chained audit log");
   audit.command("verify")
-    .description("walk the chain; exit 1 on an edited, deleted, reordered or truncated entry")
+    .description("walk the chain; exit 1 on an edited, deleted, reordered or truncated entry; with --checkpoint also on a rewrite of head and tail together")
     .addOption(configOpt()).addOption(jsonOpt())
-    .action(action(async (o: Common) => {
+    .option("--checkpoint <file>", "a checkpoint written earlier by `ca audit checkpoint` (kept outside the CA)")
+    .action(action(async (o: Common & { checkpoint?: string }) => {
       const cfg = load(readConfig, o);
+      if (o.checkpoint) {
+        const jws = readFileSync(o.checkpoint, "utf8");
+        const opened = await openCa(cfg.ca, cfg.hsm, { ...(o.config ? { configFile: o.config } : {}) });
+        try {
+          const { verifyCheckpoint } = await import("./audit-checkpoint.js");
+          const v = await verifyCheckpoint(opened.ca, opened.store, jws);
+          if (!v.ok && !o.json) throw new EdgeTrustError("CONFLICT", `audit log does not match checkpoint ${o.checkpoint}: ${v.reason ?? "unknown"}`, { hint: "the log was rewritten after the checkpoint: restore it from a backup and investigate" });
+          emit(Boolean(o.json), v, () => `audit chain ok and matches checkpoint seq ${v.checkpoint?.seq ?? "?"} of ${v.checkpoint?.at ?? "?"}`);
+          if (!v.ok) process.exitCode = 1;
+        } finally {
+          await opened.close();
+        }
+        return;
+      }
       const store = await openCaStore(cfg.ca, { ...(o.config ? { configFile: o.config } : {}) });
       try {
         const v = await store.verifyAudit();
@@ -153,6 +168,22 @@ export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, op
         if (!v.ok) process.exitCode = 1;
       } finally {
         await store.close();
+      }
+    }));
+  audit.command("checkpoint")
+    .description("sign the audit head (seq, hash, time) with the issuing CA key; keep the output outside the CA (file, ticket, log shipper)")
+    .addOption(configOpt()).addOption(jsonOpt())
+    .option("--out <file>", "write the checkpoint (compact JWS) to this file; default stdout")
+    .action(action(async (o: Common & { out?: string }) => {
+      const cfg = load(readConfig, o);
+      const opened = await openCa(cfg.ca, cfg.hsm, { ...(o.config ? { configFile: o.config } : {}) });
+      try {
+        const { createCheckpoint } = await import("./audit-checkpoint.js");
+        const { jws, checkpoint } = await createCheckpoint(opened.ca, opened.store);
+        if (o.out) writeFileSync(o.out, jws + "\n", { mode: 0o644 });
+        emit(Boolean(o.json), { ...checkpoint, jws }, () => (o.out ? `checkpoint seq ${checkpoint.seq} → ${o.out}` : jws));
+      } finally {
+        await opened.close();
       }
     }));
 

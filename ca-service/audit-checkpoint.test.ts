@@ -1,0 +1,101 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { execFile } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import Database from "better-sqlite3";
+import { SOFTHSM_MODULE } from "../hsm/index.js";
+import { auditHash } from "./store.js";
+import { softHsm, TEST_PIN, type SoftHsm } from "./test-helpers.js";
+
+/**
+ * Issue 17: the audit chain could not detect a rewrite of its head and tail together. The attack: after a signed
+ * checkpoint was taken (and kept outside the CA), an attacker with the database drops the append-only triggers,
+ * edits an entry the checkpoint covers, recomputes every later hash and the head row. Plain `audit verify` passes —
+ * the chain is self-consistent — and `audit verify --checkpoint` refuses it, naming the entry.
+ */
+const ENTRY = fileURLToPath(new URL("../test/helpers/cli-main.ts", import.meta.url));
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+
+let hsm: SoftHsm;
+let dir: string;
+let cfg: string;
+
+function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, ["--import", "tsx", ENTRY, "ca", ...args, "-c", cfg], {
+      cwd: ROOT, env: { ...process.env, SOFTHSM2_CONF: hsm.conf, CA_TEST_PIN: TEST_PIN }, encoding: "utf8", timeout: 120_000,
+    }, (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
+  });
+}
+
+beforeAll(async () => {
+  hsm = softHsm("et-ca-checkpoint");
+  dir = mkdtempSync(join(tmpdir(), "et-ca-checkpoint-"));
+  cfg = join(dir, "edgetrust.yaml");
+  writeFileSync(cfg, [
+    "log:", "  level: error",
+    "hsm:", "  backend: pkcs11", `  module: ${SOFTHSM_MODULE}`, `  tokenLabel: ${hsm.tokenLabel}`, "  pinEnv: CA_TEST_PIN",
+    "ca:", `  sqlitePath: ${join(dir, "ca.db")}`, "  trustDomain: checkpoint.edgetrust", "",
+  ].join("\n"));
+  expect((await cli(["init"])).code).toBe(0);
+  for (const d of ["dev-a", "dev-b"]) expect((await cli(["enrollment", "set", d])).code).toBe(0);
+}, 300_000);
+
+afterAll(() => {
+  hsm?.cleanup();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+describe("signed audit checkpoints", () => {
+  it("a checkpoint verifies against the untouched log, and later appends do not disturb it", async () => {
+    const out = join(dir, "checkpoint.jws");
+    const c = await cli(["audit", "checkpoint", "--out", out, "--json"]);
+    expect(c.code, c.stderr).toBe(0);
+    const cp = JSON.parse(c.stdout) as { seq: number; headHash: string; jws: string };
+    expect(cp.seq).toBeGreaterThan(3);
+    expect(readFileSync(out, "utf8").trim()).toBe(cp.jws);
+    expect((await cli(["enrollment", "set", "dev-c"])).code).toBe(0);
+    const v = await cli(["audit", "verify", "--checkpoint", out, "--json"]);
+    expect(v.code, v.stderr).toBe(0);
+    expect(JSON.parse(v.stdout)).toMatchObject({ ok: true, checkpoint: { seq: cp.seq, headHash: cp.headHash } });
+  });
+
+  it("the attack: head and tail rewritten together pass plain audit verify and fail --checkpoint", async () => {
+    const out = join(dir, "checkpoint.jws");
+    const cp = JSON.parse(Buffer.from(readFileSync(out, "utf8").split(".")[1] ?? "", "base64url").toString()) as { seq: number };
+    const db = new Database(join(dir, "ca.db"));
+    try {
+      db.exec("DROP TRIGGER IF EXISTS audit_log_no_update; DROP TRIGGER IF EXISTS audit_log_no_delete;");
+      const rows = db.prepare("SELECT * FROM audit_log WHERE seq >= ? ORDER BY seq").all(cp.seq - 1) as Record<string, string | number>[];
+      let prev = String(rows[0]?.prev_hash);
+      const update = db.prepare("UPDATE audit_log SET details = ?, prev_hash = ?, hash = ? WHERE seq = ?");
+      for (const r of rows) {
+        // Rewrite history: the entry before the checkpoint's head now says something else.
+        const details = Number(r.seq) === cp.seq - 1 ? JSON.stringify({ rewritten: true }) : String(r.details);
+        const h = auditHash(Number(r.seq), String(r.at), String(r.actor), String(r.action), String(r.target), details, prev);
+        update.run(details, prev, h, r.seq);
+        prev = h;
+      }
+      db.prepare("UPDATE audit_head SET hash = ? WHERE id = 1").run(prev);
+    } finally {
+      db.close();
+    }
+    const plain = await cli(["audit", "verify", "--json"]);
+    expect(plain.code, "without a checkpoint the rewrite is invisible (the weakness the checkpoint closes)").toBe(0);
+    const v = await cli(["audit", "verify", "--checkpoint", out]);
+    expect(v.code).toBe(1);
+    expect(v.stderr).toMatch(new RegExp(`entry ${cp.seq} hashes to .* the checkpoint of .* recorded`));
+  });
+
+  it("a forged checkpoint (payload changed, or signed by another key) is refused", async () => {
+    const jws = readFileSync(join(dir, "checkpoint.jws"), "utf8").trim();
+    const [h, , s] = jws.split(".");
+    const forged = join(dir, "forged.jws");
+    writeFileSync(forged, `${h}.${Buffer.from(JSON.stringify({ seq: 1, headHash: "00", at: "x", issuerId: "y" })).toString("base64url")}.${s}`);
+    const v = await cli(["audit", "verify", "--checkpoint", forged, "--json"]);
+    expect(v.code).toBe(1);
+    expect(String((JSON.parse(v.stdout) as { reason: string }).reason)).toMatch(/does not verify/);
+  });
+});
