@@ -99,7 +99,8 @@ export const consoleBenchmark: Benchmark = {
         store.db.query = orig;
         if (probe.statusCode !== 200 || !probe.body.includes("<table class=\"fleet\">")) throw new Error(`fleet page ${url}: ${probe.statusCode}`);
         const statements = recorded.map((r) => ({ stmt: raw.prepare(r.sql), params: r.params }));
-        progress.step(`fleet page, ${label}: ${statements.length} statements`);
+        const each = statements.map((st) => { const t0 = performance.now(); for (let i = 0; i < 3; i++) st.stmt.all(...(st.params as (string | number | null)[])); return { sql: st.stmt.source.replace(/\s+/g, " ").slice(0, 90), ms: (performance.now() - t0) / 3 }; });
+        progress.step(`fleet page, ${label}: ${statements.length} statements; slowest: ${[...each].sort((a, b) => b.ms - a.ms).slice(0, 3).map((e) => `${e.ms.toFixed(1)} ms ${e.sql}`).join(" | ")}`);
         const [page, sql] = await interleaved(6,
           () => timed(0.5, 1, async () => { const r = await app.inject({ method: "GET", url, headers: { cookie } }); if (r.statusCode !== 200) throw new Error(String(r.statusCode)); }),
           () => timed(0.5, 1, async () => { for (const s of statements) s.stmt.all(...(s.params as (string | number | null)[])); }));

@@ -20,6 +20,8 @@ export type { CaServer, CaServerDeps } from "./server.js";
 export { openCa, openCaStores, profileOverrides } from "./service.js";
 export type { OpenCaOptions } from "./service.js";
 export { authenticate, requireRole, installProblemHandlers, peerCertificate } from "./http.js";
+export { authHook } from "./route-auth.js";
+export type { AuthHook, DeclaredAuth } from "./route-auth.js";
 export { caCommand } from "./cli.js";
 // Enrollment API (issue 4): provisioning lines, enrollments, bulk import, registration (JSON, EST, DPS-compatible).
 export {

@@ -5,7 +5,7 @@ import cookie from "@fastify/cookie";
 import formbody from "@fastify/formbody";
 import { Type, type Static } from "@sinclair/typebox";
 import { EdgeTrustError, toProblemError } from "../common/index.js";
-import { EnrollmentStore, FleetQueries, authenticate, normalizeSerial, peerCertificate, type RevocationReason } from "../ca-service/index.js";
+import { EnrollmentStore, FleetQueries, authHook, authenticate, normalizeSerial, peerCertificate, type RevocationReason } from "../ca-service/index.js";
 import type { Html } from "./html.js";
 import { html } from "./html.js";
 import { page } from "./layout.js";
@@ -109,8 +109,11 @@ export const consolePlugin: FastifyPluginAsync<ConsoleDeps> = async (app, deps) 
     return sendHtml(reply, page(title, req.consoleSession, "", html`<p class="error" role="alert" data-code="${e.code}">${e.status >= 500 ? "internal error (see the CA's log)" : e.message}</p><p><a href="/console/fleet">Back to the fleet</a></p>`), e.status);
   });
 
-  /** preHandler: a live session, else back to sign-in (saying so when a cookie was there but is no longer valid). */
-  const signedIn = async (req: FastifyRequest, reply: FastifyReply): Promise<void> => {
+  /**
+   * onRequest (before any body is read): a live session, else back to sign-in (saying so when a cookie was there but
+   * is no longer valid). Marked as the route's authentication for ca-service's start-up check (route-auth.ts).
+   */
+  const signedIn = authHook(async (req: FastifyRequest, reply: FastifyReply): Promise<void> => {
     const cookieValue = req.cookies[SESSION_COOKIE];
     const s = await sessions.find(cookieValue);
     if (!s) {
@@ -119,30 +122,36 @@ export const consolePlugin: FastifyPluginAsync<ConsoleDeps> = async (app, deps) 
       return;
     }
     req.consoleSession = s;
-  };
-  /** preHandler for state changes: same origin, a session, the admin role, the session's CSRF token. */
-  const mutation = async (req: FastifyRequest, reply: FastifyReply): Promise<void> => {
+  }, "console session (admin or auditor)");
+  /** onRequest for state changes, before the body is parsed: same origin, a session, the admin role. */
+  const adminSession = authHook(async (req: FastifyRequest): Promise<void> => {
     checkSameOrigin(req);
     const s = await sessions.find(req.cookies[SESSION_COOKIE]);
     if (!s) throw new EdgeTrustError("UNAUTHENTICATED", "no console session");
     req.consoleSession = s;
-    checkCsrf(s, (req.body as { _csrf?: unknown } | undefined)?._csrf);
     if (!isAdmin(s)) throw new EdgeTrustError("FORBIDDEN", `role ${s.principal.role} may not change anything`, { hint: "sign in with an admin credential" });
-    void reply;
+  }, "console session, role admin, same origin");
+  /** preHandler (needs the parsed form): the session's CSRF token. */
+  const csrf = async (req: FastifyRequest): Promise<void> => {
+    if (!req.consoleSession) throw new EdgeTrustError("UNAUTHENTICATED", "no console session");
+    checkCsrf(req.consoleSession, (req.body as { _csrf?: unknown } | undefined)?._csrf);
   };
   const ctx = (req: FastifyRequest): PageContext => {
     if (!req.consoleSession) throw new EdgeTrustError("UNAUTHENTICATED", "no console session");
     return { deps, queries, session: req.consoleSession, now: Date.now() };
   };
   const hide = { hide: true };
+  const pub = { auth: "public" as const };
+  const bootstrap = { auth: "bootstrap" as const };
 
-  app.get("/console/static/console.css", { schema: hide }, async (_req, reply) => reply.type("text/css; charset=utf-8").header("cache-control", "public, max-age=300").send(css));
-  app.get("/console/static/console.js", { schema: hide }, async (_req, reply) => reply.type("text/javascript; charset=utf-8").header("cache-control", "public, max-age=300").send(js));
-  app.get("/console", { schema: hide }, async (_req, reply) => reply.redirect("/console/fleet", 303));
+  app.get("/console/static/console.css", { schema: hide, config: pub }, async (_req, reply) => reply.type("text/css; charset=utf-8").header("cache-control", "public, max-age=300").send(css));
+  app.get("/console/static/console.js", { schema: hide, config: pub }, async (_req, reply) => reply.type("text/javascript; charset=utf-8").header("cache-control", "public, max-age=300").send(js));
+  app.get("/console", { schema: hide, config: pub }, async (_req, reply) => reply.redirect("/console/fleet", 303));
 
   // ---- sign-in ---------------------------------------------------------------------------------------------------
 
   app.get<{ Querystring: { expired?: string } }>("/console/signin", {
+    config: pub,
     schema: { ...hide, querystring: Type.Object({ expired: Type.Optional(Type.String({ maxLength: 1 })) }, { additionalProperties: false }) },
   }, async (req, reply) => {
     const cert = peerCertificate(req);
@@ -155,7 +164,7 @@ export const consolePlugin: FastifyPluginAsync<ConsoleDeps> = async (app, deps) 
     return reply.redirect("/console/fleet", 303);
   };
 
-  app.post<{ Body: Static<typeof TokenBody> }>("/console/signin", { schema: { ...hide, body: TokenBody } }, async (req, reply) => {
+  app.post<{ Body: Static<typeof TokenBody> }>("/console/signin", { config: bootstrap, schema: { ...hide, body: TokenBody } }, async (req, reply) => {
     checkSameOrigin(req);
     // Exactly the API's token check (sha256 lookup, constant-time compare); only the token travels, once.
     req.headers.authorization = `Bearer ${req.body.token}`;
@@ -171,14 +180,14 @@ export const consolePlugin: FastifyPluginAsync<ConsoleDeps> = async (app, deps) 
     return startSession(reply, principal, "token");
   });
 
-  app.post("/console/signin/certificate", { schema: hide }, async (req, reply) => {
+  app.post("/console/signin/certificate", { config: bootstrap, schema: hide }, async (req, reply) => {
     checkSameOrigin(req);
     const principal = peerCertificate(req) ? await authenticate(deps.store, req) : undefined;
     if (!principal) return sendHtml(reply, signinPage({ message: "no registered admin or auditor client certificate was presented" }), 401);
     return startSession(reply, principal, "certificate");
   });
 
-  app.post<{ Body: Static<typeof CsrfBody> }>("/console/signout", { schema: { ...hide, body: CsrfBody } }, async (req, reply) => {
+  app.post<{ Body: Static<typeof CsrfBody> }>("/console/signout", { config: pub, schema: { ...hide, body: CsrfBody } }, async (req, reply) => {
     checkSameOrigin(req);
     const id = req.cookies[SESSION_COOKIE];
     const s = await sessions.find(id);
@@ -192,7 +201,7 @@ export const consolePlugin: FastifyPluginAsync<ConsoleDeps> = async (app, deps) 
 
   // ---- pages -----------------------------------------------------------------------------------------------------
 
-  app.get<{ Querystring: Static<typeof FleetQs> }>("/console/fleet", { preHandler: signedIn, schema: { ...hide, querystring: FleetQs } }, async (req, reply) => {
+  app.get<{ Querystring: Static<typeof FleetQs> }>("/console/fleet", { onRequest: signedIn, schema: { ...hide, querystring: FleetQs } }, async (req, reply) => {
     const q = req.query;
     return sendHtml(reply, await fleetPage(ctx(req), {
       ...(emptyToUndef(q.status) ? { status: q.status as never } : {}), ...(q.q ? { q: q.q } : {}),
@@ -200,14 +209,14 @@ export const consolePlugin: FastifyPluginAsync<ConsoleDeps> = async (app, deps) 
     }));
   });
 
-  app.get<{ Params: { id: string } }>("/console/devices/:id", { preHandler: signedIn, schema: { ...hide, params: Type.Object({ id: DeviceId }) } }, async (req, reply) => {
+  app.get<{ Params: { id: string } }>("/console/devices/:id", { onRequest: signedIn, schema: { ...hide, params: Type.Object({ id: DeviceId }) } }, async (req, reply) => {
     const p = await devicePage(ctx(req), req.params.id);
     if (!p) throw new EdgeTrustError("NOT_FOUND", `no device ${req.params.id}`);
     return sendHtml(reply, p);
   });
 
   app.post<{ Params: { id: string }; Body: Static<typeof RevokeBody> }>("/console/devices/:id/revoke", {
-    preHandler: mutation, schema: { ...hide, params: Type.Object({ id: DeviceId }), body: RevokeBody },
+    onRequest: adminSession, preHandler: csrf, schema: { ...hide, params: Type.Object({ id: DeviceId }), body: RevokeBody },
   }, async (req, reply) => {
     const c = ctx(req);
     const deviceId = req.params.id;
@@ -224,10 +233,10 @@ export const consolePlugin: FastifyPluginAsync<ConsoleDeps> = async (app, deps) 
     return sendHtml(reply, p);
   });
 
-  app.get("/console/lines", { preHandler: signedIn, schema: hide }, async (req, reply) => sendHtml(reply, await linesPage(ctx(req))));
+  app.get("/console/lines", { onRequest: signedIn, schema: hide }, async (req, reply) => sendHtml(reply, await linesPage(ctx(req))));
 
   app.post<{ Params: { id: string }; Body: Static<typeof LineRevokeBody> }>("/console/lines/:id/revoke", {
-    preHandler: mutation, schema: { ...hide, params: Type.Object({ id: Type.String({ format: "uuid" }) }), body: LineRevokeBody },
+    onRequest: adminSession, preHandler: csrf, schema: { ...hide, params: Type.Object({ id: Type.String({ format: "uuid" }) }), body: LineRevokeBody },
   }, async (req, reply) => {
     const c = ctx(req);
     const es = new EnrollmentStore(deps.store);
@@ -238,10 +247,10 @@ export const consolePlugin: FastifyPluginAsync<ConsoleDeps> = async (app, deps) 
     return sendHtml(reply, await linesPage(c, html`<p class="notice" role="status">Line ${line.name} revoked: its credential is refused from now on.</p>`));
   });
 
-  app.get("/console/deployments", { preHandler: signedIn, schema: hide }, async (req, reply) => sendHtml(reply, await deploymentsPage(ctx(req))));
+  app.get("/console/deployments", { onRequest: signedIn, schema: hide }, async (req, reply) => sendHtml(reply, await deploymentsPage(ctx(req))));
 
   app.get<{ Params: { id: string; version: number }; Querystring: { after?: string } }>("/console/deployments/:id/:version", {
-    preHandler: signedIn,
+    onRequest: signedIn,
     schema: { ...hide, params: Type.Object({ id: Type.String({ maxLength: 128 }), version: Type.Integer({ minimum: 0 }) }), querystring: Type.Object({ after: Type.Optional(Type.String({ maxLength: 128 })) }, { additionalProperties: false }) },
   }, async (req, reply) => {
     const p = await rolloutPage(ctx(req), req.params.id, req.params.version, req.query.after);
@@ -249,14 +258,14 @@ export const consolePlugin: FastifyPluginAsync<ConsoleDeps> = async (app, deps) 
     return sendHtml(reply, p);
   });
 
-  app.get<{ Querystring: Static<typeof AuditQs> }>("/console/audit", { preHandler: signedIn, schema: { ...hide, querystring: AuditQs } }, async (req, reply) => {
+  app.get<{ Querystring: Static<typeof AuditQs> }>("/console/audit", { onRequest: signedIn, schema: { ...hide, querystring: AuditQs } }, async (req, reply) => {
     const q = req.query;
     return sendHtml(reply, await auditPage(ctx(req), {
       ...(q.action ? { action: q.action } : {}), ...(q.actor ? { actor: q.actor } : {}), ...(q.target ? { target: q.target } : {}), ...(typeof q.before === "number" ? { before: q.before } : {}),
     }, q.verify === "1"));
   });
 
-  app.get<{ Querystring: Static<typeof AuditQs> }>("/console/audit/export", { preHandler: signedIn, schema: { ...hide, querystring: AuditQs } }, async (req, reply) => {
+  app.get<{ Querystring: Static<typeof AuditQs> }>("/console/audit/export", { onRequest: signedIn, schema: { ...hide, querystring: AuditQs } }, async (req, reply) => {
     const q = req.query;
     const format = q.format ?? "jsonl";
     const filter = { ...(q.action ? { action: q.action } : {}), ...(q.actor ? { actor: q.actor } : {}), ...(q.target ? { target: q.target } : {}), ...(typeof q.before === "number" ? { before: q.before } : {}) };
@@ -267,5 +276,5 @@ export const consolePlugin: FastifyPluginAsync<ConsoleDeps> = async (app, deps) 
       .header("content-disposition", `attachment; filename="edgetrust-audit-${stamp}.${format === "csv" ? "csv" : "jsonl"}"`).send(out);
   });
 
-  app.get("/console/policy", { preHandler: signedIn, schema: hide }, async (req, reply) => sendHtml(reply, await policyPage(ctx(req))));
+  app.get("/console/policy", { onRequest: signedIn, schema: hide }, async (req, reply) => sendHtml(reply, await policyPage(ctx(req))));
 };

@@ -58,4 +58,72 @@ CREATE INDEX certificates_expiry ON certificates (profile, status, not_after);
 CREATE INDEX individual_enrollments_line_created ON individual_enrollments (line_id, created_at);
 `,
   },
+  {
+    version: 61,
+    name: "fleet counters (attestation results and issuance per day, devices per attestation status) kept by triggers",
+    // The console's two charts read these few rows instead of grouping every row of the window: with 100,000 devices
+    // attesting daily, a GROUP BY over the window was most of the fleet page's time. Triggers keep them for every
+    // writer (the verifier, issuance, renewal, registration) in the writer's own transaction; the backfill counts
+    // what was there before.
+    sql: `
+CREATE TABLE fleet_daily (
+  series TEXT NOT NULL,
+  day TEXT NOT NULL,
+  k TEXT NOT NULL,
+  n BIGINT NOT NULL,
+  PRIMARY KEY (series, day, k)
+);
+INSERT INTO fleet_daily (series, day, k, n) SELECT 'issuance', SUBSTR(created_at, 1, 10), profile, COUNT(*) FROM certificates GROUP BY SUBSTR(created_at, 1, 10), profile;
+INSERT INTO fleet_daily (series, day, k, n) SELECT 'attestation', SUBSTR(at, 1, 10), status, COUNT(*) FROM attestation_results GROUP BY SUBSTR(at, 1, 10), status;
+INSERT INTO fleet_daily (series, day, k, n) SELECT 'status', '-', attestation_status, COUNT(*) FROM device_status WHERE attestation_status IS NOT NULL GROUP BY attestation_status;
+`,
+    sqlite: `
+CREATE TRIGGER certificates_fleet_daily AFTER INSERT ON certificates BEGIN
+  INSERT INTO fleet_daily (series, day, k, n) VALUES ('issuance', SUBSTR(NEW.created_at, 1, 10), NEW.profile, 1)
+    ON CONFLICT (series, day, k) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER attestation_results_fleet_daily AFTER INSERT ON attestation_results BEGIN
+  INSERT INTO fleet_daily (series, day, k, n) VALUES ('attestation', SUBSTR(NEW.at, 1, 10), NEW.status, 1)
+    ON CONFLICT (series, day, k) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER device_status_fleet_insert AFTER INSERT ON device_status WHEN NEW.attestation_status IS NOT NULL BEGIN
+  INSERT INTO fleet_daily (series, day, k, n) VALUES ('status', '-', NEW.attestation_status, 1)
+    ON CONFLICT (series, day, k) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER device_status_fleet_update AFTER UPDATE OF attestation_status ON device_status
+  WHEN OLD.attestation_status IS NOT NEW.attestation_status BEGIN
+  UPDATE fleet_daily SET n = n - 1 WHERE series = 'status' AND day = '-' AND k = OLD.attestation_status;
+  INSERT INTO fleet_daily (series, day, k, n) SELECT 'status', '-', NEW.attestation_status, 1 WHERE NEW.attestation_status IS NOT NULL
+    ON CONFLICT (series, day, k) DO UPDATE SET n = n + 1;
+END;
+`,
+    postgres: `
+CREATE FUNCTION fleet_daily_count() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_TABLE_NAME = 'certificates' THEN
+    INSERT INTO fleet_daily (series, day, k, n) VALUES ('issuance', SUBSTR(NEW.created_at, 1, 10), NEW.profile, 1)
+      ON CONFLICT (series, day, k) DO UPDATE SET n = fleet_daily.n + 1;
+  ELSE
+    INSERT INTO fleet_daily (series, day, k, n) VALUES ('attestation', SUBSTR(NEW.at, 1, 10), NEW.status, 1)
+      ON CONFLICT (series, day, k) DO UPDATE SET n = fleet_daily.n + 1;
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER certificates_fleet_daily AFTER INSERT ON certificates FOR EACH ROW EXECUTE FUNCTION fleet_daily_count();
+CREATE TRIGGER attestation_results_fleet_daily AFTER INSERT ON attestation_results FOR EACH ROW EXECUTE FUNCTION fleet_daily_count();
+CREATE FUNCTION fleet_status_count() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP = 'UPDATE' AND OLD.attestation_status IS NOT DISTINCT FROM NEW.attestation_status THEN RETURN NEW; END IF;
+  IF TG_OP = 'UPDATE' AND OLD.attestation_status IS NOT NULL THEN
+    UPDATE fleet_daily SET n = n - 1 WHERE series = 'status' AND day = '-' AND k = OLD.attestation_status;
+  END IF;
+  IF NEW.attestation_status IS NOT NULL THEN
+    INSERT INTO fleet_daily (series, day, k, n) VALUES ('status', '-', NEW.attestation_status, 1)
+      ON CONFLICT (series, day, k) DO UPDATE SET n = fleet_daily.n + 1;
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER device_status_fleet_count AFTER INSERT OR UPDATE ON device_status FOR EACH ROW EXECUTE FUNCTION fleet_status_count();
+`,
+  },
 ];

@@ -148,8 +148,8 @@ export class FleetQueries {
   async counts(now = Date.now()): Promise<FleetCounts> {
     const total = Number((await this.db.query<{ n: number | string }>("SELECT COUNT(*) AS n FROM enrollments"))[0]?.n ?? 0);
     const byStatus: Record<FleetStatus, number> = { affirming: 0, warning: 0, contraindicated: 0, unknown: 0 };
-    const rows = await this.db.query<{ st: string; n: number | string }>(
-      "SELECT attestation_status AS st, COUNT(*) AS n FROM device_status WHERE attestation_status IS NOT NULL GROUP BY attestation_status");
+    // Kept by the migration-61 triggers on device_status (a GROUP BY over 100,000 status rows cost 40-180 ms a page).
+    const rows = await this.db.query<{ st: string; n: number | string }>("SELECT k AS st, n FROM fleet_daily WHERE series = 'status' AND day = '-'");
     for (const r of rows) if (r.st in byStatus) byStatus[r.st as FleetStatus] = Number(r.n);
     byStatus.unknown = Math.max(0, total - byStatus.affirming - byStatus.warning - byStatus.contraindicated);
     const nowIso = new Date(now).toISOString();
@@ -162,19 +162,26 @@ export class FleetQueries {
   }
 
   /** Attestation results per UTC day and status over the last `days` days. */
-  async attestationsPerDay(days = 14, now = Date.now()): Promise<DayCount[]> {
-    const since = dayStart(now - (days - 1) * 86400e3);
-    const rows = await this.db.query<{ day: string; status: string; n: number | string }>(
-      "SELECT SUBSTR(at, 1, 10) AS day, status, COUNT(*) AS n FROM attestation_results WHERE at >= ? GROUP BY SUBSTR(at, 1, 10), status", [since]);
-    return perDay(days, now, rows.map((r) => ({ day: r.day, key: r.status, n: Number(r.n) })));
+  attestationsPerDay(days = 14, now = Date.now()): Promise<DayCount[]> {
+    return this.perDay("attestation", days, now);
   }
 
   /** Certificates issued per UTC day and profile over the last `days` days. */
-  async issuancePerDay(days = 14, now = Date.now()): Promise<DayCount[]> {
-    const since = dayStart(now - (days - 1) * 86400e3);
-    const rows = await this.db.query<{ day: string; profile: string; n: number | string }>(
-      "SELECT SUBSTR(created_at, 1, 10) AS day, profile, COUNT(*) AS n FROM certificates WHERE created_at >= ? GROUP BY SUBSTR(created_at, 1, 10), profile", [since]);
-    return perDay(days, now, rows.map((r) => ({ day: r.day, key: r.profile, n: Number(r.n) })));
+  issuancePerDay(days = 14, now = Date.now()): Promise<DayCount[]> {
+    return this.perDay("issuance", days, now);
+  }
+
+  /** Per-day counts from the counters the migration-61 triggers keep (a few rows, whatever the fleet size). */
+  private async perDay(series: "attestation" | "issuance", days: number, now: number): Promise<DayCount[]> {
+    const out = emptyDays(days, now);
+    const rows = await this.db.query<{ day: string; k: string; n: number | string }>(
+      "SELECT day, k, n FROM fleet_daily WHERE series = ? AND day >= ?", [series, out[0]?.day ?? ""]);
+    const byDay = new Map(out.map((d) => [d.day, d]));
+    for (const r of rows) {
+      const d = byDay.get(r.day);
+      if (d) d.counts[r.k] = (d.counts[r.k] ?? 0) + Number(r.n);
+    }
+    return out;
   }
 
   // ---- one device ----------------------------------------------------------------------------------------------
@@ -288,15 +295,9 @@ function toFleetRow(r: Row): FleetRow {
   };
 }
 
-const dayStart = (ms: number): string => `${new Date(ms).toISOString().slice(0, 10)}T00:00:00.000Z`;
-
-function perDay(days: number, now: number, rows: Array<{ day: string; key: string; n: number }>): DayCount[] {
+function emptyDays(days: number, now: number): DayCount[] {
   const out: DayCount[] = [];
   for (let i = days - 1; i >= 0; i--) out.push({ day: new Date(now - i * 86400e3).toISOString().slice(0, 10), counts: {} });
-  const byDay = new Map(out.map((d) => [d.day, d]));
-  for (const r of rows) {
-    const d = byDay.get(r.day);
-    if (d) d.counts[r.key] = (d.counts[r.key] ?? 0) + r.n;
-  }
   return out;
 }
+
