@@ -82,11 +82,6 @@ export const consolePlugin: FastifyPluginAsync<ConsoleDeps> = async (app, deps) 
   const queries = new FleetQueries(deps.store);
   const css = staticFile("console.css");
   const js = staticFile("console.js");
-  // Every console route authenticates by its session cookie (signedIn/mutation below; sign-in pages start a session):
-  // declared for ca-service's start-up check that no route is left without authentication (route-auth.ts).
-  app.addHook("onRoute", (r) => {
-    r.config = { ...r.config, auth: "session" };
-  });
   await app.register(cookie);
   await app.register(formbody, { bodyLimit: 16_384 });
 
