@@ -18,7 +18,7 @@ say() { printf 'setup: %s\n' "$*"; }
 
 DEB_PACKAGES=(softhsm2 opensc libengine-pkcs11-openssl swtpm swtpm-tools libtpm2-pkcs11-1 tpm2-tools
   docker.io containerd docker-registry busybox-static mosquitto mosquitto-clients curl openssl p11-kit
-  ca-certificates iproute2 procps gnutls-bin chromium)
+  ca-certificates iproute2 procps gnutls-bin chromium haproxy)
 
 install_debs() {
   local missing=()
