@@ -1,5 +1,5 @@
 import { Type, type Static } from "@sinclair/typebox";
-import { AttestationConfig } from "./attestation-config.js";
+import { AttestationConfig } from "./attestation/config.js";
 
 /** `ca:` section of edgetrust.yaml — the cloud CA service. */
 export const CaConfig = Type.Object(

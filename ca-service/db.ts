@@ -246,3 +246,15 @@ export async function openDb(opts: OpenDbOptions): Promise<Db> {
   if (!opts.sqlitePath) throw new EdgeTrustError("INVALID_CONFIG", "no database configured", { hint: "set ca.databaseUrl or ca.sqlitePath" });
   return new SqliteDb(opts.sqlitePath);
 }
+
+/**
+ * One schema migration (the lists live beside their feature: migrations.ts, enrollment/, deployments/, fleet/): plain SQL
+ * shared by SQLite and PostgreSQL, with an optional per-dialect tail for what cannot be shared (triggers).
+ */
+export interface Migration {
+  version: number;
+  name: string;
+  sql: string;
+  sqlite?: string;
+  postgres?: string;
+}

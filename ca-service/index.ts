@@ -32,12 +32,12 @@ export type {
   RegistrationCredential, RegistrationResult, IssuedCertificate,
 } from "./enrollment/index.js";
 /** The registration route contract for the device daemon: `PUT /v1/registrations/{registrationId}` with `Idempotency-Key`. */
-export { RegistrationRequestBody, RegistrationResultSchema } from "./routes/v1-enrollments-register.js";
+export { RegistrationRequestBody, RegistrationResultSchema } from "./enrollment/routes/v1-enrollments-register.js";
 export type { RegistrationRequest, DpsRegistrationPayload } from "./enrollment/contract.js";
 // Fleet read models and queries (issue 16: the security console reads these).
 export { FleetQueries, FLEET_STATUSES, recordAttestation, recordReport, failingClaims } from "./fleet/index.js";
 export type { FleetFilter, FleetRow, FleetCounts, FleetStatus, AttestationStatus, DayCount, AttestationResultRow, RolloutRow, LineUsage, AuditFilter, FailingClaim, AppraisedClaim } from "./fleet/index.js";
 export type { DeploymentRecord } from "./deployments/store.js";
 export { DeploymentStore } from "./deployments/store.js";
-export { AttestationVerifier, AttestationConfig, ReferenceValues, appraise, loadReferenceValues, referencesFromPolicy, referencesFromConfig, EAR_PROFILE } from "./attestation.js";
-export type { EarStatus, ClaimAppraisal, References, AttestedManifest } from "./attestation.js";
+export { AttestationVerifier, AttestationConfig, ReferenceValues, appraise, loadReferenceValues, referencesFromPolicy, referencesFromConfig, EAR_PROFILE } from "./attestation/verifier.js";
+export type { EarStatus, ClaimAppraisal, References, AttestedManifest } from "./attestation/verifier.js";

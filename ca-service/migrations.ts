@@ -1,4 +1,4 @@
-import type { Db } from "./db.js";
+import type { Db, Migration } from "./db.js";
 import { ENROLLMENT_MIGRATIONS } from "./enrollment/migrations.js";
 import { DEPLOYMENT_MIGRATIONS } from "./deployments/migrations.js";
 import { SHARED_STATE_MIGRATIONS } from "./shared/migrations.js";
@@ -10,13 +10,7 @@ import { FLEET_MIGRATIONS } from "./fleet/migrations.js";
  * `schema_migrations`; the runner holds an exclusive lock so several `ca serve` processes can start together.
  * Never edit an applied migration: add the next one.
  */
-export interface Migration {
-  version: number;
-  name: string;
-  sql: string;
-  sqlite?: string;
-  postgres?: string;
-}
+export type { Migration };
 
 export const GENESIS_HASH = "0".repeat(64);
 

@@ -1,4 +1,4 @@
-import type { Migration } from "../migrations.js";
+import type { Migration } from "../db.js";
 
 /**
  * Signed deployment manifests the security team uploads (the cloud stores and serves them; it cannot sign them) and

@@ -1,5 +1,5 @@
 import type { Static } from "@sinclair/typebox";
-import type { RegistrationRequestBody } from "../routes/v1-enrollments-register.js";
+import type { RegistrationRequestBody } from "./routes/v1-enrollments-register.js";
 
 /**
  * What a device (the device-identity daemon) sends to register: `PUT /v1/registrations/{registrationId}` with header

@@ -1,4 +1,4 @@
-import type { Migration } from "../migrations.js";
+import type { Migration } from "../db.js";
 
 /**
  * Enrollment API tables (issue 4): provisioning lines (API principals of factory lines), individual enrollments,

@@ -1,11 +1,11 @@
 import type { FastifyPluginAsync } from "fastify";
 import type { RouteDeps } from "../routes/types.js";
-import { lineRoutes } from "../routes/v1-enrollments-lines.js";
-import { enrollmentRoutes } from "../routes/v1-enrollments.js";
-import { enrollmentImportRoutes } from "../routes/v1-enrollments-import.js";
-import { registrationRoutes } from "../routes/v1-enrollments-register.js";
-import { estRoutes } from "../routes/est-enroll.js";
-import { dpsRoutes } from "../routes/dps-register.js";
+import { lineRoutes } from "./routes/v1-enrollments-lines.js";
+import { enrollmentRoutes } from "./routes/v1-enrollments.js";
+import { enrollmentImportRoutes } from "./routes/v1-enrollments-import.js";
+import { registrationRoutes } from "./routes/v1-enrollments-register.js";
+import { estRoutes } from "./routes/est-enroll.js";
+import { dpsRoutes } from "./routes/dps-register.js";
 import { RefusalAudit, refusalFromError } from "./refusals.js";
 
 /**

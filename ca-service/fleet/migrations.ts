@@ -1,4 +1,4 @@
-import type { Migration } from "../migrations.js";
+import type { Migration } from "../db.js";
 
 /**
  * Read models of the fleet (issue 16, the security console): the latest attestation result and deployment outcome per

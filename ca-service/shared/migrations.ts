@@ -1,4 +1,4 @@
-import type { Migration } from "../migrations.js";
+import type { Migration } from "../db.js";
 
 /**
  * State every `ca serve` process of one fleet shares through the store instead of its memory (issue 13). Version

@@ -1,9 +1,9 @@
 import type { FastifyPluginAsync } from "fastify";
 import { Type, type Static } from "@sinclair/typebox";
-import { isEdgeTrustError } from "../../common/index.js";
-import { actorOf, problemResponses, requireRole, SecurityBearer } from "../http.js";
-import { CsrPem, DeviceId, IssuedView, ProfileSchema } from "./schemas.js";
-import type { RouteDeps } from "./types.js";
+import { isEdgeTrustError } from "../../../common/index.js";
+import { actorOf, problemResponses, requireRole, SecurityBearer } from "../../http.js";
+import { CsrPem, DeviceId, IssuedView, ProfileSchema } from "../../routes/schemas.js";
+import type { RouteDeps } from "../../routes/types.js";
 
 const Body = Type.Object({
   csr: CsrPem,

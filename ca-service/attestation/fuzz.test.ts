@@ -3,8 +3,8 @@ import { randomBytes } from "node:crypto";
 import * as jose from "jose";
 import * as x509 from "@peculiar/x509";
 import type { FastifyInstance } from "fastify";
-import { createCaServer, type CaServer } from "./server.js";
-import { makeTestCa, quietLogger, softHsm, sqliteStore, testConfig, type SoftHsm, type TestCa, type TestStore } from "./test-helpers.js";
+import { createCaServer, type CaServer } from "../server.js";
+import { makeTestCa, quietLogger, softHsm, sqliteStore, testConfig, type SoftHsm, type TestCa, type TestStore } from "../test-helpers.js";
 
 /**
  * Issue 17: `POST /v1/attestation/verify` answered 500 to evidence whose x5c was garbage base64 or a string. Every
@@ -119,7 +119,7 @@ describe("POST /v1/attestation/verify with malformed evidence", () => {
   });
 
   it("renewal's attestation-result header with a garbage x5c is a 4xx too (checkResult)", async () => {
-    const { AttestationVerifier } = await import("./attestation.js");
+    const { AttestationVerifier } = await import("./verifier.js");
     const v = new AttestationVerifier(t.ca, ts.store, testConfig().attestation);
     for (const x5c of ["AAAA", [42], ["***"], {}]) {
       await expect(v.checkResult(`${b64u({ alg: "ES256", typ: "ear+jwt", x5c })}.e30.AA`, undefined)).rejects.toMatchObject({ code: "FORBIDDEN" });

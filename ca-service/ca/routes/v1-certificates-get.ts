@@ -1,10 +1,10 @@
 import type { FastifyPluginAsync } from "fastify";
 import { Type, type Static } from "@sinclair/typebox";
-import { EdgeTrustError } from "../../common/index.js";
-import { normalizeSerial } from "../store.js";
-import { problemResponses, requireRole, SecurityBearer } from "../http.js";
-import { CertificateView, certificateView, DeviceId, Serial } from "./schemas.js";
-import type { RouteDeps } from "./types.js";
+import { EdgeTrustError } from "../../../common/index.js";
+import { normalizeSerial } from "../../store.js";
+import { problemResponses, requireRole, SecurityBearer } from "../../http.js";
+import { CertificateView, certificateView, DeviceId, Serial } from "../../routes/schemas.js";
+import type { RouteDeps } from "../../routes/types.js";
 
 const Params = Type.Object({ serial: Serial });
 const Query = Type.Object({

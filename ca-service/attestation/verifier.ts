@@ -5,16 +5,16 @@ import { dirname, resolve } from "node:path";
 import * as x509 from "@peculiar/x509";
 import * as jose from "jose";
 import { Type, type Static } from "@sinclair/typebox";
-import { EdgeTrustError, parseYamlStrict } from "../common/index.js";
-import { signingAlgorithmFor } from "../pki/index.js";
-import { MANIFEST_LIMITS, decodePayload, parseGeneralJws, parsePolicy, validateManifest } from "../policy/index.js";
-import { DeploymentStore } from "./deployments/store.js";
-import type { CertificateAuthority } from "./ca.js";
-import { normalizeSerial, sha256Hex, type CaStore } from "./store.js";
-import { SingleUseTokens } from "./shared/single-use.js";
-import type { AttestationConfig } from "./attestation-config.js";
+import { EdgeTrustError, parseYamlStrict } from "../../common/index.js";
+import { signingAlgorithmFor } from "../../pki/index.js";
+import { MANIFEST_LIMITS, decodePayload, parseGeneralJws, parsePolicy, validateManifest } from "../../policy/index.js";
+import { DeploymentStore } from "../deployments/store.js";
+import type { CertificateAuthority } from "../ca.js";
+import { normalizeSerial, sha256Hex, type CaStore } from "../store.js";
+import { SingleUseTokens } from "../shared/single-use.js";
+import type { AttestationConfig } from "./config.js";
 
-export { AttestationConfig } from "./attestation-config.js";
+export { AttestationConfig } from "./config.js";
 
 
 const Digest = Type.String({ pattern: "^sha256:[0-9a-f]{64}$" });

@@ -3,9 +3,9 @@ import { Type, type Static } from "@sinclair/typebox";
 import * as x509 from "@peculiar/x509";
 import { EdgeTrustError } from "../../common/index.js";
 import { certificateIdentity } from "../../pki/index.js";
-import { AttestationVerifier } from "../attestation.js";
+import { AttestationVerifier } from "./verifier.js";
 import { peerCertificate, problemResponses } from "../http.js";
-import type { RouteDeps } from "./types.js";
+import type { RouteDeps } from "../routes/types.js";
 import { recordAttestation } from "../fleet/record.js";
 
 const NonceView = Type.Object({ nonce: Type.String(), expiresAt: Type.String() });

@@ -1,8 +1,8 @@
 import type { FastifyPluginAsync } from "fastify";
 import { Type, type Static } from "@sinclair/typebox";
-import { actorOf, problemResponses, requireRole, SecurityBearer } from "../http.js";
-import { EnrollmentStore, LINE_SCOPES, type ProvisioningLine } from "../enrollment/store.js";
-import type { RouteDeps } from "./types.js";
+import { actorOf, problemResponses, requireRole, SecurityBearer } from "../../http.js";
+import { EnrollmentStore, LINE_SCOPES, type ProvisioningLine } from "../store.js";
+import type { RouteDeps } from "../../routes/types.js";
 
 export const LineView = Type.Object({
   id: Type.String(), name: Type.String(), kind: Type.Union([Type.Literal("token"), Type.Literal("certificate")]),

@@ -1,13 +1,13 @@
 import type { FastifyPluginAsync, FastifyRequest } from "fastify";
 import { Type, type Static } from "@sinclair/typebox";
-import { EdgeTrustError } from "../../common/index.js";
-import { actorOf, peerCertificate, problemResponses, requireRole, SecurityBearer } from "../http.js";
-import { RegistrationService, type RegistrationCredential } from "../enrollment/registration.js";
-import type { TpmProof } from "../enrollment/tpm.js";
-import { EnrollmentStore } from "../enrollment/store.js";
-import { CsrPem } from "./schemas.js";
+import { EdgeTrustError } from "../../../common/index.js";
+import { actorOf, peerCertificate, problemResponses, requireRole, SecurityBearer } from "../../http.js";
+import { RegistrationService, type RegistrationCredential } from "../registration.js";
+import type { TpmProof } from "../tpm.js";
+import { EnrollmentStore } from "../store.js";
+import { CsrPem } from "../../routes/schemas.js";
 import { RegistrationIdParam } from "./v1-enrollments.js";
-import type { RouteDeps } from "./types.js";
+import type { RouteDeps } from "../../routes/types.js";
 
 const Issued = Type.Object({ serial: Type.String(), notAfter: Type.String(), certificatePem: Type.String(), chainPem: Type.String() });
 

@@ -1,13 +1,13 @@
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from "fastify";
-import { EdgeTrustError } from "../../common/index.js";
-import { peerCertificate, problemResponses } from "../http.js";
-import { base64Body, certsOnlyPkcs7, csrAttrsDer, estCsrToPem, EST_CERTS_TYPE, EST_CSRATTRS_TYPE } from "../enrollment/est.js";
-import { RegistrationService } from "../enrollment/registration.js";
-import { EnrollmentStore } from "../enrollment/store.js";
-import { sha256Hex } from "../store.js";
+import { EdgeTrustError } from "../../../common/index.js";
+import { peerCertificate, problemResponses } from "../../http.js";
+import { base64Body, certsOnlyPkcs7, csrAttrsDer, estCsrToPem, EST_CERTS_TYPE, EST_CSRATTRS_TYPE } from "../est.js";
+import { RegistrationService } from "../registration.js";
+import { EnrollmentStore } from "../store.js";
+import { sha256Hex } from "../../store.js";
 import { registrationCredential } from "./v1-enrollments-register.js";
-import type { RouteDeps } from "./types.js";
-import { requireIssuedCertificate } from "../device-auth.js";
+import type { RouteDeps } from "../../routes/types.js";
+import { requireIssuedCertificate } from "../../device-auth.js";
 
 const EST = "/.well-known/est";
 

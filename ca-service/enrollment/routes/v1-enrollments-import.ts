@@ -1,11 +1,11 @@
 import type { FastifyPluginAsync } from "fastify";
 import { Type, type Static } from "@sinclair/typebox";
-import { EdgeTrustError } from "../../common/index.js";
-import { problemResponses, SecurityBearer } from "../http.js";
-import { lineRateLimit, requireLine, writerOf } from "../enrollment/auth.js";
-import { parseImport, rowsFromJson } from "../enrollment/import.js";
-import { EnrollmentStore } from "../enrollment/store.js";
-import type { RouteDeps } from "./types.js";
+import { EdgeTrustError } from "../../../common/index.js";
+import { problemResponses, SecurityBearer } from "../../http.js";
+import { lineRateLimit, requireLine, writerOf } from "../auth.js";
+import { parseImport, rowsFromJson } from "../import.js";
+import { EnrollmentStore } from "../store.js";
+import type { RouteDeps } from "../../routes/types.js";
 
 export const ImportReportSchema = Type.Object({
   total: Type.Integer(), inserted: Type.Integer(), updated: Type.Integer(), unchanged: Type.Integer(), notWritten: Type.Integer(),

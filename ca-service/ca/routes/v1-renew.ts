@@ -1,10 +1,10 @@
 import type { FastifyPluginAsync } from "fastify";
 import { Type, type Static } from "@sinclair/typebox";
-import { EdgeTrustError, isEdgeTrustError } from "../../common/index.js";
-import { peerCertificate, problemResponses } from "../http.js";
-import { CsrPem, IssuedView } from "./schemas.js";
-import type { RouteDeps } from "./types.js";
-import { requireIssuedCertificate } from "../device-auth.js";
+import { EdgeTrustError, isEdgeTrustError } from "../../../common/index.js";
+import { peerCertificate, problemResponses } from "../../http.js";
+import { CsrPem, IssuedView } from "../../routes/schemas.js";
+import type { RouteDeps } from "../../routes/types.js";
+import { requireIssuedCertificate } from "../../device-auth.js";
 
 const Body = Type.Object({
   csr: CsrPem,

@@ -1,12 +1,12 @@
 import type { FastifyError, FastifyPluginAsync, FastifyReply, FastifyRequest } from "fastify";
 import { Type, type Static } from "@sinclair/typebox";
-import { EdgeTrustError } from "../../common/index.js";
-import { RegistrationService, type RegistrationResult } from "../enrollment/registration.js";
-import { EnrollmentStore } from "../enrollment/store.js";
-import { sha256Hex } from "../store.js";
+import { EdgeTrustError } from "../../../common/index.js";
+import { RegistrationService, type RegistrationResult } from "../registration.js";
+import { EnrollmentStore } from "../store.js";
+import { sha256Hex } from "../../store.js";
 import { RegistrationIdParam } from "./v1-enrollments.js";
 import { registrationCredential } from "./v1-enrollments-register.js";
-import type { RouteDeps } from "./types.js";
+import type { RouteDeps } from "../../routes/types.js";
 
 const IdScope = Type.String({ pattern: "^[A-Za-z0-9]{1,64}$", description: "DPS ID scope (accepted as the SAS resource prefix; not a tenant boundary here)" });
 const RegisterParams = Type.Object({ idScope: IdScope, registrationId: RegistrationIdParam });

@@ -1,11 +1,11 @@
 import type { FastifyPluginAsync } from "fastify";
 import { Type, type Static } from "@sinclair/typebox";
-import { EdgeTrustError } from "../../common/index.js";
-import { problemResponses, SecurityBearer } from "../http.js";
-import { lineRateLimit, requireLine, writerOf } from "../enrollment/auth.js";
-import { ENROLLMENT_PROFILES, GROUP_ATTESTATIONS, GROUP_ID_PATTERN, INDIVIDUAL_ATTESTATIONS, REGISTRATION_ID_PATTERN, type EnrollmentGroup, type IndividualEnrollment } from "../enrollment/model.js";
-import { EnrollmentStore } from "../enrollment/store.js";
-import type { RouteDeps } from "./types.js";
+import { EdgeTrustError } from "../../../common/index.js";
+import { problemResponses, SecurityBearer } from "../../http.js";
+import { lineRateLimit, requireLine, writerOf } from "../auth.js";
+import { ENROLLMENT_PROFILES, GROUP_ATTESTATIONS, GROUP_ID_PATTERN, INDIVIDUAL_ATTESTATIONS, REGISTRATION_ID_PATTERN, type EnrollmentGroup, type IndividualEnrollment } from "../model.js";
+import { EnrollmentStore } from "../store.js";
+import type { RouteDeps } from "../../routes/types.js";
 
 const lit = <T extends string>(xs: readonly T[]) => Type.Union(xs.map((x) => Type.Literal(x)));
 const Labels = Type.Record(Type.String({ maxLength: 63 }), Type.String({ maxLength: 256 }), { maxProperties: 32 });
