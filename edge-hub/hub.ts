@@ -490,6 +490,7 @@ export class EdgeHub extends EventEmitter<HubEvents> {
       ...(id.moduleId !== undefined ? { moduleId: id.moduleId } : {}),
       ...(t.bag.system.on !== undefined ? { output: t.bag.system.on } : {}),
       ...(t.bag.system.ct !== undefined ? { contentType: t.bag.system.ct } : {}),
+      system: t.bag.system,
     };
     const matched = matchRoutes(this.routes, msg);
     if (matched.length === 0) return;

@@ -29,6 +29,24 @@ describe("routes", () => {
     expect(matchRoutes(r, msg({ body: Buffer.from('{"temp":99}') }))).toHaveLength(0);
   });
 
+  it("defined/undefined checks on system properties: IS NULL, IS NOT NULL, NOT IS_DEFINED", () => {
+    const rs = parseRoutes({
+      leaf: "FROM /messages/* WHERE $connectionModuleId IS NULL INTO $upstream",
+      leaf2: "FROM /messages/* WHERE NOT IS_DEFINED($connectionModuleId) INTO $upstream",
+      mod: "FROM /messages/* WHERE $connectionModuleId IS NOT NULL AND $messageId IS NOT NULL INTO $upstream",
+      corr: "FROM /messages/* WHERE $correlationId = 'c-1' OR $contentEncoding = 'utf-8' INTO $upstream",
+    });
+    const names = (m: Parameters<typeof matchRoutes>[1]) => matchRoutes(rs, m).map((r) => r.name);
+    expect(names(msg({ moduleId: undefined, output: undefined }))).toEqual(["leaf", "leaf2"]);
+    expect(names(msg({ system: { mid: "m-1" } }))).toEqual(["mod"]);
+    expect(names(msg({}))).toEqual([]);
+    expect(names(msg({ moduleId: undefined, system: { cid: "c-1" } }))).toEqual(["leaf", "leaf2", "corr"]);
+    expect(names(msg({ system: { ce: "utf-8", mid: "x" } }))).toEqual(["mod", "corr"]);
+    for (const bad of ["FROM /messages/* WHERE $connectionModuleId IS 'x' INTO $upstream", "FROM /messages/* WHERE 'a' IS NULL INTO $upstream"]) {
+      expect(() => parseRoute("b", bad)).toThrow(/column/);
+    }
+  });
+
   it("reports every bad route with its column and what was expected", () => {
     let err: unknown;
     try {

@@ -10,8 +10,11 @@ import { EdgeTrustError } from "../common/index.js";
  *         /messages/modules/<m>/outputs/<o>   output <o> of <m>
  * sink:   $upstream | BrokeredEndpoint("/modules/<m>/inputs/<i>")
  * condition: comparisons (= != <> < <= > >=) of properties and literals ('text', 12.5, true, false), AND, OR, NOT,
- *   parentheses, IS_DEFINED(<property>). Properties: application properties by name, `$connectionDeviceId`,
- *   `$connectionModuleId`, `$outputName`, `$contentType`, `$body.<path>` (JSON bodies).
+ *   parentheses, IS_DEFINED(<property>), <property> IS NULL, <property> IS NOT NULL. Properties: application
+ *   properties by name, `$connectionDeviceId`, `$connectionModuleId`, `$outputName`, `$contentType`,
+ *   `$contentEncoding`, `$messageId`, `$correlationId`, `$userId`, `$to`, `$body.<path>` (JSON bodies).
+ *   Message properties are never null, only absent: `IS NULL` is true when the property is not defined (so
+ *   `$connectionModuleId IS NULL` selects leaf-device messages, as `NOT IS_DEFINED($connectionModuleId)` does).
  * A comparison with an undefined side is false (as in IoT Hub).
  */
 
@@ -40,6 +43,8 @@ export interface RoutableMessage {
   output?: string;
   properties: Record<string, string>;
   contentType?: string;
+  /** System properties of the message (`$.`-keys of the topic's property bag, without the prefix: mid, cid, ce, uid, to). */
+  system?: Record<string, string>;
   body: Buffer;
 }
 
@@ -181,6 +186,16 @@ export function parseRoute(name: string, text: string): Route {
         return { op: "defined", prop: p?.v ?? "" };
       }
       const left = parseOperand();
+      if (kw(peek(), "IS") && "prop" in left) {
+        k++;
+        const negated = kw(peek(), "NOT");
+        if (negated) k++;
+        const n = peek();
+        if (!kw(n, "NULL")) fail(n?.pos ?? text.length, `expected NULL${negated ? "" : " or NOT NULL"} after IS, found ${describe(n)}`);
+        k++;
+        const defined: Expr = { op: "defined", prop: left.prop };
+        return negated ? defined : { op: "not", expr: defined };
+      }
       const o = peek();
       if (o?.t !== "op") fail(o?.pos ?? text.length, `expected a comparison operator (= != < <= > >=), found ${describe(o)}`);
       k++;
@@ -267,6 +282,11 @@ function lookup(prop: string, m: RoutableMessage, body: () => unknown): string |
     case "$connectionModuleId": return m.moduleId;
     case "$outputName": return m.output;
     case "$contentType": return m.contentType;
+    case "$contentEncoding": return m.system?.ce;
+    case "$messageId": return m.system?.mid;
+    case "$correlationId": return m.system?.cid;
+    case "$userId": return m.system?.uid;
+    case "$to": return m.system?.to;
   }
   if (prop.startsWith("$body.")) {
     let v: unknown = body();
