@@ -43,10 +43,12 @@ export function agentCommand(readConfig: ConfigReader<AgentCliConfig>): Command 
       if (cfg.cloudUrl) {
         // The key store (native PKCS#11, X.509 stack) is loaded only when the agent talks to the cloud.
         const { openKeyStore, tlsKeyFromSpec } = await import("../hsm/index.js");
+        const deviceCert = readFileSync(cfg.deviceCertFile, "utf8");
         cloud = new CloudClient(cfg.cloudUrl, {
-          cert: readFileSync(cfg.deviceCertFile, "utf8"),
+          cert: deviceCert,
           ca: readFileSync(cfg.cloudCaFile, "utf8"),
-          ...(await tlsKeyFromSpec(cfg.deviceKey, async () => (store ??= await openKeyStore(all.hsm, { logger: log })), all.hsm)),
+          // The key that belongs to this certificate (a rekey renewal moves it between <label> and <label>.1).
+          ...(await tlsKeyFromSpec(cfg.deviceKey, async () => (store ??= await openKeyStore(all.hsm, { logger: log })), all.hsm, deviceCert)),
         });
       }
       const client = cloud;

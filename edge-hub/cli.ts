@@ -76,10 +76,12 @@ export function hubCommand(readConfig: ConfigReader<HubCliConfig>): Command {
       const metrics = new HubMetrics(() => hubStore.depth().messages, true);
       let upstream: Upstream | undefined;
       if (cfg.upstreamUrl) {
-        const key = await tlsKeyFromSpec(cfg.upstreamKey, hsm, all.hsm);
+        const upstreamCert = readFileSync(cfg.upstreamCertFile);
+        // The key that belongs to this certificate (a rekey renewal moves it between <label> and <label>.1).
+        const key = await tlsKeyFromSpec(cfg.upstreamKey, hsm, all.hsm, upstreamCert);
         upstream = new Upstream({
           url: cfg.upstreamUrl, clientId: deviceId,
-          tls: { ...key, cert: readFileSync(cfg.upstreamCertFile), ca: readFileSync(cfg.upstreamCaFile) } as ConstructorParameters<typeof Upstream>[0]["tls"],
+          tls: { ...key, cert: upstreamCert, ca: readFileSync(cfg.upstreamCaFile) } as ConstructorParameters<typeof Upstream>[0]["tls"],
           store: hubStore, maxInflight: cfg.maxInflight, drainRatePerSecond: cfg.drainRatePerSecond, reconnectMs: 2000, log,
         });
       }

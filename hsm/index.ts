@@ -24,5 +24,5 @@ export type { Swtpm } from "./token-setup.js";
 export { runDoctor } from "./doctor.js";
 export type { DoctorCheck, DoctorResult, DoctorOptions } from "./doctor.js";
 // TLS key source: Node TLS options whose private key stays in the token (OpenSSL pkcs11 engine).
-export { tlsKeyOptions, tlsKeyFromSpec, engineKeyIdentifier, engineConfig, createTlsSecureContext, describeTlsKey, usePkcs11Module, DEFAULT_ENGINE, ENGINE_ID } from "./tls.js";
+export { tlsKeyOptions, tlsKeyFromSpec, currentKeyLabel, engineKeyIdentifier, engineConfig, createTlsSecureContext, describeTlsKey, usePkcs11Module, DEFAULT_ENGINE, ENGINE_ID } from "./tls.js";
 export type { TlsKeyOptions, TlsKeySourceOptions } from "./tls.js";

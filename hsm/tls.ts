@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { X509Certificate, createHash } from "node:crypto";
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -202,6 +202,7 @@ export async function tlsKeyFromSpec(
   spec: string,
   openStore: () => Promise<KeyStore>,
   cfg: { engine: string; module: string; pinFile: string; pinEnv: string; tokenLabel?: string },
+  certPem?: string | Buffer,
 ): Promise<TlsKeyOptions> {
   if (!spec.startsWith("hsm:")) return { key: readFileSync(spec, "utf8") };
   const store = await openStore();
@@ -209,7 +210,26 @@ export async function tlsKeyFromSpec(
   // The configured default is the engine's .so path, which backs only the first TLS context of a process; daemons
   // make many (a server, clients, one per reload). When OPENSSL_CONF registers the engine, use its id instead.
   const engine = cfg.engine === DEFAULT_ENGINE ? undefined : cfg.engine;
-  return tlsKeyOptions(store, { label: spec.slice(4) }, {
+  const label = certPem === undefined ? spec.slice(4) : await currentKeyLabel(store, spec.slice(4), certPem);
+  return tlsKeyOptions(store, { label }, {
     module: cfg.module, ...(engine ? { engine } : {}), ...(pin ? { pin } : {}), ...(cfg.tokenLabel ? { tokenLabel: cfg.tokenLabel } : {}),
+  });
+}
+
+/**
+ * The label of the key that belongs to the certificate in force. A rotating key (device-identity `rotateKeys`)
+ * alternates between `<label>` and `<label>.1`, and the old one is erased after a rekey renewal; a consumer configured
+ * with `hsm:<label>` therefore follows whichever of the two has the certificate's public key, so it never presents a
+ * certificate with a key that is not its own (or one that no longer exists).
+ */
+export async function currentKeyLabel(store: KeyStore, label: string, certPem: string | Buffer): Promise<string> {
+  const base = label.endsWith(".1") ? label.slice(0, -2) : label;
+  const want = new X509Certificate(certPem).publicKey.export({ type: "spki", format: "der" });
+  for (const candidate of [base, `${base}.1`]) {
+    const spki = await store.getPublicKey({ label: candidate }).then((k) => k.spki, () => undefined);
+    if (spki?.equals(want)) return candidate;
+  }
+  throw new EdgeTrustError("HSM_KEY_NOT_FOUND", `neither key ${base} nor ${base}.1 matches the certificate's public key`, {
+    hint: "the certificate and the token's key are out of step: renew the certificate (device renew) or point the setting at the right key",
   });
 }
