@@ -1,11 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { execFile } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { Agent } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 import * as x509 from "@peculiar/x509";
 import * as jose from "jose";
 import { createLogger } from "../common/index.js";
@@ -13,7 +10,7 @@ import { Pkcs11KeyStore, SOFTHSM_MODULE, createSoftHsmDir, initToken } from "../
 import { signManifest, signerFromPrivateKey, type Manifest } from "../policy/index.js";
 import { CaStore, initCa } from "../ca-service/index.js";
 import { call } from "./http.js";
-import { localFleetUnavailable, startCaProcess, startHaproxy, startPrivatePostgres, waitHealthy, type Balancer, type CaProcess, type PrivatePostgres } from "./harness.js";
+import { localFleetUnavailable, runCli, startCaProcess, startHaproxy, startPrivatePostgres, waitHealthy, type Balancer, type CaProcess, type PrivatePostgres } from "./harness.js";
 import { simulateFleet, type ReferenceDigests, type SimulationResult } from "./simulate.js";
 
 /**
@@ -24,9 +21,6 @@ const PROCESSES = 3;
 const DEVICES = Number(process.env.FLEET_TEST_DEVICES ?? 2000);
 const CHAOS_DEVICES = Number(process.env.FLEET_CHAOS_DEVICES ?? 400);
 const PIN = "fleet-test-pin-1234";
-const ENTRY = fileURLToPath(new URL("../ca-service/testdata/cli-entry.ts", import.meta.url));
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
-const run = promisify(execFile);
 const d = (c: string) => `sha256:${c.repeat(64)}`;
 const REFS: ReferenceDigests = { agent: [d("a")], policy: [d("b")], trustRoot: [d("c")], manifest: { minVersion: 1 }, modules: { sensor: [d("e")] } };
 
@@ -146,7 +140,7 @@ describe.skipIf(Boolean(unavailable))(`a CA fleet: ${PROCESSES} \`ca serve\` beh
 
   it("a rollover made by another process is served by every process within seconds (NOTIFY, not the 30 s poll)", async () => {
     const t0 = Date.now();
-    const { stdout } = await run(process.execPath, ["--import", "tsx", ENTRY, "ca", "rollover", "-c", cfg, "--json"], { cwd: ROOT, env: { ...process.env, ...env } });
+    const stdout = await runCli(["ca", "rollover", "-c", cfg, "--json"], env);
     newIssuer = String((JSON.parse(stdout) as { id: string }).id);
     const seen: number[] = [];
     for (const p of procs) {

@@ -76,13 +76,23 @@ export interface CaProcess {
   kill9(): Promise<void>;
 }
 
-/** `edgetrust ca serve -c <config>` as a child process (from source under tsx, from dist otherwise); resolves once it listens. */
-export async function startCaProcess(config: string, env: NodeJS.ProcessEnv, extraArgs: string[] = []): Promise<CaProcess> {
+/** The edgetrust CLI in a child process (from source under tsx, from dist otherwise): node arguments for `argv`. */
+function cliChild(argv: string[]): string[] {
   const here = import.meta.url;
   const underTsx = here.endsWith(".ts");
   const cli = fileURLToPath(new URL(underTsx ? "../cli/index.ts" : "../cli/index.js", here));
-  const entry = `import "reflect-metadata"; const { main } = await import(${JSON.stringify(cli)}); process.exitCode = await main(["node", "edgetrust", "ca", "serve", "-c", ${JSON.stringify(config)}, ...${JSON.stringify(extraArgs)}]);`;
-  const proc = spawn(process.execPath, [...(underTsx ? ["--import", "tsx"] : []), "--input-type=module", "-e", entry], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  const entry = `import "reflect-metadata"; const { main } = await import(${JSON.stringify(cli)}); process.exitCode = await main(["node", "edgetrust", ...${JSON.stringify(argv)}]);`;
+  return [...(underTsx ? ["--import", "tsx"] : []), "--input-type=module", "-e", entry];
+}
+
+/** Run one CLI command to its end (e.g. `ca rollover`); resolves to its stdout. */
+export async function runCli(argv: string[], env: NodeJS.ProcessEnv): Promise<string> {
+  return (await run(process.execPath, cliChild(argv), { env: { ...process.env, ...env } })).stdout;
+}
+
+/** `edgetrust ca serve -c <config>` as a child process (from source under tsx, from dist otherwise); resolves once it listens. */
+export async function startCaProcess(config: string, env: NodeJS.ProcessEnv, extraArgs: string[] = []): Promise<CaProcess> {
+  const proc = spawn(process.execPath, cliChild(["ca", "serve", "-c", config, ...extraArgs]), { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
   let err = "";
   proc.stderr?.on("data", (c: Buffer) => { err = (err + c.toString()).slice(-4000); });
   const exited = new Promise<number | null>((r) => proc.once("exit", (c) => r(c)));

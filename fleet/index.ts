@@ -5,5 +5,5 @@ export type { StoreCheck, StoreTarget } from "./store-check.js";
 export type { DeviceOutcome, Measurements } from "./device.js";
 export { progressReporter } from "./progress.js";
 // A whole fleet on this machine (private PostgreSQL, `ca serve` processes, HAProxy): the fleet test and bench.
-export { startPrivatePostgres, startCaProcess, startHaproxy, haproxyConfig, waitHealthy, localFleetUnavailable, postgresBinaries, haproxyBinary } from "./harness.js";
+export { startPrivatePostgres, startCaProcess, runCli, startHaproxy, haproxyConfig, waitHealthy, localFleetUnavailable, postgresBinaries, haproxyBinary } from "./harness.js";
 export type { PrivatePostgres, CaProcess, Balancer } from "./harness.js";
