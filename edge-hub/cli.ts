@@ -18,7 +18,7 @@ import { HubMetrics, serveMetrics } from "./metrics.js";
 import { Redactor, loadOrCreateSecret } from "./privacy.js";
 import { parseRoutes, type Route } from "./routes.js";
 import { HubStore } from "./store.js";
-import { Upstream } from "./upstream.js";
+import { Upstream, type UpstreamTls } from "./upstream.js";
 import { ClientVerifier } from "./verify.js";
 
 /** The sections of edgetrust.yaml these commands read (the command tree hands in a reader of the whole file). */
@@ -76,12 +76,17 @@ export function hubCommand(readConfig: ConfigReader<HubCliConfig>): Command {
       const metrics = new HubMetrics(() => hubStore.depth().messages, true);
       let upstream: Upstream | undefined;
       if (cfg.upstreamUrl) {
-        const upstreamCert = readFileSync(cfg.upstreamCertFile);
-        // The key that belongs to this certificate (a rekey renewal moves it between <label> and <label>.1).
-        const key = await tlsKeyFromSpec(cfg.upstreamKey, hsm, all.hsm, upstreamCert);
+        // Read before every (re)connect: the device certificate and the key that belongs to it (a rekey renewal
+        // moves it between <label> and <label>.1) are what is in force now, not what was at start.
+        const upstreamTls = async (): Promise<UpstreamTls> => {
+          const upstreamCert = readFileSync(cfg.upstreamCertFile);
+          const key = await tlsKeyFromSpec(cfg.upstreamKey, hsm, all.hsm, upstreamCert);
+          return { ...key, cert: upstreamCert, ca: readFileSync(cfg.upstreamCaFile) } as UpstreamTls;
+        };
+        await upstreamTls();
         upstream = new Upstream({
           url: cfg.upstreamUrl, clientId: deviceId,
-          tls: { ...key, cert: upstreamCert, ca: readFileSync(cfg.upstreamCaFile) } as ConstructorParameters<typeof Upstream>[0]["tls"],
+          tls: upstreamTls,
           store: hubStore, maxInflight: cfg.maxInflight, drainRatePerSecond: cfg.drainRatePerSecond, reconnectMs: 2000, log,
         });
       }

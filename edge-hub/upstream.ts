@@ -19,7 +19,8 @@ export type UpstreamTls = Omit<ConnectionOptions, "cert" | "key" | "ca" | "ALPNP
 export interface UpstreamOptions {
   url: string;
   clientId: string;
-  tls: UpstreamTls;
+  /** Or a function asked before every (re)connect, so a renewed certificate and rotated key are taken up. */
+  tls: UpstreamTls | (() => UpstreamTls | Promise<UpstreamTls>);
   store: HubStore;
   maxInflight: number;
   drainRatePerSecond: number;
@@ -67,8 +68,21 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
 
   private connect(): void {
     if (this.stopped) return;
+    const tls = this.opts.tls;
+    if (typeof tls !== "function") return this.open(tls);
+    Promise.resolve().then(tls).then((t) => this.open(t), (e: unknown) => {
+      this.opts.log.warn({ err: (e as Error).message }, "upstream TLS credentials could not be loaded; retrying");
+      if (!this.stopped) {
+        this.reconnectTimer = setTimeout(() => this.connect(), this.opts.reconnectMs);
+        this.reconnectTimer.unref();
+      }
+    });
+  }
+
+  private open(tls: UpstreamTls): void {
+    if (this.stopped) return;
     const c = mqtt.connect(this.opts.url, {
-      ...this.opts.tls,
+      ...tls,
       clientId: this.opts.clientId,
       protocolVersion: 4,
       clean: true,
