@@ -43,13 +43,18 @@ export function agentCommand(readConfig: ConfigReader<AgentCliConfig>): Command 
       if (cfg.cloudUrl) {
         // The key store (native PKCS#11, X.509 stack) is loaded only when the agent talks to the cloud.
         const { openKeyStore, tlsKeyFromSpec } = await import("../hsm/index.js");
-        const deviceCert = readFileSync(cfg.deviceCertFile, "utf8");
-        cloud = new CloudClient(cfg.cloudUrl, {
-          cert: deviceCert,
-          ca: readFileSync(cfg.cloudCaFile, "utf8"),
-          // The key that belongs to this certificate (a rekey renewal moves it between <label> and <label>.1).
-          ...(await tlsKeyFromSpec(cfg.deviceKey, async () => (store ??= await openKeyStore(all.hsm, { logger: log })), all.hsm, deviceCert)),
-        });
+        // Read before every request: the device certificate in force and the key that belongs to it (a rekey
+        // renewal moves it between <label> and <label>.1), not what was on disk when the agent started.
+        const deviceTls = async () => {
+          const deviceCert = readFileSync(cfg.deviceCertFile, "utf8");
+          return {
+            cert: deviceCert,
+            ca: readFileSync(cfg.cloudCaFile, "utf8"),
+            ...(await tlsKeyFromSpec(cfg.deviceKey, async () => (store ??= await openKeyStore(all.hsm, { logger: log })), all.hsm, deviceCert)),
+          };
+        };
+        await deviceTls();
+        cloud = new CloudClient(cfg.cloudUrl, deviceTls);
       }
       const client = cloud;
       const queue = client ? new ReportQueue(cfg.reportQueueFile, (r) => client.sendReport(r)) : undefined;

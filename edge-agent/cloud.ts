@@ -17,20 +17,22 @@ export interface DeviceTls {
 export class CloudClient {
   constructor(
     private readonly baseUrl: string,
-    private readonly tls: DeviceTls,
+    /** Or a function asked before every request, so a renewed certificate and a rotated key are taken up. */
+    private readonly tls: DeviceTls | (() => DeviceTls | Promise<DeviceTls>),
     private readonly timeoutMs = 15_000,
   ) {}
 
-  private call(method: string, path: string, body?: unknown): Promise<{ status: number; json: unknown }> {
+  private async call(method: string, path: string, body?: unknown): Promise<{ status: number; json: unknown }> {
     const url = new URL(path, this.baseUrl);
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const tls = typeof this.tls === "function" ? await this.tls() : this.tls;
     const opts: RequestOptions = {
       method,
       timeout: this.timeoutMs,
-      ca: this.tls.ca,
-      cert: this.tls.cert,
-      ...(this.tls.key ? { key: this.tls.key } : {}),
-      ...(this.tls.privateKeyEngine ? { privateKeyEngine: this.tls.privateKeyEngine, privateKeyIdentifier: this.tls.privateKeyIdentifier } : {}),
+      ca: tls.ca,
+      cert: tls.cert,
+      ...(tls.key ? { key: tls.key } : {}),
+      ...(tls.privateKeyEngine ? { privateKeyEngine: tls.privateKeyEngine, privateKeyIdentifier: tls.privateKeyIdentifier } : {}),
       headers: payload ? { "content-type": "application/json", "content-length": payload.length } : {},
     };
     return new Promise((resolve, reject) => {
