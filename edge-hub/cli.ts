@@ -52,7 +52,10 @@ export function hubCommand(readConfig: ConfigReader<HubCliConfig>): Command {
       const log = createLogger("edge-hub", { level: all.log.level });
       let store: KeyStore | undefined;
       const hsm = async () => (store ??= await openKeyStore(all.hsm, { logger: log }));
-      const serverTls = async (): Promise<SecureContextOptions> => ({ cert: readFileSync(cfg.serverCertFile), ...(await tlsKeyFromSpec(cfg.serverKey, hsm, all.hsm)) });
+      const serverTls = async (): Promise<SecureContextOptions> => {
+        const cert = readFileSync(cfg.serverCertFile);
+        return { cert, ...(await tlsKeyFromSpec(cfg.serverKey, hsm, all.hsm, cert)) };
+      };
 
       const policy = loadPolicy(cfg.policyFile).policy;
       const edgeCas = certs(cfg.edgeCaFile);
