@@ -11,6 +11,7 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium, type BrowserContext, type Locator, type Page } from "playwright-core";
+import { simulateFleet } from "../fleet/index.js";
 import { populateFleet, startConsoleFleet, type ConsoleFleet } from "./test-helpers.js";
 import { CONTENT_SECURITY_POLICY } from "./plugin.js";
 
@@ -36,6 +37,10 @@ describe.skipIf(!HAVE_CHROMIUM)("security console in headless Chromium", () => {
   beforeAll(async () => {
     f = await startConsoleFleet({ sessionTtlSeconds: SESSION_TTL_S });
     await populateFleet(f);
+    // Beside the curated devices, devices the fleet simulator drove through their whole life against this CA
+    // (line enrollment, registration, attestation, deployment + report over mTLS, renewal).
+    const sim = await simulateFleet({ caUrl: f.url, rootPem: f.rootPem, devices: 10, concurrency: 4, adminToken: f.adminToken, prefix: "sim-plant", revokePercent: 0, references: await f.references("line-sensors", 4), crossInstance: false });
+    expect(sim).toMatchObject({ completed: 10, affirming: 10, renewed: 10, errors: 0 });
     mkdirSync(SHOTS, { recursive: true });
     userDataDir = mkdtempSync(join(tmpdir(), "et-chromium-"));
     browser = await chromium.launchPersistentContext(userDataDir, {

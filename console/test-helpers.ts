@@ -48,6 +48,8 @@ export interface ConsoleFleet {
   addDevice(spec: DeviceSpec): Promise<FleetDevice>;
   attest(deviceId: string, change?: Partial<Measurements>): Promise<{ status: string; claims: Record<string, { status: string; reason: string }> }>;
   report(deviceId: string, body: Record<string, unknown>): Promise<number>;
+  /** What a healthy device measures for this deployment, as the fleet simulator takes reference values. */
+  references(deploymentId: string, version: number): Promise<{ agent: string[]; policy: string[]; trustRoot: string[]; manifest: { minVersion: number; digests: string[] }; modules: Record<string, string[]> }>;
   /** Call the JSON API over HTTPS. */
   api(method: string, path: string, opts?: { token?: string; body?: unknown; device?: FleetDevice }): Promise<{ status: number; body: string }>;
   close(): Promise<void>;
@@ -217,6 +219,13 @@ export async function startConsoleFleet(opts: { sessionTtlSeconds?: number } = {
   return {
     dir, url: addr.url, revocationUrl: addr.revocationUrl ?? "", origin: addr.url, adminToken: admin.token, auditorToken: auditor.token, rootPem, issuerPemFile,
     t, server, devices, lines, addDevice, attest, report, api,
+    async references(deploymentId, version) {
+      const m = await good(deploymentId, version);
+      return {
+        agent: [m.agent], policy: [m.policy], trustRoot: [m.trustRoot], manifest: { minVersion: version, digests: [m.manifest.digest] },
+        modules: Object.fromEntries(Object.entries(m.modules).map(([n, x]) => [n, [x.imageDigest]])),
+      };
+    },
     async close() {
       await server.close();
       await store.close();
