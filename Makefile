@@ -9,7 +9,7 @@ ifeq ($(PG_UP),yes)
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 endif
 
-.PHONY: help setup build lint typecheck test unit demo bench clean
+.PHONY: help setup build lint typecheck test unit demo bench soak clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -17,8 +17,8 @@ help: ## list the targets
 setup: ## install Debian + npm packages, start dockerd and the local registry (idempotent)
 	@scripts/setup.sh all
 
-build: setup ## compile TypeScript to dist/
-	@npx tsc -p tsconfig.build.json
+build: setup ## compile TypeScript to dist/, then one bundle per daemon (dist/daemons/)
+	@npx tsc -p tsconfig.build.json && node scripts/bundle.mjs
 
 lint: setup ## eslint
 	@npx eslint .
@@ -33,8 +33,11 @@ test: setup lint typecheck build ## set up, then lint, typecheck and every test
 demo: build ## set up, then run the attested boot flow on embedded defaults
 	@node bin/edgetrust.js demo
 
-bench: build ## run every benchmark and print ratios against references measured in the same run
-	@node bin/edgetrust.js bench
+bench: build ## run every benchmark and print ratios against references measured in the same run (ONLY=hub,agent)
+	@node --import tsx bench/run.ts $(if $(ONLY),--only $(ONLY))
+
+soak: setup ## renewal soak: every certificate of a device renewed 100 times under QoS 1 traffic (SOAK_ARGS="--rounds N --json")
+	@node --import tsx test/soak/main.ts $(SOAK_ARGS)
 
 clean: ## remove build output and demo state
 	rm -rf dist .edgetrust-demo

@@ -5,7 +5,7 @@ import { action } from "../common/index.js";
 
 function table(rows: BenchRow[]): string {
   const head = ["benchmark", "value", "reference", "ratio", "target", "met"];
-  const body = rows.map((r) => r.skipped ? [r.name, "-", r.reference.name, "-", `>= ${+r.target.toFixed(2)}x`, `skipped: ${r.skipped}`] : [
+  const body = rows.map((r) => r.failed ? [r.name, "-", "-", "-", "-", `FAILED: ${r.failed}`] : r.skipped ? [r.name, "-", r.reference.name, "-", `>= ${+r.target.toFixed(2)}x`, `skipped: ${r.skipped}`] : [
     r.name,
     `${fmt(r.value)} ${r.unit}`,
     `${r.reference.name}: ${fmt(r.reference.value)} ${r.unit}`,
@@ -34,9 +34,17 @@ export function benchCommand(): Command {
       for (const [i, b] of selected.entries()) {
         const progress = { step: (m: string) => process.stderr.write(`[${i + 1}/${selected.length}] ${b.id}: ${m}\n`) };
         progress.step(b.description);
-        rows.push(...(await b.run(progress)));
+        try {
+          rows.push(...(await b.run(progress)));
+        } catch (err) {
+          // One benchmark's failure must not lose the rows the others measured: it is a row of its own, and the exit code says so.
+          const first = (err instanceof Error ? err.message : String(err)).split("\n")[0] ?? "";
+          progress.step(`FAILED: ${first}`);
+          rows.push({ name: `${b.id}: ${b.description}`, value: Number.NaN, unit: "", reference: { name: "", value: Number.NaN }, ratio: Number.NaN, target: Number.NaN, met: false, source: b.id, failed: first });
+        }
       }
       if (opts.json) process.stdout.write(JSON.stringify({ rows }, null, 2) + "\n");
       else process.stdout.write(table(rows) + "\n");
+      if (rows.some((r) => r.failed)) process.exitCode = 1;
     }));
 }

@@ -1,6 +1,6 @@
 import { execFile, execFileSync } from "node:child_process";
 import { createHash, generateKeyPairSync, randomBytes, sign } from "node:crypto";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import pkcs11js from "pkcs11js";
@@ -16,6 +16,13 @@ const ROUNDS = 6;
 const ROUND = 0.5;
 const SOURCE = "issue 2 (hsm)";
 const ECDSA_P256 = { name: "ECDSA", hash: "SHA-256" } as const;
+
+/** CPU time (user + system) of this process's main thread so far, µs, from /proc (clock ticks). */
+function mainThreadCpuUs(): number {
+  const f = readFileSync(`/proc/self/task/${process.pid}/stat`, "utf8").replace(/^.*\) /s, "").split(" ");
+  return ((Number(f[11]) + Number(f[12])) / TICKS_PER_S) * 1e6;
+}
+const TICKS_PER_S = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
 
 /** `openssl speed -seconds N ecdsap256`: the "sign/s" column. */
 function opensslSignRate(seconds: number): number {
@@ -58,6 +65,39 @@ async function pkcs11Rows(progress: Progress): Promise<BenchRow[]> {
       }
     });
 
+    // Signing on the calling thread (C_Sign, synchronous) against the threadpool hop (C_SignAsync), same key, same
+    // run, with the CPU each costs the calling thread — the identity daemon's one JavaScript thread is what limits its
+    // certificates (device-identity README, "Where a module certificate's time goes").
+    const [syncRate, asyncRate, syncUs, asyncUs] = await store.withSession(async (p11) => {
+      const sessions = Array.from({ length: poolSize }, () => p11.C_OpenSession(store.slot, pkcs11js.CKF_SERIAL_SESSION));
+      const cpu = { sync: { us: 0, ops: 0 }, async: { us: 0, ops: 0 } };
+      const onThread = (which: "sync" | "async", f: () => Promise<{ ops: number; ms: number }>) => async () => {
+        const t0 = mainThreadCpuUs();
+        const r = await f();
+        cpu[which].us += mainThreadCpuUs() - t0;
+        cpu[which].ops += r.ops;
+        return r;
+      };
+      try {
+        progress.step(`raw token: C_Sign on the calling thread (1 session) vs C_SignAsync (${poolSize} sessions), ${ROUNDS} alternating rounds of ${ROUND}s each`);
+        const [a, b] = await interleaved(ROUNDS,
+          onThread("sync", () => timed(ROUND, 1, async () => {
+            const s = sessions[0] as Buffer;
+            p11.C_SignInit(s, { mechanism: pkcs11js.CKM_ECDSA }, handle);
+            p11.C_Sign(s, digest, Buffer.alloc(64));
+          })),
+          onThread("async", () => timed(ROUND, poolSize, async (loop) => {
+            const s = sessions[loop] as Buffer;
+            p11.C_SignInit(s, { mechanism: pkcs11js.CKM_ECDSA }, handle);
+            await p11.C_SignAsync(s, digest, Buffer.alloc(64));
+          })));
+        return [a, b, cpu.sync.us / cpu.sync.ops, cpu.async.us / cpu.async.ops];
+      } finally {
+        for (const s of sessions) p11.C_CloseSession(s);
+      }
+    });
+    progress.step(`calling thread's CPU per signature: C_Sign ${syncUs.toFixed(0)} µs, C_SignAsync ${asyncUs.toFixed(0)} µs`);
+
     // pkcs11-tool: the real OpenSC client, one process (load, login, sign) per signature.
     const n = 20;
     progress.step(`pkcs11-tool --sign -m ECDSA x${n}`);
@@ -71,6 +111,7 @@ async function pkcs11Rows(progress: Progress): Promise<BenchRow[]> {
 
     return [
       row({ name: `ECDSA P-256 sign via hsm/ PKCS#11 (SoftHSM2, ${poolSize} concurrent)`, value: viaStore, unit: "sig/s", reference: { name: `raw token: pkcs11js C_SignAsync, ${poolSize} sessions`, value: rawRate }, target: 0.8, source: SOURCE }),
+      row({ name: `(context) raw token, C_Sign on the calling thread, 1 session (${syncUs.toFixed(0)} µs of that thread's CPU per signature, vs ${asyncUs.toFixed(0)} µs for C_SignInit + C_SignAsync)`, value: syncRate, unit: "sig/s", reference: { name: `raw token: pkcs11js C_SignAsync, ${poolSize} sessions, same rounds`, value: asyncRate }, target: 0, source: SOURCE }),
       row({ name: "ECDSA P-256 sign via hsm/ PKCS#11 vs the OpenSC client", value: viaStore, unit: "sig/s", reference: { name: "pkcs11-tool --sign (one process per signature)", value: toolRate }, target: 0.8, source: SOURCE }),
     ];
   } finally {

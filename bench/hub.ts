@@ -2,13 +2,16 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import mqtt, { type MqttClient } from "mqtt";
 import { createLogger, freePort, holdDownPort } from "../common/index.js";
 import { parsePolicy } from "../policy/index.js";
 import { DEVICE, TEST_POLICY_YAML, TestPki, digest, startTestHub, stopTestHub, type Credential, type TestHub } from "../edge-hub/fixtures.js";
 import { HubStore, Upstream } from "../edge-hub/index.js";
+import { BUILT_BIN, REPO_ROOT } from "./paths.js";
+import { loadProcess, type LoadConfig, type LoadProcess } from "./mqtt-load.js";
 import { row, type Benchmark, type BenchRow, type Progress } from "./types.js";
+import { assertDaemonBundle, bareNodeMb, unitCommand, unitEnv } from "./units.js";
 
 /**
  * The edge hub against Mosquitto (Debian) on one load harness, in alternating rounds of one run:
@@ -41,8 +44,9 @@ const DRAIN_INFLIGHT = 100;
 const DRAIN_ROUNDS = 2;
 const RSS_MODULES = 100;
 const RSS_CEILING_MB = 80;
-/** A small young generation (what the agent's systemd unit uses); the hub's unit sets no NODE_OPTIONS today. */
-const SMALL_HEAP_FLAGS = ["--max-semi-space-size=1"];
+const PUBLISH_S = 3;
+/** As deploy/systemd/edgetrust-hub.service runs the hub: its node flags and environment, read from the unit. */
+const UNIT = unitCommand("hub");
 
 const ATT = { imageDigest: digest("f"), manifestVersion: 1 };
 const TELEMETRY_FILTER = `devices/${DEVICE}/modules/+/messages/events/#`;
@@ -68,127 +72,7 @@ const MOSQUITTO_ACL = [
   "",
 ].join("\n");
 
-/** One load process: `sub` (count + latency), `pub` (windowed QoS 1), `conn` (sequential TLS + CONNECT). Plain JS. */
-const WORKER = `
-const cfg = JSON.parse(process.env.HUB_BENCH_CFG);
-const mqtt = (await import(cfg.mqttUrl)).default;
-const opts = { cert: cfg.cert, key: cfg.key, ca: cfg.ca, servername: "localhost", reconnectPeriod: 0, protocolVersion: 4, connectTimeout: 60000 };
-const url = "mqtts://127.0.0.1:" + cfg.port;
-const say = (s) => process.stdout.write(s + "\\n");
-const go = new Promise((r) => process.stdin.once("data", () => r()));
-const fail = (e) => { process.stderr.write(String(e && e.stack || e) + "\\n"); process.exit(1); };
-if (cfg.mode === "sub") {
-  const c = await mqtt.connectAsync(url, { ...opts, clientId: "bench-sub" });
-  c.on("error", fail);
-  const lat = new Float64Array(cfg.total);
-  let n = 0;
-  c.on("message", (_t, p) => {
-    const now = process.hrtime.bigint();
-    if (n < cfg.total) lat[n] = Number(now - p.readBigInt64BE(0)) / 1e6;
-    n++;
-    if (n === cfg.total) {
-      const s = Array.from(lat).sort((a, b) => a - b);
-      say("DONE " + JSON.stringify({ tLast: now.toString(), p50: s[Math.floor(0.5 * s.length)], p99: s[Math.min(s.length - 1, Math.floor(0.99 * s.length))] }));
-      c.end(true, () => process.exit(0));
-    }
-  });
-  await c.subscribeAsync(cfg.filter, { qos: 1 });
-  say("READY");
-} else if (cfg.mode === "pub") {
-  const c = await mqtt.connectAsync(url, { ...opts, clientId: cfg.clientId });
-  c.on("error", fail);
-  say("READY");
-  await go;
-  let sent = 0, acked = 0;
-  await new Promise((resolve, reject) => {
-    const one = () => {
-      if (sent >= cfg.count) return;
-      sent++;
-      const p = Buffer.alloc(cfg.size, 0x61);
-      p.writeBigInt64BE(process.hrtime.bigint(), 0);
-      c.publish(cfg.topic, p, { qos: 1 }, (err) => {
-        if (err) return reject(err);
-        if (++acked === cfg.count) resolve(); else one();
-      });
-    };
-    for (let i = 0; i < cfg.window; i++) one();
-  }).catch(fail);
-  say("SENT");
-  c.end(true, () => process.exit(0));
-} else {
-  say("READY");
-  await go;
-  for (let i = 0; i < cfg.count; i++) {
-    await new Promise((resolve, reject) => {
-      const c = mqtt.connect(url, { ...opts, clientId: cfg.clientId + "-" + i });
-      c.once("connect", () => c.end(true, resolve));
-      c.once("error", (e) => { c.end(true); reject(e); });
-    }).catch(fail);
-  }
-  say("CONNECTED");
-  process.exit(0);
-}
-`;
-
-interface WorkerConfig {
-  mode: "sub" | "pub" | "conn";
-  port: number;
-  cert: string;
-  key: string;
-  ca: string;
-  clientId: string;
-  filter?: string;
-  total?: number;
-  topic?: string;
-  count?: number;
-  window?: number;
-  size?: number;
-}
-
-interface LoadProcess {
-  proc: ChildProcess;
-  /** The first stdout line matching `re` (rejects if the process exits first or after `ms`). */
-  line(re: RegExp, ms?: number): Promise<RegExpMatchArray>;
-  go(): void;
-}
-
-function loadProcess(cfg: WorkerConfig): LoadProcess {
-  const proc = spawn(process.execPath, ["--input-type=module", "-e", WORKER], {
-    env: { ...process.env, HUB_BENCH_CFG: JSON.stringify({ ...cfg, mqttUrl: import.meta.resolve("mqtt") }) },
-    stdio: ["pipe", "pipe", "pipe"],
-  });
-  let out = "";
-  let err = "";
-  proc.stdout?.on("data", (b: Buffer) => (out += b.toString()));
-  proc.stderr?.on("data", (b: Buffer) => (err = (err + b.toString()).slice(-4000)));
-  const exited = new Promise<number | null>((r) => proc.once("exit", (code) => r(code)));
-  return {
-    proc,
-    go: () => proc.stdin?.write("go\n"),
-    line: (re, ms = 180_000) => new Promise<RegExpMatchArray>((res, rej) => {
-      const timer = setTimeout(() => finish(new Error(`load process (${cfg.mode}): no ${re} within ${ms} ms: ${err}`)), ms);
-      const check = () => {
-        const m = out.match(re);
-        if (m) finish(undefined, m);
-      };
-      const finish = (e?: Error, m?: RegExpMatchArray) => {
-        clearTimeout(timer);
-        proc.stdout?.off("data", check);
-        if (m) res(m);
-        else rej(e ?? new Error("no match"));
-      };
-      proc.stdout?.on("data", check);
-      void exited.then((code) => {
-        const m = out.match(re);
-        if (m) finish(undefined, m);
-        else finish(new Error(`load process (${cfg.mode}) exited ${code} before ${re}: ${err}`));
-      });
-      check();
-    }),
-  };
-}
-
-function creds(c: Credential, ca: string): Pick<WorkerConfig, "cert" | "key" | "ca"> {
+function creds(c: Credential, ca: string): Pick<LoadConfig, "cert" | "key" | "ca"> {
   return { cert: c.chainPem, key: c.keyPem, ca };
 }
 
@@ -219,7 +103,7 @@ async function messageRound(port: number, pubs: Credential[], sub: Credential, c
     procs.push(s);
     await s.line(/^READY$/m);
     const ps = pubs.map((c, i) => loadProcess({
-      mode: "pub", port, clientId: `pub${i}`, topic: `devices/${DEVICE}/modules/pub${i}/messages/events/`, count: PER_PUBLISHER, window: WINDOW, size: PAYLOAD_BYTES, ...creds(c, ca),
+      mode: "pub", port, clientId: `pub${i}`, topic: `devices/${DEVICE}/modules/pub${i}/messages/events/`, count: PER_PUBLISHER, window: WINDOW, size: PAYLOAD_BYTES, stamp: true, ...creds(c, ca),
     }));
     procs.push(...ps);
     await Promise.all(ps.map((p) => p.line(/^READY$/m)));
@@ -237,7 +121,7 @@ async function messageRound(port: number, pubs: Credential[], sub: Credential, c
 }
 
 async function connectionRound(port: number, clients: Credential[], ca: string, cpu: CpuClock): Promise<{ rate: number; brokerCores: number }> {
-  const procs = clients.map((c, i) => loadProcess({ mode: "conn", port, clientId: `conn${i}`, count: CONN_PER_WORKER, ...creds(c, ca) }));
+  const procs = clients.map((c, i) => loadProcess({ mode: "conn", port, clientId: `conn${i}`, indexClientIds: true, count: CONN_PER_WORKER, ...creds(c, ca) }));
   try {
     await Promise.all(procs.map((p) => p.line(/^READY$/m)));
     const cpu0 = cpu();
@@ -397,7 +281,7 @@ async function rawPublishRound(pki: TestPki, dir: string, round: number): Promis
 }
 
 /** Peak RSS (VmHWM) of `edgetrust hub run` with RSS_MODULES attested modules connected over mTLS. */
-async function hubRssWith100Modules(pki: TestPki, dir: string, progress: Progress, nodeFlags: string[] = []): Promise<{ hwmKb: number; rssKb: number }> {
+async function hubRssWith100Modules(pki: TestPki, dir: string, progress: Progress, nodeFlags: string[] = [], env: Record<string, string> = {}): Promise<{ hwmKb: number; rssKb: number; connectMs: number; publishRate: number }> {
   const d = pki.out;
   const names = Array.from({ length: RSS_MODULES }, (_, i) => `m${i}`);
   const mods = await Promise.all(names.map((n) => pki.module(n, ATT)));
@@ -414,14 +298,15 @@ async function hubRssWith100Modules(pki: TestPki, dir: string, progress: Progres
   };
   const cfgFile = join(dir, "edgetrust.yaml");
   writeFileSync(cfgFile, `log:\n  level: warn\nhub:\n${Object.entries(cfg).map(([k, v]) => `  ${k}: ${JSON.stringify(v)}`).join("\n")}\n`);
-  const cli = JSON.stringify(resolve(import.meta.dirname, "../cli/index.js"));
-  const entry = `import "reflect-metadata"; const { main } = await import(${cli}); process.exitCode = await main(["node", "edgetrust", "hub", "run", "--config", ${JSON.stringify(cfgFile)}]);`;
-  const hub = spawn(process.execPath, [...nodeFlags, "--input-type=module", "-e", entry], { cwd: resolve(import.meta.dirname, "../.."), env: { ...process.env, EDGETRUST_LOG_LEVEL: "warn" }, stdio: ["ignore", "pipe", "pipe"] });
+  // The built bin, as the unit starts it: `edgetrust hub run` runs the hub's own bundle (dist/daemons/hub.mjs).
+  const hub = spawn(process.execPath, [...nodeFlags, BUILT_BIN, "hub", "run", "--config", cfgFile], { cwd: REPO_ROOT, env: { ...process.env, ...env, EDGETRUST_LOG_LEVEL: "warn" }, stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
   hub.stdout?.on("data", (b: Buffer) => (out += b.toString()));
   hub.stderr?.on("data", (b: Buffer) => (out = (out + b.toString()).slice(-20_000)));
   const exited = new Promise<number | null>((r) => hub.once("exit", (code) => r(code)));
   const clients: MqttClient[] = [];
+  // Clients finish connecting in any order: each publishes on its own module's topic, never on another's (refused).
+  const publishers: { c: MqttClient; name: string }[] = [];
   try {
     const port = await new Promise<number>((res, rej) => {
       const timer = setTimeout(() => rej(new Error(`hub did not start: ${out}`)), 60_000);
@@ -439,19 +324,39 @@ async function hubRssWith100Modules(pki: TestPki, dir: string, progress: Progres
     const idle = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${hub.pid}/status`, "utf8"))?.[1];
     progress.step(`hub RSS before any module connects: ${(Number(idle) / 1024).toFixed(1)} MB`);
     // Connected the way modules are: subscribed to their inputs and twin, one telemetry message each.
+    const t0 = performance.now();
     for (let i = 0; i < mods.length; i += 10) {
       await Promise.all(mods.slice(i, i + 10).map(async (m, j) => {
         const c = await mqtt.connectAsync(`mqtts://127.0.0.1:${port}`, { cert: m.chainPem, key: m.keyPem, ca: pki.rootPem(), servername: "localhost", reconnectPeriod: 0, protocolVersion: 4, keepalive: 60 });
-        clients.push(c);
         const name = names[i + j] as string;
+        clients.push(c);
+        publishers.push({ c, name });
         await c.subscribeAsync([`devices/${DEVICE}/modules/${name}/inputs/#`, "$iothub/twin/PATCH/properties/desired/#", "$iothub/methods/POST/#"], { qos: 1 });
         await c.publishAsync(`devices/${DEVICE}/modules/${name}/messages/events/`, JSON.stringify({ t: 21.5, seq: 0 }), { qos: 1 });
       }));
     }
-    progress.step(`hub RSS: ${clients.length} modules connected`);
+    const connectMs = performance.now() - t0;
+    // Then 10 of them publish telemetry, QoS 1, one in flight each, for PUBLISH_S: authorised, routed, queued durably
+    // in the outbox, acknowledged (the hub's work per message, to weigh what the unit's flags cost).
+    let published = 0;
+    const p0 = performance.now();
+    await Promise.all(publishers.slice(0, 10).map(async ({ c, name }) => {
+      const topic = `devices/${DEVICE}/modules/${name}/messages/events/`;
+      while (performance.now() - p0 < PUBLISH_S * 1000) {
+        let timer: NodeJS.Timeout | undefined;
+        const acked = await Promise.race([
+          c.publishAsync(topic, JSON.stringify({ t: 21.5, seq: published }), { qos: 1 }).then(() => true),
+          new Promise<false>((r) => (timer = setTimeout(() => r(false), 5000))),
+        ]).finally(() => clearTimeout(timer));
+        if (!acked) throw new Error(`hub did not acknowledge a QoS 1 publish from ${name} within 5 s (${published} acknowledged): ${out.slice(-2000)}`);
+        published++;
+      }
+    }));
+    const publishRate = published / ((performance.now() - p0) / 1000);
+    progress.step(`hub RSS: ${clients.length} modules connected in ${connectMs.toFixed(0)} ms; ${publishRate.toFixed(0)} QoS 1 msg/s from 10 of them`);
     const status = readFileSync(`/proc/${hub.pid}/status`, "utf8");
     const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? NaN);
-    return { hwmKb: kb("VmHWM"), rssKb: kb("VmRSS") };
+    return { hwmKb: kb("VmHWM"), rssKb: kb("VmRSS"), connectMs, publishRate };
   } finally {
     await Promise.all(clients.map((c) => c.endAsync(true).catch(() => undefined)));
     if (hub.exitCode === null) hub.kill("SIGTERM");
@@ -461,7 +366,7 @@ async function hubRssWith100Modules(pki: TestPki, dir: string, progress: Progres
 
 export const hubBenchmark: Benchmark = {
   id: "hub",
-  description: "edge hub vs Mosquitto (TLS client certs + ACL): QoS 1 msg/s and p99 with several load processes; TLS connections/s; outbox drain; RSS with 100 modules",
+  description: "edge hub vs Mosquitto (TLS client certs + ACL): QoS 1 msg/s and p99 with several load processes; TLS connections/s; outbox drain (memory: hub-memory)",
   async run(progress: Progress): Promise<BenchRow[]> {
     const pki = await TestPki.create();
     const dir = mkdtempSync(join(tmpdir(), "bench-hub-"));
@@ -512,10 +417,6 @@ export const hubBenchmark: Benchmark = {
         progress.step(`round ${r + 1}: outbox drain ${drain[r]?.toFixed(0)} msg/s, raw mqtt.js publish ${raw[r]?.toFixed(0)} msg/s`);
       }
 
-      const rss = await hubRssWith100Modules(pki, dir, progress);
-      progress.step(`hub with ${RSS_MODULES} modules: peak RSS ${(rss.hwmKb / 1024).toFixed(1)} MB, RSS now ${(rss.rssKb / 1024).toFixed(1)} MB`);
-      const small = await hubRssWith100Modules(pki, dir, progress, SMALL_HEAP_FLAGS);
-      progress.step(`hub with ${RSS_MODULES} modules, ${SMALL_HEAP_FLAGS.join(" ")}: peak RSS ${(small.hwmKb / 1024).toFixed(1)} MB, RSS now ${(small.rssKb / 1024).toFixed(1)} MB`);
 
       const load = `${PUBLISHERS} publisher + 1 subscriber processes, window ${WINDOW}, ${PAYLOAD_BYTES} B`;
       return [
@@ -539,18 +440,61 @@ export const hubBenchmark: Benchmark = {
           name: `outbox drain after reconnect (${DRAIN_MESSAGES} queued, ${DRAIN_INFLIGHT} in flight, rate limit lifted)`, value: median(drain), unit: "msg/s",
           reference: { name: "mqtt.js publishing the same from memory, same window, same Mosquitto", value: median(raw) }, target: 0.5, source: "edge-hub README (issue 8 asks for the figure, sets no target)",
         }),
-        row({
-          name: `edgetrust hub run peak RSS, ${RSS_MODULES} modules connected`, value: rss.hwmKb / 1024, unit: "MB",
-          reference: { name: "target ceiling", value: RSS_CEILING_MB }, target: 1, higherIsBetter: false, source: SOURCE,
-        }),
-        row({
-          name: `edgetrust hub run peak RSS, ${RSS_MODULES} modules, ${SMALL_HEAP_FLAGS.join(" ")} (as edgetrust-hub.service runs it)`, value: small.hwmKb / 1024, unit: "MB",
-          reference: { name: "target ceiling", value: RSS_CEILING_MB }, target: 1, higherIsBetter: false, source: SOURCE,
-        }),
       ];
     } finally {
       if (t) await stopTestHub(t);
       await mosq?.stop();
+      rmSync(dir, { recursive: true, force: true });
+      pki.cleanup();
+    }
+  },
+};
+
+/**
+ * The hub's memory with RSS_MODULES attested modules connected over mTLS (real mqtt.js clients, subscribed, one
+ * telemetry message each): `edgetrust hub run` as edgetrust-hub.service runs it (its node flags, its own bundle) and
+ * with default node flags, each beside a bare node with the same flags measured in the same run.
+ */
+export const hubMemoryBenchmark: Benchmark = {
+  id: "hub-memory",
+  description: `edgetrust hub run peak RSS with ${RSS_MODULES} modules connected, as the unit runs it, beside a bare node`,
+  async run(progress: Progress): Promise<BenchRow[]> {
+    assertDaemonBundle("hub");
+    const pki = await TestPki.create();
+    const dir = mkdtempSync(join(tmpdir(), "bench-hub-memory-"));
+    try {
+      const flags = UNIT.nodeFlags;
+      const env = unitEnv(UNIT);
+      const bareDefault = await bareNodeMb([]);
+      const rss = await hubRssWith100Modules(pki, dir, progress);
+      const bareUnit = await bareNodeMb(flags, env);
+      const unit = await hubRssWith100Modules(pki, dir, progress, flags, env);
+      const loadavg = readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
+      progress.step(`hub with ${RSS_MODULES} modules: peak RSS ${(rss.hwmKb / 1024).toFixed(1)} MB (bare node ${bareDefault.peak.toFixed(1)}); as the unit runs it (${flags.join(" ")}): ${(unit.hwmKb / 1024).toFixed(1)} MB, now ${(unit.rssKb / 1024).toFixed(1)} MB (bare node ${bareUnit.peak.toFixed(1)}); load average ${loadavg}`);
+      return [
+        row({
+          name: `edgetrust hub run peak RSS, ${RSS_MODULES} modules connected, default node flags`, value: rss.hwmKb / 1024, unit: "MB",
+          reference: { name: "target ceiling", value: RSS_CEILING_MB }, target: 1, higherIsBetter: false, source: SOURCE,
+        }),
+        row({
+          name: `edgetrust hub run peak RSS, ${RSS_MODULES} modules, as edgetrust-hub.service runs it (${flags.join(" ")}, its own bundle)`, value: unit.hwmKb / 1024, unit: "MB",
+          reference: { name: "target ceiling", value: RSS_CEILING_MB }, target: 1, higherIsBetter: false, source: SOURCE,
+        }),
+        // What the unit's flags cost: the same 100 modules' TLS handshakes, CONNECT, SUBSCRIBE and one QoS 1 publish.
+        row({
+          name: `(context) time to connect ${RSS_MODULES} modules (mTLS, subscribe, one QoS 1 publish each), as the unit runs the hub`, value: unit.connectMs, unit: "ms",
+          reference: { name: "default node flags, same run", value: rss.connectMs }, target: 0.5, higherIsBetter: false, source: SOURCE,
+        }),
+        row({
+          name: "(context) QoS 1 msg/s, 10 of those modules publishing one in flight each (routed to the outbox), as the unit runs the hub", value: unit.publishRate, unit: "msg/s",
+          reference: { name: "default node flags, same run", value: rss.publishRate }, target: 0.5, source: SOURCE,
+        }),
+        row({
+          name: `(context) the same vs a bare node with the same flags (ratio = node / hub; target = node / ${RSS_CEILING_MB} MB)`, value: unit.hwmKb / 1024, unit: "MB",
+          reference: { name: `bare node ${flags.join(" ")}, same run`, value: bareUnit.peak }, target: bareUnit.peak / RSS_CEILING_MB, higherIsBetter: false, source: SOURCE,
+        }),
+      ];
+    } finally {
       rmSync(dir, { recursive: true, force: true });
       pki.cleanup();
     }

@@ -1,7 +1,8 @@
 import type { Benchmark } from "./types.js";
 import { hsmBenchmark } from "./hsm.js";
 import { manifestBenchmark } from "./manifest.js";
-import { hubBenchmark } from "./hub.js";
+import { hubBenchmark, hubMemoryBenchmark } from "./hub.js";
+import { hubSasBenchmark } from "./hub-sas.js";
 import { caBenchmark } from "./ca.js";
 import { factoryBenchmark } from "./factory.js";
 import { agentBenchmark } from "./agent.js";
@@ -9,9 +10,9 @@ import { enrollBenchmark, registrationBenchmark } from "./enroll.js";
 import { identityBenchmark } from "./identity.js";
 import { consoleBenchmark } from "./console.js";
 import { revocationBenchmark } from "./revocation.js";
+import { fleetBenchmark } from "./fleet.js";
+import { serveBenchmark } from "./serve.js";
 
 /** Every benchmark of the project, in the order `edgetrust bench` runs them. Components add theirs here. */
-export const benchmarks: Benchmark[] = [hsmBenchmark, manifestBenchmark, hubBenchmark, factoryBenchmark, caBenchmark, agentBenchmark, enrollBenchmark, registrationBenchmark, identityBenchmark, consoleBenchmark, revocationBenchmark];
+export const benchmarks: Benchmark[] = [hsmBenchmark, manifestBenchmark, hubBenchmark, hubMemoryBenchmark, hubSasBenchmark, factoryBenchmark, serveBenchmark, caBenchmark, agentBenchmark, enrollBenchmark, registrationBenchmark, identityBenchmark, consoleBenchmark, revocationBenchmark, fleetBenchmark];
 
-export type { Benchmark, BenchRow, Progress } from "./types.js";
-export { row, skippedRow } from "./types.js";

@@ -1,6 +1,6 @@
 /** Shared measuring loops for benchmarks: time-boxed concurrent workers, and two workloads in alternating rounds. */
 
-export interface Timed {
+interface Timed {
   ops: number;
   ms: number;
 }

@@ -9,9 +9,9 @@ import { Value } from "@sinclair/typebox/value";
 import mqtt, { type MqttClient } from "mqtt";
 import { createLogger } from "../common/index.js";
 import { Pkcs11KeyStore, SOFTHSM_MODULE, createSoftHsmDir, initToken } from "../hsm/index.js";
-import { parsePolicy } from "../policy/index.js";
 import { CaConfig, CaStore, CertificateAuthority, createCaServer, initCa, type CaServer } from "../ca-service/index.js";
 import { ClientVerifier, CrlCache, DEFAULT_CRL_POLL_SECONDS, EdgeHub, HubStore, MemoryAttestationSource } from "../edge-hub/index.js";
+import { testPolicy } from "../edge-hub/fixtures.js";
 import { row, type Benchmark, type BenchRow, type Progress } from "./types.js";
 
 const ROUNDS = 7;
@@ -84,7 +84,8 @@ export const revocationBenchmark: Benchmark = {
         clientCa: [rootPem, issuing.record.certPem],
         verifier: new ClientVerifier({ trustDomain: TRUST_DOMAIN, edgeCas: [edgeCa.certificate], issuingCas: [issuingCert], crl, attestation }),
         attestation,
-        policy: parsePolicy(POLICY, "bench-policy.yaml"),
+        // The hub tests' policy: its device-telemetry rule admits the bench's leaf devices (only connecting matters here).
+        policy: testPolicy(),
         limits: { maxPayloadBytes: 64 * 1024, maxTopicLevels: 12, allowRootWildcard: false },
         store: new HubStore(join(dir, "hub.db"), { maxMessages: 1000, maxBytes: 1024 * 1024 }),
         routes: [], defaultRoute: { priority: 0, ttlSeconds: 3600 },
@@ -140,23 +141,3 @@ export const revocationBenchmark: Benchmark = {
     }
   },
 };
-
-/** The hub's rules for the bench's leaf devices (only connecting matters here). */
-const POLICY = `
-version: 1
-mode: enforce
-trust:
-  keys:
-    - { kid: k1, alg: ES256, kty: EC, crv: P-256, x: "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", y: "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0" }
-  threshold: 1
-images:
-  registries: ["127.0.0.1:5000"]
-modules:
-  allow: ["*"]
-hub:
-  publish:
-    - id: device-telemetry
-      principals: [device, leaf]
-      topics: ["devices/{device}/messages/events/#"]
-  subscribe: []
-`;

@@ -14,6 +14,8 @@ export interface BenchRow {
   source: string;
   /** Set when the figure could not be measured here (e.g. no PostgreSQL): the reason; value and ratio are NaN. */
   skipped?: string;
+  /** Set when the benchmark itself failed (an error, not a missed target): the error's first line. */
+  failed?: string;
 }
 
 export interface Progress {

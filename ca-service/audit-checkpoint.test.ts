@@ -8,6 +8,7 @@ import Database from "better-sqlite3";
 import { SOFTHSM_MODULE } from "../hsm/index.js";
 import { auditHash } from "./store.js";
 import { softHsm, TEST_PIN, type SoftHsm } from "./test-helpers.js";
+import { cliBundleArgs } from "../test/fixtures/cli-bundle.js";
 
 /**
  * Issue 17: the audit chain could not detect a rewrite of its head and tail together. The attack: after a signed
@@ -15,7 +16,7 @@ import { softHsm, TEST_PIN, type SoftHsm } from "./test-helpers.js";
  * edits an entry the checkpoint covers, recomputes every later hash and the head row. Plain `audit verify` passes —
  * the chain is self-consistent — and `audit verify --checkpoint` refuses it, naming the entry.
  */
-const ENTRY = fileURLToPath(new URL("../test/helpers/cli-main.ts", import.meta.url));
+const CLI = cliBundleArgs();
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
 let hsm: SoftHsm;
@@ -24,7 +25,7 @@ let cfg: string;
 
 function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, ["--import", "tsx", ENTRY, "ca", ...args, "-c", cfg], {
+    execFile(process.execPath, [...CLI, "ca", ...args, "-c", cfg], {
       cwd: ROOT, env: { ...process.env, SOFTHSM2_CONF: hsm.conf, CA_TEST_PIN: TEST_PIN }, encoding: "utf8", timeout: 120_000,
     }, (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
   });

@@ -14,7 +14,7 @@ import type { CaStore } from "./store.js";
  * (the key is in the HSM, so the signing input is built here and signed through the key store; anyone verifies it
  * with jose).
  */
-export interface AuditCheckpoint {
+interface AuditCheckpoint {
   seq: number;
   headHash: string;
   at: string;
@@ -37,7 +37,7 @@ export async function createCheckpoint(ca: CertificateAuthority, store: CaStore)
   return { jws: `${input}.${jose.base64url.encode(new Uint8Array(sig))}`, checkpoint };
 }
 
-export interface CheckpointVerdict {
+interface CheckpointVerdict {
   ok: boolean;
   checkpoint?: AuditCheckpoint;
   reason?: string;

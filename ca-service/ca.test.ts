@@ -346,10 +346,11 @@ describe("renewal over mTLS", () => {
 
   it("an expired certificate renews inside the window, and is refused outside it", async () => {
     await enroll("dev-old");
-    // lifetime 1 s with the 5-minute back-dating: the certificate is already expired when issued.
+    // A lifetime of 1 s (counted from issuance): wait until it has run out, then renew.
     const shortLived = await t.variant({ profiles: { "device-identity": { lifetimeSeconds: 1 } } });
     const k = opensslCsr(dir, "devold");
     const old = await shortLived.issue({ csrPem: k.csr, profile: "device-identity", deviceId: "dev-old" }, "test");
+    await new Promise((r) => setTimeout(r, Math.max(0, old.certificate.notAfter.getTime() - Date.now()) + 100));
     expect(old.certificate.notAfter.getTime()).toBeLessThan(Date.now());
     const ok = await call("POST", "/v1/renew", { cert: old.record.certPem, key: k.key, body: { csr: k.csr } });
     expect(ok.status).toBe(200);
@@ -388,6 +389,11 @@ describe("operations", () => {
     const m = (await call("GET", "/metrics")).body.toString();
     expect(m).toMatch(/edgetrust_ca_certificates_issued_total\{profile="device-identity",kind="issue"\} \d+/);
     expect(m).toMatch(/edgetrust_ca_ocsp_responses_total\{outcome="revoked"\}/);
+    // Group commit: every certificate recorded so far went through it, in at least one transaction.
+    const committed = Number(/^edgetrust_ca_issuance_committed_total (\d+)$/m.exec(m)?.[1]);
+    expect(committed).toBeGreaterThan(0);
+    expect(committed).toBe(ts.store.issuance.stats.records);
+    expect(Number(/^edgetrust_ca_issuance_commits_total (\d+)$/m.exec(m)?.[1])).toBeGreaterThan(0);
     const doc = (await call("GET", "/openapi.json")).json();
     expect(doc.openapi).toBe("3.0.3");
     const paths = Object.keys(doc.paths as object);

@@ -5,7 +5,7 @@ import { Certificate as AsnCertificate, CRLNumber, id_ce_cRLNumber } from "@pecu
 import * as x509 from "@peculiar/x509";
 import { EdgeTrustError, createLogger, isEdgeTrustError, type Logger } from "../common/index.js";
 import { keyStoreCrypto, keyStoreCryptoKey, type KeyAlgorithm, type KeyStore } from "../hsm/index.js";
-import { issueCertificateDer, getProfile, signingAlgorithmFor, wholeSeconds, type Profile, type ProfileName } from "../pki/index.js";
+import { issueCertificateDer, getProfile, signingAlgorithmFor, wholeSeconds, type Profile, type ProfileName, type VerifiedCsr } from "../pki/index.js";
 import { checkCsr, sanKey } from "./csr.js";
 import { announce } from "./shared/events.js";
 import { releaseRenewal, successorOf } from "./shared/renewal.js";
@@ -25,12 +25,12 @@ export interface ProfileOverride {
 export type ProfileOverrides = Partial<Record<ProfileName, ProfileOverride>>;
 
 /** policy `certificates:` kind → profile name. */
-export const POLICY_CERT_KINDS: Record<string, ProfileName> = {
+const POLICY_CERT_KINDS: Record<string, ProfileName> = {
   device: "device-identity", edgeCa: "edge-ca", module: "module", hub: "edge-hub-server", leaf: "leaf-device",
 };
 
 /** `30d`, `12h`, `90m` → seconds. */
-export function durationSeconds(d: string): number {
+function durationSeconds(d: string): number {
   const m = /^([1-9][0-9]*)(m|h|d)$/.exec(d);
   if (!m) throw new EdgeTrustError("INVALID_INPUT", `duration ${JSON.stringify(d)} must be <n>m, <n>h or <n>d`);
   return Number(m[1]) * (m[2] === "m" ? 60 : m[2] === "h" ? 3600 : 86400);
@@ -47,7 +47,7 @@ export function overridesFromPolicy(certificates: Record<string, { lifetime: str
   return out;
 }
 
-export function resolveProfile(name: ProfileName, overrides: ProfileOverrides = {}): Profile {
+function resolveProfile(name: ProfileName, overrides: ProfileOverrides = {}): Profile {
   const base = getProfile(name);
   const o = overrides[name];
   if (!o) return base;
@@ -58,7 +58,7 @@ export function resolveProfile(name: ProfileName, overrides: ProfileOverrides = 
   };
 }
 
-export interface CaOptions {
+interface CaOptions {
   trustDomain: string;
   /** Base URL for CRL DP and OCSP AIA (e.g. http://127.0.0.1:8080). */
   publicBaseUrl: string;
@@ -82,7 +82,7 @@ export interface LoadedCa {
   pem: string;
 }
 
-export interface IssueRequest {
+interface IssueRequest {
   csrPem: string;
   profile: CaProfileName;
   /** The enrollment record the subject and SANs come from. */
@@ -93,6 +93,8 @@ export interface IssueRequest {
   replacesSerial?: string;
   /** A shorter lifetime than the profile's (an enrollment's own lifetime); never lengthens it. */
   lifetimeSeconds?: number;
+  /** `verifyCsr` of exactly `csrPem`, when the caller already ran it (registration): not verified twice; SANs still checked. */
+  verifiedCsr?: VerifiedCsr;
 }
 
 export interface Issued {
@@ -106,7 +108,7 @@ function hashHex(alg: "sha1" | "sha256", data: ArrayBuffer | Uint8Array): string
   return createHash(alg).update(data instanceof ArrayBuffer ? new Uint8Array(data) : data).digest("hex");
 }
 
-export function certIdHashesOf(cert: x509.X509Certificate): LoadedCa["certIdHashes"] {
+function certIdHashesOf(cert: x509.X509Certificate): LoadedCa["certIdHashes"] {
   const asn = AsnConvert.parse(cert.rawData, AsnCertificate);
   const nameDer = AsnConvert.serialize(asn.tbsCertificate.subject);
   const keyBits = asn.tbsCertificate.subjectPublicKeyInfo.subjectPublicKey;
@@ -242,7 +244,7 @@ export class CertificateAuthority {
         break;
       }
     }
-    const checked = await checkCsr(req.csrPem, { allowedKeyAlgorithms: profile.allowedKeyAlgorithms, allowedSans });
+    const checked = await checkCsr(req.csrPem, { allowedKeyAlgorithms: profile.allowedKeyAlgorithms, allowedSans }, req.verifiedCsr);
     for (let attempt = 0; ; attempt++) {
       const ca = this.current();
       const cert = await issueCertificateDer({

@@ -7,8 +7,9 @@ import { fileURLToPath } from "node:url";
 import Database from "better-sqlite3";
 import { SOFTHSM_MODULE } from "../hsm/index.js";
 import { openssl, softHsm, TEST_PIN, type SoftHsm } from "./test-helpers.js";
+import { cliBundleArgs } from "../test/fixtures/cli-bundle.js";
 
-const ENTRY = fileURLToPath(new URL("../test/helpers/cli-main.ts", import.meta.url));
+const CLI = cliBundleArgs();
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
 let hsm: SoftHsm;
@@ -17,7 +18,7 @@ let cfg: string;
 
 function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, ["--import", "tsx", ENTRY, "ca", ...args, "-c", cfg], {
+    execFile(process.execPath, [...CLI, "ca", ...args, "-c", cfg], {
       cwd: ROOT, env: { ...process.env, SOFTHSM2_CONF: hsm.conf, CA_TEST_PIN: TEST_PIN }, encoding: "utf8",
     }, (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
   });
@@ -88,5 +89,5 @@ describe("edgetrust ca (CLI)", () => {
     const badJson = await cli(["audit", "verify", "--json"]);
     expect(badJson.code).toBe(1);
     expect(JSON.parse(badJson.stdout)).toMatchObject({ ok: false, problem: { seq: 2 } });
-  });
+  }, 180_000); // a dozen CLI processes, one after another: each takes seconds to start on a loaded machine
 });

@@ -1,15 +1,16 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { Command, Option } from "commander";
-import { EdgeTrustError, createLogger, action, emit, type ConfigReader, type LogSection } from "../common/index.js";
+import { EdgeTrustError, createLogger, action, emit, reportFailure, type ConfigReader, type LogSection } from "../common/index.js";
 import { KEY_ALGORITHMS, type HsmConfig, type KeyAlgorithm } from "../hsm/index.js";
 import type { CaConfig } from "./config.js";
 import { CA_PROFILES, type CaProfileName } from "./ca.js";
 import { initCa, rolloverIssuingCa } from "./init.js";
 import { createCaServer } from "./server.js";
+import { isServeWorker, resolveWorkers, servePrimary, serveWorker } from "./cluster.js";
 import { openCa, openCaStores } from "./service.js";
 import { identityFilePath, openCaStore, writeIdentity } from "./store-identity.js";
 import { REVOCATION_REASONS, type RevocationReason, type Role } from "./store.js";
-import { addEnrollmentCommands } from "./enrollment/cli.js";
+import { enrollCommand, lineCommand } from "./enrollment/cli.js";
 import type { FastifyInstance } from "fastify";
 import type { CertificateAuthority } from "./ca.js";
 import type { CaStore } from "./store.js";
@@ -36,10 +37,15 @@ const jsonOpt = () => new Option("--json", "machine-readable output");
  */
 export type ServeExtension<C extends CaCliConfig = CaCliConfig> = (app: FastifyInstance, deps: { ca: CertificateAuthority; store: CaStore; config: C }) => Promise<void>;
 
-export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, opts: { serveExtensions?: ServeExtension<C>[] } = {}): Command {
-  const cmd = new Command("ca").description("Cloud CA: init the hierarchy, serve the HTTPS API, issue, revoke, audit");
+interface CaCommandOptions<C extends CaCliConfig> {
+  serveExtensions?: ServeExtension<C>[];
+  /** A script running this command tree, for `ca serve --workers` when the process has no script (started with `node -e`). */
+  workerEntry?: string;
+}
 
-  cmd.command("init")
+/** `edgetrust ca init`. */
+function caInitCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>): Command {
+  return new Command("init")
     .description("create the offline root and the online issuing CA (keys in the HSM) and the first admin token")
     .addOption(configOpt()).addOption(jsonOpt())
     .addOption(new Option("--algorithm <alg>", "issuing CA key (root: EC-P384 for EC-P256, else the same)").choices([...KEY_ALGORITHMS]).default("EC-P256"))
@@ -61,19 +67,45 @@ export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, op
         await keys.close();
       }
     }));
+}
 
-  cmd.command("serve")
-    .description("serve the HTTPS API (and CRL/OCSP over plain HTTP on ca.revocationPort); SIGTERM shuts down gracefully")
+/** `edgetrust ca serve`. */
+function caServeCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, opts: CaCommandOptions<C>): Command {
+  return new Command("serve")
+    .description("serve the HTTPS API (and CRL/OCSP over plain HTTP on ca.revocationPort) from N worker processes on one port; SIGTERM shuts every worker down gracefully")
     .addOption(configOpt())
-    .action(action(async (o: Common) => {
+    .option("--workers <n>", "worker processes (each terminates TLS, checks CSRs, signs, writes the store); 0 = one per core, 1 = a single process; default: ca.workers (0)")
+    .action(action(async (o: Common & { workers?: string }) => {
       const cfg = load(readConfig, o);
       const logger = createLogger("ca-service", { level: cfg.log.level });
-      const opened = await openCa(cfg.ca, cfg.hsm, { logger, ...(o.config ? { configFile: o.config } : {}) });
+      const configFile = o.config ? { configFile: o.config } : {};
+      const extend = async (server: { app: FastifyInstance }, deps: { ca: CertificateAuthority; store: CaStore }) => {
+        for (const ext of opts.serveExtensions ?? []) await ext(server.app, { ...deps, config: cfg });
+      };
+      if (isServeWorker()) {
+        // A worker that fails before it listens must exit, not just report: its IPC channel would keep it alive, and
+        // the primary waits until every worker listens or one exits — `ca serve` hung for good, silently.
+        try {
+          await serveWorker({ config: cfg.ca, hsm: cfg.hsm, logger, ...configFile, extend });
+        } catch (e) {
+          process.exit(reportFailure(e));
+        }
+        process.exit(process.exitCode ?? 0);
+      }
+      const workers = resolveWorkers(o.workers, cfg.ca);
+      if (workers > 1) {
+        const code = await servePrimary({
+          config: cfg.ca, hsm: cfg.hsm, logger, ...configFile, workers, extend,
+          worker: { args: ["ca", "serve", ...(o.config ? ["-c", o.config] : []), "--workers", String(workers)], ...(opts.workerEntry ? { entry: opts.workerEntry } : {}) },
+        });
+        process.exit(code);
+      }
+      const opened = await openCa(cfg.ca, cfg.hsm, { logger, ...configFile });
       const server = await createCaServer(cfg.ca, { ca: opened.ca, store: opened.store, logger });
-      for (const extend of opts.serveExtensions ?? []) await extend(server.app, { ca: opened.ca, store: opened.store, config: cfg });
+      await extend(server, { ca: opened.ca, store: opened.store });
       const addr = await server.listen();
-      logger.info({ ...addr, database: opened.store.dialect, keyStore: opened.keys.kind }, "ca-service listening");
-      process.stdout.write(JSON.stringify({ listening: addr.url, revocation: addr.revocationUrl ?? null }) + "\n");
+      logger.info({ ...addr, database: opened.store.dialect, keyStore: opened.keys.kind, workers: 1 }, "ca-service listening");
+      process.stdout.write(JSON.stringify({ listening: addr.url, revocation: addr.revocationUrl ?? null, workers: 1, pid: process.pid }) + "\n");
       await new Promise<void>((resolve) => {
         const stop = (sig: string) => {
           logger.info({ signal: sig }, "shutting down");
@@ -85,8 +117,11 @@ export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, op
         process.once("SIGINT", () => stop("SIGINT"));
       });
     }));
+}
 
-  cmd.command("issue")
+/** `edgetrust ca issue`. */
+function caIssueCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>): Command {
+  return new Command("issue")
     .description("issue a certificate from a CSR for an enrolled device (subject and SANs from the record)")
     .addOption(configOpt()).addOption(jsonOpt())
     .requiredOption("--device <id>", "device id of the enrollment record")
@@ -105,8 +140,11 @@ export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, op
         await opened.close();
       }
     }));
+}
 
-  cmd.command("revoke")
+/** `edgetrust ca revoke`. */
+function caRevokeCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>): Command {
+  return new Command("revoke")
     .description("revoke a certificate by serial and publish a new CRL")
     .addOption(configOpt()).addOption(jsonOpt())
     .argument("<serial>", "hex serial")
@@ -121,8 +159,11 @@ export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, op
         await opened.close();
       }
     }));
+}
 
-  cmd.command("rollover")
+/** `edgetrust ca rollover`. */
+function caRolloverCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>): Command {
+  return new Command("rollover")
     .description("add a new issuing CA under the root (overlapping validity; devices need nothing new)")
     .addOption(configOpt()).addOption(jsonOpt())
     .option("--name <cn>", "common name of the new issuing CA")
@@ -138,9 +179,11 @@ export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, op
         await keys.close();
       }
     }));
+}
 
-  const audit = cmd.command("audit").description("the hash-chained audit log");
-  audit.command("verify")
+/** `edgetrust ca audit verify`. */
+function caAuditVerifyCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>): Command {
+  return new Command("verify")
     .description("walk the chain; exit 1 on an edited, deleted, reordered or truncated entry; with --checkpoint also on a rewrite of head and tail together")
     .addOption(configOpt()).addOption(jsonOpt())
     .option("--checkpoint <file>", "a checkpoint written earlier by `ca audit checkpoint` (kept outside the CA)")
@@ -170,7 +213,11 @@ export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, op
         await store.close();
       }
     }));
-  audit.command("checkpoint")
+}
+
+/** `edgetrust ca audit checkpoint`. */
+function caAuditCheckpointCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>): Command {
+  return new Command("checkpoint")
     .description("sign the audit head (seq, hash, time) with the issuing CA key; keep the output outside the CA (file, ticket, log shipper)")
     .addOption(configOpt()).addOption(jsonOpt())
     .option("--out <file>", "write the checkpoint (compact JWS) to this file; default stdout")
@@ -186,9 +233,11 @@ export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, op
         await opened.close();
       }
     }));
+}
 
-  const token = cmd.command("token").description("admin and auditor API tokens");
-  token.command("create")
+/** `edgetrust ca token create`. */
+function caTokenCreateCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>): Command {
+  return new Command("create")
     .description("create an API token (printed once; only its sha256 is stored)")
     .addOption(configOpt()).addOption(jsonOpt())
     .requiredOption("--name <name>", "who or what holds it")
@@ -203,9 +252,11 @@ export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, op
         await store.close();
       }
     }));
+}
 
-  const adminCert = cmd.command("admin-cert").description("admin and auditor client certificates, pinned by their SHA-256 fingerprint");
-  adminCert.command("add")
+/** `edgetrust ca admin-cert add`. */
+function caAdminCertAddCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>): Command {
+  return new Command("add")
     .description("let whoever holds this certificate's key act with a role (TLS client certificate on the admin API)")
     .addOption(configOpt()).addOption(jsonOpt())
     .requiredOption("--name <name>", "who holds it")
@@ -228,9 +279,11 @@ export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, op
         await store.close();
       }
     }));
+}
 
-  const enr = cmd.command("enrollment").description("device records issuance reads subject and SANs from (the enrollment API is a later component)");
-  enr.command("set")
+/** `edgetrust ca enrollment set`. */
+function caEnrollmentSetCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>): Command {
+  return new Command("set")
     .description("create or update a device record")
     .addOption(configOpt()).addOption(jsonOpt())
     .argument("<deviceId>", "device id")
@@ -247,6 +300,49 @@ export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, op
         await store.close();
       }
     }));
-  addEnrollmentCommands(cmd, readConfig);
+}
+
+/** `edgetrust ca audit`. */
+function caAuditCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>): Command {
+  const audit = new Command("audit").description("the hash-chained audit log");
+  audit.addCommand(caAuditVerifyCommand(readConfig));
+  audit.addCommand(caAuditCheckpointCommand(readConfig));
+  return audit;
+}
+
+/** `edgetrust ca token`. */
+function caTokenCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>): Command {
+  const token = new Command("token").description("admin and auditor API tokens");
+  token.addCommand(caTokenCreateCommand(readConfig));
+  return token;
+}
+
+/** `edgetrust ca admin-cert`. */
+function caAdminCertCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>): Command {
+  const adminCert = new Command("admin-cert").description("admin and auditor client certificates, pinned by their SHA-256 fingerprint");
+  adminCert.addCommand(caAdminCertAddCommand(readConfig));
+  return adminCert;
+}
+
+/** `edgetrust ca enrollment`. */
+function caEnrollmentCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>): Command {
+  const enr = new Command("enrollment").description("device records issuance reads subject and SANs from (the enrollment API is a later component)");
+  enr.addCommand(caEnrollmentSetCommand(readConfig));
+  return enr;
+}
+
+export function caCommand<C extends CaCliConfig>(readConfig: ConfigReader<C>, opts: CaCommandOptions<C> = {}): Command {
+  const cmd = new Command("ca").description("Cloud CA: init the hierarchy, serve the HTTPS API, issue, revoke, audit");
+  cmd.addCommand(caInitCommand(readConfig));
+  cmd.addCommand(caServeCommand(readConfig, opts));
+  cmd.addCommand(caIssueCommand(readConfig));
+  cmd.addCommand(caRevokeCommand(readConfig));
+  cmd.addCommand(caRolloverCommand(readConfig));
+  cmd.addCommand(caAuditCommand(readConfig));
+  cmd.addCommand(caTokenCommand(readConfig));
+  cmd.addCommand(caAdminCertCommand(readConfig));
+  cmd.addCommand(caEnrollmentCommand(readConfig));
+  cmd.addCommand(lineCommand(readConfig));
+  cmd.addCommand(enrollCommand(readConfig));
   return cmd;
 }

@@ -1,6 +1,9 @@
 import { Type, type Static } from "@sinclair/typebox";
 import { AttestationConfig } from "./attestation/config.js";
 
+/** Group commit defaults; here (not in group-commit.ts) so that a daemon bundling every config section loads no CA store code. */
+export const GROUP_COMMIT_DEFAULTS = { windowMs: 2, maxBatch: 256, maxInFlight: 1 } as const;
+
 /** `ca:` section of edgetrust.yaml — the cloud CA service. */
 export const CaConfig = Type.Object(
   {
@@ -45,8 +48,44 @@ export const CaConfig = Type.Object(
     }),
     rateLimitPerMinute: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 6000, description: "Requests per minute per client IP" }),
     bodyLimitBytes: Type.Integer({ minimum: 1024, maximum: 10_485_760, default: 65536, description: "Largest request body accepted" }),
+    workers: Type.Integer({
+      minimum: 0,
+      maximum: 256,
+      default: 0,
+      description: "ca serve worker processes sharing the HTTPS and revocation ports (each terminates TLS, checks CSRs, signs and writes the store); 0: one per core (os.availableParallelism()); 1: one process, no primary",
+    }),
+    groupCommit: Type.Object(
+      {
+        windowMs: Type.Integer({
+          minimum: 0,
+          maximum: 1000,
+          default: GROUP_COMMIT_DEFAULTS.windowMs,
+          description: "How long the first issued certificate of a batch waits for others before their one transaction starts (ms); certificates arriving while a batch is written go into the next without waiting; 0: the next event-loop turn",
+        }),
+        maxBatch: Type.Integer({
+          minimum: 1,
+          maximum: 1024,
+          default: GROUP_COMMIT_DEFAULTS.maxBatch,
+          description: "Issued certificates (with their audit entries) in one transaction at most; a full batch starts at once",
+        }),
+      },
+      { additionalProperties: false, default: {}, description: "Group commit: issued certificates of concurrent requests recorded in one transaction; each answered only after its commit" },
+    ),
     instanceId: Type.String({ default: "", maxLength: 128, description: "Name of this process in a fleet, sent as the x-edgetrust-instance response header; empty: <hostname>:<pid>" }),
     attestation: AttestationConfig,
+    tpm: Type.Object(
+      {
+        manufacturerRoots: Type.Array(Type.String({ minLength: 1 }), {
+          default: [],
+          description: "PEM files of the TPM manufacturers' EK root CA certificates: a TPM enrollment's EK certificate must chain to one of them; empty (and allowUnverifiedEk false): TPM attestation is refused",
+        }),
+        allowUnverifiedEk: Type.Boolean({
+          default: false,
+          description: "Development only: accept a TPM whose EK has no certificate, or when no manufacturer roots are configured (a presented EK certificate is still checked against configured roots)",
+        }),
+      },
+      { additionalProperties: false, default: {}, description: "TPM endorsement-key attestation" },
+    ),
   },
   { additionalProperties: false, default: {}, description: "Cloud CA service (ca init / ca serve)" },
 );

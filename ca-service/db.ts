@@ -18,6 +18,11 @@ export interface Queryable {
   run(sql: string, params?: Param[]): Promise<number>;
   /** Execute a multi-statement script without parameters (migrations). */
   script(sql: string): Promise<void>;
+  /**
+   * One statement run once per parameter row, in order, stopping at the first error (SQLite only: the rows go
+   * through one prepared statement in one synchronous call — no promise per row).
+   */
+  runMany?(sql: string, rows: Param[][]): Promise<void>;
 }
 
 export interface Db extends Queryable {
@@ -26,6 +31,12 @@ export interface Db extends Queryable {
   readonly forUpdate: string;
   /** Run `fn` in one transaction (SQLite: BEGIN IMMEDIATE; PG: READ COMMITTED with explicit row locks). */
   transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T>;
+  /**
+   * Run `fn`'s reads in one consistent snapshot of the whole store, beside the writers (it waits for none and none
+   * waits for it): SQLite, a read transaction on a second, read-only connection (WAL); PostgreSQL, a REPEATABLE READ
+   * READ ONLY transaction. For reads of several statements that must agree (the audit head and the log).
+   */
+  snapshot<T>(fn: (q: Queryable) => Promise<T>): Promise<T>;
   /** Serialise `fn` against every other holder of `key` across processes (PG advisory lock; SQLite: the write lock). */
   exclusive<T>(key: string, fn: (tx: Queryable) => Promise<T>): Promise<T>;
   close(): Promise<void>;
@@ -55,6 +66,15 @@ export class SqliteDb implements Db {
   private readonly db: Database.Database;
   private readonly mutex = new Mutex();
   private inTx = false;
+  /**
+   * Set by a `ca serve --workers` worker (cluster.ts): resolves when this process may take the database write lock,
+   * with the function that gives it back. Without it, a transaction that finds another process holding the lock waits
+   * inside SQLite's busy handler, which sleeps (1 ms and up) with the whole event loop stopped. SQLite's lock still
+   * guards correctness; the gate only turns that wait into an asynchronous one.
+   */
+  writeGate?: () => Promise<() => void>;
+  /** Prepared statements by SQL text: preparing costs more than running the small statements the CA issues. */
+  private readonly statements = new Map<string, Database.Statement>();
 
   constructor(readonly path: string) {
     this.db = new Database(path);
@@ -65,10 +85,27 @@ export class SqliteDb implements Db {
   }
 
   private direct: Queryable = {
-    query: async <R extends Row>(sql: string, params: Param[] = []) => this.guard(() => this.db.prepare(sql).all(...params) as R[]),
-    run: async (sql: string, params: Param[] = []) => this.guard(() => this.db.prepare(sql).run(...params).changes),
+    query: async <R extends Row>(sql: string, params: Param[] = []) => this.guard(() => this.prepare(sql).all(...params) as R[]),
+    run: async (sql: string, params: Param[] = []) => this.guard(() => this.prepare(sql).run(...params).changes),
     script: async (sql: string) => { this.guard(() => this.db.exec(sql)); },
+    runMany: async (sql: string, rows: Param[][]) => {
+      this.guard(() => {
+        const st = this.prepare(sql);
+        for (const r of rows) st.run(...r);
+      });
+    },
   };
+
+  private prepare(sql: string): Database.Statement {
+    let st = this.statements.get(sql);
+    if (!st) {
+      // Bounded: statements built with a variable number of rows or terms must not grow this without end.
+      if (this.statements.size >= 512) this.statements.clear();
+      st = this.db.prepare(sql);
+      this.statements.set(sql, st);
+    }
+    return st;
+  }
 
   /** SQLite errors of the file system (full, read-only, I/O) become problems naming this file (storage-faults.ts). */
   private guard<T>(fn: () => T): T {
@@ -99,8 +136,15 @@ export class SqliteDb implements Db {
 
   transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
     return this.mutex.lock(async () => {
+      const release = this.writeGate ? await this.writeGate() : undefined;
       this.inTx = true;
-      this.guard(() => this.db.exec("BEGIN IMMEDIATE"));
+      try {
+        this.guard(() => this.db.exec("BEGIN IMMEDIATE"));
+      } catch (e) {
+        this.inTx = false;
+        release?.();
+        throw e;
+      }
       try {
         const out = await fn(this.direct);
         this.guard(() => this.db.exec("COMMIT"));
@@ -110,6 +154,7 @@ export class SqliteDb implements Db {
         throw asStorageFault(e, this.path);
       } finally {
         this.inTx = false;
+        release?.();
       }
     });
   }
@@ -120,6 +165,28 @@ export class SqliteDb implements Db {
 
   exclusive<T>(_key: string, fn: (tx: Queryable) => Promise<T>): Promise<T> {
     return this.transaction(fn);
+  }
+
+  async snapshot<T>(fn: (q: Queryable) => Promise<T>): Promise<T> {
+    // The writers' connection cannot hold a read transaction open across awaits (their BEGIN IMMEDIATE would nest).
+    const reader = this.guard(() => new Database(this.path, { readonly: true, fileMustExist: true }));
+    try {
+      reader.pragma("busy_timeout = 10000");
+      const q: Queryable = {
+        query: async <R extends Row>(sql: string, params: Param[] = []) => this.guard(() => reader.prepare(sql).all(...params) as R[]),
+        run: () => Promise.reject(new EdgeTrustError("INTERNAL", "a snapshot is read-only")),
+        script: () => Promise.reject(new EdgeTrustError("INTERNAL", "a snapshot is read-only")),
+      };
+      // A deferred transaction takes its snapshot at its first read.
+      this.guard(() => reader.exec("BEGIN"));
+      try {
+        return await fn(q);
+      } finally {
+        if (reader.inTransaction) reader.exec("COMMIT");
+      }
+    } finally {
+      reader.close();
+    }
   }
 
   async close(): Promise<void> {
@@ -144,6 +211,13 @@ export class PostgresDb implements Db {
     }
     this.pool = new pg.Pool({ connectionString: url, max: 8, options: `-c search_path=${schema}` });
     this.pool.on("error", () => { /* idle client errors surface on the next query */ });
+    // Every connection listens for its own 'error' for its whole life. pg-pool listens only while a connection is
+    // idle, and a caller of pool.connect() only from its continuation: a connection released while its socket's
+    // data is being parsed is handed to a waiting transaction at once, and a FATAL read in the same chunk (57P01,
+    // the server terminating the backend: shutdown, failover, pg_terminate_backend) was emitted with no listener —
+    // an uncaught exception that ended the process. Here it is only noted: the statement in flight (or the next)
+    // fails as STORAGE_UNAVAILABLE, and the pool drops the connection when it comes back (no longer queryable).
+    this.pool.on("connect", (client) => { client.on("error", () => undefined); });
   }
 
   async init(): Promise<void> {
@@ -163,19 +237,37 @@ export class PostgresDb implements Db {
     }
   }
 
+  private get storeName(): string {
+    return `postgres schema ${this.schema}`;
+  }
+
+  /** One statement on a pooled connection; a lost or refused connection is the storage problem, not an INTERNAL. */
+  private async pooled(sql: string, params?: Param[]): Promise<pg.QueryResult> {
+    try {
+      return await this.pool.query(sql, params);
+    } catch (e) {
+      throw asStorageFault(e, this.storeName);
+    }
+  }
+
   async query<R extends Row = Row>(sql: string, params: Param[] = []): Promise<R[]> {
-    return (await this.pool.query(renumber(sql), params)).rows as R[];
+    return (await this.pooled(renumber(sql), params)).rows as R[];
   }
 
   async run(sql: string, params: Param[] = []): Promise<number> {
-    return (await this.pool.query(renumber(sql), params)).rowCount ?? 0;
+    return (await this.pooled(renumber(sql), params)).rowCount ?? 0;
   }
 
   async transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
-    const client = await this.pool.connect();
-    // A checked-out client whose connection dies between two statements (database restart) emits 'error' with no
-    // listener of the pool's: without ours that is an uncaught exception that ends the process. The statement in
-    // flight (or the next) fails and the transaction rolls back; the broken client is destroyed, not pooled.
+    let client: pg.PoolClient;
+    try {
+      client = await this.pool.connect();
+    } catch (e) {
+      throw asStorageFault(e, this.storeName);
+    }
+    // A checked-out client whose connection dies between two statements (database restart) emits 'error' (the
+    // constructor's listener keeps it from being uncaught); noting it here destroys the client instead of pooling it.
+    // The statement in flight (or the next) fails and the transaction rolls back.
     let broken: Error | undefined;
     const onError = (e: Error) => { broken = e; };
     client.on("error", onError);
@@ -191,7 +283,7 @@ export class PostgresDb implements Db {
       return out;
     } catch (e) {
       await client.query("ROLLBACK").catch(() => undefined);
-      throw asStorageFault(e, `postgres schema ${this.schema}`);
+      throw asStorageFault(e, this.storeName);
     } finally {
       client.off("error", onError);
       client.release(broken);
@@ -199,7 +291,36 @@ export class PostgresDb implements Db {
   }
 
   async script(sql: string): Promise<void> {
-    await this.pool.query(sql);
+    await this.pooled(sql);
+  }
+
+  async snapshot<T>(fn: (q: Queryable) => Promise<T>): Promise<T> {
+    let client: pg.PoolClient;
+    try {
+      client = await this.pool.connect();
+    } catch (e) {
+      throw asStorageFault(e, this.storeName);
+    }
+    let broken: Error | undefined;
+    const onError = (e: Error) => { broken = e; };
+    client.on("error", onError);
+    const q: Queryable = {
+      query: async <R extends Row>(sql: string, params: Param[] = []) => (await client.query(renumber(sql), params)).rows as R[],
+      run: () => Promise.reject(new EdgeTrustError("INTERNAL", "a snapshot is read-only")),
+      script: () => Promise.reject(new EdgeTrustError("INTERNAL", "a snapshot is read-only")),
+    };
+    try {
+      await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+      const out = await fn(q);
+      await client.query("COMMIT");
+      return out;
+    } catch (e) {
+      await client.query("ROLLBACK").catch(() => undefined);
+      throw asStorageFault(e, this.storeName);
+    } finally {
+      client.off("error", onError);
+      client.release(broken);
+    }
   }
 
   exclusive<T>(key: string, fn: (tx: Queryable) => Promise<T>): Promise<T> {

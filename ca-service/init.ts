@@ -8,7 +8,7 @@ import { crlUrlOf, signRootCrl } from "./root-crl.js";
 import type { CaRecord, CaStore } from "./store.js";
 import { announce } from "./shared/events.js";
 
-export interface InitCaOptions {
+interface InitCaOptions {
   rootName?: string;
   issuingName?: string;
   algorithm?: KeyAlgorithm;
@@ -104,7 +104,7 @@ export async function initCa(store: CaStore, keys: KeyStore, opts: InitCaOptions
   return { root, issuing, adminToken: tok.token, adminTokenId: tok.id };
 }
 
-export interface RolloverOptions {
+interface RolloverOptions {
   name?: string;
   algorithm?: KeyAlgorithm;
   lifetimeSeconds?: number;

@@ -1,3 +1,4 @@
+import { EdgeTrustError } from "../common/index.js";
 import type { Db, Migration } from "./db.js";
 import { ENROLLMENT_MIGRATIONS } from "./enrollment/migrations.js";
 import { DEPLOYMENT_MIGRATIONS } from "./deployments/migrations.js";
@@ -10,7 +11,6 @@ import { FLEET_MIGRATIONS } from "./fleet/migrations.js";
  * `schema_migrations`; the runner holds an exclusive lock so several `ca serve` processes can start together.
  * Never edit an applied migration: add the next one.
  */
-export type { Migration };
 
 export const GENESIS_HASH = "0".repeat(64);
 
@@ -129,6 +129,23 @@ export async function migrate(db: Db, migrations: Migration[] = MIGRATIONS): Pro
     }
     return applied;
   });
+}
+
+/**
+ * Refuse a store that lacks a migration this code knows, without taking the migration lock or changing anything: a
+ * `ca serve --workers` worker opens the store after its primary migrated it.
+ */
+export async function assertMigrated(db: Db, migrations: Migration[] = MIGRATIONS): Promise<void> {
+  let done: Set<number>;
+  try {
+    done = new Set((await db.query<{ version: number | string }>("SELECT version FROM schema_migrations")).map((r) => Number(r.version)));
+  } catch (e) {
+    throw new EdgeTrustError("CA_STORE_REFUSED", `the CA store has no schema_migrations table: ${(e as Error).message}`, { hint: "start the service (or any ca command) once without --workers so that it migrates the store", cause: e });
+  }
+  const missing = migrations.filter((m) => !done.has(m.version)).map((m) => m.version);
+  if (missing.length > 0) {
+    throw new EdgeTrustError("CA_STORE_REFUSED", `the CA store lacks migrations ${missing.join(", ")}`, { hint: "the primary migrates before it starts workers: restart ca serve" });
+  }
 }
 
 export async function schemaVersion(db: Db): Promise<number> {

@@ -18,7 +18,7 @@ import { normalizeSerial, REVOCATION_REASON_CODES } from "./store.js";
  */
 
 /** RFC 9654 §2.1: Nonce ::= OCTET STRING (SIZE(1..128)). */
-export const OCSP_NONCE_MAX = 128;
+const OCSP_NONCE_MAX = 128;
 
 /**
  * The request's nonce extension per RFC 9654 §2.1: extnValue is the DER encoding of `Nonce ::= OCTET STRING
@@ -26,7 +26,7 @@ export const OCSP_NONCE_MAX = 128;
  * request malformed (the RFC: reject with malformedRequest). Every nonce of 1..128 octets is echoed (the RFC requires
  * 16..32 and allows echoing the rest); "none" when the request has no nonce.
  */
-export function requestNonce(req: OCSPRequest): AsnExtension | "none" | "malformed" {
+function requestNonce(req: OCSPRequest): AsnExtension | "none" | "malformed" {
   const all = req.tbsRequest.requestExtensions?.filter((e: AsnExtension) => e.extnID === id_pkix_ocsp_nonce) ?? [];
   if (all.length === 0) return "none";
   const ext = all[0];
@@ -52,9 +52,9 @@ const HASH_OIDS: Record<string, "SHA-1" | "SHA-256"> = {
   "2.16.840.1.101.3.4.2.1": "SHA-256",
 };
 
-export type OcspOutcome = "good" | "revoked" | "unknown" | "malformed" | "unauthorized" | "internalError";
+type OcspOutcome = "good" | "revoked" | "unknown" | "malformed" | "unauthorized" | "internalError";
 
-export interface OcspResult {
+interface OcspResult {
   der: Buffer;
   outcome: OcspOutcome;
 }

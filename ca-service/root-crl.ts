@@ -7,7 +7,7 @@ import { signingAlgorithmFor, wholeSeconds } from "../pki/index.js";
 import type { CaRecord, CaStore } from "./store.js";
 
 /** Default validity of the root's CRL: the root key is offline, so it is re-signed at each ceremony (init, rollover). */
-export const ROOT_CRL_VALIDITY_DAYS = 365;
+const ROOT_CRL_VALIDITY_DAYS = 365;
 
 /** `<base>/v1/crl/<caId>.crl` — where a CA's CRL is published (CRL distribution point). */
 export function crlUrlOf(publicBaseUrl: string, caId: string): string {

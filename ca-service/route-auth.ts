@@ -6,7 +6,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from
  * that does neither — or puts an authentication hook in a later phase — makes the server refuse to start. So an
  * unauthenticated or wrong-role caller learns "401/403", never which field of the body is wrong.
  */
-export type DeclaredAuth =
+type DeclaredAuth =
   /** Anyone: health, metrics, OpenAPI, trust bundle, CRL, OCSP, attestation nonce/verify (the evidence is the proof). */
   | "public"
   /** A device's bootstrap credential that can only be checked with the body: the CSR of a publicKey enrollment, a

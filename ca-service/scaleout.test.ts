@@ -1,18 +1,14 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { Agent, request as httpsRequest } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import * as x509 from "@peculiar/x509";
 import { SOFTHSM_MODULE } from "../hsm/index.js";
 import { PostgresDb } from "./db.js";
 import { initCa } from "./init.js";
-import { DATABASE_URL, PG_SKIP_REASON, announcePgSkip, pgStore, quietLogger, softHsm, TEST_PIN, uniqueSchema, type SoftHsm, type TestStore } from "./test-helpers.js";
+import { DATABASE_URL, PG_SKIP_REASON, announcePgSkip, pgStore, startCaServe, quietLogger, softHsm, TEST_PIN, uniqueSchema, type CaServe, type SoftHsm, type TestStore } from "./test-helpers.js";
 
-const ENTRY = fileURLToPath(new URL("../test/helpers/cli-main.ts", import.meta.url));
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
 /** Issue 3: two `ca serve` processes on one PostgreSQL, 10,000 concurrent issuances. */
 const PROCESSES = 2;
 const ISSUANCES = 10_000;
@@ -35,6 +31,8 @@ function call(agent: Agent, method: string, url: string, token: string, body: un
       res.on("error", reject);
     });
     req.on("error", reject);
+    // An answer that never comes (a connection lost in a worker hand-off) fails the run naming the request, not at 600 s.
+    req.setTimeout(60_000, () => req.destroy(new Error(`${method} ${url}: no answer within 60 s`)));
     req.end(payload);
   });
 }
@@ -52,7 +50,7 @@ describe.skipIf(!DATABASE_URL)(`scale-out: ${PROCESSES} \`ca serve\` processes o
   let sql: PostgresDb;
   let dir: string;
   let token: string;
-  const procs: ChildProcess[] = [];
+  const procs: CaServe[] = [];
   const urls: string[] = [];
   const agents: Agent[] = [];
   /** Audit actions before the test traffic (CA creation, first token). */
@@ -82,28 +80,16 @@ describe.skipIf(!DATABASE_URL)(`scale-out: ${PROCESSES} \`ca serve\` processes o
       "  trustDomain: scale.edgetrust", "  rateLimitPerMinute: 1000000", "",
     ].join("\n"));
     for (let i = 0; i < PROCESSES; i++) {
-      const p = spawn(process.execPath, ["--import", "tsx", ENTRY, "ca", "serve", "-c", cfg], {
-        cwd: ROOT, env: { ...process.env, SOFTHSM2_CONF: hsm.conf, CA_TEST_PIN: TEST_PIN }, stdio: ["ignore", "pipe", "pipe"],
-      });
-      procs.push(p);
-      let err = "";
-      p.stderr?.on("data", (c: Buffer) => { err += c.toString(); });
-      urls.push(await new Promise<string>((resolve, reject) => {
-        let out = "";
-        p.stdout?.on("data", (c: Buffer) => {
-          out += c.toString();
-          const m = /"listening":"([^"]+)"/.exec(out);
-          if (m?.[1]) resolve(m[1]);
-        });
-        p.on("exit", (code) => reject(new Error(`ca serve exited ${code}: ${err}`)));
-      }));
+      const server = startCaServe(["-c", cfg], { ...process.env, SOFTHSM2_CONF: hsm.conf, CA_TEST_PIN: TEST_PIN });
+      procs.push(server);
+      urls.push(await server.listening);
       agents.push(new Agent({ keepAlive: true, maxSockets: SOCKETS_PER_PROCESS, ca: init.root.certPem }));
     }
   }, 180_000);
 
   afterAll(async () => {
     for (const a of agents) a.destroy();
-    for (const p of procs) if (p.exitCode === null) p.kill("SIGKILL");
+    for (const p of procs) if (p.proc.exitCode === null && p.proc.signalCode === null) p.proc.kill("SIGKILL");
     await sql?.close();
     await ts?.cleanup();
     hsm?.cleanup();
@@ -177,7 +163,7 @@ describe.skipIf(!DATABASE_URL)(`scale-out: ${PROCESSES} \`ca serve\` processes o
 
   it("SIGTERM shuts every process down gracefully (exit 0)", async () => {
     for (const a of agents) a.destroy();
-    const codes = await Promise.all(procs.map((p) => new Promise<number | null>((resolve) => { p.once("exit", (c) => resolve(c)); p.kill("SIGTERM"); })));
+    const codes = await Promise.all(procs.map((p) => p.stop()));
     expect(codes).toEqual(procs.map(() => 0));
   });
 });

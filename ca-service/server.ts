@@ -2,9 +2,9 @@ import "reflect-metadata";
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import type { AddressInfo } from "node:net";
-import Fastify, { type FastifyInstance } from "fastify";
+import Fastify, { LogController, type FastifyInstance } from "fastify";
 import swagger from "@fastify/swagger";
-import rateLimit from "@fastify/rate-limit";
+import rateLimit, { type FastifyRateLimitStoreCtor } from "@fastify/rate-limit";
 import * as x509 from "@peculiar/x509";
 import { createLogger, type Logger } from "../common/index.js";
 import { EKU_SERVER_AUTH, randomSerial, signingAlgorithmFor } from "../pki/index.js";
@@ -14,17 +14,15 @@ import { installProblemHandlers } from "./http.js";
 import { enforceRouteAuth, type RouteAuthEntry } from "./route-auth.js";
 import { CaMetrics } from "./metrics.js";
 import { normalizeSerial, sha256Hex, type CaStore } from "./store.js";
-import { healthRoutes } from "./routes/health.js";
-import { metricsRoutes } from "./routes/metrics.js";
-import { openapiRoutes } from "./routes/openapi.js";
-import { crlRoutes, ocspRoutes, registerCaRoutes } from "./ca/routes.js";
-import type { RouteDeps } from "./routes/types.js";
-import { attestationRoutes, requireAttestationForRenewal } from "./attestation/routes.js";
-import { enrollmentApiRoutes } from "./enrollment/routes.js";
-import { deploymentRoutes } from "./deployments/routes.js";
+import type { RouteDeps } from "./shared/route-deps.js";
+import { healthRoutes, opsPlugin } from "./ops/routes.js";
+import { caPlugin, revocationPlugin } from "./ca/routes.js";
+import { attestationPlugin, renewalAttestationGate } from "./attestation/routes.js";
+import { enrollmentPlugin } from "./enrollment/routes.js";
+import { deploymentsPlugin } from "./deployments/routes.js";
 import { startFleet, type Fleet } from "./shared/fleet.js";
 
-export interface CaServerDeps {
+interface CaServerDeps {
   ca: CertificateAuthority;
   store: CaStore;
   logger?: Logger;
@@ -32,6 +30,13 @@ export interface CaServerDeps {
   tls?: { cert: string; key: string };
   /** Plain HTTP instead of HTTPS (tests using inject; never in production: renewal needs mTLS). */
   plainHttp?: boolean;
+  /** `x-edgetrust-instance` of this server (a `ca serve --workers` worker names itself); default instanceIdOf(config). */
+  instanceId?: string;
+  /**
+   * Where request counters of the rate limit live when the store does not hold them (SQLite): a `ca serve --workers`
+   * worker counts in the primary over IPC, so a limit is granted once per service, not once per worker.
+   */
+  rateLimitStore?: FastifyRateLimitStoreCtor;
 }
 
 export interface CaServer {
@@ -49,7 +54,7 @@ export interface CaServer {
 }
 
 /** A TLS server certificate for the CA's own listener, issued by the current issuing CA and recorded like any other. */
-async function selfIssuedTls(ca: CertificateAuthority, config: CaConfig): Promise<{ cert: string; key: string }> {
+export async function selfIssuedTls(ca: CertificateAuthority, config: CaConfig): Promise<{ cert: string; key: string }> {
   const keys = (await globalThis.crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, ["sign", "verify"])) as CryptoKeyPair;
   const issuer = ca.current();
   const names: x509.JsonGeneralName[] = config.serverNames.map((n) => ({ type: isIP(n) ? "ip" : "dns", value: n }));
@@ -89,15 +94,22 @@ function baseOptions(config: CaConfig, logger: Logger) {
     // Registration ids may be 128 characters (find-my-way's default of 100 answered longer ones with a bare 414).
     routerOptions: { maxParamLength: 256 },
     return503OnClosing: true,
+    // fastify's two info lines per request ("incoming request", "request completed") cost each request two
+    // synchronous writes to stdout; the one line below is at debug. Requests are counted in /metrics, issuance is in
+    // the audit log, and failures are logged at error by the problem handler (README "Request logging").
+    logController: new LogController({ disableRequestLogging: true }),
     ajv: { customOptions: { removeAdditional: false as const, coerceTypes: "array" as const, allErrors: false } },
   };
 }
 
 function instrument(app: FastifyInstance, metrics: CaMetrics): void {
-  app.addHook("onResponse", async (req, reply) => {
+  // Callback-style hooks (here and the instance header): an async hook costs fastify a promise per request.
+  app.addHook("onResponse", (req, reply, done) => {
     const route = req.routeOptions.url ?? "unmatched";
     metrics.httpRequests.inc({ method: req.method, route, status: String(reply.statusCode) });
     metrics.httpDuration.observe({ method: req.method, route }, reply.elapsedTime / 1000);
+    req.log.debug({ method: req.method, url: req.url.split("?")[0], status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10 }, "request");
+    done();
   });
 }
 
@@ -108,6 +120,7 @@ function instrument(app: FastifyInstance, metrics: CaMetrics): void {
 export async function createCaServer(config: CaConfig, deps: CaServerDeps): Promise<CaServer> {
   const logger = deps.logger ?? createLogger("ca-service");
   const metrics = new CaMetrics();
+  metrics.watchGroupCommit(deps.store.issuance.stats);
   let tls: { cert: string; key: string } | undefined;
   if (!deps.plainHttp) {
     tls = deps.tls ?? (config.tlsCert && config.tlsKey
@@ -124,8 +137,11 @@ export async function createCaServer(config: CaConfig, deps: CaServerDeps): Prom
   installProblemHandlers(app);
   enforceRouteAuth(app, routeAuth);
   instrument(app, metrics);
-  const fleet: Fleet = startFleet(config, deps.ca, deps.store, logger, metrics);
-  app.addHook("onSend", async (_req, reply) => { reply.header("x-edgetrust-instance", fleet.instanceId); });
+  const fleet: Fleet = startFleet(config, deps.ca, deps.store, logger, metrics, {
+    ...(deps.instanceId ? { instanceId: deps.instanceId } : {}),
+    ...(deps.rateLimitStore ? { rateLimitStore: deps.rateLimitStore } : {}),
+  });
+  app.addHook("onSend", (_req, reply, payload, done) => { reply.header("x-edgetrust-instance", fleet.instanceId); done(null, payload); });
   await app.register(rateLimit, { max: config.rateLimitPerMinute, timeWindow: 60_000, ...fleet.rateLimitStore });
   await app.register(swagger, {
     openapi: {
@@ -134,14 +150,13 @@ export async function createCaServer(config: CaConfig, deps: CaServerDeps): Prom
       components: { securitySchemes: { bearer: { type: "http", scheme: "bearer", description: "admin or auditor API token" } } },
     },
   });
-  await app.register(healthRoutes, routeDeps);
-  await app.register(metricsRoutes, routeDeps);
-  await app.register(openapiRoutes);
-  await registerCaRoutes(app, routeDeps);
-  await app.register(attestationRoutes, routeDeps);
-  if (config.attestation.requiredForRenewal) requireAttestationForRenewal(app, routeDeps);
-  await app.register(enrollmentApiRoutes, routeDeps);
-  await app.register(deploymentRoutes, routeDeps);
+  // One plugin per feature folder (see README "Layout"); each is encapsulated except the renewal gate (fastify-plugin).
+  await app.register(opsPlugin, routeDeps);
+  await app.register(caPlugin, routeDeps);
+  await app.register(attestationPlugin, routeDeps);
+  if (config.attestation.requiredForRenewal) await app.register(renewalAttestationGate, routeDeps);
+  await app.register(enrollmentPlugin, routeDeps);
+  await app.register(deploymentsPlugin, routeDeps);
 
   let revocationApp: FastifyInstance | undefined;
   if (config.revocationPort >= 0) {
@@ -149,9 +164,9 @@ export async function createCaServer(config: CaConfig, deps: CaServerDeps): Prom
     installProblemHandlers(revocationApp);
     enforceRouteAuth(revocationApp, routeAuth);
     instrument(revocationApp, metrics);
+    revocationApp.addHook("onSend", (_req, reply, payload, done) => { reply.header("x-edgetrust-instance", fleet.instanceId); done(null, payload); });
     await revocationApp.register(rateLimit, { max: config.rateLimitPerMinute, timeWindow: 60_000, ...fleet.rateLimitStore });
-    await revocationApp.register(crlRoutes, routeDeps);
-    await revocationApp.register(ocspRoutes, routeDeps);
+    await revocationApp.register(revocationPlugin, routeDeps);
     await revocationApp.register(healthRoutes, routeDeps);
   }
 

@@ -3,10 +3,10 @@ import { openKeyStore, type HsmConfig, type KeyStore } from "../hsm/index.js";
 import { loadPolicy } from "../policy/index.js";
 import { CertificateAuthority, overridesFromPolicy, type ProfileOverrides } from "./ca.js";
 import type { CaConfig } from "./config.js";
-import type { CaStore } from "./store.js";
+import { CaStore } from "./store.js";
 import { openCaStore } from "./store-identity.js";
 
-export interface OpenCaOptions {
+interface OpenCaOptions {
   /** Use this key store instead of opening the one `hsm` describes (tests, embedding). */
   keys?: KeyStore;
   /** Extra profile overrides, applied over the policy file's `certificates:` section. */
@@ -14,9 +14,14 @@ export interface OpenCaOptions {
   logger?: Logger;
   /** The config file the configuration came from: the CA identity file sits beside it (store-identity.ts). */
   configFile?: string;
+  /**
+   * false: open the store as it is — no migration, no identity check. Only for a `ca serve` worker, whose primary
+   * ran both before forking it (cluster.ts).
+   */
+  startupChecks?: boolean;
 }
 
-export interface OpenedCa {
+interface OpenedCa {
   store: CaStore;
   keys: KeyStore;
   ca?: CertificateAuthority;
@@ -31,7 +36,9 @@ export async function openCaStores(config: CaConfig, hsm: HsmConfig, opts: OpenC
       hint: "use hsm.backend: pkcs11 (SoftHSM2 in development), or set ca.allowSoftwareKeys: true for development only",
     });
   }
-  const store = await openCaStore(config, { ...(opts.configFile ? { configFile: opts.configFile } : {}), logger: log });
+  const store = opts.startupChecks === false
+    ? await CaStore.open({ databaseUrl: config.databaseUrl, sqlitePath: config.sqlitePath, schema: config.databaseSchema, groupCommit: config.groupCommit, migrate: false })
+    : await openCaStore(config, { ...(opts.configFile ? { configFile: opts.configFile } : {}), logger: log });
   try {
     const keys = opts.keys ?? (await openKeyStore(hsm, { logger: log }));
     return { store, keys };
@@ -41,7 +48,7 @@ export async function openCaStores(config: CaConfig, hsm: HsmConfig, opts: OpenC
   }
 }
 
-export function profileOverrides(config: CaConfig, extra: ProfileOverrides = {}): ProfileOverrides {
+function profileOverrides(config: CaConfig, extra: ProfileOverrides = {}): ProfileOverrides {
   const fromPolicy = config.policyFile ? overridesFromPolicy(loadPolicy(config.policyFile).policy.certificates) : {};
   const out: ProfileOverrides = { ...fromPolicy };
   for (const [k, v] of Object.entries(extra) as [keyof ProfileOverrides, ProfileOverrides[keyof ProfileOverrides]][]) out[k] = { ...out[k], ...v };

@@ -6,7 +6,8 @@ import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
 import type { FastifyInstance } from "fastify";
 import { CaStore } from "./store.js";
-import { SqliteDb } from "./db.js";
+import { EdgeTrustError, freePort } from "../common/index.js";
+import { PostgresDb, SqliteDb } from "./db.js";
 import { createCaServer, type CaServer } from "./server.js";
 import { makeTestCa, quietLogger, softHsm, testConfig, type SoftHsm, type TestCa } from "./test-helpers.js";
 
@@ -112,9 +113,38 @@ describe.skipIf(Boolean(skip))("the CA store's file system fails (real tmpfs)", 
     // Nothing was written partially: the refused issuance left no certificate behind.
     expect(Number((await store.db.query<{ n: number }>("SELECT COUNT(*) AS n FROM certificates"))[0]?.n)).toBe(before);
 
+    // A group-commit batch on the full disk: every member gets the storage problem, none is retried alone (the
+    // fault is the store's, not one record's), nothing is written.
+    const stats = { ...store.issuance.stats };
+    const issuer = t.ca.current().record.id;
+    const batch = Array.from({ length: 6 }, (_, i) => store.recordIssued({
+      serial: `d15c${i}`, issuerId: issuer, profile: "device-identity", subject: "CN=disk-dev", sans: [], deviceId: "disk-dev", spkiSha256: `s${i}`,
+      fingerprintSha256: `f${i}`, notBefore: new Date().toISOString(), notAfter: new Date().toISOString(), certPem: "pem", replacesSerial: null,
+    }, "test"));
+    const outcomes = await Promise.allSettled(batch);
+    expect(outcomes.map((o) => (o.status === "rejected" ? (o.reason as { code?: string }).code : "committed"))).toEqual(batch.map(() => "STORAGE_FULL"));
+    expect(store.issuance.stats.retriedAlone).toBe(stats.retriedAlone);
+    expect(Number((await store.db.query<{ n: number }>("SELECT COUNT(*) AS n FROM certificates"))[0]?.n)).toBe(before);
+
     unlinkSync(filler);
     expect((await app.inject({ method: "GET", url: "/healthz" })).statusCode).toBe(200);
     expect((await issue()).statusCode).toBe(201);
     expect((await store.verifyAudit()).ok).toBe(true);
+  });
+});
+
+describe("the CA store's PostgreSQL server is out of reach (a real refused connection)", () => {
+  it("every statement and transaction is 503 STORAGE_UNAVAILABLE with a retry delay, never an unmapped error", async () => {
+    // Nothing listens on a port freePort just handed out: connect() is refused by the kernel, as during a restart.
+    const db = new PostgresDb(`postgres://postgres@127.0.0.1:${await freePort()}/postgres`);
+    try {
+      for (const attempt of [() => db.query("SELECT 1"), () => db.run("DELETE FROM x"), () => db.transaction(async (tx) => tx.query("SELECT 1"))]) {
+        const e = await attempt().then(() => undefined, (err: unknown) => err);
+        expect(e).toBeInstanceOf(EdgeTrustError);
+        expect(e).toMatchObject({ code: "STORAGE_UNAVAILABLE", status: 503, retryAfterSeconds: 2, message: expect.stringMatching(/unreachable \(ECONNREFUSED/) as unknown });
+      }
+    } finally {
+      await db.close();
+    }
   });
 });

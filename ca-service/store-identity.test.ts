@@ -9,6 +9,7 @@ import { CaStore } from "./store.js";
 import { SqliteDb } from "./db.js";
 import { openCaStore, readIdentity } from "./store-identity.js";
 import { makeTestCa, softHsm, testConfig, TEST_PIN, type SoftHsm } from "./test-helpers.js";
+import { cliBundleArgs } from "../test/fixtures/cli-bundle.js";
 
 /**
  * Issue 17, fault run: "an emptied CA database becomes a new CA". A store that held a CA is never silently
@@ -16,7 +17,7 @@ import { makeTestCa, softHsm, testConfig, TEST_PIN, type SoftHsm } from "./test-
  * every open; a zero-byte, missing, half-truncated or foreign store is refused naming its file — by `ca serve`,
  * `ca audit verify` and `ca init` alike — and nothing is written to it.
  */
-const ENTRY = fileURLToPath(new URL("../test/helpers/cli-main.ts", import.meta.url));
+const CLI = cliBundleArgs();
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
 let hsm: SoftHsm;
@@ -27,7 +28,7 @@ let backup: string;
 
 function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, ["--import", "tsx", ENTRY, "ca", ...args, "-c", cfg], {
+    execFile(process.execPath, [...CLI, "ca", ...args, "-c", cfg], {
       cwd: ROOT, env: { ...process.env, SOFTHSM2_CONF: hsm.conf, CA_TEST_PIN: TEST_PIN }, encoding: "utf8", timeout: 120_000,
     }, (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
   });
@@ -134,6 +135,24 @@ describe("the CA's identity lives outside its store", () => {
     restore();
     await (await openCaStore(config)).close();
     otherHsm.cleanup();
+  });
+
+  it("ca.groupCommit reaches the store it opens: 7 concurrent issued records with maxBatch 3 are written in batches of at most 3", async () => {
+    restore();
+    const store = await openCaStore(testConfig({ sqlitePath: db, identityFile: join(dir, "ca-identity.json"), groupCommit: { windowMs: 20, maxBatch: 3 } }));
+    try {
+      const issuerId = (await store.listCas("issuing"))[0]?.id ?? "";
+      const record = (n: number) => ({
+        serial: `7e57${n}`, issuerId, profile: "device-identity", subject: "CN=d", sans: [], deviceId: null, spkiSha256: `${n}`.padStart(64, "0"),
+        fingerprintSha256: `f${n}`.padStart(64, "0"), notBefore: new Date().toISOString(), notAfter: new Date().toISOString(), certPem: "pem", replacesSerial: null,
+      });
+      await Promise.all(Array.from({ length: 7 }, (_, n) => store.recordIssued(record(n), "tester")));
+      expect(store.issuance.stats).toMatchObject({ records: 7, largest: 3 });
+      expect(store.issuance.stats.batches).toBeGreaterThanOrEqual(3);
+      expect((await store.verifyAudit()).ok).toBe(true);
+    } finally {
+      await store.close();
+    }
   });
 
   it("a CA that predates the identity file gets one recorded at its next start", async () => {

@@ -11,7 +11,7 @@ import { CaStore } from "./store.js";
  * zero-byte, corrupt or different store is refused naming its file, instead of SQLite quietly making a fresh one
  * (which `ca init` would then fill with a new root, orphaning every device).
  */
-export interface CaIdentity {
+interface CaIdentity {
   version: 1;
   /** sha256 (hex) of the root CA certificate's DER. */
   rootSha256: string;
@@ -30,7 +30,7 @@ export function identityFilePath(config: CaConfig, configFile?: string): string 
 }
 
 /** The store's location as written in the identity file (never a password). */
-export function storeLocation(config: CaConfig): string {
+function storeLocation(config: CaConfig): string {
   if (!config.databaseUrl) return `sqlite:${resolve(config.sqlitePath)}`;
   try {
     const u = new URL(config.databaseUrl);
@@ -92,7 +92,7 @@ export async function openCaStore(config: CaConfig, opts: { configFile?: string;
   };
   let store: CaStore;
   try {
-    store = await CaStore.open({ databaseUrl: config.databaseUrl, sqlitePath: config.sqlitePath, schema: config.databaseSchema });
+    store = await CaStore.open({ databaseUrl: config.databaseUrl, sqlitePath: config.sqlitePath, schema: config.databaseSchema, groupCommit: config.groupCommit });
   } catch (e) {
     throw damaged(e);
   }

@@ -1,8 +1,10 @@
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
 import { randomBytes } from "node:crypto";
 import { DATABASE_URL, PG_SKIP_REASON, announcePgSkip, pgStore, sqliteStore, type TestStore } from "./test-helpers.js";
-import { type CaStore, type NewCertificate, sha256Hex } from "./store.js";
+import { CaStore, type NewCertificate, sha256Hex } from "./store.js";
+import Database from "better-sqlite3";
 import { isEdgeTrustError } from "../common/index.js";
+import { PostgresDb, SqliteDb } from "./db.js";
 import { migrate, schemaVersion, MIGRATIONS } from "./migrations.js";
 
 function fakeCert(issuerId: string, over: Partial<NewCertificate> = {}): NewCertificate {
@@ -99,6 +101,85 @@ function storeSuite(name: string, make: () => Promise<TestStore>) {
       expect((await t.store.verifyAudit()).ok).toBe(true);
     });
 
+    /** Serials of `serials` visible to ANOTHER connection: only committed rows are (SQLite WAL reader, PG pool). */
+    async function committed(serials: string[]): Promise<string[]> {
+      const list = serials.map(() => "?").join(", ");
+      const sql = `SELECT serial FROM certificates WHERE serial IN (${list})`;
+      if (t.store.db instanceof SqliteDb) {
+        const other = new Database(t.store.db.path, { readonly: true });
+        try {
+          return (other.prepare(sql).all(...serials) as { serial: string }[]).map((r) => r.serial);
+        } finally {
+          other.close();
+        }
+      }
+      return (await t.store.db.query<{ serial: string }>(sql, serials)).map((r) => r.serial);
+    }
+
+    it("group commit: concurrent issuances go into one transaction, each answered after its commit, audit entries in order", async () => {
+      const before = { ...t.store.issuance.stats };
+      const certs = Array.from({ length: 24 }, () => fakeCert(issuer));
+      const seenAtAnswer: string[][] = [];
+      await Promise.all(certs.map(async (c) => {
+        await t.store.recordIssued(c, "tester");
+        seenAtAnswer.push(await committed([c.serial]));
+      }));
+      expect(t.store.issuance.stats.batches - before.batches).toBe(1);
+      expect(t.store.issuance.stats.largest).toBeGreaterThanOrEqual(certs.length);
+      expect(seenAtAnswer.every((s) => s.length === 1)).toBe(true);
+      const tail = (await t.store.listAudit({ afterSeq: 0, limit: 100000 })).slice(-certs.length);
+      expect(tail.map((e) => e.target)).toEqual(certs.map((c) => c.serial));
+      expect(tail.map((e) => e.seq)).toEqual(tail.map((_, i) => (tail[0]?.seq ?? 0) + i));
+      expect((await t.store.verifyAudit()).ok).toBe(true);
+    });
+
+    it("the audit chain verifies while certificates are being recorded (head and log read in one snapshot)", async () => {
+      let issuing = true;
+      let recorded = 0;
+      const writer = (async () => {
+        while (issuing) {
+          await Promise.all(Array.from({ length: 8 }, () => t.store.recordIssued(fakeCert(issuer), "tester")));
+          recorded += 8;
+        }
+      })();
+      const results = [];
+      try {
+        // Until several batches were committed during the checks (each check spans at least one event-loop turn).
+        for (let i = 0; i < 2000 && (i < 10 || recorded < 80); i++) {
+          // A timer turn lets the group commit's window end, so checks run while its transactions are open.
+          await new Promise((r) => setTimeout(r, 0));
+          results.push(await t.store.verifyAudit());
+        }
+      } finally {
+        issuing = false;
+        await writer;
+      }
+      expect(recorded).toBeGreaterThanOrEqual(80);
+      expect(results.filter((r) => !r.ok)).toEqual([]);
+      expect(new Set(results.map((r) => r.headSeq)).size, "the checks saw the chain grow").toBeGreaterThan(1);
+    });
+
+    it("group commit: one bad record fails alone with its precise error; its neighbours are committed", async () => {
+      const existing = fakeCert(issuer);
+      await t.store.recordIssued(existing, "tester");
+      const before = { ...t.store.issuance.stats };
+      const certs = Array.from({ length: 9 }, () => fakeCert(issuer));
+      const dup = { ...fakeCert(issuer), serial: existing.serial };
+      certs.splice(4, 0, dup);
+      const results = await Promise.allSettled(certs.map((c) => t.store.recordIssued(c, "tester")));
+      const failed = results.flatMap((r, i) => (r.status === "rejected" ? [[i, r.reason] as const] : []));
+      expect(failed.map(([i]) => i)).toEqual([4]);
+      expect(isEdgeTrustError(failed[0]?.[1], "CONFLICT")).toBe(true);
+      expect(String((failed[0]?.[1] as Error).message)).toContain(existing.serial);
+      expect(t.store.issuance.stats.retriedAlone - before.retriedAlone).toBe(certs.length);
+      const good = certs.filter((c) => c !== dup).map((c) => c.serial);
+      expect((await committed(good)).sort()).toEqual([...good].sort());
+      expect((await t.store.getCertificate(existing.serial))?.fingerprintSha256).toBe(existing.fingerprintSha256);
+      const audit = await t.store.listAudit({ afterSeq: 0, limit: 100000 });
+      expect(audit.filter((e) => e.target === existing.serial)).toHaveLength(1);
+      expect((await t.store.verifyAudit()).ok).toBe(true);
+    });
+
     describe("tampering is detected", () => {
       beforeAll(async () => { await dropAppendOnly(t.store); });
 
@@ -162,4 +243,50 @@ announcePgSkip("ca-service/store.test.ts");
 describe.skipIf(!DATABASE_URL)(`CaStore on PostgreSQL${DATABASE_URL ? "" : ` (skipped: ${PG_SKIP_REASON})`}`, () => {
   storeSuite("CaStore on PostgreSQL", () => pgStore());
   tamperSuite("PostgreSQL", () => pgStore());
+
+  describe("one-statement batches: two writers on one schema (two `ca serve` workers)", () => {
+    let a: TestStore;
+    let b: CaStore;
+    let issuer: string;
+    beforeAll(async () => {
+      a = await pgStore();
+      const db = new PostgresDb(DATABASE_URL, (a.store.db as PostgresDb).schema);
+      b = await CaStore.fromDb(db);
+      issuer = await seedCa(a.store);
+    });
+    afterAll(async () => { await b?.close(); await a?.cleanup(); });
+
+    it("batches interleaved with the other writer's and with audit entries: every record once, one linear chain, the moved head noticed", async () => {
+      const written: string[] = [];
+      for (let round = 0; round < 6; round++) {
+        const writers = [a.store, b, a.store, b];
+        const certs = writers.map(() => Array.from({ length: 5 }, () => fakeCert(issuer)));
+        // Both writers' batches at once, and an audit entry of the first writer (it moves the head under its own cache).
+        await Promise.all([
+          ...writers.map((w, i) => Promise.all((certs[i] ?? []).map((c) => w.recordIssued(c, "tester")))),
+          round % 2 === 0 ? a.store.audit({ actor: "tester", action: "test.between", target: String(round) }) : Promise.resolve(),
+        ]);
+        written.push(...certs.flat().map((c) => c.serial));
+      }
+      // Another writer moved the head under each store's remembered one at least once: the one-statement write
+      // found that and wrote nothing of that attempt (or the records would be there twice or the chain forked).
+      expect(a.store.optimisticMisses + b.optimisticMisses).toBeGreaterThan(0);
+      const rows = await a.store.db.query<{ serial: string }>(`SELECT serial FROM certificates WHERE issuer_id = ?`, [issuer]);
+      expect(rows.map((r) => r.serial).sort()).toEqual([...written].sort());
+      const audit = await a.store.listAudit({ afterSeq: 0, limit: 100000 });
+      for (const s of written) expect(audit.filter((e) => e.target === s)).toHaveLength(1);
+      expect(await a.store.verifyAudit()).toMatchObject({ ok: true, entries: audit.length });
+    });
+
+    it("a duplicate serial in a one-statement batch writes nothing of that statement and fails only its own record", async () => {
+      const existing = fakeCert(issuer);
+      await a.store.recordIssued(existing, "tester");
+      const certs = [fakeCert(issuer), { ...fakeCert(issuer), serial: existing.serial }, fakeCert(issuer)];
+      const out = await Promise.allSettled(certs.map((c) => a.store.recordIssued(c, "tester")));
+      expect(out.map((o) => o.status)).toEqual(["fulfilled", "rejected", "fulfilled"]);
+      expect(await a.store.verifyAudit()).toMatchObject({ ok: true });
+      const audit = await a.store.listAudit({ afterSeq: 0, limit: 100000 });
+      expect(audit.filter((e) => e.target === existing.serial)).toHaveLength(1);
+    });
+  });
 });

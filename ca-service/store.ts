@@ -1,7 +1,8 @@
 import { createHash, randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
 import { EdgeTrustError } from "../common/index.js";
-import { openDb, type Db, type OpenDbOptions, type Queryable, type Row } from "./db.js";
-import { GENESIS_HASH, migrate } from "./migrations.js";
+import { openDb, type Db, type OpenDbOptions, type Param, type Queryable, type Row } from "./db.js";
+import { GroupCommit, type GroupCommitOptions } from "./group-commit.js";
+import { GENESIS_HASH, assertMigrated, migrate } from "./migrations.js";
 
 /** RFC 5280 §5.3.1 CRLReason names (value 7 is unused by the RFC). */
 export const REVOCATION_REASONS = [
@@ -49,7 +50,7 @@ export interface CertificateRecord {
   createdAt: string;
 }
 
-export interface EnrollmentRecord {
+interface EnrollmentRecord {
   deviceId: string;
   kind: "device" | "leaf";
   commonName: string;
@@ -77,6 +78,9 @@ export interface AuditEntry {
   hash: string;
 }
 
+/** What `upsertEnrollment` writes. */
+export type EnrollmentWrite = Pick<EnrollmentRecord, "deviceId" | "kind" | "commonName" | "dnsNames"> & { status?: EnrollmentRecord["status"] };
+
 export interface AuditInput {
   actor: string;
   action: string;
@@ -84,7 +88,7 @@ export interface AuditInput {
   details?: Record<string, unknown>;
 }
 
-export interface AuditVerifyResult {
+interface AuditVerifyResult {
   ok: boolean;
   entries: number;
   headSeq: number;
@@ -133,35 +137,77 @@ function toEnrollment(r: Row): EnrollmentRecord {
 
 export type NewCertificate = Omit<CertificateRecord, "status" | "revokedAt" | "revocationReason" | "createdAt">;
 
+interface CaStoreOptions {
+  /** Group commit of issued certificates (ca-service/README.md "Group commit"). */
+  groupCommit?: GroupCommitOptions;
+  /** false: do not migrate, refuse a store lacking a migration (a `ca serve --workers` worker: its primary migrated). */
+  migrate?: boolean;
+}
+
+interface IssuedWrite {
+  cert: NewCertificate;
+  actor: string;
+  action: string;
+  createdAt: string;
+}
+
+const CERT_COLUMNS = "serial, issuer_id, profile, subject, sans, device_id, spki_sha256, fingerprint_sha256, not_before, not_after, cert_pem, status, replaces_serial, created_at";
+const CERT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'good', ?, ?)";
+const AUDIT_COLUMNS = "seq, at, actor, action, target, details, prev_hash, hash";
+const AUDIT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?)";
+/** Rows per multi-row INSERT on PostgreSQL (13 parameters a certificate: far below the 65,535 limit). */
+const PG_ROWS_PER_INSERT = 128;
+/** Device ids per enrollment read on PostgreSQL (a burst of issuances for many devices). */
+const ENROLLMENT_READS_PER_QUERY = 500;
+/** Batches up to this size go into one PostgreSQL statement (21 parameters a certificate with its audit entry). */
+const PG_ROWS_PER_STATEMENT = 1024;
+
 /**
  * The CA's durable state: CAs, every issued certificate, revocations, CRL numbers, admin principals, enrollment
  * records, and the append-only hash-chained audit log. Every state change and its audit entry commit together.
  */
 export class CaStore {
-  private constructor(readonly db: Db) {}
+  /** Issued certificates waiting for (or in) their group-commit transaction. */
+  readonly issuance: GroupCommit<IssuedWrite, void>;
 
-  static async open(opts: OpenDbOptions): Promise<CaStore> {
+  /**
+   * PostgreSQL: the audit chain head as this process last saw it (written or read). A batch chained from it is
+   * written in one statement that moves the head only if it is still there (`writeIssuedOptimistic`); undefined
+   * until the first batch has read the head under its lock.
+   */
+  private knownHead: { seq: number; hash: string } | undefined;
+  /** PostgreSQL: enrollment reads waiting for the next turn of the event loop, by device id (`getEnrollment`). */
+  private enrollmentReads = new Map<string, { resolve: (r: EnrollmentRecord | undefined) => void; reject: (e: unknown) => void }[]>();
+
+  private constructor(readonly db: Db, opts: CaStoreOptions = {}) {
+    this.issuance = new GroupCommit((batch) => this.writeIssued(batch), opts.groupCommit);
+  }
+
+  static async open(opts: OpenDbOptions & CaStoreOptions): Promise<CaStore> {
     const db = await openDb(opts);
     try {
-      await migrate(db);
+      if (opts.migrate === false) await assertMigrated(db);
+      else await migrate(db);
     } catch (e) {
       await db.close();
       throw e;
     }
-    return new CaStore(db);
+    return new CaStore(db, opts);
   }
 
-  static async fromDb(db: Db): Promise<CaStore> {
+  static async fromDb(db: Db, opts: CaStoreOptions = {}): Promise<CaStore> {
     await migrate(db);
-    return new CaStore(db);
+    return new CaStore(db, opts);
   }
 
   get dialect(): Db["dialect"] {
     return this.db.dialect;
   }
 
-  close(): Promise<void> {
-    return this.db.close();
+  /** Commits what is queued for group commit first: closing never drops a certificate a caller is waiting for. */
+  async close(): Promise<void> {
+    await this.issuance.drain();
+    await this.db.close();
   }
 
   // ---- audit ------------------------------------------------------------------------------------------------
@@ -172,17 +218,63 @@ export class CaStore {
    * every entry links to exactly one predecessor.
    */
   async appendAudit(tx: Queryable, input: AuditInput): Promise<AuditEntry> {
+    return (await this.appendAuditMany(tx, [input]))[0] as AuditEntry;
+  }
+
+  /**
+   * Append several entries, in order, with one read and one update of the chain head (group commit). The same lock
+   * as `appendAudit`: the head is taken inside the caller's transaction, so on PostgreSQL processes sharing the
+   * chain queue on it and the batch's entries are consecutive.
+   */
+  async appendAuditMany(tx: Queryable, inputs: AuditInput[]): Promise<AuditEntry[]> {
+    if (inputs.length === 0) return [];
+    const chained = this.chain(await this.lockHead(tx), inputs);
+    await this.insertRows(tx, "audit_log", AUDIT_COLUMNS, AUDIT_ROW, chained.rows);
+    await tx.run("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", [chained.seq, chained.hash]);
+    return chained.entries;
+  }
+
+  /** The chain head, locked until the caller's transaction ends (PG: FOR UPDATE; SQLite: the write lock). */
+  private async lockHead(tx: Queryable): Promise<{ seq: number; hash: string }> {
     const head = (await tx.query<{ seq: number | string; hash: string }>(`SELECT seq, hash FROM audit_head WHERE id = 1${this.db.forUpdate}`))[0];
     if (!head) throw new EdgeTrustError("INTERNAL", "audit chain head row is missing");
-    const seq = Number(head.seq) + 1;
+    return { seq: Number(head.seq), hash: head.hash };
+  }
+
+  /** Entries following `head`, each linked to the one before: their rows, and the new head. */
+  private chain(head: { seq: number; hash: string }, inputs: AuditInput[]): { rows: Param[][]; entries: AuditEntry[]; seq: number; hash: string } {
+    let seq = head.seq;
+    let prevHash = head.hash;
     const at = new Date().toISOString();
-    const details = JSON.stringify(input.details ?? {});
-    const hash = auditHash(seq, at, input.actor, input.action, input.target, details, head.hash);
-    await tx.run("INSERT INTO audit_log (seq, at, actor, action, target, details, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
-      seq, at, input.actor, input.action, input.target, details, head.hash, hash,
-    ]);
-    await tx.run("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", [seq, hash]);
-    return { seq, at, actor: input.actor, action: input.action, target: input.target, details: input.details ?? {}, prevHash: head.hash, hash };
+    const entries: AuditEntry[] = [];
+    const rows: Param[][] = [];
+    for (const input of inputs) {
+      seq++;
+      const details = JSON.stringify(input.details ?? {});
+      const hash = auditHash(seq, at, input.actor, input.action, input.target, details, prevHash);
+      rows.push([seq, at, input.actor, input.action, input.target, details, prevHash, hash]);
+      entries.push({ seq, at, actor: input.actor, action: input.action, target: input.target, details: input.details ?? {}, prevHash, hash });
+      prevHash = hash;
+    }
+    return { rows, entries, seq, hash: prevHash };
+  }
+
+  /**
+   * INSERT several rows: one statement per row on SQLite (a prepared statement run row by row in one synchronous call;
+   * a 64-row VALUES statement measured slower in better-sqlite3), multi-row
+   * statements on PostgreSQL (one round trip per PG_ROWS_PER_INSERT rows).
+   */
+  private async insertRows(tx: Queryable, table: string, columns: string, rowSql: string, rows: Param[][]): Promise<void> {
+    if (this.db.dialect === "sqlite") {
+      const sql = `INSERT INTO ${table} (${columns}) VALUES ${rowSql}`;
+      if (tx.runMany) return tx.runMany(sql, rows);
+      for (const r of rows) await tx.run(sql, r);
+      return;
+    }
+    for (let i = 0; i < rows.length; i += PG_ROWS_PER_INSERT) {
+      const chunk = rows.slice(i, i + PG_ROWS_PER_INSERT);
+      await tx.run(`INSERT INTO ${table} (${columns}) VALUES ${chunk.map(() => rowSql).join(", ")}`, chunk.flat());
+    }
   }
 
   /** Record an admin action that changes nothing else (token created, CA rolled over, ...). */
@@ -204,7 +296,13 @@ export class CaStore {
    * row no longer matches the last entry).
    */
   async verifyAudit(): Promise<AuditVerifyResult> {
-    const head = (await this.db.query<{ seq: number | string; hash: string }>("SELECT seq, hash FROM audit_head WHERE id = 1"))[0];
+    // The head and every page of the log from one snapshot: read one after the other, a batch committed in between
+    // would show a log longer than its head — a false "deleted from the end" while the CA is issuing.
+    return this.db.snapshot((q) => this.verifyAuditIn(q));
+  }
+
+  private async verifyAuditIn(q: Queryable): Promise<AuditVerifyResult> {
+    const head = (await q.query<{ seq: number | string; hash: string }>("SELECT seq, hash FROM audit_head WHERE id = 1"))[0];
     const headSeq = Number(head?.seq ?? -1);
     let prev = GENESIS_HASH;
     let expected = 1;
@@ -212,7 +310,7 @@ export class CaStore {
     const page = 5000;
     // Read in physical insertion order is not guaranteed by SQL; order by seq, and check each row's link.
     for (let after = 0; ; ) {
-      const rows = await this.db.query("SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?", [after, page]);
+      const rows = await q.query("SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?", [after, page]);
       for (const r of rows) {
         const seq = Number(r.seq);
         if (seq !== expected) return { ok: false, entries: n, headSeq, problem: { seq: expected, reason: `entry ${expected} is missing (next stored entry is ${seq})` } };
@@ -270,27 +368,91 @@ export class CaStore {
 
   // ---- certificates -----------------------------------------------------------------------------------------
 
-  /** Record an issued certificate with its audit entry. A duplicate serial fails with CONFLICT (the caller re-issues). */
+  /**
+   * Record an issued certificate with its audit entry. Concurrent calls are group-committed: several certificates
+   * and their audit entries in one transaction; this resolves only after that transaction committed. A duplicate
+   * serial (or fingerprint) fails with CONFLICT for that certificate alone (the caller re-issues).
+   */
   async recordIssued(cert: NewCertificate, actor: string, action = "cert.issue"): Promise<CertificateRecord> {
     const createdAt = new Date().toISOString();
-    try {
-      await this.db.transaction(async (tx) => {
-        await tx.run(
-          `INSERT INTO certificates (serial, issuer_id, profile, subject, sans, device_id, spki_sha256, fingerprint_sha256, not_before, not_after, cert_pem, status, replaces_serial, created_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'good', ?, ?)`,
-          [cert.serial, cert.issuerId, cert.profile, cert.subject, JSON.stringify(cert.sans), cert.deviceId, cert.spkiSha256, cert.fingerprintSha256, cert.notBefore, cert.notAfter, cert.certPem, cert.replacesSerial, createdAt],
-        );
-        await this.appendAudit(tx, {
-          actor, action, target: cert.serial,
-          details: { issuer: cert.issuerId, profile: cert.profile, subject: cert.subject, sans: cert.sans, deviceId: cert.deviceId, notAfter: cert.notAfter, fingerprint: cert.fingerprintSha256, replaces: cert.replacesSerial },
-        });
-      });
-    } catch (e) {
-      if (isUniqueViolation(e)) throw new EdgeTrustError("CONFLICT", `certificate serial ${cert.serial} already recorded`, { cause: e });
-      throw e;
-    }
+    await this.issuance.submit({ cert, actor, action, createdAt });
     return { ...cert, status: "good", revokedAt: null, revocationReason: null, createdAt };
   }
+
+  /** One transaction: every certificate row, then their audit entries in the same order. */
+  private async writeIssued(batch: IssuedWrite[]): Promise<void[]> {
+    const certRows: Param[][] = batch.map(({ cert, createdAt }) => [
+      cert.serial, cert.issuerId, cert.profile, cert.subject, JSON.stringify(cert.sans), cert.deviceId, cert.spkiSha256, cert.fingerprintSha256,
+      cert.notBefore, cert.notAfter, cert.certPem, cert.replacesSerial, createdAt,
+    ]);
+    const audits: AuditInput[] = batch.map(({ cert, actor, action }) => ({
+      actor, action, target: cert.serial,
+      details: { issuer: cert.issuerId, profile: cert.profile, subject: cert.subject, sans: cert.sans, deviceId: cert.deviceId, notAfter: cert.notAfter, fingerprint: cert.fingerprintSha256, replaces: cert.replacesSerial },
+    }));
+    try {
+      const onePg = this.db.dialect === "postgres" && batch.length <= PG_ROWS_PER_STATEMENT;
+      if (onePg && (await this.writeIssuedOptimistic(certRows, audits))) return batch.map(() => undefined);
+      await this.db.transaction(async (tx) => {
+        if (onePg) {
+          // Four round trips a batch (BEGIN, head lock, this, COMMIT): the certificates, their audit entries and the
+          // new head in one statement; the head is locked first, as every audit append does.
+          const chained = this.chain(await this.lockHead(tx), audits);
+          await tx.run(
+            `WITH c AS (INSERT INTO certificates (${CERT_COLUMNS}) VALUES ${certRows.map(() => CERT_ROW).join(", ")}),
+             a AS (INSERT INTO audit_log (${AUDIT_COLUMNS}) VALUES ${chained.rows.map(() => AUDIT_ROW).join(", ")})
+             UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1`,
+            [...certRows.flat(), ...chained.rows.flat(), chained.seq, chained.hash],
+          );
+          this.knownHead = { seq: chained.seq, hash: chained.hash };
+          return;
+        }
+        await this.insertRows(tx, "certificates", CERT_COLUMNS, CERT_ROW, certRows);
+        await this.appendAuditMany(tx, audits);
+      });
+    } catch (e) {
+      if (isUniqueViolation(e)) {
+        const which = batch.length === 1 ? `certificate serial ${batch[0]?.cert.serial} already recorded` : `a certificate of this batch of ${batch.length} is already recorded`;
+        throw new EdgeTrustError("CONFLICT", which, { cause: e });
+      }
+      throw e;
+    }
+    return batch.map(() => undefined);
+  }
+
+  /**
+   * PostgreSQL, one round trip: the batch chained from the head this process last saw, written by ONE statement (its
+   * own transaction) that moves the head only `WHERE seq = <expected> AND hash = <expected>` and inserts the rows only
+   * if that update took the row. The update holds the head's row lock until the statement commits, exactly as the
+   * locked path's `SELECT ... FOR UPDATE` does; if another writer moved the head first (another process, or an
+   * audit entry of this one), the update matches nothing (READ COMMITTED re-checks the condition on the row the other
+   * writer committed), nothing is written, and the head the statement saw is remembered for one more try. False:
+   * not written — the caller takes the locked path. Any error (a duplicate serial) rolls the whole statement back.
+   */
+  private async writeIssuedOptimistic(certRows: Param[][], audits: AuditInput[]): Promise<boolean> {
+    for (let attempt = 0; attempt < 2 && this.knownHead; attempt++) {
+      const expected = this.knownHead;
+      const chained = this.chain(expected, audits);
+      // The first row's casts type the VALUES columns (seq is BIGINT, the rest TEXT).
+      const auditRows = chained.rows.map((_, i) => (i === 0 ? "(?::bigint, ?::text, ?::text, ?::text, ?::text, ?::text, ?::text, ?::text)" : AUDIT_ROW));
+      const [r] = await this.db.query<{ written: number | string; seq: number | string; hash: string }>(
+        `WITH h AS (UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1 AND seq = ? AND hash = ? RETURNING seq),
+         c AS (INSERT INTO certificates (${CERT_COLUMNS}) SELECT * FROM (VALUES ${certRows.map(() => CERT_ROW).join(", ")}) AS v WHERE EXISTS (SELECT 1 FROM h)),
+         a AS (INSERT INTO audit_log (${AUDIT_COLUMNS}) SELECT * FROM (VALUES ${auditRows.join(", ")}) AS v WHERE EXISTS (SELECT 1 FROM h))
+         SELECT (SELECT count(*) FROM h) AS written, seq, hash FROM audit_head WHERE id = 1`,
+        [chained.seq, chained.hash, expected.seq, expected.hash, ...certRows.flat(), ...chained.rows.flat()],
+      );
+      if (r && Number(r.written) === 1) {
+        this.knownHead = { seq: chained.seq, hash: chained.hash };
+        return true;
+      }
+      this.optimisticMisses++;
+      this.knownHead = r && (Number(r.seq) !== expected.seq || r.hash !== expected.hash) ? { seq: Number(r.seq), hash: r.hash } : undefined;
+    }
+    return false;
+  }
+
+  /** PostgreSQL batches whose one-statement write found the head moved (tests, metrics). */
+  optimisticMisses = 0;
 
   async getCertificate(serial: string): Promise<CertificateRecord | undefined> {
     const r = (await this.db.query("SELECT * FROM certificates WHERE serial = ?", [normalizeSerial(serial)]))[0];
@@ -433,23 +595,69 @@ export class CaStore {
   // ---- enrollment records (the later enrollment API writes these; issuance reads subject and SANs here) ------
 
   async upsertEnrollment(e: Pick<EnrollmentRecord, "deviceId" | "kind" | "commonName" | "dnsNames"> & { status?: EnrollmentRecord["status"] }, actor: string): Promise<EnrollmentRecord> {
-    const now = new Date().toISOString();
-    await this.db.transaction(async (tx) => {
-      await tx.run(
-        `INSERT INTO enrollments (device_id, kind, common_name, dns_names, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (device_id) DO UPDATE SET kind = excluded.kind, common_name = excluded.common_name, dns_names = excluded.dns_names, status = excluded.status, updated_at = excluded.updated_at`,
-        [e.deviceId, e.kind, e.commonName, JSON.stringify(e.dnsNames), e.status ?? "enabled", now, now],
-      );
-      await this.appendAudit(tx, { actor, action: "enrollment.upsert", target: e.deviceId, details: { kind: e.kind, commonName: e.commonName, dnsNames: e.dnsNames, status: e.status ?? "enabled" } });
-    });
+    await this.db.transaction(async (tx) => this.appendAuditMany(tx, await this.writeEnrollments(tx, [{ enrollment: e, actor }])));
     const out = await this.getEnrollment(e.deviceId);
     if (!out) throw new EdgeTrustError("INTERNAL", `enrollment ${e.deviceId} vanished`);
     return out;
   }
 
+  /**
+   * Enrollment rows of `upsertEnrollment` written inside the caller's transaction (on PostgreSQL several in one
+   * statement; device ids must differ); returns their audit entries for the caller to append with others in one
+   * chain-head update (device registration batches its claims this way).
+   */
+  async writeEnrollments(tx: Queryable, list: { enrollment: EnrollmentWrite; actor: string }[]): Promise<AuditInput[]> {
+    const now = new Date().toISOString();
+    const rows: Param[][] = list.map(({ enrollment: e }) => [e.deviceId, e.kind, e.commonName, JSON.stringify(e.dnsNames), e.status ?? "enabled", now, now]);
+    const upsert = (n: number) => `INSERT INTO enrollments (device_id, kind, common_name, dns_names, status, created_at, updated_at) VALUES ${Array.from({ length: n }, () => "(?, ?, ?, ?, ?, ?, ?)").join(", ")}
+       ON CONFLICT (device_id) DO UPDATE SET kind = excluded.kind, common_name = excluded.common_name, dns_names = excluded.dns_names, status = excluded.status, updated_at = excluded.updated_at`;
+    if (this.db.dialect === "sqlite") {
+      for (const r of rows) await tx.run(upsert(1), r);
+    } else {
+      for (let i = 0; i < rows.length; i += PG_ROWS_PER_INSERT) {
+        const chunk = rows.slice(i, i + PG_ROWS_PER_INSERT);
+        await tx.run(upsert(chunk.length), chunk.flat());
+      }
+    }
+    return list.map(({ enrollment: e, actor }) => ({ actor, action: "enrollment.upsert", target: e.deviceId, details: { kind: e.kind, commonName: e.commonName, dnsNames: e.dnsNames, status: e.status ?? "enabled" } }));
+  }
+
+  /**
+   * The enrollment record as stored now. On PostgreSQL the reads asked for in one turn of the event loop go out as one
+   * query (`device_id IN (...)`) on the next: every read is still made after it was asked for, so an enrollment
+   * disabled before an issuance began stops it exactly as before — a burst of issuances costs one round trip, not
+   * one each.
+   */
   async getEnrollment(deviceId: string): Promise<EnrollmentRecord | undefined> {
-    const r = (await this.db.query("SELECT * FROM enrollments WHERE device_id = ?", [deviceId]))[0];
-    return r ? toEnrollment(r) : undefined;
+    if (this.db.dialect !== "postgres") {
+      const r = (await this.db.query("SELECT * FROM enrollments WHERE device_id = ?", [deviceId]))[0];
+      return r ? toEnrollment(r) : undefined;
+    }
+    return new Promise((resolve, reject) => {
+      if (this.enrollmentReads.size === 0) setImmediate(() => void this.readEnrollments());
+      const waiting = this.enrollmentReads.get(deviceId);
+      if (waiting) waiting.push({ resolve, reject });
+      else this.enrollmentReads.set(deviceId, [{ resolve, reject }]);
+    });
+  }
+
+  private async readEnrollments(): Promise<void> {
+    const reads = this.enrollmentReads;
+    this.enrollmentReads = new Map();
+    const ids = [...reads.keys()];
+    for (let i = 0; i < ids.length; i += ENROLLMENT_READS_PER_QUERY) {
+      const chunk = ids.slice(i, i + ENROLLMENT_READS_PER_QUERY);
+      try {
+        const rows = await this.db.query(`SELECT * FROM enrollments WHERE device_id IN (${chunk.map(() => "?").join(", ")})`, chunk);
+        const byId = new Map(rows.map((r) => [str(r.device_id), r]));
+        for (const id of chunk) {
+          const r = byId.get(id);
+          for (const w of reads.get(id) ?? []) w.resolve(r ? toEnrollment(r) : undefined);
+        }
+      } catch (e) {
+        for (const id of chunk) for (const w of reads.get(id) ?? []) w.reject(e);
+      }
+    }
   }
 }
 

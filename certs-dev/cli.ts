@@ -4,7 +4,7 @@ import { openKeyStore, type HsmConfig, type KeyStore } from "../hsm/index.js";
 import { createDevPki } from "./generate.js";
 
 /** The sections of edgetrust.yaml these commands read (the command tree hands in a reader of the whole file). */
-export type CertsDevConfig = { hsm: HsmConfig };
+type CertsDevConfig = { hsm: HsmConfig };
 
 interface CreateOpts {
   out: string;
@@ -19,10 +19,9 @@ interface CreateOpts {
   json?: boolean;
 }
 
-export function certsDevCommand(readConfig: ConfigReader<CertsDevConfig>): Command {
-  const cmd = new Command("certs-dev").description("Development PKI generator (never for production)");
-  cmd
-    .command("create")
+/** `edgetrust certs-dev create`. */
+function createCommand(readConfig: ConfigReader<CertsDevConfig>): Command {
+  return new Command("create")
     .description("write a development root, issuing CA, device identity, Edge CA, edge hub, module and leaf certificates + keys")
     .requiredOption("--out <dir>", "output directory (must be empty unless --force)")
     .option("--trust-domain <domain>", "trust domain of the edgetrust:// identities", "example.com")
@@ -61,5 +60,10 @@ export function certsDevCommand(readConfig: ConfigReader<CertsDevConfig>): Comma
         await keyStore?.close();
       }
     }));
+}
+
+export function certsDevCommand(readConfig: ConfigReader<CertsDevConfig>): Command {
+  const cmd = new Command("certs-dev").description("Development PKI generator (never for production)");
+  cmd.addCommand(createCommand(readConfig));
   return cmd;
 }

@@ -10,7 +10,7 @@ import { issueCertificate, type IdentityFields, type Issuer, type ModuleAttestat
 
 export const DEV_HEADER = "# edgetrust DEVELOPMENT certificate — never use in production";
 
-export interface DevPkiOptions {
+interface DevPkiOptions {
   out: string;
   trustDomain?: string;
   deviceId?: string;

@@ -15,7 +15,7 @@ export interface LogSection {
 
 /** Set by commands that were given --json so failures are machine-readable too. */
 let jsonMode = false;
-export function setJsonMode(on: boolean): void {
+function setJsonMode(on: boolean): void {
   jsonMode = on;
 }
 

@@ -46,6 +46,36 @@ describe("loadConfig", () => {
     expect(() => loadConfig(Schema, { file: "/nonexistent.yaml", required: true, env: {} })).toThrow(/does not exist/);
   });
 
+  describe("unix socket paths longer than sun_path (107 bytes)", () => {
+    const Sockets = Type.Object({
+      dev: Type.Object(
+        {
+          socket: Type.String({ unixSocket: true, default: "/run/x.sock", description: "a socket" }),
+          dir: Type.String({ unixSocketUnder: "/<module>/workload.sock", default: "/run/m", description: "socket dirs" }),
+        },
+        { additionalProperties: false, default: {}, description: "d" },
+      ),
+    }, { additionalProperties: false });
+    const long = "/run/" + "s".repeat(103); // 108 bytes
+
+    it("refuses a socket path from the file with file:line:col, the path and the limit", () => {
+      const f = tmpFile(`dev:\n  socket: ${long}\n`);
+      expect(() => loadConfig(Sockets, { file: f, env: {} })).toThrow(`${f}:2:11: /dev/socket: unix socket path "${long}" is 108 bytes; the kernel's limit (sun_path) is 107 bytes`);
+    });
+
+    it("accepts exactly 107 bytes", () => {
+      const ok = "/run/" + "s".repeat(102);
+      expect(loadConfig(Sockets, { env: { EDGETRUST_DEV_SOCKET: ok } }).dev.socket).toBe(ok);
+    });
+
+    it("refuses a socket directory whose shortest socket cannot fit, naming the environment variable", () => {
+      const dir = "/run/" + "d".repeat(90); // 95 + "/m/workload.sock" (16) = 111 bytes
+      expect(() => loadConfig(Sockets, { env: { EDGETRUST_DEV_DIR: dir } })).toThrow(
+        `config/dev/dir (EDGETRUST_DEV_DIR): sockets under this directory (<dir>/<module>/workload.sock) cannot fit even with a one-character name: unix socket path "${dir}/m/workload.sock" is 111 bytes; the kernel's limit (sun_path) is 107 bytes`,
+      );
+    });
+  });
+
   it("renders defaults with descriptions and env names", () => {
     expect(renderDefaults(Schema)).toBe(
       [

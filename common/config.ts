@@ -2,8 +2,9 @@ import { readFileSync, existsSync } from "node:fs";
 import { Value } from "@sinclair/typebox/value";
 import type { TSchema, Static, TObject } from "@sinclair/typebox";
 import { stringify } from "yaml";
-import { parseYamlStrict } from "./yaml-validate.js";
+import { parseYamlStrict, formatLocated } from "./yaml-validate.js";
 import { EdgeTrustError } from "./errors.js";
+import { unixSocketPathProblem } from "./net.js";
 
 /**
  * The one config loader. Each component describes its section as a TypeBox object whose every property has a
@@ -21,10 +22,12 @@ export interface LoadConfigOptions {
 export function loadConfig<S extends TObject>(schema: S, opts: LoadConfigOptions = {}): Static<S> {
   const env = opts.env ?? process.env;
   let raw: Record<string, unknown> = {};
+  let parsed: ReturnType<typeof parseYamlStrict> | undefined;
   if (opts.file) {
     if (existsSync(opts.file)) {
       const text = readFileSync(opts.file, "utf8");
-      raw = (parseYamlStrict(text, schema, opts.file, "INVALID_CONFIG").value ?? {}) as Record<string, unknown>;
+      parsed = parseYamlStrict(text, schema, opts.file, "INVALID_CONFIG");
+      raw = (parsed.value ?? {}) as Record<string, unknown>;
     } else if (opts.required) {
       throw new EdgeTrustError("INVALID_CONFIG", `config file ${opts.file} does not exist`, {
         hint: "create it (see `edgetrust config defaults`) or omit --config to use the defaults",
@@ -36,7 +39,50 @@ export function loadConfig<S extends TObject>(schema: S, opts: LoadConfigOptions
   if (errors.length > 0) {
     throw new EdgeTrustError("INVALID_CONFIG", errors.map((e) => `config${e.path}: ${e.message}`).join("; "));
   }
+  const sockets = socketPathProblems(schema, merged, env);
+  if (sockets.length > 0) {
+    const where = (p: SocketProblem): string => {
+      if (p.fromEnv) return `config/${p.path.join("/")} (${envName(p.path)}): ${p.message}`;
+      const node = parsed?.doc.getIn(p.path, true) as { range?: [number, number, number] } | undefined;
+      if (!parsed || !opts.file || !node?.range) return `config/${p.path.join("/")}: ${p.message}`;
+      const pos = parsed.lineCounter.linePos(node.range[0]);
+      return formatLocated({ file: opts.file, line: pos.line, col: pos.col, path: "/" + p.path.join("/"), message: p.message });
+    };
+    throw new EdgeTrustError("INVALID_CONFIG", sockets.map(where).join("; "), { hint: "choose a shorter path" });
+  }
   return merged as Static<S>;
+}
+
+interface SocketProblem {
+  path: string[];
+  message: string;
+  fromEnv: boolean;
+}
+
+/**
+ * Unix socket paths the kernel cannot take, found through the schema: a property with `unixSocket: true` is a socket
+ * path; one with `unixSocketUnder: "/<module>/workload.sock"` is a directory whose sockets end so (the shortest,
+ * a one-character `<...>`, is checked; the daemon checks each real one when it makes it). Checked here so a daemon
+ * refuses its config before it writes anything, instead of failing later with a generic error.
+ */
+function socketPathProblems(schema: TSchema, value: Record<string, unknown>, env: NodeJS.ProcessEnv, path: string[] = []): SocketProblem[] {
+  const out: SocketProblem[] = [];
+  for (const [key, sub] of Object.entries((schema as TObject).properties ?? {})) {
+    const p = [...path, key];
+    const v = value[key];
+    const s = sub as TSchema & { unixSocket?: boolean; unixSocketUnder?: string };
+    if (s.type === "object" && (s as TObject).properties && v && typeof v === "object") {
+      out.push(...socketPathProblems(s, v as Record<string, unknown>, env, p));
+    } else if (typeof v === "string" && v !== "" && (s.unixSocket || s.unixSocketUnder)) {
+      const shortest = v.replace(/\/+$/, "") + (s.unixSocketUnder ?? "").replace(/<[^>]*>/g, "m");
+      const problem = unixSocketPathProblem(shortest);
+      if (problem) {
+        const message = s.unixSocketUnder ? `sockets under this directory (<dir>${s.unixSocketUnder}) cannot fit even with a one-character name: ${problem}` : problem;
+        out.push({ path: p, message, fromEnv: env[envName(p)] !== undefined });
+      }
+    }
+  }
+  return out;
 }
 
 function envName(path: string[]): string {

@@ -70,17 +70,20 @@ export const ErrorCodes = {
 
 export type ErrorCode = keyof typeof ErrorCodes;
 
-export interface ErrorDetails {
+interface ErrorDetails {
   hint?: string;
   /** Structured, non-secret context (e.g. validation errors). Never put PINs, keys or tokens here. */
   details?: Record<string, unknown>;
   cause?: unknown;
+  /** A transient failure: when to retry, in seconds (HTTP surfaces send it as `Retry-After`). */
+  retryAfterSeconds?: number;
 }
 
 export class EdgeTrustError extends Error {
   readonly code: ErrorCode;
   readonly hint: string | undefined;
   readonly details: Record<string, unknown> | undefined;
+  readonly retryAfterSeconds: number | undefined;
 
   constructor(code: ErrorCode, message: string, extra: ErrorDetails = {}) {
     super(message, extra.cause === undefined ? undefined : { cause: extra.cause });
@@ -88,6 +91,7 @@ export class EdgeTrustError extends Error {
     this.code = code;
     this.hint = extra.hint;
     this.details = extra.details;
+    this.retryAfterSeconds = extra.retryAfterSeconds;
   }
 
   get status(): number {
@@ -119,7 +123,7 @@ export class EdgeTrustError extends Error {
   }
 }
 
-export interface Problem {
+interface Problem {
   type: string;
   title: string;
   status: number;

@@ -7,7 +7,7 @@ import type { Logger } from "./log.js";
  * field, EdgeTrustErrors keep their code, fastify's own 4xx keep their (safe) message, anything unexpected is logged
  * (without the request body) and answered generically.
  */
-export interface ProblemHandlerOptions {
+interface ProblemHandlerOptions {
   /** Realm of the `WWW-Authenticate: Bearer` challenge sent with 401s (token-authenticated APIs). */
   bearerRealm?: string;
   /** Where unexpected errors are logged; default the request's logger (silent when fastify runs without one). */
@@ -24,9 +24,13 @@ interface AjvLikeError {
 type RouteError = FastifyError & { validation?: AjvLikeError[]; validationContext?: string };
 
 /** A fastify schema-validation error as a 400 naming the precise field (`body/csr: is required`). */
-function validationProblem(err: RouteError): EdgeTrustError {
-  const ctx = err.validationContext ?? "request";
-  const problems = (err.validation ?? []).map((v) => {
+function routeValidationProblem(err: RouteError): EdgeTrustError {
+  return validationProblem(err.validationContext ?? "request", err.validation ?? [], err.message);
+}
+
+/** Schema-validation errors (ajv's) of one request part (`body`, `params`, `querystring`) as a 400 naming the field. */
+export function validationProblem(ctx: string, errors: AjvLikeError[], fallback = `${ctx}: invalid`): EdgeTrustError {
+  const problems = errors.map((v) => {
     let field = `${ctx}${v.instancePath ?? ""}`;
     let message = v.message ?? v.keyword ?? "invalid";
     if (v.keyword === "required" && typeof v.params?.missingProperty === "string") {
@@ -39,13 +43,13 @@ function validationProblem(err: RouteError): EdgeTrustError {
     return { field, message };
   });
   const detail = problems.map((p) => `${p.field}: ${p.message}`).join("; ");
-  return new EdgeTrustError("INVALID_INPUT", detail || err.message, { details: { problems } });
+  return new EdgeTrustError("INVALID_INPUT", detail || fallback, { details: { problems } });
 }
 
 export function toProblemError(error: RouteError | EdgeTrustError | Error, req: FastifyRequest, log: Pick<Logger, "error"> = req.log): EdgeTrustError {
   if (isEdgeTrustError(error)) return error;
   const fe = error as RouteError;
-  if (fe.validation) return validationProblem(fe);
+  if (fe.validation) return routeValidationProblem(fe);
   if (fe.statusCode === 429) return new EdgeTrustError("RATE_LIMITED", "rate limit exceeded", { hint: "retry later" });
   if (fe.code === "FST_ERR_CTP_BODY_TOO_LARGE" || fe.statusCode === 413) return new EdgeTrustError("TOO_LARGE", fe.message);
   if (typeof fe.statusCode === "number" && fe.statusCode >= 400 && fe.statusCode < 500) {
@@ -55,8 +59,9 @@ export function toProblemError(error: RouteError | EdgeTrustError | Error, req: 
   return new EdgeTrustError("INTERNAL", "internal error", { hint: `see the service log for request ${req.id}` });
 }
 
-export function sendProblem(reply: FastifyReply, err: EdgeTrustError, instance: string, opts: ProblemHandlerOptions = {}): FastifyReply {
+function sendProblem(reply: FastifyReply, err: EdgeTrustError, instance: string, opts: ProblemHandlerOptions = {}): FastifyReply {
   if (err.code === "UNAUTHENTICATED" && opts.bearerRealm) reply.header("www-authenticate", `Bearer realm="${opts.bearerRealm}"`);
+  if (err.retryAfterSeconds !== undefined) reply.header("retry-after", String(Math.max(0, Math.ceil(err.retryAfterSeconds))));
   return reply.code(err.status).type("application/problem+json").serializer((x: unknown) => JSON.stringify(x)).send(err.toProblem(instance));
 }
 

@@ -30,6 +30,25 @@ describe("logging", () => {
     expect(out).toContain("[redacted]");
   });
 
+  it("censors a secret under any field two levels down (arrays too), in errors, bindings and interpolated objects, without changing the caller's object", () => {
+    const { lines, destination } = capture();
+    const log = createLogger("hsm", { destination }).child({ session: { token: "child-token" } });
+    const modules = [{ name: "m1", key: "module-key-pem" }];
+    const fields = { modules, deep: { any: { password: "pw-nested" } }, err: Object.assign(new Error("boom"), { secret: "err-secret" }) };
+    log.info(fields, "x %j", { cfg: { apiToken: "interp-token" } });
+    log.error(Object.assign(new Error("plain"), { sas: "sas-value" }));
+    const out = lines.join("");
+    for (const secret of ["child-token", "module-key-pem", "pw-nested", "err-secret", "interp-token", "sas-value"]) expect(out).not.toContain(secret);
+    const [first, second] = lines.map((l) => JSON.parse(l) as { msg: string; err: { stack: string } });
+    expect(first).toMatchObject({ session: { token: "[redacted]" }, modules: [{ name: "m1", key: "[redacted]" }], deep: { any: { password: "[redacted]" } } });
+    expect(first?.err).toMatchObject({ type: "Error", message: "boom", secret: "[redacted]" });
+    expect(first?.err.stack).toContain("boom");
+    expect(first?.msg).toContain("[redacted]");
+    expect(second).toMatchObject({ msg: "plain", err: { message: "plain", sas: "[redacted]" } });
+    expect(modules[0]?.key).toBe("module-key-pem");
+    expect(fields.err.secret).toBe("err-secret");
+  });
+
   it("scrubs PINs from pkcs11 URIs", () => {
     expect(redactString("pkcs11:token=t;object=k;pin-value=1234")).toBe("pkcs11:token=t;object=k;pin-value=[redacted]");
     expect(redactString("pkcs11:object=k?pin-source=/etc/pin")).toBe("pkcs11:object=k?pin-source=[redacted]");

@@ -34,3 +34,17 @@ export async function holdDownPort(): Promise<{ port: number; release: () => Pro
   };
   return { port, release };
 }
+
+/**
+ * Longest unix socket path, in bytes: Linux's sun_path holds 108 with the terminating NUL that most clients (curl,
+ * Docker, C and Rust programs) write. Node does not refuse a longer path: it binds or connects to the path cut at 108
+ * bytes, so a daemon would listen where no client looks and then fail on its own file operations.
+ */
+export const UNIX_SOCKET_PATH_MAX = 107;
+
+/** Why `path` cannot be a unix socket path (one line), or undefined when it fits. */
+export function unixSocketPathProblem(path: string): string | undefined {
+  const n = Buffer.byteLength(path);
+  if (n <= UNIX_SOCKET_PATH_MAX) return undefined;
+  return `unix socket path ${JSON.stringify(path)} is ${n} bytes; the kernel's limit (sun_path) is ${UNIX_SOCKET_PATH_MAX} bytes`;
+}

@@ -1,11 +1,20 @@
 import type { TSchema, Static } from "@sinclair/typebox";
-import { Ajv, type ErrorObject, type ValidateFunction } from "ajv";
-import addFormatsModule from "ajv-formats";
+import { createRequire } from "node:module";
+import type { Ajv, ErrorObject, Options, ValidateFunction } from "ajv";
 import { isMap, isSeq, isScalar, LineCounter, parseDocument, type Document, type Node as YamlNode } from "yaml";
 import { EdgeTrustError, type ErrorCode } from "./errors.js";
 
-// ajv-formats ships CJS with a default export; normalise the interop shape once.
-const addFormats = ((addFormatsModule as unknown as { default?: unknown }).default ?? addFormatsModule) as (a: Ajv) => Ajv;
+/**
+ * The schema compiler, loaded at the first schema without a validator compiled at build time: a daemon whose schemas
+ * all have one (scripts/compiled-validators.mjs) never loads ajv, and its bundle leaves it out (~150 KB of source).
+ */
+function newAjv(): Ajv {
+  const require = createRequire(import.meta.url);
+  const { Ajv: AjvClass } = require("ajv") as { Ajv: new (o: Options) => Ajv };
+  // ajv-formats ships CJS with a default export; normalise the interop shape.
+  const formats = require("ajv-formats") as { default?: (a: Ajv) => Ajv } & ((a: Ajv) => Ajv);
+  return (formats.default ?? formats)(new AjvClass(VALIDATOR_OPTIONS));
+}
 
 /** A problem found in a file, located for an editor: `file:line:col: message`. */
 export interface Located {
@@ -22,12 +31,24 @@ export function formatLocated(p: Located): string {
   return `${p.file}:${p.line}:${p.col}: ${p.path || "/"}: ${p.message}${v}`;
 }
 
-const ajv = addFormats(new Ajv({ allErrors: true, strict: false, useDefaults: true, coerceTypes: false, verbose: true }));
+/** The options every validator here is compiled with (scripts/compiled-validators.mjs compiles with the same). */
+export const VALIDATOR_OPTIONS = { allErrors: true, strict: false, useDefaults: true, coerceTypes: false, verbose: true } as const;
+
+let ajv: Ajv | undefined;
 const cache = new WeakMap<TSchema, ValidateFunction>();
+
+/**
+ * A validator compiled at build time for `schema` (ajv standalone code, VALIDATOR_OPTIONS): used instead of compiling
+ * the schema at run time, so a daemon that registers its schemas' validators never builds an ajv instance (issue 14).
+ */
+export function registerCompiledValidator(schema: TSchema, validate: (data: unknown) => boolean): void {
+  cache.set(schema, validate as ValidateFunction);
+}
 
 function compiled(schema: TSchema): ValidateFunction {
   let v = cache.get(schema);
   if (!v) {
+    ajv ??= newAjv();
     v = ajv.compile(schema);
     cache.set(schema, v);
   }
@@ -94,7 +115,7 @@ function describe(e: ErrorObject): { message: string; extraKey?: string } {
   }
 }
 
-export interface ParsedYaml<T> {
+interface ParsedYaml<T> {
   value: T;
   doc: Document;
   lineCounter: LineCounter;

@@ -10,6 +10,8 @@ export interface ConsoleDeps {
   /** The CA's configuration (the attestation policy file the Policy and Deployments pages read). */
   caConfig: CaConfig;
   console: ConsoleConfig;
+  /** The clock sessions start and expire by (default Date.now; a test moves it instead of waiting out a lifetime). */
+  now?: () => number;
 }
 
 /** What a page handler gets: the dependencies, the read queries and the signed-in session. */

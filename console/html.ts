@@ -10,7 +10,7 @@ export class Html {
 
 const ESC: Record<string, string> = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;", "`": "&#96;" };
 
-export function escapeHtml(v: unknown): string {
+function escapeHtml(v: unknown): string {
   return String(v).replace(/[&<>"'`]/g, (c) => ESC[c] ?? c);
 }
 

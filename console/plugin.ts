@@ -78,7 +78,8 @@ declare module "fastify" {
  * and a same-origin request, and go through the same CA code (audit, CRL) as the JSON API.
  */
 export const consolePlugin: FastifyPluginAsync<ConsoleDeps> = async (app, deps) => {
-  const sessions = new SessionStore(deps.store, deps.console.sessionTtlSeconds);
+  const now = deps.now ?? Date.now;
+  const sessions = new SessionStore(deps.store, deps.console.sessionTtlSeconds, now);
   const queries = new FleetQueries(deps.store);
   const css = staticFile("console.css");
   const js = staticFile("console.js");
@@ -100,6 +101,7 @@ export const consolePlugin: FastifyPluginAsync<ConsoleDeps> = async (app, deps) 
     const e = toProblemError(error as Error, req);
     if (e.status >= 500) req.log.error({ code: e.code, msg: e.message }, "console request failed");
     if (e.status === 401) return reply.redirect("/console/signin", 303);
+    if (e.retryAfterSeconds !== undefined) reply.header("retry-after", String(Math.ceil(e.retryAfterSeconds)));
     const title = e.status === 403 ? "Refused" : e.status === 404 ? "Not found" : e.status === 400 ? "Bad request" : "Error";
     return sendHtml(reply, page(title, req.consoleSession, "", html`<p class="error" role="alert" data-code="${e.code}">${e.status >= 500 ? "internal error (see the CA's log)" : e.message}</p><p><a href="/console/fleet">Back to the fleet</a></p>`), e.status);
   });
@@ -133,7 +135,7 @@ export const consolePlugin: FastifyPluginAsync<ConsoleDeps> = async (app, deps) 
   };
   const ctx = (req: FastifyRequest): PageContext => {
     if (!req.consoleSession) throw new EdgeTrustError("UNAUTHENTICATED", "no console session");
-    return { deps, queries, session: req.consoleSession, now: Date.now() };
+    return { deps, queries, session: req.consoleSession, now: now() };
   };
   const hide = { hide: true };
   const pub = { auth: "public" as const };

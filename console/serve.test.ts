@@ -4,27 +4,34 @@
  * `console.enabled: false` leaves it out.
  */
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { SOFTHSM_MODULE } from "../hsm/index.js";
-import { TEST_PIN, softHsm, type SoftHsm } from "../ca-service/test-helpers.js";
+import { TEST_PIN, softHsm, startCaServe, type CaServe, type SoftHsm } from "../ca-service/test-helpers.js";
+import { cliBundleArgs } from "../test/fixtures/cli-bundle.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
-const ENTRY = fileURLToPath(new URL("../test/helpers/cli-main.ts", import.meta.url));
 
-function get(url: string, ca: string, opts: { method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }> {
+type Server = CaServe & { url: string };
+
+/** A request the server must answer within 20 s: a lost or stuck one fails naming itself, with the service's stderr. */
+function get(server: Server, path: string, ca: string, opts: { method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }> {
+  const what = `${opts.method ?? "GET"} ${path}`;
   return new Promise((resolve, reject) => {
-    const req = request(url, { method: opts.method ?? "GET", ca, headers: opts.headers ?? {} }, (res) => {
+    const fail = (e: Error) => reject(new Error(`${what}: ${e.message}\nca serve stderr:\n${server.stderr() || "(nothing)"}`));
+    const req = request(`${server.url}${path}`, { method: opts.method ?? "GET", ca, headers: opts.headers ?? {}, agent: false }, (res) => {
       let body = "";
       res.setEncoding("utf8");
       res.on("data", (c: string) => { body += c; });
       res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+      res.on("error", fail);
     });
-    req.on("error", reject);
+    req.setTimeout(20_000, () => req.destroy(new Error("no answer within 20 s")));
+    req.on("error", fail);
     req.end(opts.body);
   });
 }
@@ -45,27 +52,16 @@ describe("ca serve serves the console", () => {
     ].join("\n"));
     return file;
   };
-  const serve = async (enabled: boolean): Promise<{ url: string; proc: ChildProcess }> => {
-    const proc = spawn(process.execPath, ["--import", "tsx", ENTRY, "ca", "serve", "-c", config(enabled)], { cwd: ROOT, env: env(), stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    let err = "";
-    proc.stderr?.on("data", (c: Buffer) => { err += c.toString(); });
-    const url = await new Promise<string>((resolve, reject) => {
-      proc.stdout?.on("data", (c: Buffer) => {
-        out += c.toString();
-        const m = /"listening":"([^"]+)"/.exec(out);
-        if (m?.[1]) resolve(m[1]);
-      });
-      proc.on("exit", (code) => reject(new Error(`ca serve exited ${code}: ${err}`)));
-    });
-    return { url, proc };
+  // Two workers, as on a 2-core host (the default is one per core): the console is registered in every worker.
+  const serve = async (enabled: boolean): Promise<Server> => {
+    const server = startCaServe(["-c", config(enabled), "--workers", "2"], env());
+    return { ...server, url: await server.listening };
   };
-  const stop = (p: ChildProcess): Promise<number | null> => new Promise((resolve) => { p.on("exit", (code) => resolve(code)); p.kill("SIGTERM"); });
 
   beforeAll(() => {
     hsm = softHsm("et-console-serve");
     dir = mkdtempSync(join(tmpdir(), "et-console-serve-"));
-    const init = JSON.parse(execFileSync(process.execPath, ["--import", "tsx", ENTRY, "ca", "init", "-c", config(true), "--json"], { cwd: ROOT, env: env(), encoding: "utf8" })) as { adminToken: string; rootCertificatePem: string };
+    const init = JSON.parse(execFileSync(process.execPath, [...cliBundleArgs(), "ca", "init", "-c", config(true), "--json"], { cwd: ROOT, env: env(), encoding: "utf8", timeout: 90_000 })) as { adminToken: string; rootCertificatePem: string };
     token = init.adminToken;
     rootPem = init.rootCertificatePem;
   }, 120_000);
@@ -76,33 +72,33 @@ describe("ca serve serves the console", () => {
   });
 
   it("signs in with the admin token to a __Host- session cookie (HttpOnly, Secure, SameSite=Strict) and serves the fleet with the strict CSP", async () => {
-    const { url, proc } = await serve(true);
+    const server = await serve(true);
     try {
-      const signin = await get(`${url}/console/signin`, rootPem);
+      const signin = await get(server, "/console/signin", rootPem);
       expect(signin.status).toBe(200);
       expect(signin.headers["content-security-policy"]).toMatch(/script-src 'self'/);
-      expect((await get(`${url}/console/fleet`, rootPem)).headers.location).toBe("/console/signin");
-      const post = await get(`${url}/console/signin`, rootPem, {
+      expect((await get(server, "/console/fleet", rootPem)).headers.location).toBe("/console/signin");
+      const post = await get(server, "/console/signin", rootPem, {
         method: "POST", body: new URLSearchParams({ token }).toString(),
-        headers: { "content-type": "application/x-www-form-urlencoded", origin: url },
+        headers: { "content-type": "application/x-www-form-urlencoded", origin: server.url },
       });
       expect(post.status).toBe(303);
       const cookie = String(post.headers["set-cookie"] ?? "");
       expect(cookie).toMatch(/^__Host-edgetrust-console=[A-Za-z0-9_-]{43}; Max-Age=1800; Path=\/; HttpOnly; Secure; SameSite=Strict$/);
-      const fleet = await get(`${url}/console/fleet`, rootPem, { headers: { cookie: cookie.split(";")[0] ?? "" } });
+      const fleet = await get(server, "/console/fleet", rootPem, { headers: { cookie: cookie.split(";")[0] ?? "" } });
       expect(fleet.status).toBe(200);
       expect(fleet.body).toContain("<table class=\"fleet\">");
     } finally {
-      expect(await stop(proc)).toBe(0);
+      expect(await server.stop()).toBe(0);
     }
   }, 120_000);
 
   it("console.enabled: false leaves it out", async () => {
-    const { url, proc } = await serve(false);
+    const server = await serve(false);
     try {
-      expect((await get(`${url}/console/signin`, rootPem)).status).toBe(404);
+      expect((await get(server, "/console/signin", rootPem)).status).toBe(404);
     } finally {
-      expect(await stop(proc)).toBe(0);
+      expect(await server.stop()).toBe(0);
     }
   }, 120_000);
 });

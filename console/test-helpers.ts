@@ -6,7 +6,7 @@
  */
 import { createHash } from "node:crypto";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -19,7 +19,7 @@ import { Value } from "@sinclair/typebox/value";
 import { ConsoleConfig } from "./config.js";
 import { consolePlugin } from "./plugin.js";
 
-export const AGENT_DIGEST = `sha256:${"5f".repeat(32)}`;
+const AGENT_DIGEST = `sha256:${"5f".repeat(32)}`;
 const sha256Text = (b: string | Buffer): string => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 
 export interface FleetDevice {
@@ -44,6 +44,8 @@ export interface ConsoleFleet {
   server: CaServer;
   devices: Map<string, FleetDevice>;
   lines: Map<string, string>;
+  /** How far the console's clock runs ahead of the real one (ms): sessions expire without waiting. */
+  clock: { aheadMs: number };
   /** Enroll, issue and (optionally) attest one more device. */
   addDevice(spec: DeviceSpec): Promise<FleetDevice>;
   attest(deviceId: string, change?: Partial<Measurements>): Promise<{ status: string; claims: Record<string, { status: string; reason: string }> }>;
@@ -122,7 +124,8 @@ export async function startConsoleFleet(opts: { sessionTtlSeconds?: number } = {
   const admin = await store.createToken(adminPrincipalName, "admin", "test");
   const server = await createCaServer(config, { ca: t.ca, store, logger: quietLogger() });
   const consoleConfig = { ...(Value.Default(ConsoleConfig, {}) as ConsoleConfig), ...(opts.sessionTtlSeconds ? { sessionTtlSeconds: opts.sessionTtlSeconds } : {}) };
-  await server.app.register(consolePlugin, { ca: t.ca, store, caConfig: config, console: consoleConfig });
+  const clock = { aheadMs: 0 };
+  await server.app.register(consolePlugin, { ca: t.ca, store, caConfig: config, console: consoleConfig, now: () => Date.now() + clock.aheadMs });
   const addr = await server.listen();
   const rootPem = t.ca.rootCertificates().map((c) => c.toString("pem")).join("\n");
   const issuerPemFile = join(dir, "issuer.pem");
@@ -218,7 +221,7 @@ export async function startConsoleFleet(opts: { sessionTtlSeconds?: number } = {
 
   return {
     dir, url: addr.url, revocationUrl: addr.revocationUrl ?? "", origin: addr.url, adminToken: admin.token, auditorToken: auditor.token, rootPem, issuerPemFile,
-    t, server, devices, lines, addDevice, attest, report, api,
+    t, server, devices, lines, clock, addDevice, attest, report, api,
     async references(deploymentId, version) {
       const m = await good(deploymentId, version);
       return {
@@ -267,8 +270,4 @@ export async function populateFleet(f: ConsoleFleet): Promise<void> {
   await f.attest("pump-lisbon-015", { policy: `sha256:${"99".repeat(32)}` });
   // A refused enrollment by a line over its quota, as the refusal audit records it.
   await f.api("PUT", "/v1/enrollments/individual/not-a-device", { token: "et_" + "A".repeat(43) });
-}
-
-export function readText(file: string): string {
-  return readFileSync(file, "utf8");
 }

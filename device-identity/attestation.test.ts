@@ -9,12 +9,13 @@ import { Value } from "@sinclair/typebox/value";
 import { HsmConfig, SOFTHSM_MODULE, type KeyStore } from "../hsm/index.js";
 import { DeviceConfig } from "./config.js";
 import { DeviceDaemon, identityFromConfig } from "./daemon.js";
-import { AttestationVerifier, referencesFromPolicy } from "../ca-service/index.js";
+import { AttestationVerifier, referencesFromPolicy, type AttestationConfig } from "../ca-service/index.js";
 import { makeManifest, makeSigner } from "../policy/fixtures.js";
 import { signManifest } from "../policy/index.js";
 import { signEvidence, signJwsWithKeyStore, type Measurements } from "./evidence.js";
 import type { IdentityState } from "./state.js";
 import { ManagementClient } from "../identity-api/index.js";
+import { cliBundleArgs } from "../test/fixtures/cli-bundle.js";
 import { makeTokens, runDaemon, silentLogger, startCa, tmp, TRUST_DOMAIN, type RunningCa, type Tokens } from "./test-helpers.js";
 
 const DEVICE = "dev-att";
@@ -24,6 +25,10 @@ const GOOD: Measurements = {
   modules: { sensor: { imageDigest: d("1"), manifestVersion: 7 }, filter: { imageDigest: d("2"), manifestVersion: 7 } },
 };
 
+// Long enough for a spawned CLI or daemon to get a nonce, sign with the HSM and post on a loaded machine: a nonce that
+// runs out in the middle of a test fails it by chance. The expiry test makes its nonce already old instead.
+const NONCE_TTL_S = 60;
+
 describe("remote attestation: device evidence (SoftHSM key) → ca-service verifier → EAR result", () => {
   let tokens: Tokens;
   let ca: RunningCa;
@@ -32,6 +37,7 @@ describe("remote attestation: device evidence (SoftHSM key) → ca-service verif
   let cfg: DeviceConfig;
   let refs: string;
   let dir: string;
+  let attestation: AttestationConfig;
   const hsm: HsmConfig = { ...(Value.Default(HsmConfig, {}) as HsmConfig), module: SOFTHSM_MODULE, tokenLabel: "device" };
 
   beforeAll(async () => {
@@ -43,7 +49,8 @@ describe("remote attestation: device evidence (SoftHSM key) → ca-service verif
       `manifest: { minVersion: 5, digests: ["${d("e")}"] }`,
       `modules: { sensor: ["${d("1")}"], filter: ["${d("2")}"] }`, "",
     ].join("\n"));
-    ca = await startCa(tokens, { deviceId: DEVICE, config: { attestation: { policyFile: "", referenceFile: refs, nonceTtlSeconds: 2, resultTtlSeconds: 600, requiredForRenewal: true } } });
+    attestation = { policyFile: "", referenceFile: refs, nonceTtlSeconds: NONCE_TTL_S, resultTtlSeconds: 600, requiredForRenewal: true };
+    ca = await startCa(tokens, { deviceId: DEVICE, config: { attestation } });
     keys = await tokens.openDevice();
     writeFileSync(join(dir, "ca-trust.pem"), ca.trustPem);
     cfg = {
@@ -101,9 +108,17 @@ describe("remote attestation: device evidence (SoftHSM key) → ca-service verif
     expect(again.json()).toMatchObject({ code: "ATTESTATION_NONCE_INVALID" });
   });
 
-  it("an expired nonce is refused", async () => {
-    const n = await nonce();
-    await new Promise((r) => setTimeout(r, 2200));
+  it("a nonce lives nonceTtlSeconds; an expired nonce is refused", async () => {
+    const before = Date.now();
+    const issued = await ca.server.app.inject({ method: "POST", url: "/v1/attestation/nonce", payload: {} });
+    const after = Date.now();
+    const expiresAt = Date.parse((issued.json() as { expiresAt: string }).expiresAt);
+    expect(expiresAt).toBeGreaterThanOrEqual(before + NONCE_TTL_S * 1000);
+    expect(expiresAt).toBeLessThanOrEqual(after + NONCE_TTL_S * 1000);
+    // Nonces live in the store: one issued by a verifier whose clock is a lifetime (and a second) behind is already
+    // expired for the route's verifier, on the real clock — no sleeping through a lifetime.
+    const behind = new AttestationVerifier(ca.ca, ca.store, attestation, undefined, () => Date.now() - (NONCE_TTL_S + 1) * 1000);
+    const n = (await behind.nonce()).nonce;
     const r = await verify(await evidence(n));
     expect(r.statusCode).toBe(400);
     expect(r.json()).toMatchObject({ code: "ATTESTATION_NONCE_INVALID", detail: expect.stringMatching(/expired/) });
@@ -143,7 +158,7 @@ describe("remote attestation: device evidence (SoftHSM key) → ca-service verif
       const configFile = join(dir, "edgetrust.yaml");
       writeFileSync(configFile, stringify({ log: { level: "warn" }, hsm: { ...hsm, pinFile: tokens.pinFile }, device: cfg }));
       const run = (): Promise<{ code: number | null; out: string; err: string }> => new Promise((resolve) => {
-        const p = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, "../test/helpers/cli-main.ts"), "device", "attest", "-c", configFile, "--json"], { stdio: ["ignore", "pipe", "pipe"] });
+        const p = spawn(process.execPath, [...cliBundleArgs(), "device", "attest", "-c", configFile, "--json"], { stdio: ["ignore", "pipe", "pipe"] });
         let out = "";
         let err = "";
         p.stdout.on("data", (b: Buffer) => { out += b.toString(); });

@@ -1,8 +1,9 @@
 import { EventEmitter } from "node:events";
 import { readFileSync, existsSync } from "node:fs";
-import { Type } from "@sinclair/typebox";
-import { writeFileAtomic, validateValue } from "../common/index.js";
-import { AttestedModuleSchema, type AttestedModuleInput } from "../identity-api/index.js";
+import { registerCompiledValidator, writeFileAtomic, validateValue } from "../common/index.js";
+import type { AttestedModuleInput } from "../identity-api/index.js";
+import { AttestedModulesFileSchema, StoredModuleSchema } from "./state-schema.js";
+import { attestedModulesFileValidator, storedModuleValidator } from "./state-validator.js";
 
 export type { AttestedModuleInput };
 
@@ -10,11 +11,12 @@ export interface AttestedModule extends AttestedModuleInput {
   registeredAt: string;
 }
 
-const StateSchema = Type.Object({ modules: Type.Array(Type.Unknown()) });
-/** A stored registration: the input plus when it was made (an Intersect would trip over additionalProperties: false). */
-const StoredModuleSchema = Type.Object({ ...AttestedModuleSchema.properties, registeredAt: Type.String() }, { additionalProperties: false });
+// A daemon restarted with modules registered reads this file at start: compiling these two schemas there loaded ajv
+// and its meta-schema into the daemon (issue 14), so they are compiled at build time like the identity state's.
+registerCompiledValidator(AttestedModulesFileSchema, attestedModulesFileValidator);
+registerCompiledValidator(StoredModuleSchema, storedModuleValidator);
 
-export interface AttestedModulesEvents {
+interface AttestedModulesEvents {
   registered: [AttestedModule];
   deregistered: [AttestedModule, string];
 }
@@ -29,7 +31,7 @@ export class AttestedModules extends EventEmitter<AttestedModulesEvents> {
   constructor(private readonly file: string) {
     super();
     if (existsSync(file)) {
-      const state = validateValue(JSON.parse(readFileSync(file, "utf8")), StateSchema, file);
+      const state = validateValue(JSON.parse(readFileSync(file, "utf8")), AttestedModulesFileSchema, file);
       for (const m of state.modules) {
         const v = validateValue(m, StoredModuleSchema, file);
         this.modules.set(v.name, v);

@@ -1,6 +1,5 @@
-import { request, type RequestOptions } from "node:https";
-import type { SecureContext, SecureContextOptions } from "node:tls";
-import { EdgeTrustError, readProblem, type ErrorCode } from "../common/index.js";
+import type { SecureContextOptions } from "node:tls";
+import { EdgeTrustError, httpCall, refusal } from "../common/index.js";
 import { createTlsSecureContext, type TlsKeyOptions } from "../hsm/index.js";
 
 export interface Issued {
@@ -14,7 +13,7 @@ export interface Issued {
 }
 
 /** What PUT /v1/registrations/:id answers (the fields the device uses). */
-export interface RegistrationResult {
+interface RegistrationResult {
   registrationId: string;
   deviceId: string;
   status: string;
@@ -23,7 +22,7 @@ export interface RegistrationResult {
   trustBundlePem: string;
 }
 
-export interface CaResponse<T> {
+interface CaResponse<T> {
   body: T;
   /** The CA's clock (HTTP Date header), to tell a wrong device clock from an expired certificate. */
   date: Date | undefined;
@@ -74,58 +73,29 @@ export class CaClient {
     return this.call<T>(method, path, body);
   }
 
-  private call<T>(
+  private async call<T>(
     method: string,
     path: string,
     body: unknown,
     opts: { headers?: Record<string, string>; client?: { certChainPem: string; key: TlsKeyOptions } } = {},
     as: "json" | "text" = "json",
   ): Promise<CaResponse<T>> {
-    const url = new URL(path, this.baseUrl);
     const tlsOpts: SecureContextOptions = { ca: this.trust, ...(opts.client ? { cert: opts.client.certChainPem, ...opts.client.key } : {}) };
-    const secureContext = createTlsSecureContext(tlsOpts);
-    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    // tls.connect honours `secureContext` (the engine-backed one made above); @types/node omits it from RequestOptions.
-    const reqOpts: RequestOptions & { secureContext: SecureContext } = {
-      protocol: url.protocol, hostname: url.hostname, port: url.port, path: url.pathname + url.search, method,
-      secureContext, agent: false, timeout: this.timeoutMs,
-      headers: { ...(payload ? { "content-type": "application/json", "content-length": payload.length } : {}), ...(opts.headers ?? {}) },
-    };
-    return new Promise((resolve, reject) => {
-      const req = request(
-        reqOpts,
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on("data", (c: Buffer) => chunks.push(c));
-          res.on("error", reject);
-          res.on("end", () => {
-            const text = Buffer.concat(chunks).toString("utf8");
-            const status = res.statusCode ?? 0;
-            const date = res.headers.date ? new Date(res.headers.date) : undefined;
-            if (status >= 200 && status < 300) {
-              try {
-                resolve({ body: (as === "text" ? text : JSON.parse(text)) as T, date });
-              } catch (e) {
-                reject(new EdgeTrustError("DEVICE_ENROLL_FAILED", `CA answered ${method} ${path} with invalid JSON`, { cause: e }));
-              }
-              return;
-            }
-            const problem = readProblem(text);
-            const code: ErrorCode = problem.code ?? "DEVICE_ENROLL_FAILED";
-            reject(new EdgeTrustError(code, `CA refused ${method} ${path} (${status}): ${problem.detail ?? text.slice(0, 200)}`, {
-              ...(problem.hint ? { hint: problem.hint } : {}),
-              details: { status },
-            }));
-          });
-        },
-      );
-      req.on("timeout", () => req.destroy(new Error(`no answer within ${this.timeoutMs} ms`)));
-      req.on("error", (e) => {
-        reject(new EdgeTrustError("UNAVAILABLE", `CA at ${this.baseUrl} unreachable: ${e.message}`, { hint: "the device keeps serving with what it has and retries", cause: e }));
-      });
-      if (payload) req.write(payload);
-      req.end();
+    const a = await httpCall({
+      method, url: new URL(path, this.baseUrl), body, timeoutMs: this.timeoutMs,
+      ...(opts.headers ? { headers: opts.headers } : {}),
+      // A fresh connection per request: the client certificate (and its engine-held key) changes with renewals.
+      tls: { secureContext: createTlsSecureContext(tlsOpts), agent: false },
+      peer: `CA at ${this.baseUrl}`, unreachableHint: "the device keeps serving with what it has and retries",
     });
+    if (a.status >= 200 && a.status < 300) {
+      try {
+        return { body: (as === "text" ? a.text : JSON.parse(a.text)) as T, date: a.date };
+      } catch (e) {
+        throw new EdgeTrustError("DEVICE_ENROLL_FAILED", `CA answered ${method} ${path} with invalid JSON`, { cause: e });
+      }
+    }
+    throw refusal(a, { fallback: () => "DEVICE_ENROLL_FAILED", message: (detail) => `CA refused ${method} ${path} (${a.status}): ${detail ?? a.text.slice(0, 200)}` });
   }
 }
 

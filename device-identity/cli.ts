@@ -8,7 +8,7 @@ import type { DeviceConfig } from "./config.js";
 import { ManagementClient } from "../identity-api/index.js";
 
 /** The sections of edgetrust.yaml these commands read (the command tree hands in a reader of the whole file). */
-export type DeviceCliConfig = { log: LogSection; hsm: HsmConfig; device: DeviceConfig };
+type DeviceCliConfig = { log: LogSection; hsm: HsmConfig; device: DeviceConfig };
 
 function optionalToken(cfg: DeviceConfig, explicitFile?: string): string | undefined {
   const file = explicitFile ?? cfg.bootstrapTokenFile;
@@ -24,12 +24,9 @@ function bootstrapToken(cfg: DeviceConfig, explicitFile?: string): string {
   return token;
 }
 
-/** `edgetrust device provision|run|status|attest`. */
-export function deviceCommand(readConfig: ConfigReader<DeviceCliConfig>): Command {
-  const device = new Command("device").description("Device identity daemon: provisioning, renewal, Edge CA, workload and management sockets, attestation");
-
-  device
-    .command("provision")
+/** `edgetrust device provision`. */
+function provisionCommand(readConfig: ConfigReader<DeviceCliConfig>): Command {
+  return new Command("provision")
     .description("Generate the device and Edge CA keys in the HSM, enroll with ca-service, store certificates and trust bundle atomically")
     .option("-c, --config <file>", "edgetrust.yaml", "/etc/edgetrust/edgetrust.yaml")
     .option("--token-file <file>", "bootstrap (enrollment) token file")
@@ -62,9 +59,11 @@ export function deviceCommand(readConfig: ConfigReader<DeviceCliConfig>): Comman
         await keys.close();
       }
     }));
+}
 
-  device
-    .command("run")
+/** `edgetrust device run`. */
+function runCommand(readConfig: ConfigReader<DeviceCliConfig>): Command {
+  return new Command("run")
     .description("Run the daemon until SIGTERM/SIGINT: renew on schedule, serve the management and workload sockets")
     .option("-c, --config <file>", "edgetrust.yaml", "/etc/edgetrust/edgetrust.yaml")
     .action(action(async (opts: { config: string }) => {
@@ -109,9 +108,11 @@ export function deviceCommand(readConfig: ConfigReader<DeviceCliConfig>): Comman
         process.once("SIGINT", () => stop("SIGINT"));
       });
     }));
+}
 
-  device
-    .command("status")
+/** `edgetrust device status`. */
+function statusCommand(readConfig: ConfigReader<DeviceCliConfig>): Command {
+  return new Command("status")
     .description("Certificates, renewal schedule, clock problems and attested modules (asks the running daemon, else reads the state)")
     .option("-c, --config <file>", "edgetrust.yaml", "/etc/edgetrust/edgetrust.yaml")
     .option("--json", "machine-readable output")
@@ -134,9 +135,11 @@ export function deviceCommand(readConfig: ConfigReader<DeviceCliConfig>): Comman
       }
       emit(Boolean(opts.json), st, () => JSON.stringify(st, null, 2));
     }));
+}
 
-  device
-    .command("attest")
+/** `edgetrust device attest`. */
+function attestCommand(readConfig: ConfigReader<DeviceCliConfig>): Command {
+  return new Command("attest")
     .description("Remote attestation: nonce from ca-service, evidence signed by the device key (via the daemon), the CA's EAR result")
     .option("-c, --config <file>", "edgetrust.yaml", "/etc/edgetrust/edgetrust.yaml")
     .option("--json", "machine-readable output")
@@ -150,6 +153,16 @@ export function deviceCommand(readConfig: ConfigReader<DeviceCliConfig>): Comman
       emit(Boolean(opts.json), r, () => [`attestation: ${r.status}`, ...Object.entries(r.claims).map(([k, v]) => `  ${k}: ${v.status}${v.reason ? ` — ${v.reason}` : ""}`)].join("\n"));
       if (r.status === "contraindicated") process.exitCode = 1;
     }));
+}
+
+/** `edgetrust device provision|run|status|attest`. */
+export function deviceCommand(readConfig: ConfigReader<DeviceCliConfig>): Command {
+  const device = new Command("device").description("Device identity daemon: provisioning, renewal, Edge CA, workload and management sockets, attestation");
+
+  device.addCommand(provisionCommand(readConfig));
+  device.addCommand(runCommand(readConfig));
+  device.addCommand(statusCommand(readConfig));
+  device.addCommand(attestCommand(readConfig));
 
   return device;
 }

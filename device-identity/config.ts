@@ -30,14 +30,14 @@ export const DeviceConfig = Type.Object(
     hsmRetryMaxSeconds: Type.Integer({ minimum: 1, maximum: 86400, default: 60, description: "Longest delay between attempts to open an unavailable HSM" }),
     checkIntervalSeconds: Type.Integer({ minimum: 1, maximum: 86400, default: 3600, description: "How often the daemon re-checks whether a renewal is due (also after clock jumps)" }),
     requireAttestationForRenewal: Type.Boolean({ default: false, description: "Fetch a fresh attestation result from ca-service before each renewal and send it along (the CA may require it)" }),
-    managementSocket: Type.String({ default: "/run/edgetrust/identity/mgmt.sock", description: "Root-only management socket (edge agent: register/deregister attested modules, status)" }),
-    workloadDir: Type.String({ default: "/run/edgetrust/modules", description: "Directory of the per-module workload sockets (<dir>/<module>/workload.sock)" }),
-    dockerSocket: Type.String({ default: "/run/edgetrust/docker.sock", description: "Docker Engine API socket: containers are checked before a module certificate is issued" }),
+    managementSocket: Type.String({ unixSocket: true, default: "/run/edgetrust/identity/mgmt.sock", description: "Root-only management socket (edge agent: register/deregister attested modules, status)" }),
+    workloadDir: Type.String({ unixSocketUnder: "/<module>/workload.sock", default: "/run/edgetrust/modules", description: "Directory of the per-module workload sockets (<dir>/<module>/workload.sock)" }),
+    dockerSocket: Type.String({ unixSocket: true, default: "/run/edgetrust/docker.sock", description: "Docker Engine API socket: containers are checked before a module certificate is issued" }),
     hubServerCertFile: Type.String({ default: "/var/lib/edgetrust/hub/server.chain.pem", description: "Where the edge hub server certificate chain is written (hub.serverCertFile reads it)" }),
     hubKeyLabel: Type.String({ default: "edge-hub-server", description: "HSM label of the edge hub server key (hub.serverKey: hsm:<label>)" }),
     measurements: Type.Object(
       {
-        agentFile: Type.String({ default: "", description: "File whose sha256 is the agent measurement (e.g. the edgetrust build); empty = this program's entry file" }),
+        agentFile: Type.String({ default: "", description: "File whose sha256 is the agent measurement (e.g. the edgetrust build); empty = the code running the daemon: its bundle (dist/daemons/device.mjs) when it runs from one, else the entry script" }),
         policyFile: Type.String({ default: "/etc/edgetrust/policy.yaml", description: "Policy measured into attestation evidence" }),
         trustRootFile: Type.String({ default: "/etc/edgetrust/trust-root.json", description: "Trust root measured into attestation evidence" }),
         manifestFile: Type.String({ default: "/var/lib/edgetrust/agent/current.jws", description: "Accepted deployment manifest (the agent's last-known-good JWS) measured into attestation evidence (digest + version)" }),

@@ -1,14 +1,16 @@
 import { readFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
-import type { FastifyInstance } from "fastify";
-import { EdgeTrustError, createLogger, writeFileAtomic, type Logger } from "../common/index.js";
+import { fileURLToPath } from "node:url";
+import { EdgeTrustError, createLogger, isEdgeTrustError, unixSocketPathProblem, writeFileAtomic, type Logger } from "../common/index.js";
+import { WORKLOAD_SOCKET_NAME } from "../identity-api/index.js";
 import { DEFAULT_ENGINE, readPin, tlsKeyOptions, type HsmConfig, type KeyStore } from "../hsm/index.js";
-import { DockerClient } from "../engine/index.js";
+import { ContainerWatch, DockerClient, LABELS } from "../engine/index.js";
 import { loadPolicy } from "../policy/index.js";
+import type { ApiServer } from "./api-server.js";
 import { AttestedModules, type AttestedModule } from "./attested-modules.js";
 import type { CaClient } from "./ca-client.js";
 import type { DeviceConfig } from "./config.js";
-import { checkAttestedContainer, type ContainerVerdict } from "./container-check.js";
+import { containerChecker, containerPid, type ContainerVerdict } from "./container-check.js";
 import { checkCaller } from "./peer.js";
 import { ModuleEventLog, LocalAttestationSource } from "./events.js";
 import { sha256File, signEvidence, type Measurements } from "./evidence.js";
@@ -20,6 +22,22 @@ import { WorkloadSockets } from "./workload-api.js";
 import { SasKeys, sasSigner } from "./sas.js";
 
 /** `30d`, `12h`, `90m` → seconds (policy durations). */
+/**
+ * The config's socket paths, before the HSM is opened or anything written: loadConfig checks them too, but a daemon
+ * started from code (tests, embedding) gets its config without it.
+ */
+function assertSocketPaths(cfg: DeviceConfig): void {
+  const checks: Array<[string, string]> = [
+    ["device.managementSocket", cfg.managementSocket],
+    ["device.dockerSocket", cfg.dockerSocket],
+    ["device.workloadDir", join(cfg.workloadDir, "m", WORKLOAD_SOCKET_NAME)],
+  ];
+  for (const [key, path] of checks) {
+    const problem = unixSocketPathProblem(path);
+    if (problem) throw new EdgeTrustError("INVALID_CONFIG", `${key}: ${problem}`, { hint: "choose a shorter path" });
+  }
+}
+
 function seconds(d: string): number {
   const m = /^([1-9][0-9]*)(m|h|d)$/.exec(d);
   if (!m) throw new EdgeTrustError("INVALID_CONFIG", `duration ${JSON.stringify(d)} must be <n>m, <n>h or <n>d`);
@@ -27,7 +45,7 @@ function seconds(d: string): number {
 }
 
 /** Renewal thresholds and module lifetime: the policy's `certificates` section when a policy file is given. */
-export function certificateSettings(cfg: DeviceConfig): { renewAtPercent: IdentityOptions["renewAtPercent"]; moduleLifetimeSeconds: number } {
+function certificateSettings(cfg: DeviceConfig): { renewAtPercent: IdentityOptions["renewAtPercent"]; moduleLifetimeSeconds: number } {
   const out = { renewAtPercent: { device: cfg.renewAtPercent, edgeCa: cfg.renewAtPercent, hub: cfg.renewAtPercent }, moduleLifetimeSeconds: cfg.moduleLifetimeSeconds };
   if (!cfg.policyFile) return out;
   const c = loadPolicy(cfg.policyFile).policy.certificates;
@@ -38,7 +56,7 @@ export function certificateSettings(cfg: DeviceConfig): { renewAtPercent: Identi
   return out;
 }
 
-export interface IdentityFromConfigOptions {
+interface IdentityFromConfigOptions {
   keys: KeyStore;
   log: Logger;
   now?: () => Date;
@@ -81,8 +99,17 @@ export function identityFromConfig(cfg: DeviceConfig, hsm: HsmConfig, o: Identit
   });
 }
 
+/**
+ * The file that holds the code running this daemon: its bundle (`dist/daemons/device.mjs`, where the whole daemon is)
+ * when it runs from one — `process.argv[1]` is then only the `bin/edgetrust.js` launcher — else the entry script.
+ */
+export function runningCodeFile(moduleUrl: string, entry: string | undefined): string {
+  const self = fileURLToPath(moduleUrl);
+  return /[\\/]daemons[\\/][a-z]+\.mjs$/.test(self) ? self : (entry ?? "");
+}
+
 /** Measurements for attestation evidence, from the configured files and the attested-module registry. */
-export function collectMeasurements(cfg: DeviceConfig, modules: AttestedModules): Measurements {
+function collectMeasurements(cfg: DeviceConfig, modules: AttestedModules): Measurements {
   const m = cfg.measurements;
   let version = 0;
   if (existsSync(m.manifestFile)) {
@@ -95,7 +122,7 @@ export function collectMeasurements(cfg: DeviceConfig, modules: AttestedModules)
     }
   }
   return {
-    agent: sha256File(m.agentFile || process.argv[1] || ""),
+    agent: sha256File(m.agentFile || runningCodeFile(import.meta.url, process.argv[1])),
     policy: sha256File(m.policyFile),
     trustRoot: sha256File(m.trustRootFile),
     manifest: { digest: sha256File(m.manifestFile), version },
@@ -103,7 +130,7 @@ export function collectMeasurements(cfg: DeviceConfig, modules: AttestedModules)
   };
 }
 
-export interface DaemonOptions {
+interface DaemonOptions {
   config: DeviceConfig;
   hsm: HsmConfig;
   log?: Logger;
@@ -143,9 +170,11 @@ export class DeviceDaemon {
     readonly modules: AttestedModules,
     readonly events: ModuleEventLog,
     readonly sockets: WorkloadSockets,
-    readonly management: FastifyInstance,
+    readonly management: ApiServer,
     readonly hsm: HsmGuard,
     readonly log: Logger,
+    /** The engine's container state in memory (absent when the container check is overridden). */
+    readonly containers: ContainerWatch | undefined,
   ) {}
 
   /** The hub's AttestationSource when the hub runs in this process. */
@@ -155,11 +184,13 @@ export class DeviceDaemon {
 
   static async start(o: DaemonOptions): Promise<DeviceDaemon> {
     const cfg = o.config;
+    assertSocketPaths(cfg);
     const log = o.log ?? createLogger("device-identity");
     // HSM unavailable at start (module, token, PIN): one doctor line, then wait for it with backoff; nothing is served
     // (no management or workload socket) until it opens. A refused PIN is never tried twice.
     const hsm = await HsmGuard.open({ hsm: o.hsm, log, retryMs: cfg.hsmRetrySeconds * 1000, maxRetryMs: cfg.hsmRetryMaxSeconds * 1000, ...(o.keys ? { keys: o.keys } : {}), ...(o.signal ? { signal: o.signal } : {}) });
     const keys = hsm.keys;
+    let watch: ContainerWatch | undefined;
     try {
       const daemonRef: { d?: DeviceDaemon } = {};
       // With the CA's attestation gate on: nonce → evidence signed by the device key → EAR result sent with the renewal.
@@ -176,7 +207,12 @@ export class DeviceDaemon {
       // Mid-run, the HSM is judged by signing with the key module certificates need.
       hsm.probeKey = () => ({ label: identity.current().keys.edgeCa, algorithm: cfg.keyAlgorithm });
       const docker = new DockerClient({ socketPath: cfg.dockerSocket });
-      const check = o.checkContainer ?? ((m: AttestedModule, opts: { allowCreated?: boolean }) => checkAttestedContainer(docker, m, opts));
+      // Container state from the engine's event stream: a module certificate costs no engine call while it is followed;
+      // when it is not (engine restarting, stream lost), each check asks the engine, never stale memory.
+      watch = o.checkContainer ? undefined : new ContainerWatch(docker, { labels: { [LABELS.module]: true, [LABELS.device]: cfg.deviceId }, log });
+      await watch?.start();
+      const pidOf = containerPid(docker, watch);
+      const check = o.checkContainer ?? containerChecker(docker, watch);
       const settings = certificateSettings(cfg);
       const modules = new AttestedModules(join(cfg.stateDir, "attested-modules.json"));
       const events = new ModuleEventLog(modules);
@@ -193,7 +229,7 @@ export class DeviceDaemon {
           }, m, csr);
         },
         trustBundle: () => identity.trustBundle(),
-        checkCaller: (m, socket) => checkCaller(docker, m, socket),
+        checkCaller: (m, socket) => checkCaller(docker, m, socket, pidOf),
         ...(sas ? { sasSign: sasSigner(sas, (x) => check(x, {}), () => (hsm.problem() ? hsm.unavailable("no SAS signature now: the HSM is unavailable") : undefined)) } : {}),
       }, log);
       let edgeCa = await identity.edgeCa();
@@ -210,7 +246,7 @@ export class DeviceDaemon {
         path: cfg.managementSocket, modules, sockets, events, log, ...(sas ? { sas } : {}),
         backend: {
           checkContainer: (m) => check(m, { allowCreated: true }),
-          status: () => ({ ...identity.status(), hsm: hsm.status(), modules: modules.list().length, managementSocket: cfg.managementSocket }),
+          status: () => ({ ...identity.status(), hsm: hsm.status(), modules: modules.list().length, managementSocket: cfg.managementSocket, ...(watch ? { engineEvents: { followed: watch.live, ...watch.stats } } : {}) }),
           renew: async (kind, rekey) => {
             if (hsm.problem()) throw hsm.unavailable(`cannot renew the ${kind} certificate now: the HSM is unavailable`);
             await identity.renew(kind, rekey);
@@ -219,7 +255,7 @@ export class DeviceDaemon {
           evidence: async (nonce) => daemonRef.d!.evidence(nonce),
         },
       });
-      const d = new DeviceDaemon(cfg, identity, modules, events, sockets, management, hsm, log);
+      const d = new DeviceDaemon(cfg, identity, modules, events, sockets, management, hsm, log, watch);
       daemonRef.d = d;
       // The HSM is back: renewals that waited for it go now (issuance resumes by itself: the guard lets calls through).
       hsm.onRecovered(() => {
@@ -228,11 +264,20 @@ export class DeviceDaemon {
         void d.runCheck();
       });
       // Modules registered before a restart get their sockets back; issuance re-checks their containers every time.
-      for (const m of modules.list()) await sockets.open(m);
+      // One module whose socket path no longer fits (device.workloadDir made longer) must not keep the others' off.
+      for (const m of modules.list()) {
+        try {
+          await sockets.open(m);
+        } catch (e) {
+          if (!isEdgeTrustError(e) || e.code !== "INVALID_INPUT") throw e;
+          log.error({ module: m.name, err: e.message }, "workload socket not opened");
+        }
+      }
       await d.runCheck();
       log.info({ deviceId: cfg.deviceId, managementSocket: cfg.managementSocket, modules: modules.list().length }, "device identity daemon running");
       return d;
     } catch (e) {
+      watch?.stop();
       await hsm.close();
       throw e;
     }
@@ -280,6 +325,7 @@ export class DeviceDaemon {
     if (this.timer) clearTimeout(this.timer);
     await this.checking;
     this.events.close();
+    this.containers?.stop();
     await this.management.close();
     await this.sockets.closeAll();
     await this.hsm.close();

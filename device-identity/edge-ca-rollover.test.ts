@@ -19,7 +19,8 @@ import { splitPems } from "./state.js";
 import { execFileAsync, makeTokens, runDaemon, silentLogger, startCa, tmp, TRUST_DOMAIN, type Daemon, type RunningCa, type Tokens } from "./test-helpers.js";
 
 const DEVICE = "dev-roll";
-const MODULE = "sensor";
+// Tagged: the container is named edgetrust-<module> on the shared engine, and creating one replaces any of that name.
+const MODULE = `sensor${process.pid}`;
 const docker = new DockerClient({ socketPath: DOCKER_SOCKET });
 
 function certs(file: string): x509.X509Certificate[] {

@@ -5,7 +5,7 @@ import { EdgeTrustError } from "../common/index.js";
 import type { KeyAlgorithm, KeyStore, SignatureScheme } from "../hsm/index.js";
 
 /** The claims of attestation evidence (an EAT-style JWT, RFC 9711 claim names where they exist). */
-export interface EvidenceClaims {
+interface EvidenceClaims {
   eat_nonce: string;
   iat: number;
   /** The device's identity URI. */
@@ -24,8 +24,8 @@ export interface Measurements {
   modules: Record<string, { imageDigest: string; manifestVersion: number }>;
 }
 
-export const EVIDENCE_PROFILE = "tag:edgetrust.dev,2026:evidence/v1";
-export const EVIDENCE_TYP = "eat+jwt";
+const EVIDENCE_PROFILE = "tag:edgetrust.dev,2026:evidence/v1";
+const EVIDENCE_TYP = "eat+jwt";
 
 export function sha256File(path: string): string {
   if (!existsSync(path)) return "sha256:absent";
@@ -33,7 +33,7 @@ export function sha256File(path: string): string {
 }
 
 /** JWS alg and KeyStore signature scheme for a key: ES256/ES384 (P1363 r||s is exactly JWS's form), RS256. */
-export function jwsAlgFor(alg: KeyAlgorithm): { alg: string; scheme: SignatureScheme } {
+function jwsAlgFor(alg: KeyAlgorithm): { alg: string; scheme: SignatureScheme } {
   switch (alg) {
     case "EC-P256":
       return { alg: "ES256", scheme: { name: "ECDSA", hash: "SHA-256" } };

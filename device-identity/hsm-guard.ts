@@ -13,7 +13,7 @@ import { defaultScheme, openKeyStore, readPin, type HsmConfig, type KeyAlgorithm
  */
 
 /** The `hsm doctor` check a key-store error belongs to (the wording `edgetrust hsm doctor` uses). */
-export function doctorCheckOf(code: string): "module" | "token" | "pin" | "mechanisms" | "key" {
+function doctorCheckOf(code: string): "module" | "token" | "pin" | "mechanisms" | "key" {
   if (code.startsWith("HSM_MODULE")) return "module";
   if (code === "HSM_TOKEN_NOT_FOUND") return "token";
   if (code.startsWith("HSM_PIN")) return "pin";
@@ -22,18 +22,18 @@ export function doctorCheckOf(code: string): "module" | "token" | "pin" | "mecha
 }
 
 /** One line, as `edgetrust hsm doctor` words it: which check fails, why, and what to do. */
-export function doctorLine(e: unknown): string {
+function doctorLine(e: unknown): string {
   if (isEdgeTrustError(e)) return `hsm doctor: ${doctorCheckOf(e.code)} check failed: ${e.message} (${e.code}); fix: ${e.hint ?? "run edgetrust hsm doctor"}`;
   return `hsm doctor: key check failed: ${e instanceof Error ? e.message : String(e)}`;
 }
 
 /** Errors that say the token cannot be used right now (as opposed to a bad request, e.g. a label that exists). */
-export function isHsmFault(e: unknown): e is EdgeTrustError {
+function isHsmFault(e: unknown): e is EdgeTrustError {
   if (!(e instanceof EdgeTrustError)) return false;
   return ["HSM_MODULE_NOT_FOUND", "HSM_MODULE_LOAD_FAILED", "HSM_TOKEN_NOT_FOUND", "HSM_PIN_INCORRECT", "HSM_PIN_LOCKED", "HSM_PIN_MISSING", "HSM_KEY_NOT_FOUND", "HSM_OPERATION_FAILED"].includes(e.code);
 }
 
-export interface HsmStatus {
+interface HsmStatus {
   ok: boolean;
   /** The doctor line while the HSM is unusable. */
   problem?: string;
@@ -44,7 +44,7 @@ export interface HsmStatus {
   recoveries: number;
 }
 
-export interface HsmGuardOptions {
+interface HsmGuardOptions {
   hsm: HsmConfig;
   log: Logger;
   /** First delay between attempts to (re)open the HSM; doubles up to maxRetryMs. */
@@ -314,6 +314,17 @@ class GuardedKeyStore implements KeyStore {
 
   delete(ref: KeyRef): Promise<void> {
     return this.g.call((s) => s.delete(ref));
+  }
+
+  orphanPublicKeys(label: string): Promise<string[]> {
+    return this.g.call(async (s) => (s.orphanPublicKeys ? s.orphanPublicKeys(label) : []));
+  }
+
+  eraseObjects(ref: { label: string; id: string }): Promise<number> {
+    return this.g.call((s) => {
+      if (!s.eraseObjects) throw new EdgeTrustError("HSM_MECHANISM_UNSUPPORTED", "this key store cannot erase key objects by label and id");
+      return s.eraseObjects(ref);
+    });
   }
 
   /** The guard owns the store's lifetime. */

@@ -1,101 +1,74 @@
 import "reflect-metadata";
-import { randomUUID } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
-import { EdgeTrustError, isEdgeTrustError, writeFileAtomic, type Logger } from "../common/index.js";
-import { keyStoreCrypto, keyStoreCryptoKey, keyStorePublicCryptoKey, type KeyAlgorithm, type KeyStore, type TlsKeyOptions } from "../hsm/index.js";
+import { EdgeTrustError } from "../common/index.js";
 import { deviceUri, issueCertificate } from "../pki/index.js";
 import type { AttestedModule } from "./attested-modules.js";
-import { CaClient, isPermanentCaRefusal, type Issued } from "./ca-client.js";
+import { CaClient } from "./ca-client.js";
+import { ClockWatch } from "./clock-watch.js";
+import type { CertKind, IdentityOptions, KindStatus } from "./identity-options.js";
+import { IdentityKeys, PENDING_KEYS_FILE, nextLabel, pemOf } from "./identity-keys.js";
 import type { EdgeCa } from "./module-issuer.js";
-import { assessCertificate, backoffMs, clockDisagreement, type Assessment } from "./renewal.js";
+import { prepareRegistration, provision, register, type PendingRegistration, type ProvisioningContext } from "./provisioning.js";
+import { assessCertificate, clockDisagreement, type Assessment } from "./renewal.js";
+import { RenewalSchedule } from "./renewal-schedule.js";
 import { StateStore, splitPems, trustBundle, edgeCaCertificates, type IdentityState } from "./state.js";
 
-/** A registration in flight (keys made, request fixed), kept until its answer is stored. */
-export interface PendingRegistration {
-  idempotencyKey: string;
-  labels: { device: string; edgeCa: string };
-  csr: string;
-  edgeCaCsr: string;
+/**
+ * The validity of a certificate in force, parsed once per PEM: every module certificate asks whether the Edge CA may
+ * issue (`assertCanIssue`), and parsing the three certificates each time was the largest cost of a module certificate.
+ */
+const validities = new Map<string, { notBefore: Date; notAfter: Date }>();
+function validityOf(pem: string): { notBefore: Date; notAfter: Date } {
+  let v = validities.get(pem);
+  if (!v) {
+    const c = new x509.X509Certificate(pem);
+    v = { notBefore: c.notBefore, notAfter: c.notAfter };
+    // A few generations' worth: the map never grows with renewals.
+    if (validities.size >= 16) validities.delete(validities.keys().next().value as string);
+    validities.set(pem, v);
+  }
+  return v;
 }
 
-export type CertKind = "device" | "edge-ca" | "hub";
-export const CERT_KINDS: readonly CertKind[] = ["device", "edge-ca", "hub"];
-
-export interface IdentityOptions {
-  deviceId: string;
-  trustDomain: string;
-  hostName?: string;
-  stateDir: string;
-  keys: KeyStore;
-  keyAlgorithm: KeyAlgorithm;
-  hubKeyLabel: string;
-  /** Node TLS key options for an HSM key (the TLS key source: OpenSSL engine for PKCS#11). */
-  tlsKey: (label: string) => Promise<TlsKeyOptions>;
-  caUrl: string;
-  /** PEM the CA's HTTPS certificate chains to before the device has a trust bundle. */
-  caTrust: string[];
-  renewAtPercent: { device: number; edgeCa: number; hub: number };
-  hubLifetimeSeconds: number;
-  rotateKeys: boolean;
-  retryInitialMs: number;
-  retryMaxMs: number;
-  /** Why the HSM cannot be used right now (hsm-guard.ts), if so: due renewals wait (with backoff) instead of trying. */
-  hsmProblem?: () => string | undefined;
-  /** Fresh attestation result to send with a renewal (when the CA requires one). */
-  attestationForRenewal?: (ca: CaClient) => Promise<string>;
-  log: Logger;
-  /** The clock; injectable because a wrong clock is a fault tests must produce on demand. */
-  now?: () => Date;
-}
-
-const BASE_LABELS = { device: "device-identity", edgeCa: "edge-ca" } as const;
-
-/** The other of the two labels a rotating key alternates between (`x` ↔ `x.1`). */
-export function nextLabel(current: string): string {
-  return current.endsWith(".1") ? current.slice(0, -2) : `${current}.1`;
-}
-
-function pemOf(c: x509.X509Certificate): string {
-  return c.toString("pem") + "\n";
-}
-
-async function spkiOf(store: KeyStore, label: string): Promise<string> {
-  return Buffer.from((await store.getPublicKey({ label })).spki).toString("hex");
-}
-
-export interface KindStatus {
-  kind: CertKind;
-  serial: string;
-  notBefore: string;
-  notAfter: string;
-  renewAt: string;
-  status: Assessment["status"];
-  keyLabel: string;
-  failures: number;
-  nextRetryAt?: string;
-  lastError?: string;
-}
+export type { IdentityOptions } from "./identity-options.js";
 
 /**
  * The device's identity: keys in the HSM, certificates on disk (StateStore), provisioning, renewal with retries and
- * optional key rotation, the Edge CA that issues module and hub certificates.
+ * optional key rotation, the Edge CA that issues module and hub certificates. The state in force and every change to
+ * it live here; the concerns sit beside it: provisioning and registration (provisioning.ts), the renewal schedule
+ * (renewal-schedule.ts), the HSM keys and their rotation (identity-keys.ts), the clock checks (clock-watch.ts).
  */
 export class DeviceIdentity {
   readonly store: StateStore;
   private state: IdentityState | undefined;
-  private readonly crypto = keyStoreCrypto();
-  private readonly signingKeys = new Map<string, CryptoKey>();
-  private readonly failures = new Map<CertKind, { count: number; retryAt: number; error: string; hsm?: boolean }>();
-  private clockProblem: string | undefined;
-  /** Set when a certificate fresh from the CA already looks expired here: the device clock runs ahead. */
-  private clockAhead: string | undefined;
+  private readonly keys: IdentityKeys;
+  private readonly clock: ClockWatch;
+  private readonly schedule: RenewalSchedule;
+  private readonly provisioning: ProvisioningContext;
   private readonly listeners = new Set<(s: IdentityState, changed: CertKind[]) => void | Promise<void>>();
   private busy: Promise<unknown> = Promise.resolve();
 
   constructor(readonly opts: IdentityOptions) {
     this.store = new StateStore(opts.stateDir);
+    this.keys = new IdentityKeys({ keys: opts.keys, keyAlgorithm: opts.keyAlgorithm, log: opts.log, pendingFile: join(opts.stateDir, PENDING_KEYS_FILE) });
+    this.clock = new ClockWatch(opts.log);
+    this.schedule = new RenewalSchedule({
+      opts,
+      now: () => this.now(),
+      assess: (now) => this.assess(now),
+      renew: (kind, rekey) => this.renewNow(kind, rekey),
+      clock: this.clock,
+    });
+    this.provisioning = {
+      opts,
+      store: this.store,
+      keys: this.keys,
+      issueHub: (pem, label) => this.issueHub(pem, label),
+      adopt: (s) => {
+        this.state = s;
+      },
+    };
   }
 
   now(): Date {
@@ -112,7 +85,7 @@ export class DeviceIdentity {
       const want = Buffer.from(cert.publicKey.rawData).toString("hex");
       let have: string;
       try {
-        have = await spkiOf(this.opts.keys, label);
+        have = await this.keys.spki(label);
       } catch (e) {
         throw new EdgeTrustError("DEVICE_STATE_INVALID", `key ${label} of ${cert.subject} is not in the HSM`, { hint: "wrong token? re-provision with `edgetrust device provision --force`", cause: e });
       }
@@ -132,200 +105,37 @@ export class DeviceIdentity {
     return () => this.listeners.delete(l);
   }
 
+  /** Enroll with a bootstrap token (provisioning.ts). */
+  provision(bootstrapToken: string, opts: { force?: boolean } = {}): Promise<IdentityState> {
+    return provision(this.provisioning, bootstrapToken, opts);
+  }
+
+  /** Registration step 1: keys and the request, fixed for every retry (provisioning.ts). */
+  prepareRegistration(opts: { force?: boolean } = {}): Promise<PendingRegistration & { devicePublicKeyPem: string }> {
+    return prepareRegistration(this.provisioning, opts);
+  }
+
+  /** Provision through the enrollment API's registration route (provisioning.ts). */
+  register(opts: { basicSecret?: string; force?: boolean } = {}): Promise<IdentityState> {
+    return register(this.provisioning, opts);
+  }
+
   private ca(): CaClient {
     return new CaClient(this.opts.caUrl, this.state ? this.state.caBundle : this.opts.caTrust);
   }
 
-  private async signingKey(label: string): Promise<CryptoKey> {
-    let k = this.signingKeys.get(label);
-    if (!k) {
-      k = await keyStoreCryptoKey(this.opts.keys, { label });
-      this.signingKeys.set(label, k);
-    }
-    return k;
-  }
-
-  private async freshKey(label: string): Promise<void> {
-    this.signingKeys.delete(label);
-    // A key under this label that no committed state references is debris of an interrupted attempt.
-    try {
-      await this.opts.keys.getKey({ label });
-      await this.opts.keys.delete({ label });
-      this.opts.log.warn({ label }, "removed an unreferenced key left by an interrupted provisioning or renewal");
-    } catch (e) {
-      if (!isEdgeTrustError(e, "HSM_KEY_NOT_FOUND")) throw e;
-    }
-    await this.opts.keys.generateKey(label, this.opts.keyAlgorithm);
-  }
-
-  private async csr(label: string, commonName: string): Promise<string> {
-    const keys = { privateKey: await this.signingKey(label), publicKey: await keyStorePublicCryptoKey(this.opts.keys, { label }) };
-    const alg = this.opts.keyAlgorithm;
-    const signingAlgorithm = alg.startsWith("EC") ? { name: "ECDSA", hash: alg === "EC-P384" ? "SHA-384" : "SHA-256" } : { name: "RSASSA-PKCS1-v1_5", hash: "SHA-256" };
-    const req = await x509.Pkcs10CertificateRequestGenerator.create({ name: new x509.Name([{ CN: [commonName] }]), keys, signingAlgorithm }, this.crypto);
-    return req.toString("pem");
-  }
-
-  /** The certificate must carry the key we asked for and chain to the CA bundle. */
-  private async checkIssued(issued: Issued, label: string, bundle: string[]): Promise<{ cert: string; chain: string[] }> {
-    const [leaf, ...chain] = splitPems(issued.chainPem.includes(issued.certificatePem.trim()) ? issued.chainPem : issued.certificatePem + issued.chainPem);
-    if (!leaf) throw new EdgeTrustError("DEVICE_ENROLL_FAILED", "the CA returned no certificate");
-    const cert = new x509.X509Certificate(leaf);
-    if (Buffer.from(cert.publicKey.rawData).toString("hex") !== (await spkiOf(this.opts.keys, label))) {
-      throw new EdgeTrustError("DEVICE_ENROLL_FAILED", "the CA returned a certificate for another key");
-    }
-    const issuers = [...chain, ...bundle].map((p) => new x509.X509Certificate(p));
-    const issuer = issuers.find((c) => c.subject === cert.issuer);
-    if (!issuer || !(await cert.verify({ publicKey: issuer.publicKey, signatureOnly: true }))) {
-      throw new EdgeTrustError("DEVICE_ENROLL_FAILED", `the certificate from the CA does not chain to its trust bundle (issuer ${cert.issuer})`);
-    }
-    return { cert: pemOf(cert), chain: chain.filter((p) => new x509.X509Certificate(p).subject !== new x509.X509Certificate(p).issuer) };
-  }
-
   private async issueHub(edgeCaPem: string, edgeCaLabel: string): Promise<string> {
-    const pub = await keyStorePublicCryptoKey(this.opts.keys, { label: this.opts.hubKeyLabel });
+    const pub = await this.keys.publicKey(this.opts.hubKeyLabel);
     const cert = await issueCertificate({
       profile: "edge-hub-server",
       subject: { commonName: "edgehub" },
       identity: { trustDomain: this.opts.trustDomain, deviceId: this.opts.deviceId, ...(this.opts.hostName ? { hostName: this.opts.hostName } : {}) },
       publicKey: pub,
-      issuer: { certificate: new x509.X509Certificate(edgeCaPem), signingKey: await this.signingKey(edgeCaLabel), crypto: this.crypto },
+      issuer: { certificate: new x509.X509Certificate(edgeCaPem), signingKey: await this.keys.signingKey(edgeCaLabel), crypto: this.keys.crypto },
       lifetimeSeconds: this.opts.hubLifetimeSeconds,
       ...(this.opts.now ? { notBefore: new Date(this.now().getTime() - 300_000) } : {}),
     });
     return pemOf(cert);
-  }
-
-  /**
-   * Provisioning: device and Edge CA keys generated in the HSM (never extractable), CSRs enrolled with the bootstrap
-   * token, the edge hub server certificate issued by the new Edge CA, everything committed as one generation.
-   */
-  async provision(bootstrapToken: string, opts: { force?: boolean } = {}): Promise<IdentityState> {
-    const prev = this.store.load();
-    if (prev && !opts.force) {
-      throw new EdgeTrustError("CONFLICT", `device ${prev.deviceId} is already provisioned (generation ${prev.generation})`, { hint: "use --force to enroll again with new keys" });
-    }
-    const labels = {
-      device: prev ? nextLabel(prev.keys.device) : BASE_LABELS.device,
-      edgeCa: prev ? nextLabel(prev.keys.edgeCa) : BASE_LABELS.edgeCa,
-    };
-    const ca = new CaClient(this.opts.caUrl, this.opts.caTrust);
-    const bundle = splitPems((await ca.trustBundle()).body);
-    if (bundle.length === 0) throw new EdgeTrustError("DEVICE_ENROLL_FAILED", "the CA served an empty trust bundle");
-    await this.freshKey(labels.device);
-    await this.freshKey(labels.edgeCa);
-    try {
-      await this.opts.keys.getKey({ label: this.opts.hubKeyLabel });
-    } catch (e) {
-      if (!isEdgeTrustError(e, "HSM_KEY_NOT_FOUND")) throw e;
-      await this.opts.keys.generateKey(this.opts.hubKeyLabel, this.opts.keyAlgorithm);
-    }
-    const dev = await ca.enroll(bootstrapToken, { csr: await this.csr(labels.device, this.opts.deviceId), profile: "device-identity", deviceId: this.opts.deviceId });
-    const device = await this.checkIssued(dev.body, labels.device, bundle);
-    const edge = await ca.enroll(bootstrapToken, { csr: await this.csr(labels.edgeCa, `${this.opts.deviceId} Edge CA`), profile: "edge-ca", deviceId: this.opts.deviceId });
-    const edgeCa = await this.checkIssued(edge.body, labels.edgeCa, bundle);
-    const hub = await this.issueHub(edgeCa.cert, labels.edgeCa);
-    const state = this.store.commit({
-      deviceId: this.opts.deviceId, trustDomain: this.opts.trustDomain,
-      keys: { ...labels, hub: this.opts.hubKeyLabel },
-      device, edgeCa: { ...edgeCa, previous: [] }, hub: { cert: hub }, caBundle: bundle,
-    });
-    this.state = state;
-    if (prev) await this.retireKeys([prev.keys.device, prev.keys.edgeCa], state);
-    this.opts.log.info({ deviceId: this.opts.deviceId, generation: state.generation, notAfter: new x509.X509Certificate(device.cert).notAfter.toISOString() }, "device provisioned");
-    return state;
-  }
-
-  private get pendingFile(): string {
-    return join(this.opts.stateDir, "registration.pending.json");
-  }
-
-  /**
-   * Registration step 1: the device and Edge CA keys in the HSM and the CSRs, recorded in `registration.pending.json`
-   * so every retry sends the very same request under the same idempotency key (a crash or a lost answer is safe).
-   * Returns the device public key (PEM SPKI) a factory line enrolls for `publicKey` enrollments.
-   */
-  async prepareRegistration(opts: { force?: boolean } = {}): Promise<PendingRegistration & { devicePublicKeyPem: string }> {
-    const prev = this.store.load();
-    if (prev && !opts.force) {
-      throw new EdgeTrustError("CONFLICT", `device ${prev.deviceId} is already provisioned (generation ${prev.generation})`, { hint: "use --force to enroll again with new keys" });
-    }
-    let pending: PendingRegistration | undefined;
-    if (existsSync(this.pendingFile)) {
-      pending = JSON.parse(readFileSync(this.pendingFile, "utf8")) as PendingRegistration;
-      try {
-        await this.opts.keys.getKey({ label: pending.labels.device });
-        await this.opts.keys.getKey({ label: pending.labels.edgeCa });
-      } catch {
-        pending = undefined; // keys gone: start over
-      }
-    }
-    if (!pending) {
-      const labels = { device: prev ? nextLabel(prev.keys.device) : BASE_LABELS.device, edgeCa: prev ? nextLabel(prev.keys.edgeCa) : BASE_LABELS.edgeCa };
-      await this.freshKey(labels.device);
-      await this.freshKey(labels.edgeCa);
-      pending = {
-        idempotencyKey: randomUUID(), labels,
-        csr: await this.csr(labels.device, this.opts.deviceId), edgeCaCsr: await this.csr(labels.edgeCa, `${this.opts.deviceId} Edge CA`),
-      };
-      mkdirSync(this.opts.stateDir, { recursive: true, mode: 0o700 });
-      writeFileAtomic(this.pendingFile, JSON.stringify(pending, null, 2));
-    }
-    const spki = (await this.opts.keys.getPublicKey({ label: pending.labels.device })).spki;
-    return { ...pending, devicePublicKeyPem: x509.PemConverter.encode(new Uint8Array(spki).buffer, "PUBLIC KEY") };
-  }
-
-  /**
-   * Provisioning through the enrollment API's registration route: keys from `prepareRegistration`, the bootstrap
-   * credential (`basicSecret`: the derived/individual key; none for a publicKey enrollment, where the CSR key itself
-   * is the credential), identity + Edge CA certificates and the trust bundle in one answer, committed as a generation.
-   */
-  async register(opts: { basicSecret?: string; force?: boolean } = {}): Promise<IdentityState> {
-    const prev = this.store.load();
-    const pending = await this.prepareRegistration(opts);
-    const ca = new CaClient(this.opts.caUrl, this.opts.caTrust);
-    const { body } = await ca.register(this.opts.deviceId, pending.idempotencyKey, { csr: pending.csr, edgeCaCsr: pending.edgeCaCsr }, opts.basicSecret);
-    if (!body.edgeCa) throw new EdgeTrustError("DEVICE_ENROLL_FAILED", `the enrollment of ${this.opts.deviceId} issues no Edge CA certificate`, { hint: "enroll the device with edgeCa: true" });
-    const bundle = splitPems(body.trustBundlePem);
-    if (bundle.length === 0) throw new EdgeTrustError("DEVICE_ENROLL_FAILED", "the registration answer carries no trust bundle");
-    const asIssued = (x: { serial: string; notAfter: string; certificatePem: string; chainPem: string }): Issued => ({ ...x, profile: "", issuerId: "" });
-    const device = await this.checkIssued(asIssued(body.identity), pending.labels.device, bundle);
-    const edgeCa = await this.checkIssued(asIssued(body.edgeCa), pending.labels.edgeCa, bundle);
-    await this.ensureHubKey();
-    const hub = await this.issueHub(edgeCa.cert, pending.labels.edgeCa);
-    const state = this.store.commit({
-      deviceId: this.opts.deviceId, trustDomain: this.opts.trustDomain, keys: { ...pending.labels, hub: this.opts.hubKeyLabel },
-      device, edgeCa: { ...edgeCa, previous: [] }, hub: { cert: hub }, caBundle: bundle,
-    });
-    this.state = state;
-    rmSync(this.pendingFile, { force: true });
-    if (prev) await this.retireKeys([prev.keys.device, prev.keys.edgeCa], state);
-    this.opts.log.info({ deviceId: this.opts.deviceId, generation: state.generation, route: "registration" }, "device provisioned");
-    return state;
-  }
-
-  private async ensureHubKey(): Promise<void> {
-    try {
-      await this.opts.keys.getKey({ label: this.opts.hubKeyLabel });
-    } catch (e) {
-      if (!isEdgeTrustError(e, "HSM_KEY_NOT_FOUND")) throw e;
-      await this.opts.keys.generateKey(this.opts.hubKeyLabel, this.opts.keyAlgorithm);
-    }
-  }
-
-  /** Erase keys the committed state no longer uses (only ever after the commit). */
-  private async retireKeys(labels: string[], state: IdentityState): Promise<void> {
-    const inUse = new Set(Object.values(state.keys));
-    for (const label of labels) {
-      if (inUse.has(label)) continue;
-      try {
-        await this.opts.keys.delete({ label });
-        this.signingKeys.delete(label);
-        this.opts.log.info({ label }, "old key erased after its replacement was stored");
-      } catch (e) {
-        this.opts.log.warn({ label, err: (e as Error).message }, "could not erase the old key");
-      }
-    }
   }
 
   /** Where each certificate stands now. */
@@ -333,15 +143,15 @@ export class DeviceIdentity {
     const s = this.current();
     const pct = this.opts.renewAtPercent;
     return {
-      device: assessCertificate(new x509.X509Certificate(s.device.cert), now, pct.device),
-      "edge-ca": assessCertificate(new x509.X509Certificate(s.edgeCa.cert), now, pct.edgeCa),
-      hub: assessCertificate(new x509.X509Certificate(s.hub.cert), now, pct.hub),
+      device: assessCertificate(validityOf(s.device.cert), now, pct.device),
+      "edge-ca": assessCertificate(validityOf(s.edgeCa.cert), now, pct.edgeCa),
+      hub: assessCertificate(validityOf(s.hub.cert), now, pct.hub),
     };
   }
 
   /** A clock problem seen at the last check, if any (status, and module issuance refuses while it lasts). */
   clockStatus(): string | undefined {
-    return this.clockProblem;
+    return this.clock.current();
   }
 
   /** Serialise state changes: one renewal at a time. */
@@ -367,22 +177,22 @@ export class DeviceIdentity {
     const curPem = isDevice ? s.device.cert : s.edgeCa.cert;
     const curChain = isDevice ? s.device.chain : s.edgeCa.chain;
     const newLabel = rekey ? nextLabel(label) : label;
-    if (rekey) await this.freshKey(newLabel);
+    if (rekey) await this.keys.fresh(newLabel, s);
     const ca = this.ca();
-    const csr = await this.csr(newLabel, isDevice ? this.opts.deviceId : `${this.opts.deviceId} Edge CA`);
+    const csr = await this.keys.csr(newLabel, isDevice ? this.opts.deviceId : `${this.opts.deviceId} Edge CA`);
     const attestationResult = this.opts.attestationForRenewal ? await this.opts.attestationForRenewal(ca) : undefined;
     const res = await ca.renew(
       { certChainPem: [curPem, ...curChain].join(""), key: await this.opts.tlsKey(label) },
       { csr, ...(attestationResult ? { attestationResult } : {}) },
     );
-    const clock = clockDisagreement(this.now(), res.date);
+    const caClock = clockDisagreement(this.now(), res.date);
     let bundle = s.caBundle;
     try {
       bundle = splitPems((await ca.trustBundle()).body);
     } catch (e) {
       this.opts.log.warn({ err: (e as Error).message }, "trust bundle refresh failed; keeping the stored one");
     }
-    const issued = await this.checkIssued(res.body, newLabel, bundle);
+    const issued = await this.keys.checkIssued(res.body, newLabel, bundle);
     let next: Omit<IdentityState, "generation" | "updatedAt" | "version">;
     const changed: CertKind[] = [kind];
     if (isDevice) {
@@ -396,13 +206,7 @@ export class DeviceIdentity {
     }
     const state = await this.commit(next, changed, rekey ? [label] : []);
     const after = assessCertificate(new x509.X509Certificate(isDevice ? state.device.cert : state.edgeCa.cert), this.now(), 1);
-    if (clock || after.status === "expired" || after.status === "clock-behind") {
-      this.clockProblem = clock ?? `a certificate issued just now is not valid at the device's time ${this.now().toISOString()}: the device clock is wrong`;
-      if (after.status === "expired") this.clockAhead = this.clockProblem;
-      this.opts.log.error({ kind, problem: this.clockProblem }, "device clock disagrees with the CA");
-    } else {
-      this.clockAhead = undefined;
-    }
+    this.clock.afterRenewal(kind, caClock, after, this.now());
     this.opts.log.info({ kind, rekey, serial: new x509.X509Certificate(issued.cert).serialNumber, generation: state.generation }, "certificate renewed");
     return state;
   }
@@ -412,7 +216,7 @@ export class DeviceIdentity {
     const state = this.store.commit(rest);
     this.state = state;
     // Only now, with the new certificate stored, may the old key go.
-    await this.retireKeys(retire, state);
+    await this.keys.retire(retire, state);
     for (const l of this.listeners) {
       try {
         await l(state, changed);
@@ -423,88 +227,28 @@ export class DeviceIdentity {
     return state;
   }
 
-  /**
-   * One pass of the renewal schedule: renew what is due (or expired), back off after failures, never act on a clock
-   * that reads earlier than our certificates. Returns how long to wait before the next pass.
-   */
+  /** One pass of the renewal schedule (renewal-schedule.ts). Returns how long to wait before the next pass. */
   async check(maxWaitMs: number): Promise<number> {
-    return this.exclusive(async () => {
-      const now = this.now();
-      const assessed = this.assess(now);
-      let wait = maxWaitMs;
-      let clock: string | undefined;
-      for (const kind of CERT_KINDS) {
-        const a = assessed[kind];
-        if (a.status === "clock-behind") {
-          clock = a.detail;
-          continue;
-        }
-        if (a.status === "valid") {
-          wait = Math.min(wait, Math.max(1000, a.renewAt.getTime() - now.getTime()));
-          continue;
-        }
-        if (kind === "hub" && (assessed["edge-ca"].status !== "valid" && assessed["edge-ca"].status !== "due" || a.notAfter.getTime() >= assessed["edge-ca"].notAfter.getTime() - 60_000)) {
-          // The hub certificate is issued by the Edge CA and never outlives it: reissuing now would not extend it.
-          // It is reissued with the Edge CA's renewal.
-          continue;
-        }
-        if (a.status === "expired" && this.clockAhead) {
-          // The CA already told us our clock is ahead of its own: renewing again would only loop. Report, wait.
-          clock = this.clockAhead;
-          continue;
-        }
-        const f = this.failures.get(kind);
-        if (f && f.retryAt > now.getTime()) {
-          wait = Math.min(wait, f.retryAt - now.getTime());
-          continue;
-        }
-        const fail = (error: string, permanent: boolean, hsm: boolean): void => {
-          const count = (f?.count ?? 0) + 1;
-          const delay = permanent ? this.opts.retryMaxMs : backoffMs(count, this.opts.retryInitialMs, this.opts.retryMaxMs);
-          this.failures.set(kind, { count, retryAt: now.getTime() + delay, error, ...(hsm ? { hsm } : {}) });
-          wait = Math.min(wait, delay);
-          this.opts.log.warn({ kind, attempt: count, retryInSeconds: Math.round(delay / 1000), err: error, permanent }, "renewal failed; serving with the current certificate and retrying");
-        };
-        const hsm = this.opts.hsmProblem?.();
-        if (hsm) {
-          // No key operation can succeed: do not call the CA with a renewal that cannot be signed; back off.
-          fail(`the HSM is unavailable: ${hsm}`, false, true);
-          continue;
-        }
-        if (a.status === "expired") this.opts.log.error({ kind, notAfter: a.notAfter.toISOString() }, "certificate expired; renewing (the CA accepts renewals for a while after expiry)");
-        try {
-          await this.renewNow(kind, this.opts.rotateKeys && kind !== "hub");
-          this.failures.delete(kind);
-        } catch (e) {
-          fail((e as Error).message, isPermanentCaRefusal(e), Boolean(this.opts.hsmProblem?.()));
-        }
-      }
-      if (clock && clock !== this.clockProblem) this.opts.log.error({ problem: clock }, "device clock is wrong: not renewing, still serving with the stored certificates");
-      if (clock) this.clockProblem = clock;
-      else if (this.clockProblem && Object.values(this.assess()).every((a) => a.status === "valid" || a.status === "due")) {
-        this.clockProblem = undefined;
-        this.clockAhead = undefined;
-      }
-      return wait;
-    });
+    return this.exclusive(() => this.schedule.pass(maxWaitMs));
   }
 
   /** The HSM works again: renewals that waited for it are retried at the next pass instead of after their backoff. */
   hsmRecovered(): void {
-    for (const f of this.failures.values()) if (f.hsm) f.retryAt = 0;
+    this.schedule.hsmRecovered();
   }
 
   status(): { deviceId: string; generation: number; clock?: string; certificates: KindStatus[] } {
     const s = this.current();
     const a = this.assess();
     const certs: [CertKind, string, string][] = [["device", s.device.cert, s.keys.device], ["edge-ca", s.edgeCa.cert, s.keys.edgeCa], ["hub", s.hub.cert, s.keys.hub]];
+    const clock = this.clock.current();
     return {
       deviceId: s.deviceId,
       generation: s.generation,
-      ...(this.clockProblem ? { clock: this.clockProblem } : {}),
+      ...(clock ? { clock } : {}),
       certificates: certs.map(([kind, pem, keyLabel]) => {
         const c = new x509.X509Certificate(pem);
-        const f = this.failures.get(kind);
+        const f = this.schedule.failure(kind);
         return {
           kind, serial: c.serialNumber, notBefore: c.notBefore.toISOString(), notAfter: c.notAfter.toISOString(), renewAt: a[kind].renewAt.toISOString(),
           status: a[kind].status, keyLabel, failures: f?.count ?? 0,
@@ -518,7 +262,7 @@ export class DeviceIdentity {
   async edgeCa(): Promise<EdgeCa> {
     const s = this.current();
     const cert = new x509.X509Certificate(s.edgeCa.cert);
-    return { certificate: cert, signingKey: await this.signingKey(s.keys.edgeCa), crypto: this.crypto, chain: [cert, ...s.edgeCa.chain.map((p) => new x509.X509Certificate(p))] };
+    return { certificate: cert, signingKey: await this.keys.signingKey(s.keys.edgeCa), crypto: this.keys.crypto, chain: [cert, ...s.edgeCa.chain.map((p) => new x509.X509Certificate(p))] };
   }
 
   /** Refuse module issuance while the clock is known to be wrong or the Edge CA is unusable; says why. */

@@ -1,30 +1,15 @@
 /** device-identity/: the device identity daemon — provisioning, renewal, Edge CA, workload + management sockets, attestation evidence. */
 export { AttestedModules } from "./attested-modules.js";
-export type { AttestedModule, AttestedModuleInput } from "./attested-modules.js";
+export type { AttestedModuleInput } from "./attested-modules.js";
 export { ModuleEventLog, LocalAttestationSource } from "./events.js";
 export { startManagementApi } from "./management-api.js";
-export type { ManagementBackend } from "./management-api.js";
 export { WorkloadSockets } from "./workload-api.js";
-export type { WorkloadBackend } from "./workload-api.js";
 export { checkAttestedContainer } from "./container-check.js";
-export type { ContainerVerdict } from "./container-check.js";
 export { issueModuleCertificate } from "./module-issuer.js";
-export type { EdgeCa, ModuleIssuerOptions } from "./module-issuer.js";
+export type { EdgeCa } from "./module-issuer.js";
 // The daemon: config, identity (provisioning, renewal), state on disk, CA client, attestation evidence.
 export { DeviceConfig } from "./config.js";
-export { DeviceDaemon, identityFromConfig, certificateSettings, collectMeasurements } from "./daemon.js";
-export type { DaemonOptions, IdentityFromConfigOptions } from "./daemon.js";
-export { DeviceIdentity, CERT_KINDS, nextLabel } from "./identity.js";
-export type { IdentityOptions, CertKind, KindStatus, PendingRegistration } from "./identity.js";
-export { StateStore, IdentityStateSchema, STATE_FILES, trustBundle, edgeCaCertificates, splitPems } from "./state.js";
-export type { IdentityState } from "./state.js";
-export { CaClient, isPermanentCaRefusal } from "./ca-client.js";
-export type { Issued, CaResponse, RegistrationResult } from "./ca-client.js";
-export { assessCertificate, backoffMs, clockDisagreement, CLOCK_SKEW_MS } from "./renewal.js";
-export type { Assessment } from "./renewal.js";
-export { signEvidence, signJwsWithKeyStore, jwsAlgFor, sha256File, EVIDENCE_PROFILE, EVIDENCE_TYP } from "./evidence.js";
-export type { EvidenceClaims, Measurements } from "./evidence.js";
+export { identityFromConfig } from "./daemon.js";
+export { splitPems } from "./state.js";
 export { checkCaller } from "./peer.js";
-export { SasKeys, sasSigner, parseSasToken, stringToSign, SAS_MAX_TOKEN_SECONDS, GENERATION_ID_PATTERN } from "./sas.js";
-export type { SasVerdict, SasResource, ParsedSas, SasKeysOptions } from "./sas.js";
-export { IOTEDGE_API_VERSION, IOTEDGE_API_VERSIONS } from "./iotedge-workload.js";
+export { SasKeys, sasSigner } from "./sas.js";

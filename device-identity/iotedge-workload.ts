@@ -1,8 +1,7 @@
-import type { FastifyInstance, FastifyRequest } from "fastify";
-import { Type } from "@sinclair/typebox";
 import { EdgeTrustError, type Logger } from "../common/index.js";
+import { iotEdgeApiVersionQuery, iotEdgeCertificateBody, iotEdgeModuleParams, iotEdgeSignBody } from "../identity-api/index.js";
+import type { ApiRequest, Route } from "./api-server.js";
 import type { AttestedModule } from "./attested-modules.js";
-import { GENERATION_ID_PATTERN } from "./sas.js";
 
 /**
  * The Azure IoT Edge workload API (iotedged's `workload.sock`), on each module's own socket, as the Azure IoT SDKs
@@ -17,13 +16,13 @@ import { GENERATION_ID_PATTERN } from "./sas.js";
  */
 
 /** Workload API versions of iotedged; the SDKs send one of them (azure-iot-device 1.18: 2018-06-28). */
-export const IOTEDGE_API_VERSIONS = ["2018-06-28", "2019-01-30", "2019-11-05", "2020-07-07", "2021-12-07"] as const;
-export const IOTEDGE_API_VERSION = "2018-06-28";
+const IOTEDGE_API_VERSIONS = ["2018-06-28", "2019-01-30", "2019-11-05", "2020-07-07", "2021-12-07"] as const;
+const IOTEDGE_API_VERSION = "2018-06-28";
 
-export interface IotEdgeWorkloadDeps {
+interface IotEdgeWorkloadDeps {
   module: string;
   /** The registered module, once the caller is known to be inside its container; throws FORBIDDEN otherwise. */
-  authorize(req: FastifyRequest): Promise<AttestedModule>;
+  authorize(req: ApiRequest): Promise<AttestedModule>;
   /** HMAC-SHA256 over `data` with the module's key for `generationId` (after checking its container). */
   sign?(m: AttestedModule, generationId: string, data: Buffer): Promise<Buffer>;
   issue(m: AttestedModule, csr: string): Promise<{ certificate: string; chain: string[]; notAfter: string }>;
@@ -31,29 +30,7 @@ export interface IotEdgeWorkloadDeps {
   log: Logger;
 }
 
-const ApiVersionQuery = Type.Object({ "api-version": Type.Optional(Type.String({ maxLength: 32 })) });
-const ModuleParams = Type.Object(
-  { name: Type.String({ pattern: "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$" }), genid: Type.String({ pattern: GENERATION_ID_PATTERN }) },
-  { additionalProperties: false },
-);
-const SignRequest = Type.Object(
-  {
-    keyId: Type.String({ minLength: 1, maxLength: 32 }),
-    algo: Type.String({ minLength: 1, maxLength: 32 }),
-    data: Type.String({ minLength: 1, maxLength: 4096, pattern: "^[A-Za-z0-9+/]+={0,2}$" }),
-  },
-  { additionalProperties: false },
-);
-const CertificateRequest = Type.Object(
-  {
-    commonName: Type.Optional(Type.String({ maxLength: 64 })),
-    expiration: Type.Optional(Type.String({ maxLength: 64 })),
-    csr: Type.Optional(Type.String({ minLength: 100, maxLength: 16_384, pattern: "^-----BEGIN CERTIFICATE REQUEST-----" })),
-  },
-  { additionalProperties: false },
-);
-
-function apiVersion(req: FastifyRequest): void {
+function apiVersion(req: ApiRequest): void {
   const v = (req.query as { "api-version"?: string })["api-version"];
   if (v === undefined) throw new EdgeTrustError("INVALID_INPUT", "the api-version query parameter is required", { hint: `e.g. ?api-version=${IOTEDGE_API_VERSION}` });
   if (!(IOTEDGE_API_VERSIONS as readonly string[]).includes(v)) {
@@ -61,46 +38,55 @@ function apiVersion(req: FastifyRequest): void {
   }
 }
 
-export function addIotEdgeWorkloadRoutes(app: FastifyInstance, d: IotEdgeWorkloadDeps): void {
-  const own = (req: FastifyRequest): { genid: string } => {
+export function iotEdgeWorkloadRoutes(d: IotEdgeWorkloadDeps): Route[] {
+  const own = (req: ApiRequest): { genid: string } => {
     const p = req.params as { name: string; genid: string };
     // The socket is the module's identity: asking for another module's key on it is refused, whoever asks.
     if (p.name !== d.module) throw new EdgeTrustError("FORBIDDEN", `this is module ${d.module}'s workload socket, not ${p.name}'s`);
     return { genid: p.genid };
   };
-
-  app.get("/trust-bundle", { schema: { querystring: ApiVersionQuery } }, async (req) => {
-    apiVersion(req);
-    await d.authorize(req);
-    return { certificate: d.trustBundle().map((p) => p.trim() + "\n").join("") };
-  });
-
-  app.post("/modules/:name/genid/:genid/sign", { schema: { querystring: ApiVersionQuery, params: ModuleParams, body: SignRequest } }, async (req) => {
-    apiVersion(req);
-    const { genid } = own(req);
-    const m = await d.authorize(req);
-    const body = req.body as { keyId: string; algo: string; data: string };
-    if (body.algo !== "HMACSHA256") throw new EdgeTrustError("INVALID_INPUT", `algo ${JSON.stringify(body.algo)} is not supported`, { hint: "HMACSHA256" });
-    if (body.keyId !== "primary") throw new EdgeTrustError("INVALID_INPUT", `keyId ${JSON.stringify(body.keyId)} is not supported`, { hint: "each module has one key: primary" });
-    if (!d.sign) throw new EdgeTrustError("FORBIDDEN", `module ${m.name} is not granted SAS authentication`);
-    const digest = await d.sign(m, genid, Buffer.from(body.data, "base64"));
-    d.log.info({ module: m.name, generationId: genid }, "SAS token signed");
-    return { digest: digest.toString("base64") };
-  });
-
+  const routes: Route[] = [
+    {
+      method: "GET", path: "/trust-bundle", query: iotEdgeApiVersionQuery,
+      handler: async (req) => {
+        apiVersion(req);
+        await d.authorize(req);
+        return { certificate: d.trustBundle().map((p) => p.trim() + "\n").join("") };
+      },
+    },
+    {
+      method: "POST", path: "/modules/:name/genid/:genid/sign", query: iotEdgeApiVersionQuery, params: iotEdgeModuleParams, body: iotEdgeSignBody,
+      handler: async (req) => {
+        apiVersion(req);
+        const { genid } = own(req);
+        const m = await d.authorize(req);
+        const body = req.body as { keyId: string; algo: string; data: string };
+        if (body.algo !== "HMACSHA256") throw new EdgeTrustError("INVALID_INPUT", `algo ${JSON.stringify(body.algo)} is not supported`, { hint: "HMACSHA256" });
+        if (body.keyId !== "primary") throw new EdgeTrustError("INVALID_INPUT", `keyId ${JSON.stringify(body.keyId)} is not supported`, { hint: "each module has one key: primary" });
+        if (!d.sign) throw new EdgeTrustError("FORBIDDEN", `module ${m.name} is not granted SAS authentication`);
+        const digest = await d.sign(m, genid, Buffer.from(body.data, "base64"));
+        d.log.info({ module: m.name, generationId: genid }, "SAS token signed");
+        return { digest: digest.toString("base64") };
+      },
+    },
+  ];
   for (const kind of ["identity", "server"] as const) {
-    app.post(`/modules/:name/genid/:genid/certificate/${kind}`, { schema: { querystring: ApiVersionQuery, params: ModuleParams, body: CertificateRequest } }, async (req) => {
-      apiVersion(req);
-      const { genid } = own(req);
-      const m = await d.authorize(req);
-      if (m.generationId !== undefined && genid !== m.generationId) throw new EdgeTrustError("FORBIDDEN", `generation ${genid} of module ${m.name} is not the registered one`);
-      const csr = (req.body as { csr?: string }).csr;
-      if (kind === "server") throw new EdgeTrustError("FORBIDDEN", "module server certificates are not issued on this device", { hint: "modules reach each other through the hub" });
-      if (!csr) {
-        throw new EdgeTrustError("FORBIDDEN", "edgetrust never hands out private keys: send the module's own CSR as {csr}", { hint: "or POST /v1/certificate {csr}; the key stays in the module" });
-      }
-      const issued = await d.issue(m, csr);
-      return { certificate: [issued.certificate, ...issued.chain].map((p) => p.trim() + "\n").join(""), expiration: issued.notAfter };
+    routes.push({
+      method: "POST", path: `/modules/:name/genid/:genid/certificate/${kind}`, query: iotEdgeApiVersionQuery, params: iotEdgeModuleParams, body: iotEdgeCertificateBody,
+      handler: async (req) => {
+        apiVersion(req);
+        const { genid } = own(req);
+        const m = await d.authorize(req);
+        if (m.generationId !== undefined && genid !== m.generationId) throw new EdgeTrustError("FORBIDDEN", `generation ${genid} of module ${m.name} is not the registered one`);
+        const csr = (req.body as { csr?: string }).csr;
+        if (kind === "server") throw new EdgeTrustError("FORBIDDEN", "module server certificates are not issued on this device", { hint: "modules reach each other through the hub" });
+        if (!csr) {
+          throw new EdgeTrustError("FORBIDDEN", "edgetrust never hands out private keys: send the module's own CSR as {csr}", { hint: "or POST /v1/certificate {csr}; the key stays in the module" });
+        }
+        const issued = await d.issue(m, csr);
+        return { certificate: [issued.certificate, ...issued.chain].map((p) => p.trim() + "\n").join(""), expiration: issued.notAfter };
+      },
     });
   }
+  return routes;
 }

@@ -11,13 +11,30 @@ export interface EdgeCa extends Issuer {
   chain: x509.X509Certificate[];
 }
 
-export interface ModuleIssuerOptions {
+interface ModuleIssuerOptions {
   trustDomain: string;
   deviceId: string;
   /** Module certificate lifetime; hours, from policy `certificates.module.lifetime`. */
   lifetimeSeconds: number;
   edgeCa: () => EdgeCa;
   checkContainer: (m: AttestedModule) => Promise<ContainerVerdict>;
+}
+
+/** PEM of a DER certificate, byte for byte what @peculiar/x509's PemConverter writes (64-character lines, LF, no final LF). */
+export function certificatePem(der: Uint8Array): string {
+  const b64 = Buffer.from(der.buffer, der.byteOffset, der.byteLength).toString("base64");
+  const lines: string[] = [];
+  for (let i = 0; i < b64.length; i += 64) lines.push(b64.slice(i, i + 64));
+  return `-----BEGIN CERTIFICATE-----\n${lines.join("\n")}\n-----END CERTIFICATE-----`;
+}
+
+/** The chain's PEMs per Edge CA (a new object at each Edge CA renewal): encoded once, not once per certificate. */
+const chainPems = new WeakMap<EdgeCa, string[]>();
+
+function chainPemOf(edgeCa: EdgeCa): string[] {
+  let pems = chainPems.get(edgeCa);
+  if (!pems) chainPems.set(edgeCa, (pems = edgeCa.chain.map((c) => certificatePem(new Uint8Array(c.rawData)))));
+  return pems;
 }
 
 /**
@@ -41,8 +58,8 @@ export async function issueModuleCertificate(opts: ModuleIssuerOptions, m: Attes
     lifetimeSeconds: opts.lifetimeSeconds,
   });
   return {
-    certificate: cert.pem(),
-    chain: edgeCa.chain.map((c) => c.toString("pem")),
+    certificate: certificatePem(cert.der),
+    chain: [...chainPemOf(edgeCa)],
     notAfter: cert.notAfter.toISOString(),
   };
 }

@@ -5,6 +5,7 @@ import { promisify } from "node:util";
 import type { DockerClient } from "../engine/index.js";
 import type { AttestedModule } from "./attested-modules.js";
 import type { ContainerVerdict } from "./container-check.js";
+import { peerByKernel } from "./peer-cred.js";
 
 const execFileAsync = promisify(execFile);
 
@@ -47,10 +48,23 @@ async function peerPid(rows: RegExpExecArray[], own: string): Promise<number> {
   return Number(/pid=(\d+)/.exec(row?.[3] ?? "")?.[1]) || (await pidHoldingSocket(peerInode));
 }
 
-async function containerOf(pid: number): Promise<string | undefined> {
-  const cgroup = await readFile(`/proc/${pid}/cgroup`, "utf8").catch(() => "");
-  // cgroup v1 (cgroupfs: /docker/<id>) and systemd / cgroup v2 (docker-<id>.scope) layouts.
+/** cgroup v1 (cgroupfs: /docker/<id>) and systemd / cgroup v2 (docker-<id>.scope) layouts. */
+function containerInCgroup(cgroup: string): string | undefined {
   return /(?:\/docker\/|docker-)([0-9a-f]{64})/.exec(cgroup)?.[1];
+}
+
+async function containerOf(pid: number): Promise<string | undefined> {
+  return containerInCgroup(await readFile(`/proc/${pid}/cgroup`, "utf8").catch(() => ""));
+}
+
+/** How callers were identified (status, tests): by the kernel's SO_PEERPIDFD, or by `ss` (a process per check). */
+export const callerLookups = { kernel: 0, ss: 0 };
+
+function verdictFor(container: string | undefined, m: AttestedModule): ContainerVerdict {
+  if (container !== undefined && container !== m.containerId) {
+    return { ok: false, reason: `the caller runs in container ${container.slice(0, 12)}, not in module ${m.name}'s container` };
+  }
+  return container === undefined ? { ok: true, onHost: true } : { ok: true };
 }
 
 /**
@@ -60,18 +74,27 @@ async function containerOf(pid: number): Promise<string | undefined> {
  * in the module container's; the peer process found there must belong to the module's container (cgroup). A process
  * on the host itself (root: the socket directory is not reachable otherwise) is let through for operators and tests.
  */
-export async function checkCaller(docker: DockerClient, m: AttestedModule, socket: Socket): Promise<ContainerVerdict> {
+export async function checkCaller(
+  docker: DockerClient,
+  m: AttestedModule,
+  socket: Socket,
+  /** The container's main pid without asking the engine when it can (container-check.ts `containerPid`). */
+  pidOf: (containerId: string) => Promise<number | undefined> = async (id) => (await docker.inspectContainer(id))?.State.Pid || undefined,
+): Promise<ContainerVerdict> {
+  // The kernel names the connecting process directly (no process spawned, any network namespace).
+  const peer = await peerByKernel(socket);
+  if (peer) {
+    callerLookups.kernel++;
+    return verdictFor(containerInCgroup(peer.cgroup), m);
+  }
+  callerLookups.ss++;
   const own = await socketInode(socket);
   if (!own) return { ok: false, reason: `could not read the socket of the call to module ${m.name}` };
   let pid = await peerPid(await unixRows(), own);
   if (!pid) {
-    const c = await docker.inspectContainer(m.containerId);
-    if (c?.State.Pid) pid = await peerPid(await unixRows(c.State.Pid), own);
+    const containerPid = await pidOf(m.containerId);
+    if (containerPid) pid = await peerPid(await unixRows(containerPid), own);
   }
   if (!pid) return { ok: false, reason: `the caller is not in module ${m.name}'s container (its connection comes from another network namespace)` };
-  const container = await containerOf(pid);
-  if (container !== undefined && container !== m.containerId) {
-    return { ok: false, reason: `the caller runs in container ${container.slice(0, 12)}, not in module ${m.name}'s container` };
-  }
-  return container === undefined ? { ok: true, onHost: true } : { ok: true };
+  return verdictFor(await containerOf(pid), m);
 }

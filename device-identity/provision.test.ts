@@ -10,14 +10,15 @@ import { identityFromConfig } from "./daemon.js";
 import { DeviceConfig } from "./config.js";
 import { Value } from "@sinclair/typebox/value";
 import { HsmConfig, SOFTHSM_MODULE } from "../hsm/index.js";
+import { cliBundleArgs } from "../test/fixtures/cli-bundle.js";
 import { execFileAsync, makeTokens, silentLogger, startCa, tmp, TRUST_DOMAIN, type RunningCa, type Tokens } from "./test-helpers.js";
 
-const ROOT = join(import.meta.dirname, "..");
+const CLI = cliBundleArgs();
 const DEVICE = "dev-prov";
 
 /** `edgetrust device …` in a child process (its own SoftHSM session; OPENSSL_CONF registers the pkcs11 engine). */
 async function cli(args: string[], env: Record<string, string>): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
-  const p = spawn(process.execPath, ["--import", "tsx", join(ROOT, "test/helpers/cli-main.ts"), "device", ...args], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  const p = spawn(process.execPath, [...CLI, "device", ...args], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
   let stdout = "";
   let stderr = "";
   p.stdout.on("data", (d: Buffer) => { stdout += d.toString(); });

@@ -2,7 +2,7 @@ import { backoffDelay } from "../common/index.js";
 import type * as x509 from "@peculiar/x509";
 
 /** Certificates are backdated by the CA (clock skew); a device clock this far behind notBefore is still believed. */
-export const CLOCK_SKEW_MS = 5 * 60 * 1000;
+const CLOCK_SKEW_MS = 5 * 60 * 1000;
 
 export type Assessment =
   | { status: "valid"; renewAt: Date; notAfter: Date }

@@ -1,5 +1,6 @@
 import { timingSafeEqual } from "node:crypto";
 import { EdgeTrustError, type Logger } from "../common/index.js";
+import { GENERATION_ID_PATTERN } from "../identity-api/index.js";
 import type { MacKeyStore } from "../hsm/index.js";
 import type { AttestedModule, AttestedModules } from "./attested-modules.js";
 import type { ContainerVerdict } from "./container-check.js";
@@ -16,15 +17,15 @@ import type { ContainerVerdict } from "./container-check.js";
 
 /** Longest lifetime a token may have (the Azure SDKs ask for one hour). */
 export const SAS_MAX_TOKEN_SECONDS = 24 * 3600;
-export const GENERATION_ID_PATTERN = "^[a-z0-9]{8,32}$";
+export { GENERATION_ID_PATTERN };
 
-export interface SasResource {
+interface SasResource {
   host: string;
   deviceId: string;
   moduleId: string;
 }
 
-export interface ParsedSas {
+interface ParsedSas {
   /** `sr` exactly as sent (URL-encoded): what was signed. */
   srRaw: string;
   resource: SasResource;
@@ -32,7 +33,7 @@ export interface ParsedSas {
   expiresAt: number;
 }
 
-export interface SasVerdict {
+interface SasVerdict {
   deviceId: string;
   moduleId: string;
   generationId: string;
@@ -47,7 +48,7 @@ export interface SasVerdict {
 const SEGMENT = /^[A-Za-z0-9._-]{1,128}$/;
 
 /** `host/devices/<d>/modules/<m>`, decoded. Undefined when it is not exactly that. */
-export function parseResource(decoded: string): SasResource | undefined {
+function parseResource(decoded: string): SasResource | undefined {
   const m = /^([^/]{1,255})\/devices\/([^/]+)\/modules\/([^/]+)$/.exec(decoded);
   if (!m || !SEGMENT.test(m[2] ?? "") || !SEGMENT.test(m[3] ?? "")) return undefined;
   return { host: m[1] ?? "", deviceId: m[2] ?? "", moduleId: m[3] ?? "" };
@@ -92,9 +93,9 @@ export function parseSasToken(token: string): ParsedSas {
 }
 
 /** The string the token's signature covers. */
-export const stringToSign = (srRaw: string, expiresAt: number): string => `${srRaw}\n${expiresAt}`;
+const stringToSign = (srRaw: string, expiresAt: number): string => `${srRaw}\n${expiresAt}`;
 
-export interface SasKeysOptions {
+interface SasKeysOptions {
   deviceId: string;
   mac: MacKeyStore;
   modules: AttestedModules;

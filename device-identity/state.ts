@@ -3,41 +3,17 @@ import { existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSy
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import * as x509 from "@peculiar/x509";
-import { Type, type Static } from "@sinclair/typebox";
-import { EdgeTrustError, validateValue, writeFileAtomic, faultAfterWrite } from "../common/index.js";
+import { EdgeTrustError, registerCompiledValidator, validateValue, writeFileAtomic, faultAfterWrite } from "../common/index.js";
+import { IdentityStateSchema, type IdentityState } from "./state-schema.js";
+import { identityStateValidator } from "./state-validator.js";
 
-const Pem = Type.String({ pattern: "^-----BEGIN CERTIFICATE-----" });
-
-/** Everything the device holds about its identity, as one document (state.json of a generation). */
-export const IdentityStateSchema = Type.Object(
-  {
-    version: Type.Literal(1),
-    generation: Type.Integer({ minimum: 1 }),
-    deviceId: Type.String({ minLength: 1 }),
-    trustDomain: Type.String({ minLength: 1 }),
-    /** HSM labels of the keys in use. */
-    keys: Type.Object({ device: Type.String(), edgeCa: Type.String(), hub: Type.String() }, { additionalProperties: false }),
-    device: Type.Object({ cert: Pem, chain: Type.Array(Pem) }, { additionalProperties: false }),
-    edgeCa: Type.Object(
-      {
-        cert: Pem,
-        chain: Type.Array(Pem),
-        /** Earlier Edge CA certificates still valid: kept in the trust bundle so certificates they issued keep working. */
-        previous: Type.Array(Pem),
-      },
-      { additionalProperties: false },
-    ),
-    hub: Type.Object({ cert: Pem }, { additionalProperties: false }),
-    /** Roots and issuing CAs as the cloud CA serves them (/v1/cas/bundle.pem). */
-    caBundle: Type.Array(Pem, { minItems: 1 }),
-    updatedAt: Type.String(),
-  },
-  { additionalProperties: false },
-);
-export type IdentityState = Static<typeof IdentityStateSchema>;
+// Validated by the validator compiled at build time (scripts/compiled-validators.mjs): no schema compiled at start.
+registerCompiledValidator(IdentityStateSchema, identityStateValidator);
+export { IdentityStateSchema };
+export type { IdentityState };
 
 /** Files of a generation, besides state.json (derived from it, written in the same generation). */
-export const STATE_FILES = [
+const STATE_FILES = [
   "device.cert.pem",
   "device.chain.pem",
   "edge-ca.cert.pem",

@@ -14,7 +14,7 @@ const ROOT = join(import.meta.dirname, "..");
 
 export const execFileAsync = promisify(execFile);
 export const DEVICE_PIN = "device-pin-1234";
-export const CA_PIN = "ca-pin-1234";
+const CA_PIN = "ca-pin-1234";
 export const TRUST_DOMAIN = "test.edgetrust";
 
 export const silentLogger = (): Logger => createLogger("device-identity-test", { level: "silent", destination: new Writable({ write(_c, _e, cb) { cb(); } }) });

@@ -1,15 +1,15 @@
 import { chmodSync, chownSync, mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import Fastify, { type FastifyInstance } from "fastify";
-import { EdgeTrustError, installProblemHandler, type Logger } from "../common/index.js";
-import { CertificateRequest, CertificateResponse, TrustBundleResponse, WORKLOAD_SOCKET_NAME } from "../identity-api/index.js";
 import type { Socket } from "node:net";
+import { EdgeTrustError, unixSocketPathProblem, type Logger } from "../common/index.js";
+import { answerShapes, certificateBody, WORKLOAD_SOCKET_NAME } from "../identity-api/index.js";
+import { ApiServer } from "./api-server.js";
 import type { AttestedModule, AttestedModules } from "./attested-modules.js";
 import type { ContainerVerdict } from "./container-check.js";
-import { addIotEdgeWorkloadRoutes } from "./iotedge-workload.js";
+import { iotEdgeWorkloadRoutes } from "./iotedge-workload.js";
 
 /** What the workload API needs from the daemon: issue for an attested module, and the current trust bundle. */
-export interface WorkloadBackend {
+interface WorkloadBackend {
   /** Throws EdgeTrustError FORBIDDEN with the reason when the module may not have a certificate now. */
   issueModuleCertificate(module: AttestedModule, csrPem: string): Promise<{ certificate: string; chain: string[]; notAfter: string }>;
   trustBundle(): string[];
@@ -25,7 +25,7 @@ export interface WorkloadBackend {
  * because the agent mounts that directory into that module's container only.
  */
 export class WorkloadSockets {
-  private readonly servers = new Map<string, FastifyInstance>();
+  private readonly servers = new Map<string, ApiServer>();
   /**
    * The caller check's verdict per connection (and the container it was made for): the process at the other end of a
    * unix connection is fixed when it connects, so a keep-alive client is looked up once (`ss` is ~10 ms of CPU), not
@@ -49,6 +49,8 @@ export class WorkloadSockets {
   }
 
   async open(m: AttestedModule): Promise<string> {
+    const problem = unixSocketPathProblem(this.socketPath(m.name));
+    if (problem) throw new EdgeTrustError("INVALID_INPUT", `no workload socket for module ${m.name}: ${problem}`, { hint: "use a shorter module name or a shorter device.workloadDir" });
     await this.close(m.name);
     const dir = this.socketDir(m.name);
     mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -57,7 +59,7 @@ export class WorkloadSockets {
     const path = this.socketPath(m.name);
     rmSync(path, { force: true });
     const app = this.build(m.name);
-    await app.listen({ path });
+    await app.listen(path);
     chownSync(path, m.uid, m.gid);
     chmodSync(path, 0o600);
     this.servers.set(m.name, app);
@@ -78,26 +80,32 @@ export class WorkloadSockets {
     await Promise.all([...this.servers.keys()].map((m) => this.close(m)));
   }
 
-  private build(moduleName: string): FastifyInstance {
-    const app = Fastify({ logger: false, bodyLimit: 32 * 1024 });
-    installProblemHandler(app, { log: this.log });
-    app.post("/v1/certificate", { schema: { body: CertificateRequest, response: { 200: CertificateResponse } } }, async (req) => {
-      const m = await this.authorize(moduleName, req.raw.socket);
-      const { csr } = req.body as { csr: string };
-      const issued = await this.backend.issueModuleCertificate(m, csr);
-      this.log.info({ module: moduleName, notAfter: issued.notAfter }, "module certificate issued");
-      return issued;
-    });
-    app.get("/v1/trust-bundle", { schema: { response: { 200: TrustBundleResponse } } }, async () => ({ certificates: this.backend.trustBundle() }));
-    addIotEdgeWorkloadRoutes(app, {
-      module: moduleName,
-      authorize: (req) => this.authorize(moduleName, req.raw.socket, true),
-      issue: (m, csr) => this.backend.issueModuleCertificate(m, csr),
-      trustBundle: () => this.backend.trustBundle(),
-      ...(this.backend.sasSign ? { sign: this.backend.sasSign.bind(this.backend) } : {}),
+  private build(moduleName: string): ApiServer {
+    return new ApiServer({
+      bodyLimit: 32 * 1024,
       log: this.log,
+      routes: [
+        {
+          method: "POST", path: "/v1/certificate", body: certificateBody, answers: { 200: answerShapes.certificateAnswer },
+          handler: async (req) => {
+            const m = await this.authorize(moduleName, req.socket);
+            const { csr } = req.body as { csr: string };
+            const issued = await this.backend.issueModuleCertificate(m, csr);
+            this.log.info({ module: moduleName, notAfter: issued.notAfter }, "module certificate issued");
+            return issued;
+          },
+        },
+        { method: "GET", path: "/v1/trust-bundle", answers: { 200: answerShapes.trustBundleAnswer }, handler: async () => ({ certificates: this.backend.trustBundle() }) },
+        ...iotEdgeWorkloadRoutes({
+          module: moduleName,
+          authorize: (req) => this.authorize(moduleName, req.socket, true),
+          issue: (m, csr) => this.backend.issueModuleCertificate(m, csr),
+          trustBundle: () => this.backend.trustBundle(),
+          ...(this.backend.sasSign ? { sign: this.backend.sasSign.bind(this.backend) } : {}),
+          log: this.log,
+        }),
+      ],
     });
-    return app;
   }
 
   /** The registered module, if the process on the other end of `sock` is inside its container; else FORBIDDEN. */

@@ -1,23 +1,22 @@
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
 import { execFileSync, execFile } from "node:child_process";
 import { promisify } from "node:util";
-import { mkdtempSync, writeFileSync, readFileSync, statSync, existsSync } from "node:fs";
+import { mkdtempSync, writeFileSync, readFileSync, statSync, existsSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
-import type { FastifyInstance } from "fastify";
 import { createLogger } from "../common/index.js";
 import { DockerClient, ensureImage, type ResolvedImage } from "../engine/index.js";
 import { createModuleContainer } from "../edge-agent/index.js";
 import { parseModuleAttestation, certificateIdentity } from "../pki/index.js";
 import { buildBusyboxImage, DOCKER_SOCKET } from "../test/fixtures/images.js";
-import { buildNodeModuleImage } from "../edge-agent/node-image.js";
+import { buildNodeModuleImage } from "../test/fixtures/node-module-image.js";
 import { makeEdgeCa } from "../test/fixtures/pki.js";
 import { AttestedModules } from "./attested-modules.js";
 import { WorkloadSockets } from "./workload-api.js";
 import { startManagementApi } from "./management-api.js";
 import { checkAttestedContainer } from "./container-check.js";
-import { checkCaller } from "./peer.js";
+import { callerLookups, checkCaller } from "./peer.js";
 import { issueModuleCertificate, type EdgeCa } from "./module-issuer.js";
 import { ModuleEventLog, LocalAttestationSource } from "./events.js";
 import { ManagementClient, ManagementAttestationSource, type AttestationEvent } from "../identity-api/index.js";
@@ -57,7 +56,7 @@ describe("device identity: management + workload sockets (real dockerd, curl, op
   let image: ResolvedImage;
   let containerId: string;
   let stoppedId: string;
-  let mgmt: FastifyInstance;
+  let mgmt: Awaited<ReturnType<typeof startManagementApi>>;
   let sockets: WorkloadSockets;
   let chainFile: string;
   let edgeCa: EdgeCa;
@@ -172,9 +171,48 @@ describe("device identity: management + workload sockets (real dockerd, curl, op
     expect(JSON.parse(r.body).detail).toMatch(/containerId/);
   });
 
+  it("refuses a module whose workload socket path would pass sun_path (107 bytes) with problem+json, before anything is checked or kept", async () => {
+    // A workload directory where this test's module name fits and a 63-character one (the schema's longest) does not.
+    const longDir = join(dir, "w".repeat(Math.max(1, 107 - "/workload.sock".length - `/sensor${tag}`.length - dir.length - 1)));
+    const longName = "m".repeat(63);
+    const longModules = new AttestedModules(join(dir, "attested-long.json"));
+    const checked: string[] = [];
+    const longSockets = new WorkloadSockets(longDir, longModules, {
+      issueModuleCertificate: () => Promise.reject(new Error("not used")), trustBundle: () => [], checkCaller: (m, socket) => checkCaller(docker, m, socket),
+    }, log);
+    const longMgmt = join(dir, "mgmt-long.sock");
+    const api = await startManagementApi({ path: longMgmt, modules: longModules, sockets: longSockets, log, backend: {
+      checkContainer: (m) => { checked.push(m.name); return checkAttestedContainer(docker, m, { allowCreated: true }); },
+      status: () => ({ device: DEVICE }),
+    } });
+    try {
+      const path = join(longDir, longName, "workload.sock");
+      const r = await curl(longMgmt, "POST", "/v1/modules", registration({ name: longName }));
+      expect(r.status).toBe(400);
+      const problem = JSON.parse(r.body) as { code: string; detail: string };
+      expect(problem.code).toBe("INVALID_INPUT");
+      expect(problem.detail).toBe(`refused to attest module ${longName}: its workload socket cannot be made: unix socket path ${JSON.stringify(path)} is ${Buffer.byteLength(path)} bytes; the kernel's limit (sun_path) is 107 bytes`);
+      // Nothing partial: no container check, no registry entry or file, no socket directory nor (cut short) socket file.
+      expect(checked).toEqual([]);
+      expect(longModules.list()).toEqual([]);
+      expect(existsSync(join(dir, "attested-long.json"))).toBe(false);
+      expect(existsSync(longDir)).toBe(false);
+      // Still serving, and a module whose path fits registers in the same directory.
+      expect((await curl(longMgmt, "GET", "/v1/status")).status).toBe(200);
+      const ok = await curl(longMgmt, "POST", "/v1/modules", registration());
+      expect(ok.status).toBe(201);
+      expect(readdirSync(longDir)).toEqual([`sensor${tag}`]);
+      expect(statSync(join(longDir, `sensor${tag}`, "workload.sock")).isSocket()).toBe(true);
+    } finally {
+      await longSockets.closeAll();
+      await api.close();
+    }
+  });
+
   it("a container started by hand with a live module's socket mounted is refused: the caller is not in that module's container", async () => {
     const rogueImage = await buildNodeModuleImage("rogue", `rogue-${tag}`);
     const socketDir = sockets.socketDir(`sensor${tag}`);
+    const lookups = { ...callerLookups };
     const rogue = await dockerCliAsync(["run", "-d", "--network", "none", "--read-only", "--user", "1000:1000", "-v", `${socketDir}:/run/edgetrust/workload:ro`, rogueImage.ref]);
     try {
       let failure: string | undefined;
@@ -185,6 +223,9 @@ describe("device identity: management + workload sockets (real dockerd, curl, op
         if (!failure) await new Promise((r) => setTimeout(r, 200));
       }
       expect(failure).toMatch(/HTTP 403.*not in module sensor\d+'s container/);
+      // Decided by the kernel's name for the connecting process (SO_PEERPIDFD), without `ss`.
+      expect(callerLookups.kernel, "callers named by the kernel (needs the koffi package: npm ci)").toBeGreaterThan(lookups.kernel);
+      expect(callerLookups.ss).toBe(lookups.ss);
     } finally {
       await docker.removeContainer(rogue);
     }

@@ -28,7 +28,7 @@ export interface IdentityRegistrar {
   registered(): Promise<Array<{ name: string; containerId: string }>>;
 }
 
-export type ModuleState = "running" | "starting" | "restarting" | "exited" | "failed" | "stopped";
+type ModuleState = "running" | "starting" | "restarting" | "exited" | "failed" | "stopped";
 
 export interface ModuleStatus {
   name: string;
@@ -50,7 +50,7 @@ export interface AgentReport {
   modules?: ModuleStatus[];
 }
 
-export interface AgentOptions {
+interface AgentOptions {
   docker: DockerClient;
   identity: IdentityRegistrar;
   policy: Policy;
@@ -78,7 +78,7 @@ interface Supervised {
   reason?: string;
 }
 
-export interface ApplyResult {
+interface ApplyResult {
   verdict: Verdict;
   /** True when the verified manifest is now what runs. */
   applied: boolean;

@@ -10,21 +10,9 @@ import { ManagementSocketRegistrar } from "./identity-client.js";
 import { CloudClient, ReportQueue, syncDeployment } from "./cloud.js";
 import { failureLine } from "./deployment.js";
 
-/** The sections of edgetrust.yaml these commands read (the command tree hands in a reader of the whole file). */
-export type AgentCliConfig = { hsm: HsmConfig; agent: AgentConfig };
-
-interface RunOptions {
-  config?: string;
-  manifest?: string;
-  deviceId?: string;
-  once?: boolean;
-  json?: boolean;
-}
-
-export function agentCommand(readConfig: ConfigReader<AgentCliConfig>): Command {
-  const cmd = new Command("agent").description("Edge agent: verify the deployment manifest, start attested modules, supervise them");
-  cmd
-    .command("run")
+/** `edgetrust agent run`. */
+function runCommand(readConfig: ConfigReader<AgentCliConfig>): Command {
+  return new Command("run")
     .description("boot the last-known-good deployment, apply a newer signed manifest, then supervise until SIGTERM")
     .option("-c, --config <file>", "edgetrust.yaml", "/etc/edgetrust/edgetrust.yaml")
     .option("--manifest <file>", "signed manifest (JWS JSON) to apply; overrides agent.manifestFile")
@@ -42,17 +30,13 @@ export function agentCommand(readConfig: ConfigReader<AgentCliConfig>): Command 
       let cloud: CloudClient | undefined;
       if (cfg.cloudUrl) {
         // The key store (native PKCS#11, X.509 stack) is loaded only when the agent talks to the cloud.
-        const { openKeyStore, tlsKeyFromSpec } = await import("../hsm/index.js");
+        const { openKeyStore, tlsCredentialsFromFile } = await import("../hsm/index.js");
         // Read before every request: the device certificate in force and the key that belongs to it (a rekey
         // renewal moves it between <label> and <label>.1), not what was on disk when the agent started.
-        const deviceTls = async () => {
-          const deviceCert = readFileSync(cfg.deviceCertFile, "utf8");
-          return {
-            cert: deviceCert,
-            ca: readFileSync(cfg.cloudCaFile, "utf8"),
-            ...(await tlsKeyFromSpec(cfg.deviceKey, async () => (store ??= await openKeyStore(all.hsm, { logger: log })), all.hsm, deviceCert)),
-          };
-        };
+        const deviceTls = async () => ({
+          ca: readFileSync(cfg.cloudCaFile, "utf8"),
+          ...(await tlsCredentialsFromFile(cfg.deviceKey, () => readFileSync(cfg.deviceCertFile, "utf8"), async () => (store ??= await openKeyStore(all.hsm, { logger: log })), all.hsm)),
+        });
         await deviceTls();
         cloud = new CloudClient(cfg.cloudUrl, deviceTls);
       }
@@ -119,5 +103,21 @@ export function agentCommand(readConfig: ConfigReader<AgentCliConfig>): Command 
       await agent.stop();
       await store?.close();
     }));
+}
+
+/** The sections of edgetrust.yaml these commands read (the command tree hands in a reader of the whole file). */
+type AgentCliConfig = { hsm: HsmConfig; agent: AgentConfig };
+
+interface RunOptions {
+  config?: string;
+  manifest?: string;
+  deviceId?: string;
+  once?: boolean;
+  json?: boolean;
+}
+
+export function agentCommand(readConfig: ConfigReader<AgentCliConfig>): Command {
+  const cmd = new Command("agent").description("Edge agent: verify the deployment manifest, start attested modules, supervise them");
+  cmd.addCommand(runCommand(readConfig));
   return cmd;
 }

@@ -1,6 +1,5 @@
 import { appendFileSync, existsSync, readFileSync } from "node:fs";
-import { request, type RequestOptions } from "node:https";
-import { EdgeTrustError, isEdgeTrustError, writeFileAtomic } from "../common/index.js";
+import { EdgeTrustError, httpCall, isEdgeTrustError, refusal, writeFileAtomic, type HttpAnswer } from "../common/index.js";
 import type { AgentReport } from "./agent.js";
 
 /** TLS material for the device identity: PEM for development, or the HSM engine options from hsm/'s TLS key source. */
@@ -13,6 +12,16 @@ export interface DeviceTls {
   ca: string;
 }
 
+function isJson(text: string): boolean {
+  if (!text) return true;
+  try {
+    JSON.parse(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** The agent's view of ca-service: fetch the deployment for this device, send reports; both over mTLS. */
 export class CloudClient {
   constructor(
@@ -22,58 +31,41 @@ export class CloudClient {
     private readonly timeoutMs = 15_000,
   ) {}
 
-  private async call(method: string, path: string, body?: unknown): Promise<{ status: number; json: unknown }> {
+  private async call(method: string, path: string, body?: unknown): Promise<HttpAnswer> {
     const url = new URL(path, this.baseUrl);
-    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     const tls = typeof this.tls === "function" ? await this.tls() : this.tls;
-    const opts: RequestOptions = {
-      method,
-      timeout: this.timeoutMs,
-      ca: tls.ca,
-      cert: tls.cert,
-      ...(tls.key ? { key: tls.key } : {}),
-      ...(tls.privateKeyEngine ? { privateKeyEngine: tls.privateKeyEngine, privateKeyIdentifier: tls.privateKeyIdentifier } : {}),
-      headers: payload ? { "content-type": "application/json", "content-length": payload.length } : {},
-    };
-    return new Promise((resolve, reject) => {
-      const req = request(url, opts, (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("end", () => {
-          const text = Buffer.concat(chunks).toString("utf8");
-          let json: unknown;
-          try {
-            json = text ? JSON.parse(text) : undefined;
-          } catch {
-            json = { detail: text.slice(0, 200) };
-          }
-          resolve({ status: res.statusCode ?? 0, json });
-        });
-      });
-      req.on("timeout", () => req.destroy(new Error(`no answer within ${this.timeoutMs} ms`)));
-      req.on("error", (e) => reject(new EdgeTrustError("UNAVAILABLE", `cloud at ${url.origin} unreachable: ${e.message}`)));
-      if (payload) req.write(payload);
-      req.end();
+    return httpCall({
+      method, url, body, timeoutMs: this.timeoutMs, peer: `cloud at ${url.origin}`,
+      tls: {
+        ca: tls.ca,
+        cert: tls.cert,
+        ...(tls.key ? { key: tls.key } : {}),
+        ...(tls.privateKeyEngine ? { privateKeyEngine: tls.privateKeyEngine, privateKeyIdentifier: tls.privateKeyIdentifier } : {}),
+      },
     });
   }
 
-  private static refused(status: number, json: unknown, what: string): EdgeTrustError {
-    const p = json as { detail?: string } | undefined;
-    const code = status === 400 ? "INVALID_INPUT" : status === 401 ? "UNAUTHENTICATED" : status === 403 ? "FORBIDDEN" : "UNAVAILABLE";
-    return new EdgeTrustError(code, `${what}: ${p?.detail ?? `HTTP ${status}`}`);
+  /** The agent retries what is not its own fault; the code follows the status (a 400 report is dropped, see ReportQueue). */
+  private static refused(a: HttpAnswer, what: string): EdgeTrustError {
+    return refusal(a, {
+      peerCode: false,
+      fallback: (status) => (status === 400 ? "INVALID_INPUT" : status === 401 ? "UNAUTHENTICATED" : status === 403 ? "FORBIDDEN" : "UNAVAILABLE"),
+      message: (detail) => `${what}: ${detail ?? (isJson(a.text) ? `HTTP ${a.status}` : a.text.slice(0, 200))}`,
+    });
   }
 
   /** The newest deployment targeting this device, or undefined when there is none. */
   async fetchDeployment(): Promise<{ deploymentId: string; version: number; jws: string } | undefined> {
     const r = await this.call("GET", "/v1/device/deployment");
     if (r.status === 204) return undefined;
-    if (r.status !== 200) throw CloudClient.refused(r.status, r.json, "fetching the deployment");
-    return r.json as { deploymentId: string; version: number; jws: string };
+    if (r.status !== 200) throw CloudClient.refused(r, "fetching the deployment");
+    if (!r.text || !isJson(r.text)) throw new EdgeTrustError("UNAVAILABLE", "fetching the deployment: the cloud answered 200 with no JSON");
+    return JSON.parse(r.text) as { deploymentId: string; version: number; jws: string };
   }
 
   async sendReport(report: AgentReport): Promise<void> {
     const r = await this.call("POST", "/v1/device/reports", report);
-    if (r.status !== 202) throw CloudClient.refused(r.status, r.json, "sending a report");
+    if (r.status !== 202) throw CloudClient.refused(r, "sending a report");
   }
 }
 

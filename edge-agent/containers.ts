@@ -1,4 +1,4 @@
-import { LABELS, type DockerClient, type ContainerInspect, type ResolvedImage } from "../engine/index.js";
+import { LABELS, type DockerClient, type ResolvedImage } from "../engine/index.js";
 
 /** Where a module finds its workload socket inside its container. */
 export const WORKLOAD_MOUNT = "/run/edgetrust/workload";
@@ -105,8 +105,4 @@ export async function listManaged(docker: DockerClient, deviceId: string): Promi
     running: c.State === "running",
     state: c.State,
   }));
-}
-
-export function isRunning(c: ContainerInspect | undefined): boolean {
-  return Boolean(c?.State.Running);
 }

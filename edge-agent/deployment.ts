@@ -5,7 +5,7 @@
 
 export type DeploymentStep = "pull" | "create" | "register" | "start" | "remove";
 
-export class DeploymentStepError extends Error {
+class DeploymentStepError extends Error {
   constructor(
     readonly step: DeploymentStep,
     readonly module: string,

@@ -1,14 +1,5 @@
-export { createSpec, createModuleContainer, listManaged, containerName, WORKLOAD_MOUNT } from "./containers.js";
-export type { ContainerPlan, BindMount, ManagedContainer } from "./containers.js";
+export { createSpec, createModuleContainer, listManaged, containerName } from "./containers.js";
 export { EdgeAgent } from "./agent.js";
-export type { AgentOptions, AgentReport, ApplyResult, IdentityRegistrar, ModuleStatus, ModuleState } from "./agent.js";
+export type { AgentReport } from "./agent.js";
 export { ManagementSocketRegistrar } from "./identity-client.js";
-export { modulesInOrder, containerPlan } from "./plan.js";
-export { CloudClient, ReportQueue, syncDeployment } from "./cloud.js";
-export type { DeviceTls } from "./cloud.js";
-export { buildBusyboxImage, dockerCli, DOCKER_SOCKET, REGISTRY } from "./dev-images.js";
-export type { BuiltImage } from "./dev-images.js";
-export { buildNodeModuleImage, MODULE_PROGRAM_DIR, MODULE_ENTRY } from "./node-image.js";
-export type { NodeModuleImage } from "./node-image.js";
-export { iotEdgeEnvironment, newGenerationId, DEFAULT_IOTEDGE, IOTEDGE_WORKLOAD_URI, IOTEDGE_WORKLOAD_API_VERSION } from "./iotedge-env.js";
-export type { IotEdgeSettings } from "./iotedge-env.js";
+export { CloudClient, syncDeployment } from "./cloud.js";

@@ -9,8 +9,8 @@ import { WORKLOAD_MOUNT } from "./containers.js";
  */
 
 /** The workload API version the Azure SDKs speak (azure-iot-device's WORKLOAD_API_VERSION). */
-export const IOTEDGE_WORKLOAD_API_VERSION = "2018-06-28";
-export const IOTEDGE_WORKLOAD_URI = `unix://${WORKLOAD_MOUNT}/workload.sock`;
+const IOTEDGE_WORKLOAD_API_VERSION = "2018-06-28";
+const IOTEDGE_WORKLOAD_URI = `unix://${WORKLOAD_MOUNT}/workload.sock`;
 
 export interface IotEdgeSettings {
   /** IOTEDGE_IOTHUBHOSTNAME: the host part of every SAS token's resource and of the MQTT user name. */

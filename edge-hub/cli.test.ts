@@ -1,16 +1,16 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { execFile } from "node:child_process";
 import { X509Certificate } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import type { TLSSocket } from "node:tls";
 import { promisify } from "node:util";
 import mqtt, { type MqttClient } from "mqtt";
 import { createLogger, freePort, holdDownPort } from "../common/index.js";
-import { DEV_ATTESTATION, createDevPki } from "../certs-dev/generate.js";
+import { DEV_ATTESTATION, createDevPki } from "../certs-dev/index.js";
 import { Pkcs11KeyStore, SOFTHSM_MODULE, createSoftHsmDir, engineConfig, initToken, type SoftHsmDir } from "../hsm/index.js";
-import { TEST_POLICY_YAML } from "./fixtures.js";
+import { TEST_POLICY_YAML, connectWithCertificate, nextMessage as nextMessageWithin, startHubProcess, startMosquitto, within, type HubProcess } from "./fixtures.js";
 
 /**
  * `edgetrust hub run` as an operator starts it: a child process through cli/index.ts main() (tsx, so the test does
@@ -19,8 +19,6 @@ import { TEST_POLICY_YAML } from "./fixtures.js";
  * key in a SoftHSM token, used through the OpenSSL pkcs11 engine (OPENSSL_CONF from engineConfig()), upstream to a
  * TLS Mosquitto: no PEM of either key exists anywhere, and the token marks both sensitive and never extractable.
  */
-const ROOT = resolve(import.meta.dirname, "..");
-const ENTRY = `const { main } = await import(${JSON.stringify(join(ROOT, "cli/index.ts"))}); process.exitCode = await main(["node", "edgetrust", ...process.argv.slice(1)]);`;
 const PIN = "hub-cli-pin-2718";
 const quiet = createLogger("certs-dev", { level: "error" });
 const run = promisify(execFile);
@@ -28,75 +26,10 @@ const run = promisify(execFile);
 let base: string;
 let cleanups: (() => Promise<void> | void)[] = [];
 const later = (f: () => Promise<void> | void): void => void cleanups.unshift(f);
-
-function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([p, new Promise<T>((_, rej) => (timer = setTimeout(() => rej(new Error(`${what}: not within ${ms} ms`)), ms)))]).finally(() => clearTimeout(timer));
-}
-
-interface Child {
-  proc: ChildProcess;
-  out: () => string;
-  /** Resolves with the first match of `re` in stdout+stderr. */
-  waitFor(re: RegExp, what: string): Promise<RegExpMatchArray>;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-function start(args: string[], env: NodeJS.ProcessEnv): Child {
-  const proc = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", ENTRY, "--", ...args], {
-    cwd: ROOT, env: { ...process.env, EDGETRUST_LOG_LEVEL: "info", ...env }, stdio: ["ignore", "pipe", "pipe"],
-  });
-  let text = "";
-  const waiters: { re: RegExp; resolve: (m: RegExpMatchArray) => void }[] = [];
-  const feed = (b: Buffer) => {
-    text += b.toString();
-    for (const w of [...waiters]) {
-      const m = text.match(w.re);
-      if (m) {
-        waiters.splice(waiters.indexOf(w), 1);
-        w.resolve(m);
-      }
-    }
-  };
-  proc.stdout?.on("data", feed);
-  proc.stderr?.on("data", feed);
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => proc.once("exit", (code, signal) => r({ code, signal })));
-  later(async () => {
-    if (proc.exitCode === null && proc.signalCode === null) {
-      proc.kill("SIGKILL");
-      await exited;
-    }
-  });
-  return {
-    proc, exited, out: () => text,
-    waitFor: (re, what) => within(new Promise<RegExpMatchArray>((resolve, reject) => {
-      const m = text.match(re);
-      if (m) return resolve(m);
-      waiters.push({ re, resolve });
-      void exited.then(({ code }) => reject(new Error(`${what}: the hub exited (${code}) first:\n${text}`)));
-    }), 45_000, `${what}\n${text}`),
-  };
-}
-
-async function client(port: number, dir: string, name: string, ca: string, extra: mqtt.IClientOptions = {}): Promise<MqttClient> {
-  const c = await within(mqtt.connectAsync(`mqtts://127.0.0.1:${port}`, {
-    cert: readFileSync(join(dir, `${name}.chain.pem`)), key: readFileSync(join(dir, `${name}.key.pem`)), ca: readFileSync(ca),
-    servername: "localhost", reconnectPeriod: 0, protocolVersion: 4, connectTimeout: 15_000, ...extra,
-  }), 20_000, `connect ${name}`);
-  later(() => c.endAsync(true).then(() => undefined, () => undefined));
-  return c;
-}
-
-function nextMessage(c: MqttClient, re: RegExp, what: string): Promise<{ topic: string; payload: Buffer }> {
-  return within(new Promise((resolve) => {
-    const on = (topic: string, payload: Buffer) => {
-      if (!re.test(topic)) return;
-      c.off("message", on);
-      resolve({ topic, payload });
-    };
-    c.on("message", on);
-  }), 20_000, what);
-}
+const nextMessage = (c: MqttClient, re: RegExp, what: string) => nextMessageWithin(c, re, what, 20_000);
+const client = (port: number, dir: string, name: string, ca: string, extra: mqtt.IClientOptions = {}): Promise<MqttClient> => connectWithCertificate(port, dir, name, ca, later, extra);
+/** Mosquitto as the cloud broker (TLS, client certificates from `clientCa` required); resolves when running. */
+const mosquitto = (dir: string, port: number, server: { cert: string; key: string }, clientCa: string, extra: string[] = []): Promise<void> => startMosquitto(dir, port, { ...server, clientCa }, later, extra);
 
 /** hub config + files around a certs-dev directory. */
 function writeHubConfig(dir: string, pkiDir: string, hub: Record<string, unknown>, extra = ""): string {
@@ -117,33 +50,9 @@ function writeHubConfig(dir: string, pkiDir: string, hub: Record<string, unknown
   return file;
 }
 
-/** Mosquitto as the cloud broker (TLS, client certificates from `clientCa` required); resolves when running. */
-async function mosquitto(dir: string, port: number, server: { cert: string; key: string }, clientCa: string, extra: string[] = []): Promise<void> {
-  const conf = join(dir, "mosquitto.conf");
-  writeFileSync(conf, [`listener ${port} 127.0.0.1`, `cafile ${clientCa}`, `certfile ${server.cert}`, `keyfile ${server.key}`,
-    "require_certificate true", "allow_anonymous true", "persistence false", "user root", "log_dest stderr", ...extra, ""].join("\n"));
-  const p = spawn("mosquitto", ["-c", conf], { stdio: ["ignore", "ignore", "pipe"] });
-  const exited = new Promise<void>((r) => p.once("exit", () => r()));
-  later(async () => {
-    if (p.exitCode === null && p.signalCode === null) {
-      p.kill("SIGTERM");
-      await exited;
-    }
-  });
-  let log = "";
-  await within(new Promise<void>((resolve, reject) => {
-    p.stderr?.on("data", (b: Buffer) => {
-      log = (log + b.toString()).slice(-8192); // always drained: a full pipe would block Mosquitto
-      if (/mosquitto version \S+ running/.test(log)) resolve();
-    });
-    void exited.then(() => reject(new Error(`mosquitto exited: ${log}`)));
-  }), 15_000, "mosquitto start");
-}
-
-
 
 /** SIGTERM → clients are disconnected and the process exits 0 with its state closed. */
-async function stopGracefully(hub: Child, clients: MqttClient[]): Promise<void> {
+async function stopGracefully(hub: HubProcess, clients: MqttClient[]): Promise<void> {
   const closed = clients.map((c) => within(new Promise<void>((r) => (c.connected ? c.once("close", () => r()) : r())), 20_000, "client closed by the hub"));
   hub.proc.kill("SIGTERM");
   const { code, signal } = await within(hub.exited, 30_000, "hub exit after SIGTERM");
@@ -172,7 +81,7 @@ describe("edgetrust hub run", () => {
     const pkiDir = join(dir, "pki");
     await createDevPki({ out: pkiDir, trustDomain: "example.com", deviceId: "d1", modules: ["sensor", "monitor"], leafDeviceId: "leaf1", logger: quiet });
     const cfg = writeHubConfig(dir, pkiDir, {});
-    const hub = start(["hub", "run", "--config", cfg], {});
+    const hub = startHubProcess(cfg, later, {});
     const port = Number((await hub.waitFor(/edge hub listening on 127\.0\.0\.1:(\d+)/, "hub listening"))[1]);
 
     const ca = join(pkiDir, "trust-bundle.pem");
@@ -233,7 +142,7 @@ describe("edgetrust hub run", () => {
       upstreamCertFile: join(pkiDir, "device-identity.chain.pem"), upstreamCaFile: join(cloudPki, "trust-bundle.pem"),
     }, `hsm:\n  backend: pkcs11\n  module: ${SOFTHSM_MODULE}\n  tokenLabel: hubtok\n  pinFile: ${pinFile}\n`);
     expect(readFileSync(cfg, "utf8")).not.toContain(PIN);
-    const hub = start(["hub", "run", "--config", cfg], { OPENSSL_CONF: opensslConf, SOFTHSM2_CONF: softhsm.conf, PKCS11_MODULE_PATH: "" });
+    const hub = startHubProcess(cfg, later, { OPENSSL_CONF: opensslConf, SOFTHSM2_CONF: softhsm.conf, PKCS11_MODULE_PATH: "" });
     const port = Number((await hub.waitFor(/edge hub listening on 127\.0\.0\.1:(\d+)/, "hub listening"))[1]);
     await hub.waitFor(/upstream connected/, "upstream connected with the device key in the token");
 
@@ -275,7 +184,7 @@ describe("edgetrust hub run", () => {
       sensorUp: "FROM /messages/modules/sensor/* INTO $upstream", monitorUp: "FROM /messages/modules/monitor/* INTO $upstream",
     } }));
     const PER_ROUTE = 5000;
-    let hub = start(["hub", "run", "--config", cfg], {});
+    let hub = startHubProcess(cfg, later, {});
     let port = Number((await hub.waitFor(/edge hub listening on 127\.0\.0\.1:(\d+)/, "hub listening"))[1]);
     const sen = await client(port, pkiDir, "module-sensor", ca);
     const mon = await client(port, pkiDir, "module-monitor", ca);
@@ -307,7 +216,7 @@ describe("edgetrust hub run", () => {
       });
     }), 120_000, "10,000 messages upstream");
     await reader.subscribeAsync("devices/#", { qos: 1 });
-    hub = start(["hub", "run", "--config", cfg], {});
+    hub = startHubProcess(cfg, later, {});
     port = Number((await hub.waitFor(/edge hub listening on 127\.0\.0\.1:(\d+)/, "hub restarted"))[1]);
     await all;
     const expected = [...Array(PER_ROUTE).keys()];

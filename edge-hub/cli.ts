@@ -4,7 +4,7 @@ import type { SecureContextOptions } from "node:tls";
 import * as x509 from "@peculiar/x509";
 import { Command } from "commander";
 import { EdgeTrustError, createLogger, action, emit, type ConfigReader, type LogSection } from "../common/index.js";
-import { openKeyStore, tlsKeyFromSpec, type HsmConfig, type KeyStore } from "../hsm/index.js";
+import { openKeyStore, tlsCredentialsFromFile, tlsKeyFromSpec, type HsmConfig, type KeyStore } from "../hsm/index.js";
 import type { HubConfig } from "./config.js";
 import { loadPolicy } from "../policy/index.js";
 import { ManagementAttestationSource, ManagementClient, type AttestationSource, type ModuleAttestationState } from "../identity-api/index.js";
@@ -22,7 +22,7 @@ import { Upstream, type UpstreamTls } from "./upstream.js";
 import { ClientVerifier } from "./verify.js";
 
 /** The sections of edgetrust.yaml these commands read (the command tree hands in a reader of the whole file). */
-export type HubCliConfig = { log: LogSection; hsm: HsmConfig; hub: HubConfig };
+type HubCliConfig = { log: LogSection; hsm: HsmConfig; hub: HubConfig };
 
 function certs(file: string): x509.X509Certificate[] {
   const text = readFileSync(file, "utf8");
@@ -31,19 +31,9 @@ function certs(file: string): x509.X509Certificate[] {
   return pems.map((p) => new x509.X509Certificate(p));
 }
 
-/** The `routes` of an accepted manifest: its payload JSON, a JWS General JSON whose payload is the manifest, or {routes}. */
-export function routesFromFile(file: string): Route[] {
-  if (!file) return [];
-  let doc = JSON.parse(readFileSync(file, "utf8")) as { routes?: Record<string, string>; payload?: string };
-  if (typeof doc.payload === "string") doc = JSON.parse(Buffer.from(doc.payload, "base64url").toString("utf8")) as typeof doc;
-  return parseRoutes(doc.routes ?? {});
-}
-
-
-export function hubCommand(readConfig: ConfigReader<HubCliConfig>): Command {
-  const hub = new Command("hub").description("Edge hub: mTLS MQTT broker for attested modules and leaf devices");
-  hub
-    .command("run")
+/** `edgetrust hub run`. */
+function runCommand(readConfig: ConfigReader<HubCliConfig>): Command {
+  return new Command("run")
     .description("Run the edge hub until SIGTERM/SIGINT (SIGHUP reloads the server certificate and the CRL)")
     .option("-c, --config <file>", "edgetrust.yaml", "/etc/edgetrust/edgetrust.yaml")
     .action(action(async (opts: { config: string }) => {
@@ -81,16 +71,14 @@ export function hubCommand(readConfig: ConfigReader<HubCliConfig>): Command {
       if (cfg.upstreamUrl) {
         // Read before every (re)connect: the device certificate and the key that belongs to it (a rekey renewal
         // moves it between <label> and <label>.1) are what is in force now, not what was at start.
-        const upstreamTls = async (): Promise<UpstreamTls> => {
-          const upstreamCert = readFileSync(cfg.upstreamCertFile);
-          const key = await tlsKeyFromSpec(cfg.upstreamKey, hsm, all.hsm, upstreamCert);
-          return { ...key, cert: upstreamCert, ca: readFileSync(cfg.upstreamCaFile) } as UpstreamTls;
-        };
+        const upstreamTls = async (): Promise<UpstreamTls> =>
+          ({ ...(await tlsCredentialsFromFile(cfg.upstreamKey, () => readFileSync(cfg.upstreamCertFile), hsm, all.hsm)), ca: readFileSync(cfg.upstreamCaFile) }) as UpstreamTls;
         await upstreamTls();
         upstream = new Upstream({
           url: cfg.upstreamUrl, clientId: deviceId,
           tls: upstreamTls,
-          store: hubStore, maxInflight: cfg.maxInflight, drainRatePerSecond: cfg.drainRatePerSecond, reconnectMs: 2000, log,
+          store: hubStore, maxInflight: cfg.maxInflight, drainRatePerSecond: cfg.drainRatePerSecond, reconnectMs: 2000,
+          persistentSession: cfg.upstreamPersistentSession, log,
         });
       }
       const clientCa = [...certs(cfg.trustBundleFile), ...issuingCas, ...edgeCas].map((c) => c.toString("pem"));
@@ -106,6 +94,7 @@ export function hubCommand(readConfig: ConfigReader<HubCliConfig>): Command {
         redactor: new Redactor(policy.privacy?.redact ?? [], loadOrCreateSecret(join(cfg.stateDir, "privacy.key"))),
         ...(upstream ? { upstream } : {}),
         upstreamTopicPrefix: cfg.upstreamTopicPrefix, crl, metrics, log,
+        methodConnectWaitMs: cfg.methodConnectWaitSeconds * 1000, c2d: { ttlSeconds: cfg.c2dTtlSeconds, maxMessages: cfg.c2dMaxMessages },
         // Modules granted `auth: sas`: their tokens are checked by the identity daemon, whose HSM holds the keys.
         ...(policyGrantsSas(policy) && !cfg.attestationFile ? { sas: new ManagementClient(cfg.managementSocket) } : {}),
       });
@@ -146,8 +135,11 @@ export function hubCommand(readConfig: ConfigReader<HubCliConfig>): Command {
       await new Promise<void>((r) => (m ? m.server.close(() => r()) : r()));
       await store?.close();
     }));
-  hub
-    .command("routes")
+}
+
+/** `edgetrust hub routes`. */
+function routesCommand(): Command {
+  return new Command("routes")
     .description("Check the routes of a manifest (or {routes} file) and print them parsed")
     .argument("<file>", "manifest payload JSON, JWS General JSON, or {routes: {...}}")
     .option("--json", "print JSON")
@@ -155,5 +147,20 @@ export function hubCommand(readConfig: ConfigReader<HubCliConfig>): Command {
       const routes = routesFromFile(file);
       emit(Boolean(opts.json), { ok: true, routes }, () => routes.map((r) => `${r.name}: ok (${r.sink.kind === "upstream" ? "$upstream" : `module ${r.sink.module} input ${r.sink.input}`})`).join("\n") || "no routes");
     }));
+}
+
+/** The `routes` of an accepted manifest: its payload JSON, a JWS General JSON whose payload is the manifest, or {routes}. */
+function routesFromFile(file: string): Route[] {
+  if (!file) return [];
+  let doc = JSON.parse(readFileSync(file, "utf8")) as { routes?: Record<string, string>; payload?: string };
+  if (typeof doc.payload === "string") doc = JSON.parse(Buffer.from(doc.payload, "base64url").toString("utf8")) as typeof doc;
+  return parseRoutes(doc.routes ?? {});
+}
+
+
+export function hubCommand(readConfig: ConfigReader<HubCliConfig>): Command {
+  const hub = new Command("hub").description("Edge hub: mTLS MQTT broker for attested modules and leaf devices");
+  hub.addCommand(runCommand(readConfig));
+  hub.addCommand(routesCommand());
   return hub;
 }

@@ -3,7 +3,7 @@ import { EventEmitter } from "node:events";
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
-import { EdgeTrustError, writeFileAtomic, type Logger } from "../common/index.js";
+import { EdgeTrustError, httpCall, writeFileAtomic, type Logger } from "../common/index.js";
 import { DEFAULT_CRL_POLL_SECONDS } from "./config.js";
 
 /**
@@ -13,7 +13,7 @@ import { DEFAULT_CRL_POLL_SECONDS } from "./config.js";
  * What it covers: leaf device certificates (issued by the issuing CA) and this device's Edge CA (so revoking the
  * device's Edge CA cuts every module). Module certificates themselves are short-lived and are not listed on a CRL.
  */
-export interface CrlOptions {
+interface CrlOptions {
   /** A file path or an http(s) URL; empty = no CRL configured. */
   source: string;
   /** Directory where the last verified CRL is cached (`crl.der`). */
@@ -26,11 +26,11 @@ export interface CrlOptions {
   log?: Logger;
 }
 
-export type RevocationStatus =
+type RevocationStatus =
   | { ok: true; stale: boolean }
   | { ok: false; reason: "revoked" | "crl-missing"; detail: string };
 
-export interface CrlEvents {
+interface CrlEvents {
   /** A newer verified CRL was loaded: connections should be checked again. */
   updated: [];
 }
@@ -105,10 +105,13 @@ export class CrlCache extends EventEmitter<CrlEvents> {
     const src = this.opts.source;
     if (/^https?:\/\//.test(src)) {
       const headers: Record<string, string> = this.validator && this.crl ? { "if-none-match": this.validator } : {};
-      const res = await fetch(src, { headers, signal: AbortSignal.timeout(this.opts.fetchTimeoutMs ?? 10_000) });
+      const timeoutMs = this.opts.fetchTimeoutMs ?? 10_000;
+      // The signal bounds the whole exchange; httpCall's timeout only a silence.
+      const res = await httpCall({ method: "GET", url: src, headers, timeoutMs, signal: AbortSignal.timeout(timeoutMs), peer: `CRL source ${src}` });
       if (res.status === 304 && this.crl) return undefined;
-      if (!res.ok) throw new EdgeTrustError("HUB_CRL_INVALID", `CRL fetch ${src} answered ${res.status}`);
-      return { der: Buffer.from(await res.arrayBuffer()), validator: res.headers.get("etag") ?? undefined };
+      if (res.status < 200 || res.status > 299) throw new EdgeTrustError("HUB_CRL_INVALID", `CRL fetch ${src} answered ${res.status}`);
+      const etag = res.headers.etag;
+      return { der: res.body, validator: typeof etag === "string" ? etag : undefined };
     }
     const st = statSync(src);
     const validator = `${st.mtimeMs}:${st.size}`;

@@ -11,14 +11,14 @@
  * `{bag}` is a URL-encoded property bag (`a=1&$.ct=application%2Fjson`); `$.`-prefixed keys are system properties.
  */
 
-export interface PropertyBag {
+interface PropertyBag {
   /** Application properties. */
   app: Record<string, string>;
   /** System properties without the `$.` prefix (ct, ce, mid, cid, on, to, ...). */
   system: Record<string, string>;
 }
 
-export type ParsedTopic =
+type ParsedTopic =
   | { kind: "telemetry"; deviceId: string; moduleId?: string; bag: PropertyBag }
   | { kind: "twin-get"; rid: string }
   | { kind: "twin-reported"; rid: string }
@@ -43,7 +43,7 @@ export function parsePropertyBag(s: string): PropertyBag {
   return bag;
 }
 
-export function formatPropertyBag(bag: PropertyBag): string {
+function formatPropertyBag(bag: PropertyBag): string {
   const parts: string[] = [];
   for (const [k, v] of Object.entries(bag.app)) parts.push(`${encodeURIComponent(k)}=${encodeURIComponent(v)}`);
   for (const [k, v] of Object.entries(bag.system)) parts.push(`$.${encodeURIComponent(k)}=${encodeURIComponent(v)}`);
@@ -57,6 +57,9 @@ function query(s: string): URLSearchParams {
 
 export function parseTopic(topic: string): ParsedTopic {
   const lv = topic.split("/");
+  // The Azure SDKs end an output's topic with a `/` after the property bag (`.../events/$.on=out&k=v/`): one empty
+  // level more than the grammar, dropped here so outputs route like any telemetry.
+  if (lv[0] === "devices" && (lv.length === 6 || lv.length === 8) && lv[lv.length - 1] === "" && lv[lv.length - 2] !== "") lv.pop();
   if (lv[0] === "devices" && lv.length >= 4) {
     try {
       if (lv.length === 5 && lv[2] === "messages" && lv[3] === "events") {
@@ -105,7 +108,7 @@ export const methodRequestTopic = (method: string, rid: string): string => `$iot
  *   devices/{d}[/modules/{m}]/$iothub/methods/res/{status}/?$rid={rid}             the hub's answer (upstream)
  *   devices/{d}[/modules/{m}]/$iothub/twin/PATCH/properties/desired/?$version={v}  a desired-properties patch
  */
-export type CloudTopic =
+type CloudTopic =
   | { kind: "method"; deviceId: string; moduleId?: string; method: string; rid: string }
   | { kind: "desired"; deviceId: string; moduleId?: string; version?: number };
 

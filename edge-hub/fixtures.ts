@@ -4,13 +4,15 @@
  * leaf, odd SANs) issued with pki/ from the certs-dev CA keys, a CRL, a policy and a ready-to-start hub.
  */
 import "reflect-metadata";
+import { spawn, type ChildProcess } from "node:child_process";
 import { webcrypto } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import * as x509 from "@peculiar/x509";
+import mqtt, { type MqttClient } from "mqtt";
 import { createLogger } from "../common/index.js";
-import { createDevPki } from "../certs-dev/generate.js";
+import { createDevPki } from "../certs-dev/index.js";
 import { issueCertificate, type Issuer } from "../pki/index.js";
 import { parsePolicy, type Policy } from "../policy/index.js";
 import { MemoryAttestationSource } from "./attestation.js";
@@ -22,7 +24,7 @@ import { ClientVerifier } from "./verify.js";
 const subtle = webcrypto.subtle as SubtleCrypto;
 const crypto = webcrypto as unknown as Crypto;
 
-export const TRUST_DOMAIN = "example.com";
+const TRUST_DOMAIN = "example.com";
 export const DEVICE = "d1";
 export const digest = (c: string): string => `sha256:${c.repeat(64).slice(0, 64)}`;
 
@@ -249,4 +251,111 @@ export function writeTemp(dir: string, name: string, data: string | Buffer): str
   const p = join(dir, name);
   writeFileSync(p, data);
   return p;
+}
+
+/** `p`, or a rejection naming `what` after `ms` (a bound on a hang, not a timing assertion). */
+export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([p, new Promise<T>((_, rej) => (timer = setTimeout(() => rej(new Error(`${what}: not within ${ms} ms`)), ms)))]).finally(() => clearTimeout(timer));
+}
+
+/** The next message on `c` whose topic matches `re`, within `ms`. */
+export function nextMessage(c: MqttClient, re: RegExp, what: string, ms: number): Promise<{ topic: string; payload: Buffer }> {
+  return within(new Promise((resolve) => {
+    const on = (topic: string, payload: Buffer) => {
+      if (!re.test(topic)) return;
+      c.off("message", on);
+      resolve({ topic, payload });
+    };
+    c.on("message", on);
+  }), ms, what);
+}
+
+/** A test's cleanup list: `later(f)` runs f after the test (edge-hub's process tests keep one each). */
+type Later = (f: () => Promise<void> | void) => void;
+
+const ROOT = resolve(import.meta.dirname, "..");
+/** `edgetrust …` from the sources through tsx, as an operator starts it (cli/index.ts main(); no dist/ build needed). */
+const CLI_ENTRY = `const { main } = await import(${JSON.stringify(join(ROOT, "cli/index.ts"))}); process.exitCode = await main(["node", "edgetrust", ...process.argv.slice(1)]);`;
+
+export interface HubProcess {
+  proc: ChildProcess;
+  out: () => string;
+  /** Resolves with the first match of `re` in the output (stdout and stderr) written after `from` (a length of out()). */
+  waitFor(re: RegExp, what: string, from?: number): Promise<RegExpMatchArray>;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/** `edgetrust hub run --config <config>` as its own process (so a test can SIGTERM or SIGKILL it); killed by `later` if still running. */
+export function startHubProcess(config: string, later: Later, env: NodeJS.ProcessEnv = {}): HubProcess {
+  const proc = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", CLI_ENTRY, "--", "hub", "run", "--config", config], {
+    cwd: ROOT, env: { ...process.env, EDGETRUST_LOG_LEVEL: "info", ...env }, stdio: ["ignore", "pipe", "pipe"],
+  });
+  let text = "";
+  const waiters: { re: RegExp; from: number; resolve: (m: RegExpMatchArray) => void }[] = [];
+  const feed = (b: Buffer) => {
+    text += b.toString();
+    for (const w of [...waiters]) {
+      const m = text.slice(w.from).match(w.re);
+      if (m) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(m);
+      }
+    }
+  };
+  proc.stdout?.on("data", feed);
+  proc.stderr?.on("data", feed);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => proc.once("exit", (code, signal) => r({ code, signal })));
+  later(async () => {
+    if (proc.exitCode === null && proc.signalCode === null) {
+      proc.kill("SIGKILL");
+      await exited;
+    }
+  });
+  return {
+    proc, exited, out: () => text,
+    waitFor: (re, what, from = 0) => within(new Promise<RegExpMatchArray>((resolve, reject) => {
+      const m = text.slice(from).match(re);
+      if (m) return resolve(m);
+      waiters.push({ re, from, resolve });
+      void exited.then(({ code }) => reject(new Error(`${what}: the hub exited (${code}) first:\n${text}`)));
+    }), 45_000, `${what}\n${text.slice(-4000)}`),
+  };
+}
+
+/**
+ * Mosquitto as the cloud broker on `port`: TLS with `tls.cert`/`tls.key`, client certificates chaining to `tls.clientCa`
+ * required, `extra` config lines; resolves when it runs, stopped by `later`.
+ */
+export async function startMosquitto(dir: string, port: number, tls: { cert: string; key: string; clientCa: string }, later: Later, extra: string[] = []): Promise<void> {
+  const conf = join(dir, "mosquitto.conf");
+  // Sessions live in the broker's memory (persistence off is about disk): enough for a hub restart.
+  writeFileSync(conf, [`listener ${port} 127.0.0.1`, `cafile ${tls.clientCa}`, `certfile ${tls.cert}`, `keyfile ${tls.key}`,
+    "require_certificate true", "allow_anonymous true", "persistence false", "user root", "log_dest stderr", ...extra, ""].join("\n"));
+  const p = spawn("mosquitto", ["-c", conf], { stdio: ["ignore", "ignore", "pipe"] });
+  const exited = new Promise<void>((r) => p.once("exit", () => r()));
+  later(async () => {
+    if (p.exitCode === null && p.signalCode === null) {
+      p.kill("SIGTERM");
+      await exited;
+    }
+  });
+  let log = "";
+  await within(new Promise<void>((resolve, reject) => {
+    p.stderr?.on("data", (b: Buffer) => {
+      log = (log + b.toString()).slice(-8192); // always drained: a full pipe would block Mosquitto
+      if (/mosquitto version \S+ running/.test(log)) resolve();
+    });
+    void exited.then(() => reject(new Error(`mosquitto exited: ${log}`)));
+  }), 15_000, "mosquitto start");
+}
+
+/** An MQTT client with the certs-dev credential `<pkiDir>/<name>.{chain,key}.pem`, trusting `caFile`; ended by `later`. */
+export async function connectWithCertificate(port: number, pkiDir: string, name: string, caFile: string, later: Later, extra: mqtt.IClientOptions = {}): Promise<MqttClient> {
+  const c = await within(mqtt.connectAsync(`mqtts://127.0.0.1:${port}`, {
+    cert: readFileSync(join(pkiDir, `${name}.chain.pem`)), key: readFileSync(join(pkiDir, `${name}.key.pem`)), ca: readFileSync(caFile),
+    servername: "localhost", reconnectPeriod: 0, protocolVersion: 4, connectTimeout: 15_000, ...extra,
+  }), 20_000, `connect ${name}`);
+  later(() => c.endAsync(true).then(() => undefined, () => undefined));
+  return c;
 }

@@ -1,14 +1,22 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { spawn } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import mqtt, { type MqttClient } from "mqtt";
+import { createLogger, freePort } from "../common/index.js";
+import { parsePolicy } from "../policy/index.js";
 import { Client, Message } from "azure-iot-device";
 import { Mqtt } from "azure-iot-device-mqtt";
-import { DEVICE, TestPki, digest, startTestHub, stopTestHub, writeTemp, type Credential, type TestHub } from "./fixtures.js";
+import { DEVICE, TEST_POLICY_YAML, TestPki, digest, startTestHub, stopTestHub, writeTemp, type Credential, type TestHub } from "./fixtures.js";
+import { HubStore } from "./store.js";
+import { Upstream } from "./upstream.js";
 import { parseRoutes } from "./routes.js";
 import type { Rejection } from "./hub.js";
 
 /**
  * Real clients through the hub: the unmodified Azure IoT device SDK (X.509 DeviceClient, which always dials port 8883,
- * so this hub binds 127.0.0.1:8883 — tests run as root) and mosquitto_pub/mosquitto_sub with module certificates.
+ * so this hub binds 127.0.0.1:8883 — tests run as root) and mosquitto_pub/mosquitto_sub with module certificates. The
+ * hub's upstream is a private Mosquitto (TLS, client certificates) on a port of this file's own: the cloud side.
  */
 let pki: TestPki;
 let t: TestHub;
@@ -16,8 +24,13 @@ let leaf: Credential;
 let monitor: Credential;
 let sensor: Credential;
 const ATT = { imageDigest: digest("e"), manifestVersion: 1 };
+let cloudBroker: ChildProcess;
+let cloudPort: number;
+let upstream: Upstream;
+const granted = new Set<string>();
 
-function run(cmd: string, args: string[], timeoutMs = 8000): Promise<{ code: number | null; out: string; err: string }> {
+// Generous: only a hung client is killed; a loaded machine can take seconds for a TLS handshake.
+function run(cmd: string, args: string[], timeoutMs = 30_000): Promise<{ code: number | null; out: string; err: string }> {
   return new Promise((resolve) => {
     const p = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
@@ -52,8 +65,29 @@ function files(name: string, c: Credential): string[] {
 
 beforeAll(async () => {
   pki = await TestPki.create();
+  cloudPort = await freePort();
+  const d = pki.out;
+  const conf = writeTemp(d, "cloud-mosquitto.conf", [`listener ${cloudPort} 127.0.0.1`, `cafile ${join(d, "trust-bundle.pem")}`, `certfile ${join(d, "edge-hub-server.chain.pem")}`,
+    `keyfile ${join(d, "edge-hub-server.key.pem")}`, "require_certificate true", "allow_anonymous true", "persistence false", "user root", "log_dest stderr", ""].join("\n"));
+  cloudBroker = spawn("mosquitto", ["-c", conf], { stdio: ["ignore", "ignore", "pipe"] });
+  await new Promise<void>((resolve, reject) => {
+    let log = "";
+    cloudBroker.stderr?.on("data", (b: Buffer) => {
+      log = (log + b.toString()).slice(-8192); // always drained: a full pipe would block Mosquitto
+      if (/mosquitto version \S+ running/.test(log)) resolve();
+    });
+    cloudBroker.once("exit", () => reject(new Error(`mosquitto exited: ${log}`)));
+  });
+  const store = new HubStore(join(pki.dir, "interop-hub.db"), { maxMessages: 1000, maxBytes: 1 << 20 });
+  upstream = new Upstream({
+    url: `mqtts://127.0.0.1:${cloudPort}`, clientId: DEVICE, store, maxInflight: 10, drainRatePerSecond: 100, reconnectMs: 200, log: createLogger("edge-hub", { level: "silent" }),
+    tls: { cert: readFileSync(join(d, "device-identity.chain.pem")), key: readFileSync(join(d, "device-identity.key.pem")), ca: pki.rootPem(), servername: "localhost" },
+  });
+  upstream.on("subscribed", (fs) => fs.forEach((f) => granted.add(f)));
   t = await startTestHub(pki, {
-    port: 8883,
+    port: 8883, store, upstream,
+    // The test policy, and a leaf device may take its own C2D messages.
+    policy: parsePolicy(TEST_POLICY_YAML.replace("  subscribe:\n", '  subscribe:\n    - id: c2d\n      principals: [leaf]\n      topics: ["devices/{device}/messages/devicebound/#"]\n'), "interop-policy.yaml"),
     routes: parseRoutes({ leafToMonitor: `FROM /messages/* WHERE $connectionDeviceId = 'leaf1' INTO BrokeredEndpoint("/modules/monitor/inputs/fromleaf")` }),
   });
   t.attestation.register(DEVICE, "monitor", ATT);
@@ -65,6 +99,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await stopTestHub(t);
+  cloudBroker?.kill("SIGTERM");
   pki.cleanup();
 });
 
@@ -87,7 +122,7 @@ describe("edge hub with real clients", () => {
       const msg = new Message(JSON.stringify({ temperature: 22.5 }));
       msg.properties.add("kind", "telemetry");
       await client.sendEvent(msg);
-      await Promise.race([subDone, new Promise((r) => setTimeout(r, 10_000))]);
+      await subDone; // -C 1: exits on the first message; -W 20 bounds it
       expect(subOut).toMatch(/^devices\/d1\/modules\/monitor\/inputs\/fromleaf\/\S*kind=telemetry\S* \{"temperature":22.5\}/);
 
       const twin = await client.getTwin();
@@ -122,8 +157,37 @@ describe("edge hub with real clients", () => {
     // mosquitto_pub reports success for a QoS 1 publish only on PUBACK; the hub closes the connection instead.
     expect(denied.code).not.toBe(0);
 
-    const deniedSub = await run("mosquitto_sub", [...common, ...files("sensor3", sensor), "-t", "#", "-C", "1", "-W", "3"]);
+    const deniedSub = await run("mosquitto_sub", [...common, ...files("sensor3", sensor), "-t", "#", "-C", "1", "-W", "15"]);
     expect(deniedSub.out).toBe("");
     expect(deniedSub.err).toMatch(/denied/i);
+  });
+
+  it("an unmodified Azure IoT DeviceClient (X.509) receives a cloud-to-device message from upstream, properties intact, and completes it", async () => {
+    const client = Client.fromConnectionString("HostName=localhost;DeviceId=leaf1;x509=true", Mqtt);
+    await client.setOptions({ cert: leaf.chainPem, key: leaf.keyPem, ca: pki.rootPem() });
+    let cloud: MqttClient | undefined;
+    try {
+      const got = new Promise<Message>((resolve) => client.on("message", (m: Message) => resolve(m)));
+      const leafSubscribed = subscribedBy("leaf1");
+      await client.open();
+      await leafSubscribed;
+      // The hub listens upstream for the leaf's C2D once the leaf is connected.
+      const deadline = Date.now() + 20_000;
+      while (!granted.has("devices/leaf1/messages/devicebound/#")) {
+        if (Date.now() > deadline) throw new Error(`the hub did not subscribe upstream for leaf1's C2D: ${[...granted].join(", ")}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      cloud = await mqtt.connectAsync(`mqtts://127.0.0.1:${cloudPort}`, { cert: leaf.chainPem, key: leaf.keyPem, ca: pki.rootPem(), servername: "localhost", clientId: "cloud", reconnectPeriod: 0 });
+      await cloud.publishAsync("devices/leaf1/messages/devicebound/%24.mid=c2d-1&%24.ct=text%2Fplain&color=red", "turn left", { qos: 1 });
+      const m = await Promise.race([got, new Promise<never>((_, rej) => setTimeout(() => rej(new Error("no C2D message at the SDK")), 20_000))]);
+      expect(m.getBytes().toString("utf8")).toBe("turn left");
+      expect(m.messageId).toBe("c2d-1");
+      expect(m.contentType).toBe("text/plain");
+      expect(m.properties.getValue("color")).toBe("red");
+      await client.complete(m);
+    } finally {
+      await cloud?.endAsync(true);
+      await client.close();
+    }
   });
 });

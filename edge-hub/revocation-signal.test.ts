@@ -9,7 +9,7 @@ import type { Rejection } from "./hub.js";
 /**
  * Attack run finding: revocation reached the hub only at the next CRL refresh (hourly), so a revoked leaf device kept
  * connecting. Now the hub asks its CRL source every DEFAULT_CRL_POLL_SECONDS with the ETag it holds (ca-service's
- * route: 304 until a revocation — `ca-service/routes/crl-etag.test.ts`); here the source answers the same way and the
+ * route: 304 until a revocation — `ca-service/ca/crl-etag.test.ts`); here the source answers the same way and the
  * hub runs its own default poll, nothing triggered by the test.
  */
 let pki: TestPki;

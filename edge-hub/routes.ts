@@ -26,7 +26,7 @@ export type Expr =
   | { op: "not"; expr: Expr }
   | { op: "defined"; prop: string }
   | { op: "cmp"; cmp: "=" | "!=" | "<" | "<=" | ">" | ">="; left: Operand; right: Operand };
-export type Operand = { prop: string } | { value: string | number | boolean };
+type Operand = { prop: string } | { value: string | number | boolean };
 
 export interface Route {
   name: string;
@@ -37,7 +37,7 @@ export interface Route {
 }
 
 /** What a route is evaluated against. */
-export interface RoutableMessage {
+interface RoutableMessage {
   deviceId: string;
   moduleId?: string;
   output?: string;

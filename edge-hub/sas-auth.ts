@@ -16,9 +16,9 @@ export interface SasTokenVerifier {
 
 export type SasRejectReason = "no-certificate" | "sas-refused" | "sas-not-granted" | "sas-identity-mismatch" | "not-attested" | "attestation-mismatch";
 
-export type SasResult = { ok: true; identity: ClientIdentity } | { ok: false; reason: SasRejectReason; detail: string };
+type SasResult = { ok: true; identity: ClientIdentity } | { ok: false; reason: SasRejectReason; detail: string };
 
-export interface SasConnect {
+interface SasConnect {
   clientId: string;
   username: string | undefined;
   password: Buffer | undefined;

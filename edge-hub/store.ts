@@ -18,12 +18,12 @@ export interface OutboxMessage {
   expiresAt: number;
 }
 
-export interface OutboxLimits {
+interface OutboxLimits {
   maxMessages: number;
   maxBytes: number;
 }
 
-export interface Twin {
+interface Twin {
   desired: Record<string, unknown>;
   desiredVersion: number;
   reported: Record<string, unknown>;
@@ -216,7 +216,7 @@ function isObject(v: unknown): v is Record<string, unknown> {
 }
 
 /** RFC 7396 JSON merge patch: null removes a key, objects merge, everything else replaces. */
-export function mergePatch(target: Record<string, unknown>, patch: Record<string, unknown>): Record<string, unknown> {
+function mergePatch(target: Record<string, unknown>, patch: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = { ...target };
   for (const [k, v] of Object.entries(patch)) {
     if (k === "__proto__" || k === "constructor" || k === "prototype") continue;

@@ -5,7 +5,7 @@ import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import mqtt, { type MqttClient } from "mqtt";
 import { createLogger, holdDownPort, isEdgeTrustError } from "../common/index.js";
-import { DEVICE, TestPki, digest, startTestHub, stopTestHub, testPolicy, writeTemp, type Credential, type TestHub } from "./fixtures.js";
+import { DEVICE, TestPki, digest, startTestHub, stopTestHub, testPolicy, writeTemp, type Credential, type TestHub, nextMessage as nextMessageWithin, within } from "./fixtures.js";
 import { parseRoutes } from "./routes.js";
 import { Redactor } from "./privacy.js";
 import { HubStore } from "./store.js";
@@ -38,11 +38,7 @@ const silent = createLogger("edge-hub", { level: "silent" });
 /** Undo-list of what the running test started, newest first. */
 let cleanups: (() => Promise<void> | void)[] = [];
 const later = (f: () => Promise<void> | void): void => void cleanups.unshift(f);
-
-function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([p, new Promise<T>((_, rej) => (timer = setTimeout(() => rej(new Error(`${what}: not within ${ms} ms`)), ms)))]).finally(() => clearTimeout(timer));
-}
+const nextMessage = (c: MqttClient, re: RegExp, what: string) => nextMessageWithin(c, re, what, 15_000);
 
 
 function tlsFor(c: Credential) {
@@ -146,18 +142,6 @@ async function client(port: number, cred: Credential, extra: mqtt.IClientOptions
   return c;
 }
 
-/** The next message on `c` whose topic matches `re`. */
-function nextMessage(c: MqttClient, re: RegExp, what: string): Promise<{ topic: string; payload: Buffer }> {
-  return within(new Promise((resolve) => {
-    const on = (topic: string, payload: Buffer) => {
-      if (!re.test(topic)) return;
-      c.off("message", on);
-      resolve({ topic, payload });
-    };
-    c.on("message", on);
-  }), 15_000, what);
-}
-
 beforeAll(async () => {
   pki = await TestPki.create();
   dir = join(pki.dir, "work");
@@ -231,6 +215,14 @@ describe("upstream outbox", () => {
     expect(r.reason).toBe("outbox-full");
     expect(r.detail).toMatch(/outbox full: 5 of 5 messages/);
     expect(t.store.next(10, new Set()).map((m) => (JSON.parse(m.payload.toString()) as { seq: number }).seq)).toEqual([0, 1, 2, 3, 4]);
+    // A reported patch that could not be forwarded upstream is not applied either: 503, the twin unchanged.
+    const c2 = await client(t.hub.boundPort, leaf);
+    await c2.subscribeAsync("$iothub/twin/res/#", { qos: 0 });
+    const answer = nextMessage(c2, /^\$iothub\/twin\/res\//, "reported patch answer");
+    c2.publish("$iothub/twin/PATCH/properties/reported/?$rid=full1", JSON.stringify({ firmware: "2.0" }));
+    expect((await answer).topic).toBe("$iothub/twin/res/503/?$rid=full1");
+    expect(t.store.getTwin("leaf1")).toMatchObject({ reported: {}, reportedVersion: 1 });
+    expect(t.store.depth().messages).toBe(5);
   });
 
   it("HubStore: priority first, then arrival; TTL expiry; the cap throws HUB_OUTBOX_FULL", () => {

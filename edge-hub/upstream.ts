@@ -16,7 +16,7 @@ import type { HubStore, OutboxMessage } from "./store.js";
 /** TLS for the upstream connection: PEM cert/key/ca, or the TLS key source's engine options (`privateKeyEngine`...). */
 export type UpstreamTls = Omit<ConnectionOptions, "cert" | "key" | "ca" | "ALPNProtocols"> & Pick<IClientOptions, "cert" | "key" | "ca">;
 
-export interface UpstreamOptions {
+interface UpstreamOptions {
   url: string;
   clientId: string;
   /** Or a function asked before every (re)connect, so a renewed certificate and rotated key are taken up. */
@@ -26,10 +26,16 @@ export interface UpstreamOptions {
   drainRatePerSecond: number;
   reconnectMs: number;
   keepaliveSeconds?: number;
+  /**
+   * Default true: CONNECT with clean session off under the stable client id (the device id), so the cloud broker keeps
+   * the hub's QoS 1 subscriptions and queues what arrives for it (C2D, direct methods, desired patches) while the hub
+   * is down or restarting, and hands it over on reconnect.
+   */
+  persistentSession?: boolean;
   log: Logger;
 }
 
-export interface UpstreamEvents {
+interface UpstreamEvents {
   connected: [];
   disconnected: [reason: string];
   delivered: [message: OutboxMessage];
@@ -85,7 +91,7 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
       ...tls,
       clientId: this.opts.clientId,
       protocolVersion: 4,
-      clean: true,
+      clean: this.opts.persistentSession === false,
       reconnectPeriod: 0,
       connectTimeout: 10_000,
       keepalive: this.opts.keepaliveSeconds ?? 30,
@@ -100,7 +106,8 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
       // Nagle's algorithm would hold each refill of the window until the broker's delayed ACK (~40 ms on Linux).
       (c.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
       this.opts.log.info({ url: this.opts.url }, "upstream connected");
-      // A clean session every time: (re)subscribe what the hub listens to before anything else happens.
+      // Subscribed again on every connect: a broker that lost the session (restart without persistence, expiry)
+      // has none of them, and SUBSCRIBE of a filter the session has is harmless.
       if (this.filters.size > 0) this.subscribeOn(c, [...this.filters]);
       this.emit("connected");
       this.kick();
@@ -229,6 +236,7 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
         if (g.qos === 128) this.opts.log.warn({ filter: g.topic }, "upstream broker refused a subscription");
         else ok.push(g.topic);
       }
+      this.opts.log.info({ filters: ok }, "upstream subscribed");
       if (this.client === c) this.emit("subscribed", ok);
     });
   }

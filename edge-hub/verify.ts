@@ -34,9 +34,9 @@ export type RejectReason =
   | "not-attested"
   | "attestation-mismatch";
 
-export type VerifyResult = { ok: true; identity: ClientIdentity } | { ok: false; reason: RejectReason; detail: string };
+type VerifyResult = { ok: true; identity: ClientIdentity } | { ok: false; reason: RejectReason; detail: string };
 
-export interface VerifierOptions {
+interface VerifierOptions {
   trustDomain: string;
   /** This device's Edge CA certificate(s) (more than one while it is being renewed). */
   edgeCas: x509.X509Certificate[];

@@ -1,7 +1,8 @@
 import { describe, it, expect, beforeAll } from "vitest";
-import { DockerClient } from "./docker.js";
+import { createServer, request } from "node:http";
+import { DockerClient, type PullProgress } from "./docker.js";
 import { ensureImage, imageStillPinned } from "./images.js";
-import { buildBusyboxImage, removeLocalImage, dockerCli, DOCKER_SOCKET, type BuiltImage } from "../test/fixtures/images.js";
+import { buildBusyboxImage, removeLocalImage, dockerCli, DOCKER_SOCKET, REGISTRY, type BuiltImage } from "../test/fixtures/images.js";
 
 const docker = new DockerClient({ socketPath: DOCKER_SOCKET });
 
@@ -45,5 +46,42 @@ describe("images pinned by digest (real dockerd + registry)", () => {
     expect(await imageStillPinned(docker, first.imageId, img)).toBe(true);
     const swappedLocal = await docker.inspectImage(swapped.ref);
     expect(await imageStillPinned(docker, swappedLocal?.Id ?? "", img)).toBe(false);
+  });
+
+  it("a pull that fails inside the engine's progress stream (after 200) fails with the engine's message, and leaves no image", async () => {
+    // The real registry's bytes, one flipped per blob chunk, through a proxy dockerd trusts (127.0.0.0/8 is insecure by
+    // default): the engine has answered 200 and streamed progress before it finds a blob that fails verification.
+    const bad = buildBusyboxImage("corrupt", `corrupt-${process.pid}-${Date.now()}`);
+    const id = dockerCli(["image", "inspect", "-f", "{{.Id}}", bad.ref]).trim();
+    dockerCli(["image", "rm", "-f", id]);
+    const [host, port] = REGISTRY.split(":");
+    const proxy = createServer((req, res) => {
+      const up = request({ host, port: Number(port), method: req.method, path: req.url, headers: req.headers }, (u) => {
+        res.writeHead(u.statusCode ?? 502, u.headers);
+        if (!/\/blobs\/sha256:/.test(req.url ?? "")) {
+          u.pipe(res);
+          return;
+        }
+        u.on("data", (c: Buffer) => {
+          const b = Buffer.from(c);
+          b[0] = (b[0] ?? 0) ^ 0xff;
+          res.write(b);
+        });
+        u.on("end", () => res.end());
+      });
+      req.pipe(up);
+    });
+    await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", () => r()));
+    try {
+      const viaProxy = { repository: bad.repository.replace(REGISTRY, `127.0.0.1:${(proxy.address() as { port: number }).port}`), digest: bad.digest };
+      const progress: PullProgress[] = [];
+      const err = await ensureImage(docker, viaProxy, (p) => progress.push(p)).then(() => undefined, (e: unknown) => e as Error & { code?: string });
+      expect(err?.message).toMatch(/^docker POST \/images\/create: .*verification failed for digest sha256:[0-9a-f]{64}$/);
+      expect(err?.code).toBe("UNAVAILABLE");
+      expect(progress.map((p) => p.status)).toContain(`Pulling from ${bad.repository.slice(REGISTRY.length + 1)}`);
+      expect(await docker.inspectImage(`${viaProxy.repository}@${viaProxy.digest}`)).toBeUndefined();
+    } finally {
+      await new Promise<void>((r) => proxy.close(() => r()));
+    }
   });
 });

@@ -47,9 +47,12 @@ export async function ensureImage(
 
 /** Does the engine still hold `pinned` as the image with this ID? Used when reconciling running containers. */
 export async function imageStillPinned(docker: DockerClient, imageId: string, image: PinnedImage): Promise<boolean> {
-  const pinned = `${image.repository}@${image.digest}`;
-  const info = await docker.inspectImage(imageId);
-  return Boolean(info && info.Id === imageId && carriesDigest(info.RepoDigests, pinned));
+  return imagePins(await docker.inspectImage(imageId), imageId, image);
+}
+
+/** The decision of `imageStillPinned` on an image already read (from the engine, or from a `ContainerWatch`). */
+export function imagePins(info: { Id: string; RepoDigests: string[] | null } | undefined, imageId: string, image: PinnedImage): boolean {
+  return Boolean(info && info.Id === imageId && carriesDigest(info.RepoDigests, `${image.repository}@${image.digest}`));
 }
 
 function carriesDigest(repoDigests: string[] | null, pinned: string): boolean {

@@ -1,9 +1,10 @@
 import { randomBytes } from "node:crypto";
 import { Agent } from "node:https";
 import * as x509 from "@peculiar/x509";
-import * as jose from "jose";
+import { backoffDelay } from "../common/index.js";
 import { call, codeOf, NetworkError, type Reply } from "./http.js";
 import { countInto, type StepTimes } from "./stats.js";
+import type { DeviceKey, DeviceKeySource } from "./keys.js";
 
 /** What evidence a simulated device claims to measure (from the CA's reference values, so it appraises affirming). */
 export interface Measurements {
@@ -26,9 +27,13 @@ export interface SimContext {
   /** Attest with the evidence checked by another process than the one that made the nonce (when several answer). */
   crossInstance: boolean;
   maxAttempts: number;
+  /** Where each device's identity key lives (software by default, SoftHSM with --hsm). */
+  keys: DeviceKeySource;
   times: StepTimes;
   /** Retried attempts by step and code (what chaos cost). */
   retries: Record<string, number>;
+  /** 503 answers without Retry-After, by step and code: a CA that cannot serve must say when to come back. */
+  unavailableWithoutRetryAfter: Record<string, number>;
 }
 
 export interface DeviceOutcome {
@@ -65,13 +70,18 @@ function retryable(r: Reply): boolean {
 /** Run one request until it answers `ok`, retrying with exponential backoff (and jitter) what a fleet can heal from. */
 async function attempt(ctx: SimContext, step: string, fn: () => Promise<Reply>, ok: (r: Reply) => boolean): Promise<Reply> {
   let last = "";
+  let retryAfterMs = 0;
   for (let i = 0; i < ctx.maxAttempts; i++) {
-    if (i > 0) await sleep(Math.min(5_000, 100 * 2 ** (i - 1)) * (0.5 + Math.random()));
+    // Exponential backoff with jitter, never sooner than the CA's Retry-After.
+    if (i > 0) await sleep(Math.max(backoffDelay(i - 1, { initialMs: 100, maxMs: 5_000 }), retryAfterMs) * (0.5 + Math.random()));
+    retryAfterMs = 0;
     try {
       const r = await fn();
       if (ok(r)) return r;
       if (!retryable(r)) throw new StepError(step, codeOf(r), String(r.json.detail ?? r.json.title ?? `HTTP ${r.status}`));
       last = codeOf(r);
+      if (r.retryAfter !== undefined) retryAfterMs = Math.min(30_000, r.retryAfter * 1000);
+      else if (r.status === 503) countInto(ctx.unavailableWithoutRetryAfter, `${step}:${last}`);
     } catch (e) {
       if (!(e instanceof NetworkError)) throw e;
       last = e.code;
@@ -96,11 +106,6 @@ function deviceUri(certPem: string, deviceId: string): string {
 
 const pemBody = (pem: string) => pem.replace(/-----(BEGIN|END) [A-Z ]+-----/g, "").replace(/\s+/g, "");
 
-async function csrFor(keys: CryptoKeyPair, cn: string): Promise<string> {
-  const csr = await x509.Pkcs10CertificateRequestGenerator.create({ name: `CN=${cn}`, keys, signingAlgorithm: { name: "ECDSA", hash: "SHA-256" } });
-  return csr.toString("pem");
-}
-
 /**
  * One device's whole life against the CA: enrolled by the provisioning line (its public key), registers, attests
  * (nonce → evidence signed by its identity key → EAR result), fetches its deployment and reports over mTLS, renews
@@ -109,16 +114,16 @@ async function csrFor(keys: CryptoKeyPair, cn: string): Promise<string> {
 export async function deviceLife(ctx: SimContext, deviceId: string, revoke: boolean): Promise<DeviceOutcome> {
   const out: DeviceOutcome = { deviceId, registered: false, reported: false, renewed: false, revoked: false, refusedAsExpected: false, serials: [] };
   const agents: Agent[] = [];
-  const mtls = (certPem: string, keyPem: string) => {
-    const a = new Agent({ keepAlive: true, maxSockets: 1, ca: ctx.rootPem, cert: certPem, key: keyPem });
+  let key: DeviceKey | undefined;
+  const mtls = async (certPem: string) => {
+    const a = new Agent({ keepAlive: true, maxSockets: 1, ca: ctx.rootPem, cert: certPem, ...(await (key as DeviceKey).tls()) });
     agents.push(a);
     return a;
   };
   try {
-    const keys = (await globalThis.crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, ["sign", "verify"])) as CryptoKeyPair;
-    const spki = Buffer.from(await globalThis.crypto.subtle.exportKey("spki", keys.publicKey)).toString("base64");
-    const keyPem = x509.PemConverter.encode(await globalThis.crypto.subtle.exportKey("pkcs8", keys.privateKey), "PRIVATE KEY");
-    const csr = await csrFor(keys, deviceId);
+    key = await ctx.keys.create(deviceId);
+    const spki = key.spki;
+    const csr = await key.csr(deviceId);
 
     await timed(ctx, "enroll", () => attempt(ctx, "enroll", () => call(ctx.pool, "PUT", `${ctx.caUrl}/v1/enrollments/${deviceId}`, {
       headers: { authorization: `Bearer ${ctx.lineToken}` }, body: { attestation: "publicKey", credential: spki, edgeCa: false },
@@ -130,10 +135,10 @@ export async function deviceLife(ctx: SimContext, deviceId: string, revoke: bool
     const identity = reg.json.identity as { serial: string; certificatePem: string; chainPem: string };
     out.registered = true;
     out.serials.push(identity.serial);
-    let device = mtls(identity.chainPem, keyPem);
+    let device = await mtls(identity.chainPem);
     let certPem = identity.certificatePem;
 
-    const result = await timed(ctx, "attest", () => attest(ctx, deviceId, device, certPem, keys.privateKey, out));
+    const result = await timed(ctx, "attest", () => attest(ctx, deviceId, device, certPem, key as DeviceKey, out));
 
     const dep = await timed(ctx, "deployment", () => attempt(ctx, "deployment", () => call(device, "GET", `${ctx.caUrl}/v1/device/deployment`), (r) => r.status === 200 || r.status === 204));
     out.deployment = dep.status === 200 ? { deploymentId: String(dep.json.deploymentId), version: Number(dep.json.version) } : null;
@@ -152,7 +157,7 @@ export async function deviceLife(ctx: SimContext, deviceId: string, revoke: bool
     out.renewed = true;
     out.serials.push(String(renewed.json.serial));
     certPem = String(renewed.json.certificatePem);
-    device = mtls(String(renewed.json.chainPem), keyPem);
+    device = await mtls(String(renewed.json.chainPem));
 
     if (revoke && ctx.adminToken) {
       const admin = ctx.adminToken;
@@ -172,18 +177,19 @@ export async function deviceLife(ctx: SimContext, deviceId: string, revoke: bool
     return out;
   } finally {
     for (const a of agents) a.destroy();
+    await key?.dispose().catch(() => undefined);
   }
 }
 
 /** nonce → evidence → verify; the whole exchange again when a lost answer already consumed the nonce. */
-async function attest(ctx: SimContext, deviceId: string, device: Agent, certPem: string, key: CryptoKey, out: DeviceOutcome): Promise<string> {
+async function attest(ctx: SimContext, deviceId: string, device: Agent, certPem: string, key: DeviceKey, out: DeviceOutcome): Promise<string> {
   for (let round = 0; ; round++) {
     const n = await attempt(ctx, "attest", () => call(device, "POST", `${ctx.caUrl}/v1/attestation/nonce`), (r) => r.status === 200);
     const nonce = String(n.json.nonce);
-    const evidence = await new jose.CompactSign(new TextEncoder().encode(JSON.stringify({
+    const evidence = await key.signJws({ typ: "eat+jwt", x5c: [pemBody(certPem)] }, {
       eat_nonce: nonce, iat: Math.floor(Date.now() / 1000), sub: deviceUri(certPem, deviceId),
       eat_profile: "tag:edgetrust.dev,2026:evidence/v1", measurements: ctx.measurements,
-    }))).setProtectedHeader({ alg: "ES256", typ: "eat+jwt", x5c: [pemBody(certPem)] }).sign(key);
+    });
     const verifier = ctx.crossInstance ? await otherInstance(ctx, n.instance) : ctx.pool;
     try {
       const v = await attempt(ctx, "attest", () => call(verifier, "POST", `${ctx.caUrl}/v1/attestation/verify`, { body: { evidence } }),

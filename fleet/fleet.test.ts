@@ -10,8 +10,10 @@ import { Pkcs11KeyStore, SOFTHSM_MODULE, createSoftHsmDir, initToken } from "../
 import { signManifest, signerFromPrivateKey, type Manifest } from "../policy/index.js";
 import { CaStore, initCa } from "../ca-service/index.js";
 import { call } from "./http.js";
+import { cliBundleArgs } from "../test/fixtures/cli-bundle.js";
 import { localFleetUnavailable, runCli, startCaProcess, startHaproxy, startPrivatePostgres, waitHealthy, type Balancer, type CaProcess, type PrivatePostgres } from "./harness.js";
 import { simulateFleet, type ReferenceDigests, type SimulationResult } from "./simulate.js";
+import { pkcs11EngineEnvironment } from "./keys.js";
 
 /**
  * Issue 13: three `ca serve` processes behind HAProxy on one PostgreSQL (a private cluster this test starts, so it
@@ -19,7 +21,7 @@ import { simulateFleet, type ReferenceDigests, type SimulationResult } from "./s
  */
 const PROCESSES = 3;
 const DEVICES = Number(process.env.FLEET_TEST_DEVICES ?? 2000);
-const CHAOS_DEVICES = Number(process.env.FLEET_CHAOS_DEVICES ?? 400);
+const CHAOS_DEVICES = Number(process.env.FLEET_CHAOS_DEVICES ?? 360);
 const PIN = "fleet-test-pin-1234";
 const d = (c: string) => `sha256:${c.repeat(64)}`;
 const REFS: ReferenceDigests = { agent: [d("a")], policy: [d("b")], trustRoot: [d("c")], manifest: { minVersion: 1 }, modules: { sensor: [d("e")] } };
@@ -74,7 +76,7 @@ describe.skipIf(Boolean(unavailable))(`a CA fleet: ${PROCESSES} \`ca serve\` beh
       "  attestation:", `    referenceFile: ${join(dir, "references.yaml")}`, "    requiredForRenewal: true", "",
     ].join("\n"));
     env = { SOFTHSM2_CONF: h.conf, FLEET_TEST_PIN: PIN };
-    procs = await Promise.all(Array.from({ length: PROCESSES }, () => startCaProcess(cfg, env)));
+    procs = await Promise.all(Array.from({ length: PROCESSES }, () => startCaProcess(cfg, env, [], { cli: cliBundleArgs() })));
     lb = await startHaproxy(procs.map((p) => ({ host: "127.0.0.1", port: p.port })));
     expect(await waitHealthy(lb.url, rootPem, PROCESSES)).toHaveLength(PROCESSES);
     // A deployment for the simulated devices, signed offline (the CA only checks its envelope).
@@ -139,9 +141,10 @@ describe.skipIf(Boolean(unavailable))(`a CA fleet: ${PROCESSES} \`ca serve\` beh
   });
 
   it("a rollover made by another process is served by every process within seconds (NOTIFY, not the 30 s poll)", async () => {
-    const t0 = Date.now();
-    const stdout = await runCli(["ca", "rollover", "-c", cfg, "--json"], env);
+    const stdout = await runCli(["ca", "rollover", "-c", cfg, "--json"], env, { cli: cliBundleArgs(), timeoutMs: 90_000 });
     newIssuer = String((JSON.parse(stdout) as { id: string }).id);
+    // Counted from the CLI's exit (the rollover committed): its start under load is no part of what is bounded.
+    const t0 = Date.now();
     const seen: number[] = [];
     for (const p of procs) {
       for (;;) {
@@ -156,7 +159,7 @@ describe.skipIf(Boolean(unavailable))(`a CA fleet: ${PROCESSES} \`ca serve\` beh
       const metrics = await metricsText(p.url);
       expect(metrics).toMatch(/edgetrust_ca_fleet_events_total\{kind="cas"\} [1-9]/);
     }
-    process.stderr.write(`fleet: rollover (CLI process) seen by all ${PROCESSES} processes after ${seen.map((s) => `${s} ms`).join(", ")} (includes the CLI's start)\n`);
+    process.stderr.write(`fleet: rollover (CLI process) seen by all ${PROCESSES} processes after ${seen.map((s) => `${s} ms`).join(", ")} (after the CLI's exit)\n`);
   }, 60_000);
 
   let result: SimulationResult;
@@ -181,6 +184,73 @@ describe.skipIf(Boolean(unavailable))(`a CA fleet: ${PROCESSES} \`ca serve\` beh
     expect(issuers).toEqual([{ issuer_id: newIssuer, n: String(2 * DEVICES) }]);
   }, 1_200_000);
 
+  it("PostgreSQL down: every route answers 503 STORAGE_UNAVAILABLE with Retry-After, never 500, and serves again once it is back", async () => {
+    // One device through registration and attestation while the store is up: what it needs to call every route.
+    const line = await call(direct(), "POST", `${lb.url}/v1/lines`, { headers: { authorization: `Bearer ${admin}` }, body: { name: "outage line", ratePerMinute: 1_000_000 } });
+    expect(line.status).toBe(201);
+    const lineAuth = { authorization: `Bearer ${String(line.json.token)}` };
+    const keys = (await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, ["sign", "verify"])) as CryptoKeyPair;
+    const spki = Buffer.from(await crypto.subtle.exportKey("spki", keys.publicKey)).toString("base64");
+    const keyPem = x509.PemConverter.encode(await crypto.subtle.exportKey("pkcs8", keys.privateKey), "PRIVATE KEY");
+    const csr = (await x509.Pkcs10CertificateRequestGenerator.create({ name: "CN=fleet-outage", keys, signingAlgorithm: { name: "ECDSA", hash: "SHA-256" } })).toString("pem");
+    const enroll = (id: string) => call(direct(), "PUT", `${lb.url}/v1/enrollments/${id}`, { headers: lineAuth, body: { attestation: "publicKey", credential: spki, edgeCa: false } });
+    const register = (id: string) => call(direct(), "PUT", `${lb.url}/v1/registrations/${id}`, { headers: { "idempotency-key": `outage-${id}` }, body: { csr } });
+    expect([200, 201]).toContain((await enroll("fleet-outage-0")).status);
+    const reg = await register("fleet-outage-0");
+    expect(reg.status).toBe(201);
+    const identity = reg.json.identity as { certificatePem: string; chainPem: string };
+    const device = () => new Agent({ keepAlive: false, ca: rootPem, cert: identity.chainPem, key: keyPem });
+    const evidenceFor = (nonce: string) => new jose.CompactSign(new TextEncoder().encode(JSON.stringify({
+      eat_nonce: nonce, iat: Math.floor(Date.now() / 1000), sub: "edgetrust://fleet.edgetrust/devices/fleet-outage-0", eat_profile: "tag:edgetrust.dev,2026:evidence/v1",
+      measurements: { agent: d("a"), policy: d("b"), trustRoot: d("c"), manifest: { digest: d("f"), version: 1 }, modules: { sensor: { imageDigest: d("e"), manifestVersion: 1 } } },
+    }))).setProtectedHeader({ alg: "ES256", typ: "eat+jwt", x5c: [Buffer.from(new x509.X509Certificate(identity.certificatePem).rawData).toString("base64")] }).sign(keys.privateKey);
+    const nonce = await call(device(), "POST", `${lb.url}/v1/attestation/nonce`);
+    const verified = await call(device(), "POST", `${lb.url}/v1/attestation/verify`, { body: { evidence: await evidenceFor(String(nonce.json.nonce)) } });
+    expect(verified.status).toBe(200);
+    const spareNonce = String((await call(device(), "POST", `${lb.url}/v1/attestation/nonce`)).json.nonce);
+    const spareEvidence = await evidenceFor(spareNonce);
+
+    await pg.halt();
+    try {
+      const routes: Array<[string, () => Promise<Awaited<ReturnType<typeof call>>>]> = [
+        ["enroll", () => enroll("fleet-outage-1")],
+        ["register", () => register("fleet-outage-0")],
+        ["attest: nonce", () => call(device(), "POST", `${lb.url}/v1/attestation/nonce`)],
+        ["attest: verify", () => call(device(), "POST", `${lb.url}/v1/attestation/verify`, { body: { evidence: spareEvidence } })],
+        ["deployment", () => call(device(), "GET", `${lb.url}/v1/device/deployment`)],
+        ["report", () => call(device(), "POST", `${lb.url}/v1/device/reports`, { headers: { "idempotency-key": "outage-report" }, body: { at: new Date().toISOString(), kind: "last-known-good", deviceId: "fleet-outage-0" } })],
+        ["renew", () => call(device(), "POST", `${lb.url}/v1/renew`, { headers: { "x-edgetrust-attestation": String(verified.json.result) }, body: { csr } })],
+        ["deployments (admin)", () => call(direct(), "GET", `${lb.url}/v1/deployments`, { headers: { authorization: `Bearer ${admin}` } })],
+        ["lines (admin)", () => call(direct(), "POST", `${lb.url}/v1/lines`, { headers: { authorization: `Bearer ${admin}` }, body: { name: "during the outage" } })],
+      ];
+      const answers: Record<string, string> = {};
+      for (const [name, fn] of routes) {
+        const r = await fn();
+        answers[name] = `${r.status} ${String(r.json.code)} retry-after=${String(r.retryAfter)}`;
+      }
+      expect(answers).toEqual(Object.fromEntries(routes.map(([name]) => [name, "503 STORAGE_UNAVAILABLE retry-after=2"])));
+    } finally {
+      await pg.start();
+    }
+
+    // Every route answers again once the store is back (the restart under live devices is the chaos test's).
+    const back = await register("fleet-outage-0");
+    expect([200, 201]).toContain(back.status);
+    expect((back.json.identity as { certificatePem: string }).certificatePem).toBe(identity.certificatePem);
+  }, 120_000);
+
+  it("`fleet simulate --hsm`: device keys made in a SoftHSM token of the simulator's own; CSR, evidence and mTLS through the token", async () => {
+    writeFileSync(join(dir, "root.pem"), rootPem);
+    const stdout = await runCli([
+      "fleet", "simulate", "--ca-url", lb.url, "--ca-cert", join(dir, "root.pem"), "--references", join(dir, "references.yaml"), "--database-url", pg.url,
+      "--devices", "4", "--concurrency", "4", "--revoke-percent", "25", "--prefix", "fleet-h", "--hsm", "--json", "--no-progress",
+    ], { ...env, ...pkcs11EngineEnvironment(), EDGETRUST_ADMIN_TOKEN: admin }, { cli: cliBundleArgs(), timeoutMs: 110_000 });
+    const r = JSON.parse(stdout) as SimulationResult;
+    expect(r.sampleErrors).toEqual([]);
+    expect(r).toMatchObject({ keys: "softhsm", devices: 4, completed: 4, affirming: 4, crossInstanceAttestations: 4, reported: 4, renewed: 4, revoked: 1, refusedAsExpected: 1, errors: 0 });
+    expect(r.store).toMatchObject({ certificates: 8, duplicateCertificates: 0, lostCertificates: 0, auditChainOk: true });
+  }, 120_000);
+
   it(`chaos: ${CHAOS_DEVICES} devices while one CA process is killed (-9), PostgreSQL restarts and HAProxy reloads — every device completes`, async () => {
     const events: string[] = [];
     let step = 0;
@@ -202,6 +272,9 @@ describe.skipIf(Boolean(unavailable))(`a CA fleet: ${PROCESSES} \`ca serve\` beh
     expect(r.sampleErrors).toEqual([]);
     expect(r).toMatchObject({ devices: CHAOS_DEVICES, completed: CHAOS_DEVICES, registered: CHAOS_DEVICES, renewed: CHAOS_DEVICES, reported: CHAOS_DEVICES, refusedAsExpected: CHAOS_DEVICES / 20, errors: 0 });
     expect(Object.values(r.retriesByCode).reduce((a, b) => a + b, 0)).toBeGreaterThan(0);
+    // Whatever broke, no answer was a bare 500, and every 503 said when to come back.
+    expect(Object.keys(r.retriesByCode).filter((k) => /:(INTERNAL|HTTP_500)$/.test(k))).toEqual([]);
+    expect(r.unavailableWithoutRetryAfter).toEqual({});
     const s = r.store;
     expect(s).toMatchObject({ lostCertificates: 0, duplicateReports: 0, lostReports: 0, reports: CHAOS_DEVICES, auditChainOk: true, registrations: CHAOS_DEVICES });
     // A certificate beyond one per step can only be one a killed process committed but never delivered.
@@ -211,6 +284,7 @@ describe.skipIf(Boolean(unavailable))(`a CA fleet: ${PROCESSES} \`ca serve\` beh
   }, 1_200_000);
 
   it("SIGTERM stops the surviving processes gracefully (exit 0)", async () => {
-    expect(await Promise.all(procs.map((p) => p.stop()))).toEqual(procs.map(() => 0));
+    const codes = await Promise.all(procs.map((p) => p.stop()));
+    expect(codes, procs.map((p) => p.log()).join("\n---\n")).toEqual(procs.map(() => 0));
   });
 });

@@ -1,5 +1,5 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -14,14 +14,14 @@ const run = promisify(execFile);
 const asRoot = process.getuid?.() === 0;
 
 /** Debian's PostgreSQL server binaries (the newest installed major version), or undefined. */
-export function postgresBinaries(): string | undefined {
+function postgresBinaries(): string | undefined {
   const base = "/usr/lib/postgresql";
   if (!existsSync(base)) return undefined;
   const versions = readdirSync(base).filter((v) => existsSync(join(base, v, "bin", "initdb"))).sort((a, b) => Number(b) - Number(a));
   return versions[0] ? join(base, versions[0], "bin") : undefined;
 }
 
-export function haproxyBinary(): string | undefined {
+function haproxyBinary(): string | undefined {
   return ["/usr/sbin/haproxy", "/usr/bin/haproxy"].find((p) => existsSync(p));
 }
 
@@ -38,6 +38,11 @@ export interface PrivatePostgres {
   dir: string;
   /** `pg_ctl restart -m fast`: every connection is cut, the server is back when this returns. */
   restart(): Promise<void>;
+  /** The postmaster and its live backends (for CPU accounting), read from postmaster.pid and /proc. */
+  pids(): number[];
+  /** `pg_ctl stop -m fast`: the server is down (connections refused) until `start()`. */
+  halt(): Promise<void>;
+  start(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -57,6 +62,17 @@ export async function startPrivatePostgres(): Promise<PrivatePostgres> {
   return {
     url: `postgres://postgres@127.0.0.1:${port}/postgres`, port, dir,
     restart: async () => { await pg("pg_ctl", ["-D", data, "-l", join(dir, "postgres.log"), "-m", "fast", "-w", "-t", "60", "restart"]); },
+    pids: () => {
+      try {
+        const master = Number(readFileSync(join(data, "postmaster.pid"), "utf8").split("\n")[0]);
+        const children = readFileSync(`/proc/${master}/task/${master}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+        return [master, ...children];
+      } catch {
+        return [];
+      }
+    },
+    halt: async () => { await pg("pg_ctl", ["-D", data, "-m", "fast", "-w", "-t", "60", "stop"]); },
+    start: async () => { await pg("pg_ctl", ["-D", data, "-l", join(dir, "postgres.log"), "-o", opts, "-w", "-t", "60", "start"]); },
     stop: async () => {
       await pg("pg_ctl", ["-D", data, "-m", "immediate", "-w", "-t", "30", "stop"]).catch(() => undefined);
       rmSync(dir, { recursive: true, force: true });
@@ -70,14 +86,21 @@ export interface CaProcess {
   log(): string;
   proc: ChildProcess;
   port: number;
-  /** SIGTERM and wait (graceful); resolves to the exit code. */
+  /** SIGTERM and wait (graceful); resolves to the exit code — at once if it has already exited. Still running after 30 s: SIGKILL, and it rejects with the log. */
   stop(): Promise<number | null>;
   /** SIGKILL: the process dies mid-request. */
   kill9(): Promise<void>;
 }
 
-/** The edgetrust CLI in a child process (from source under tsx, from dist otherwise): node arguments for `argv`. */
-function cliChild(argv: string[]): string[] {
+/**
+ * Node arguments that start the edgetrust CLI before its own arguments (a test passes its source bundle, which starts
+ * in a fraction of tsx's time); without them, from source under tsx, from dist otherwise.
+ */
+export interface CliStart { cli?: string[] }
+
+/** The edgetrust CLI in a child process: node arguments for `argv`. */
+function cliChild(argv: string[], start: CliStart = {}): string[] {
+  if (start.cli) return [...start.cli, ...argv];
   const here = import.meta.url;
   const underTsx = here.endsWith(".ts");
   const cli = fileURLToPath(new URL(underTsx ? "../cli/index.ts" : "../cli/index.js", here));
@@ -85,17 +108,25 @@ function cliChild(argv: string[]): string[] {
   return [...(underTsx ? ["--import", "tsx"] : []), "--input-type=module", "-e", entry];
 }
 
-/** Run one CLI command to its end (e.g. `ca rollover`); resolves to its stdout. */
-export async function runCli(argv: string[], env: NodeJS.ProcessEnv): Promise<string> {
-  return (await run(process.execPath, cliChild(argv), { env: { ...process.env, ...env } })).stdout;
+/** Run one CLI command to its end (e.g. `ca rollover`); resolves to its stdout (killed after `timeoutMs` when given). */
+export async function runCli(argv: string[], env: NodeJS.ProcessEnv, start: CliStart & { timeoutMs?: number } = {}): Promise<string> {
+  return (await run(process.execPath, cliChild(argv, start), { env: { ...process.env, ...env }, ...(start.timeoutMs ? { timeout: start.timeoutMs } : {}) })).stdout;
 }
 
-/** `edgetrust ca serve -c <config>` as a child process (from source under tsx, from dist otherwise); resolves once it listens. */
-export async function startCaProcess(config: string, env: NodeJS.ProcessEnv, extraArgs: string[] = []): Promise<CaProcess> {
-  const proc = spawn(process.execPath, cliChild(["ca", "serve", "-c", config, ...extraArgs]), { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+/**
+ * `edgetrust ca serve -c <config>` as a child process; resolves once it listens. One that neither listens nor exits
+ * within `startMs` (120 s) is killed and the start rejects with its log.
+ */
+export async function startCaProcess(config: string, env: NodeJS.ProcessEnv, extraArgs: string[] = [], start: CliStart & { startMs?: number } = {}): Promise<CaProcess> {
+  // One process per fleet member unless asked otherwise: the fleet is N processes behind the balancer (and a
+  // `node -e` child has no script for cluster workers to re-run).
+  const workers = extraArgs.some((a) => a === "--workers" || a.startsWith("--workers=")) ? [] : ["--workers", "1"];
+  const proc = spawn(process.execPath, cliChild(["ca", "serve", "-c", config, ...workers, ...extraArgs], start), { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
   let err = "";
   proc.stderr?.on("data", (c: Buffer) => { err = (err + c.toString()).slice(-4000); });
   const exited = new Promise<number | null>((r) => proc.once("exit", (c) => r(c)));
+  const startMs = start.startMs ?? 120_000;
+  let startTimer: NodeJS.Timeout | undefined;
   const url = await new Promise<string>((resolve, reject) => {
     let out = "";
     proc.stdout?.on("data", (c: Buffer) => {
@@ -104,10 +135,25 @@ export async function startCaProcess(config: string, env: NodeJS.ProcessEnv, ext
       if (m?.[1]) resolve(m[1]);
     });
     void exited.then((code) => reject(new EdgeTrustError("UNAVAILABLE", `ca serve exited ${code}: ${err.slice(-1500)}`)));
-  });
+    startTimer = setTimeout(() => {
+      proc.kill("SIGKILL");
+      reject(new EdgeTrustError("UNAVAILABLE", `ca serve (pid ${proc.pid}) did not listen within ${startMs} ms: ${err.slice(-1500)}`));
+    }, startMs);
+  }).finally(() => clearTimeout(startTimer));
   return {
     url, proc, port: Number(new URL(url).port), log: () => err,
-    stop: async () => { if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGTERM"); return exited; },
+    stop: async () => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGTERM");
+      // ca serve cuts its own graceful shutdown off after 10-15 s; past 30 s something hangs.
+      let timer: NodeJS.Timeout | undefined;
+      const hung = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          proc.kill("SIGKILL");
+          reject(new EdgeTrustError("UNAVAILABLE", `ca serve (pid ${proc.pid}) still running 30 s after SIGTERM: ${err.slice(-1500)}`));
+        }, 30_000);
+      });
+      return Promise.race([exited, hung]).finally(() => clearTimeout(timer));
+    },
     kill9: async () => { proc.kill("SIGKILL"); await exited; },
   };
 }
@@ -116,6 +162,7 @@ export interface Balancer {
   url: string;
   port: number;
   config: string;
+  pid: number | undefined;
   /** Graceful reload of the master-worker HAProxy (SIGUSR2): new workers take the listener, old ones finish. */
   reload(): Promise<void>;
   stop(): Promise<void>;
@@ -125,7 +172,7 @@ export interface Balancer {
  * The HAProxy configuration `deploy/haproxy/edgetrust-ca.cfg` shows, for a list of CA processes: TCP mode (TLS ends
  * at each CA process, so renewal stays mTLS end to end), round robin, health checks on GET /healthz over TLS.
  */
-export function haproxyConfig(listen: { host: string; port: number }, backends: Array<{ host: string; port: number }>): string {
+function haproxyConfig(listen: { host: string; port: number }, backends: Array<{ host: string; port: number }>): string {
   return [
     "global",
     "  maxconn 4000",
@@ -177,7 +224,7 @@ export async function startHaproxy(backends: Array<{ host: string; port: number 
     await new Promise((r) => setTimeout(r, 100));
   }
   return {
-    url: `https://127.0.0.1:${port}`, port, config,
+    url: `https://127.0.0.1:${port}`, port, config, pid: proc.pid,
     reload: async () => { proc.kill("SIGUSR2"); await new Promise((r) => setTimeout(r, 500)); },
     stop: async () => {
       if (proc.exitCode === null) proc.kill("SIGTERM");

@@ -6,6 +6,8 @@ export interface Reply {
   status: number;
   instance: string;
   json: Record<string, unknown>;
+  /** `Retry-After` in seconds, when the CA sent one (a transient refusal: store unreachable, rate limited). */
+  retryAfter?: number;
 }
 
 /** A network-level failure (reset, refused, timeout): always worth a retry. */
@@ -15,7 +17,7 @@ export class NetworkError extends Error {
   }
 }
 
-export interface CallOptions {
+interface CallOptions {
   headers?: Record<string, string>;
   body?: unknown;
   timeoutMs?: number;
@@ -43,7 +45,8 @@ export function call(agent: Agent, method: string, url: string, opts: CallOption
           json = { detail: text.slice(0, 200) };
         }
         const inst = res.headers["x-edgetrust-instance"];
-        resolve({ status: res.statusCode ?? 0, instance: typeof inst === "string" ? inst : "", json });
+        const ra = Number(res.headers["retry-after"]);
+        resolve({ status: res.statusCode ?? 0, instance: typeof inst === "string" ? inst : "", json, ...(res.headers["retry-after"] !== undefined && Number.isFinite(ra) ? { retryAfter: ra } : {}) });
       });
     });
     req.on("timeout", () => req.destroy(new NetworkError("ETIMEDOUT", `${method} ${url}: no answer within ${opts.timeoutMs ?? 30_000} ms`)));

@@ -4,6 +4,7 @@ import { deviceLife, randomPrefix, type DeviceOutcome, type Measurements, type S
 import { call, codeOf } from "./http.js";
 import { countInto, StepTimes } from "./stats.js";
 import { checkStore, type StoreCheck, type StoreTarget } from "./store-check.js";
+import { softwareKeys, type DeviceKeySource } from "./keys.js";
 
 /** Reference values as the CA reads them (`ca.attestation.referenceFile`): the simulated devices measure the first of each. */
 export interface ReferenceDigests {
@@ -14,7 +15,7 @@ export interface ReferenceDigests {
   modules?: Record<string, string[]>;
 }
 
-export interface SimulateOptions {
+interface SimulateOptions {
   /** Base URL of the CA (one process, or the load balancer in front of several). */
   caUrl: string;
   /** The root certificate (PEM) devices trust the CA's TLS listener with. */
@@ -35,6 +36,8 @@ export interface SimulateOptions {
   crossInstance?: boolean;
   /** Attempts per request before a device gives up (default 25: exponential backoff to 5 s, about 1.5 min). */
   maxAttempts?: number;
+  /** Device keys: software (default) or a SoftHSM token of the simulator's own (`softHsmKeys`). */
+  keys?: DeviceKeySource;
   /** Query this store afterwards for duplicates and lost records. */
   store?: StoreTarget;
   onProgress?: (done: number, errors: number) => void;
@@ -43,6 +46,8 @@ export interface SimulateOptions {
 export interface SimulationResult {
   caUrl: string;
   prefix: string;
+  /** Where the device keys lived. */
+  keys: "software" | "softhsm";
   devices: number;
   completed: number;
   registered: number;
@@ -59,6 +64,8 @@ export interface SimulationResult {
   errors: number;
   errorsByCode: Record<string, number>;
   retriesByCode: Record<string, number>;
+  /** 503 answers that did not say when to retry (no Retry-After), by step and code. */
+  unavailableWithoutRetryAfter: Record<string, number>;
   steps: Record<string, { count: number; p50Ms: number; p99Ms: number }>;
   seconds: number;
   devicesPerSecond: number;
@@ -69,7 +76,7 @@ export interface SimulationResult {
 
 const ZERO = `sha256:${"0".repeat(64)}`;
 
-export function measurementsFrom(refs: ReferenceDigests = {}): Measurements {
+function measurementsFrom(refs: ReferenceDigests = {}): Measurements {
   const version = refs.manifest?.minVersion ?? 1;
   return {
     agent: refs.agent?.[0] ?? ZERO,
@@ -100,8 +107,8 @@ export async function simulateFleet(opts: SimulateOptions): Promise<SimulationRe
     }
     const ctx: SimContext = {
       caUrl, rootPem: opts.rootPem, lineToken, ...(opts.adminToken ? { adminToken: opts.adminToken } : {}), pool,
-      measurements: measurementsFrom(opts.references), crossInstance: opts.crossInstance ?? true, maxAttempts: opts.maxAttempts ?? 25,
-      times: new StepTimes(), retries: {},
+      keys: opts.keys ?? softwareKeys(), measurements: measurementsFrom(opts.references), crossInstance: opts.crossInstance ?? true, maxAttempts: opts.maxAttempts ?? 25,
+      times: new StepTimes(), retries: {}, unavailableWithoutRetryAfter: {},
     };
     const every = opts.revokePercent === undefined ? 20 : opts.revokePercent > 0 ? Math.max(1, Math.round(100 / opts.revokePercent)) : 0;
     const outcomes: DeviceOutcome[] = new Array<DeviceOutcome>(opts.devices);
@@ -127,7 +134,7 @@ export async function simulateFleet(opts: SimulateOptions): Promise<SimulationRe
       if (o.error) countInto(errorsByCode, `${o.error.step}:${o.error.code}`);
     }
     const result: SimulationResult = {
-      caUrl, prefix, devices: opts.devices,
+      caUrl, prefix, keys: ctx.keys.kind, devices: opts.devices,
       completed: outcomes.filter((o) => !o.error).length,
       registered: outcomes.filter((o) => o.registered).length,
       attested, affirming: attested.affirming ?? 0,
@@ -138,7 +145,7 @@ export async function simulateFleet(opts: SimulateOptions): Promise<SimulationRe
       renewed: outcomes.filter((o) => o.renewed).length,
       revoked: outcomes.filter((o) => o.revoked).length,
       refusedAsExpected: outcomes.filter((o) => o.refusedAsExpected).length,
-      errors, errorsByCode, retriesByCode: ctx.retries, steps: ctx.times.summary(),
+      errors, errorsByCode, retriesByCode: ctx.retries, unavailableWithoutRetryAfter: ctx.unavailableWithoutRetryAfter, steps: ctx.times.summary(),
       seconds: Math.round(seconds * 10) / 10, devicesPerSecond: Math.round((opts.devices / seconds) * 100) / 100,
       sampleErrors: outcomes.filter((o) => o.error).slice(0, 5).map((o) => ({ deviceId: o.deviceId, ...(o.error as NonNullable<DeviceOutcome["error"]>) })),
     };
@@ -152,7 +159,7 @@ export async function simulateFleet(opts: SimulateOptions): Promise<SimulationRe
 /** The result as the table `edgetrust fleet simulate` prints. */
 export function formatResult(r: SimulationResult): string {
   const rows: Array<[string, string]> = [
-    ["devices", String(r.devices)],
+    ["devices", `${r.devices} (keys: ${r.keys === "softhsm" ? "SoftHSM token of the simulator's own" : "software"})`],
     ["completed (whole life, no error)", String(r.completed)],
     ["registered", String(r.registered)],
     ["attested", Object.entries(r.attested).map(([k, v]) => `${v} ${k}`).join(", ") || "0"],
@@ -163,6 +170,7 @@ export function formatResult(r: SimulationResult): string {
     ["revoked, then refused as expected", `${r.refusedAsExpected} of ${r.revoked}`],
     ["errors", r.errors === 0 ? "0" : `${r.errors}: ${Object.entries(r.errorsByCode).map(([k, v]) => `${k} ×${v}`).join(", ")}`],
     ["retried requests", Object.entries(r.retriesByCode).map(([k, v]) => `${k} ×${v}`).join(", ") || "none"],
+    ["503 without Retry-After", Object.entries(r.unavailableWithoutRetryAfter).map(([k, v]) => `${k} ×${v}`).join(", ") || "none"],
     ["time", `${r.seconds} s (${r.devicesPerSecond} devices/s)`],
   ];
   if (r.store) {

@@ -4,13 +4,14 @@ import { writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createSoftHsmDir, type SoftHsmDir } from "./token-setup.js";
+import { cliBundleArgs } from "../test/fixtures/cli-bundle.js";
 
 /**
- * `edgetrust hsm ...` as a user runs it: a child process through cli/index.ts main() (tsx, so the test does not depend
- * on a fresh dist/ build), against a SoftHSM token directory of this file's own.
+ * `edgetrust hsm ...` as a user runs it: a child process running the current sources (bundled by cliBundleArgs, so the
+ * test does not depend on a fresh dist/ build), against a SoftHSM token directory of this file's own.
  */
 const ROOT = resolve(import.meta.dirname, "..");
-const ENTRY = `const { main } = await import(${JSON.stringify(join(ROOT, "cli/index.ts"))}); process.exitCode = await main(["node", "edgetrust", ...process.argv.slice(1)]);`;
+const CLI = cliBundleArgs();
 
 let hsm: SoftHsmDir;
 let pinFile: string;
@@ -19,7 +20,7 @@ let soPinFile: string;
 const PIN = "cli-user-pin-31337";
 
 function run(...args: string[]): { code: number; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", ENTRY, "--", ...args], {
+  const r = spawnSync(process.execPath, [...CLI, ...args], {
     cwd: ROOT,
     env: { ...process.env, SOFTHSM2_CONF: hsm.conf, EDGETRUST_LOG_LEVEL: "warn", EDGETRUST_HSM_PIN: "" },
     encoding: "utf8",

@@ -10,7 +10,7 @@ import { initToken } from "./token-setup.js";
 import { KEY_ALGORITHMS, type KeyAlgorithm, type KeyInfo, type KeyRef, type KeyStore } from "./types.js";
 
 /** The sections of edgetrust.yaml these commands read (the command tree hands in a reader of the whole file). */
-export type HsmCliConfig = { hsm: HsmConfig };
+type HsmCliConfig = { hsm: HsmConfig };
 
 interface CommonOpts {
   config?: string;
@@ -81,10 +81,9 @@ function infoLine(k: KeyInfo): string {
   return `${k.label}  ${k.algorithm}  id=${k.id}  ${k.extractable ? "EXTRACTABLE" : "non-extractable"}${k.sensitive ? ", sensitive" : ""}  ${k.uri}`;
 }
 
-export function hsmCommand(readConfig: ConfigReader<HsmCliConfig>): Command {
-  const hsm = new Command("hsm").description("Key store: PKCS#11 tokens (SoftHSM2, TPM, HSM) and the development software store");
-
-  withCommon(hsm.command("init"))
+/** `edgetrust hsm init`. */
+function hsmInitCommand(readConfig: ConfigReader<HsmCliConfig>): Command {
+  return withCommon(new Command("init"))
     .description("initialise a token in a free slot and set its user PIN (SoftHSM2 and other tokens that allow C_InitToken)")
     .option("--so-pin-file <file>", "file whose first line is the security officer PIN")
     .option("--so-pin-env <name>", "environment variable holding the SO PIN", "EDGETRUST_HSM_SO_PIN")
@@ -98,8 +97,11 @@ export function hsmCommand(readConfig: ConfigReader<HsmCliConfig>): Command {
       const r = initToken(opts);
       emit(Boolean(o.json), { ok: true, token: r.label, module: cfg.module }, () => `token ${JSON.stringify(r.label)} initialised in ${cfg.module}; user PIN set`);
     }));
+}
 
-  withCommon(hsm.command("keygen"))
+/** `edgetrust hsm keygen`. */
+function hsmKeygenCommand(readConfig: ConfigReader<HsmCliConfig>): Command {
+  return withCommon(new Command("keygen"))
     .description("generate a key pair in the token (private key sensitive, non-extractable)")
     .argument("<label>", "label of the new key (CKA_LABEL)")
     .addOption(new Option("--alg <algorithm>", "key algorithm").choices([...KEY_ALGORITHMS]).default("EC-P256"))
@@ -109,16 +111,22 @@ export function hsmCommand(readConfig: ConfigReader<HsmCliConfig>): Command {
       const info = await withStore(cfg, (s) => s.generateKey(label, o.alg, o.id === undefined ? {} : { id: o.id }));
       emit(Boolean(o.json), info, () => infoLine(info));
     }));
+}
 
-  withCommon(hsm.command("list"))
+/** `edgetrust hsm list`. */
+function hsmListCommand(readConfig: ConfigReader<HsmCliConfig>): Command {
+  return withCommon(new Command("list"))
     .description("list the private keys in the token")
     .action(action(async (o: CommonOpts) => {
       const cfg = resolveConfig(readConfig, o);
       const keys = await withStore(cfg, (s) => s.list());
       emit(Boolean(o.json), { token: cfg.tokenLabel, keys }, () => (keys.length ? keys.map(infoLine).join("\n") : `no keys in ${JSON.stringify(cfg.tokenLabel)}`));
     }));
+}
 
-  withCommon(hsm.command("pubkey"))
+/** `edgetrust hsm pubkey`. */
+function hsmPubkeyCommand(readConfig: ConfigReader<HsmCliConfig>): Command {
+  return withCommon(new Command("pubkey"))
     .description("print a key's public key (PEM SPKI by default)")
     .argument("<key>", "label, id:<hex> or pkcs11: URI")
     .addOption(new Option("--format <format>", "output format").choices(["pem", "jwk", "der-hex"]).default("pem"))
@@ -129,8 +137,11 @@ export function hsmCommand(readConfig: ConfigReader<HsmCliConfig>): Command {
       emit(Boolean(o.json), { algorithm: pub.algorithm, jwk: pub.jwk, spki: pub.spki.toString("base64") }, () =>
         o.format === "jwk" ? JSON.stringify(pub.jwk) : o.format === "der-hex" ? pub.spki.toString("hex") : pem);
     }));
+}
 
-  withCommon(hsm.command("delete"))
+/** `edgetrust hsm delete`. */
+function hsmDeleteCommand(readConfig: ConfigReader<HsmCliConfig>): Command {
+  return withCommon(new Command("delete"))
     .description("delete a key pair from the token")
     .argument("<key>", "label, id:<hex> or pkcs11: URI")
     .action(action(async (name: string, o: CommonOpts) => {
@@ -142,8 +153,11 @@ export function hsmCommand(readConfig: ConfigReader<HsmCliConfig>): Command {
       });
       emit(Boolean(o.json), { ok: true, deleted: name }, () => `deleted ${name}`);
     }));
+}
 
-  withCommon(hsm.command("doctor"))
+/** `edgetrust hsm doctor`. */
+function hsmDoctorCommand(readConfig: ConfigReader<HsmCliConfig>): Command {
+  return withCommon(new Command("doctor"))
     .description("check, in order: module loads, token exists, PIN works, mechanisms supported, the named key signs")
     .option("--key <key>", "key to find and sign with (label, id:<hex> or pkcs11: URI)")
     .action(action(async (o: CommonOpts & { key?: string }) => {
@@ -162,6 +176,15 @@ export function hsmCommand(readConfig: ConfigReader<HsmCliConfig>): Command {
         process.exitCode = 1;
       }
     }));
+}
 
+export function hsmCommand(readConfig: ConfigReader<HsmCliConfig>): Command {
+  const hsm = new Command("hsm").description("Key store: PKCS#11 tokens (SoftHSM2, TPM, HSM) and the development software store");
+  hsm.addCommand(hsmInitCommand(readConfig));
+  hsm.addCommand(hsmKeygenCommand(readConfig));
+  hsm.addCommand(hsmListCommand(readConfig));
+  hsm.addCommand(hsmPubkeyCommand(readConfig));
+  hsm.addCommand(hsmDeleteCommand(readConfig));
+  hsm.addCommand(hsmDoctorCommand(readConfig));
   return hsm;
 }

@@ -13,7 +13,7 @@ import { defaultScheme } from "./types.js";
  * `edgetrust hsm doctor`: the checks, in order, that the key store needs to work. Each check depends on the ones
  * before it, so the first failure stops the run; every failure carries one sentence saying what to do.
  */
-export interface DoctorCheck {
+interface DoctorCheck {
   name: "module" | "token" | "pin" | "mechanisms" | "key" | "backend";
   ok: boolean;
   detail: string;
@@ -22,12 +22,12 @@ export interface DoctorCheck {
   code?: string;
 }
 
-export interface DoctorResult {
+interface DoctorResult {
   ok: boolean;
   checks: DoctorCheck[];
 }
 
-export interface DoctorOptions {
+interface DoctorOptions {
   /** The key to find and sign with; the key check is skipped without it. */
   key?: KeyRef;
   pin?: string;

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import pkcs11js from "pkcs11js";
 import type { Handle, Template } from "pkcs11js";
 import { EdgeTrustError, writeFileAtomic } from "../common/index.js";
-import { pkcs11ErrorName } from "./pkcs11-module.js";
+import { findObjects, pkcs11ErrorName } from "./pkcs11-module.js";
 
 /**
  * HMAC-SHA256 secret keys that never leave the key store: the per-module keys behind IoT Hub SAS tokens. A key is
@@ -34,25 +34,10 @@ function notFound(label: string): EdgeTrustError {
 }
 
 /** What the PKCS#11 side needs from the store that owns the sessions (Pkcs11KeyStore). */
-export interface Pkcs11SessionSource {
+interface Pkcs11SessionSource {
   readonly tokenLabel: string;
   hasMechanism(m: number): boolean;
-  withSession<T>(fn: (p11: pkcs11js.PKCS11, session: Handle) => Promise<T> | T): Promise<T>;
-}
-
-function find(p11: pkcs11js.PKCS11, s: Handle, tmpl: Template): Handle[] {
-  const out: Handle[] = [];
-  p11.C_FindObjectsInit(s, tmpl);
-  try {
-    for (;;) {
-      const batch = p11.C_FindObjects(s, 64);
-      if (batch.length === 0) break;
-      out.push(...batch);
-    }
-  } finally {
-    p11.C_FindObjectsFinal(s);
-  }
-  return out;
+  withSession<T>(fn: (p11: pkcs11js.PKCS11, session: Handle) => Promise<T> | T, opts?: { write?: boolean }): Promise<T>;
 }
 
 const secretTemplate = (label: string): Template => [
@@ -82,7 +67,7 @@ export class Pkcs11MacKeys implements MacKeyStore {
       }
     }
     await this.src.withSession(async (p11, s) => {
-      if (find(p11, s, secretTemplate(label)).length > 0) throw new EdgeTrustError("HSM_KEY_EXISTS", `a MAC key labelled ${JSON.stringify(label)} exists already`);
+      if (findObjects(p11, s, secretTemplate(label)).length > 0) throw new EdgeTrustError("HSM_KEY_EXISTS", `a MAC key labelled ${JSON.stringify(label)} exists already`);
       const tmpl: Template = [
         ...secretTemplate(label),
         { type: P.CKA_KEY_TYPE, value: P.CKK_GENERIC_SECRET },
@@ -104,13 +89,13 @@ export class Pkcs11MacKeys implements MacKeyStore {
       } catch (e) {
         throw this.fail(e, `generating MAC key ${JSON.stringify(label)}`);
       }
-    });
+    }, { write: true });
   }
 
   private handle(p11: pkcs11js.PKCS11, s: Handle, label: string): Handle {
     let h = this.handles.get(label);
     if (!h) {
-      const found = find(p11, s, secretTemplate(label));
+      const found = findObjects(p11, s, secretTemplate(label));
       if (found.length !== 1) throw found.length === 0 ? notFound(label) : new EdgeTrustError("HSM_OPERATION_FAILED", `${found.length} MAC keys are labelled ${JSON.stringify(label)}`);
       h = found[0] as Handle;
       this.handles.set(label, h);
@@ -142,20 +127,20 @@ export class Pkcs11MacKeys implements MacKeyStore {
     checkMacLabel(label);
     this.handles.delete(label);
     return this.src.withSession((p11, s) => {
-      const found = find(p11, s, secretTemplate(label));
+      const found = findObjects(p11, s, secretTemplate(label));
       try {
         for (const h of found) p11.C_DestroyObject(s, h);
       } catch (e) {
         throw this.fail(e, `deleting MAC key ${JSON.stringify(label)}`);
       }
       return found.length > 0;
-    });
+    }, { write: true });
   }
 
   async listMacKeys(): Promise<string[]> {
     return this.src.withSession((p11, s) => {
       const out: string[] = [];
-      for (const h of find(p11, s, [{ type: P.CKA_CLASS, value: P.CKO_SECRET_KEY }])) {
+      for (const h of findObjects(p11, s, [{ type: P.CKA_CLASS, value: P.CKO_SECRET_KEY }])) {
         const [attr] = p11.C_GetAttributeValue(s, h, [{ type: P.CKA_LABEL }]);
         const v = attr?.value;
         if (Buffer.isBuffer(v)) out.push(v.toString("utf8"));

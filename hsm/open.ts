@@ -4,7 +4,7 @@ import { readPin } from "./pin.js";
 import { Pkcs11KeyStore, type Pkcs11StoreOptions } from "./pkcs11.js";
 import type { KeyStore } from "./types.js";
 
-export interface OpenKeyStoreOptions {
+interface OpenKeyStoreOptions {
   /** The user PIN, when the caller already has it; otherwise it comes from config.pinFile / config.pinEnv. */
   pin?: string;
   /** Software backend passphrase, when the caller already has it; otherwise from config.softwarePassphraseEnv. */
@@ -51,7 +51,7 @@ export async function openKeyStore(config: HsmConfig, opts: OpenKeyStoreOptions 
   }
 }
 
-export async function openPkcs11(config: HsmConfig, opts: OpenKeyStoreOptions = {}): Promise<Pkcs11KeyStore> {
+async function openPkcs11(config: HsmConfig, opts: OpenKeyStoreOptions = {}): Promise<Pkcs11KeyStore> {
   const pin = opts.pin ?? readPin({ pinFile: config.pinFile, pinEnv: config.pinEnv, env: opts.env ?? process.env });
   const o: Pkcs11StoreOptions = {
     module: config.module,

@@ -5,7 +5,7 @@ import { EdgeTrustError } from "../common/index.js";
  * Where the user PIN comes from. The PIN itself is never logged and never put in an error message; messages name
  * only the file or variable it should come from.
  */
-export interface PinSource {
+interface PinSource {
   /** File whose first line is the PIN (preferred). */
   pinFile?: string;
   /** Environment variable holding the PIN, used when pinFile is empty. */

@@ -115,3 +115,19 @@ export function moduleRefCount(modulePath: string): number {
     return 0;
   }
 }
+
+/** Every object matching `tmpl`, in batches of 64 (the one search loop of hsm/: key store and MAC keys). Errors raw. */
+export function findObjects(p11: pkcs11js.PKCS11, s: pkcs11js.Handle, tmpl: pkcs11js.Template): pkcs11js.Handle[] {
+  const out: pkcs11js.Handle[] = [];
+  p11.C_FindObjectsInit(s, tmpl);
+  try {
+    for (;;) {
+      const batch = p11.C_FindObjects(s, 64);
+      if (batch.length === 0) break;
+      out.push(...batch);
+    }
+  } finally {
+    p11.C_FindObjectsFinal(s);
+  }
+  return out;
+}

@@ -6,10 +6,10 @@ import type { KeyRef } from "./types.js";
  * Values are percent-decoded to bytes; text attributes must then be UTF-8, `id` may be any bytes (kept as hex).
  * Unknown standard attributes and repeated attributes are rejected; vendor attributes (`x-...`) are kept aside.
  */
-export type Pkcs11ObjectType = "public" | "private" | "cert" | "secret-key" | "data";
+type Pkcs11ObjectType = "public" | "private" | "cert" | "secret-key" | "data";
 const OBJECT_TYPES: readonly string[] = ["public", "private", "cert", "secret-key", "data"];
 
-export interface Pkcs11Uri {
+interface Pkcs11Uri {
   token?: string;
   manufacturer?: string;
   serial?: string;

@@ -161,6 +161,69 @@ describe("Pkcs11KeyStore on SoftHSM2", () => {
     expect(verifySig(pub.spki, scheme, msgs[1] as Buffer, sigs[0] as Buffer)).toBe(false);
   });
 
+  it("signs share the token (one per session at once); generating and erasing a key waits for them and has it alone", async () => {
+    // Every session of the pool inside a sign-side operation at once: if signs were serialised behind one another
+    // the fourth would never enter and this would hang (vitest's timeout fails it).
+    let inside = 0;
+    const gates = Array.from({ length: store.sessionCount }, () => {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => (resolve = r));
+      return { promise, resolve };
+    });
+    let allIn!: () => void;
+    const allInside = new Promise<void>((r) => (allIn = r));
+    const holders = gates.map((g) => store.withSession(async () => {
+      if (++inside === store.sessionCount) allIn();
+      await g.promise;
+      inside--;
+    }));
+    await allInside;
+    // One leaves, so a session is free: a key generation asked for now is held back by the lock alone, until the
+    // last sign-side operation has left.
+    gates[0]?.resolve();
+    await holders[0];
+    let generated = false;
+    const gen = store.generateKey("k-rw-wait", "EC-P256").then((k) => {
+      generated = true;
+      return k;
+    });
+    // Held until the generation is done or has had ample time (without the lock it finishes in milliseconds).
+    await Promise.race([gen, new Promise((r) => setTimeout(r, 2000))]);
+    expect(generated, "the key was generated while signs held the token").toBe(false);
+    expect(inside).toBe(store.sessionCount - 1);
+    for (const g of gates) g.resolve();
+    await Promise.all(holders);
+    await gen;
+    expect(generated).toBe(true);
+    await store.delete({ label: "k-rw-wait" });
+  });
+
+  it("400 concurrent signs with 6 keys generated, used and erased among them: every signature verifies, every key is gone", async () => {
+    const pub = await store.getPublicKey({ label: "k-EC-P256" });
+    const scheme = defaultScheme("EC-P256");
+    const msgs = Array.from({ length: 400 }, (_, i) => Buffer.from(`concurrent message ${i}`));
+    const signs = msgs.map((m) => store.sign({ label: "k-EC-P256" }, scheme, m));
+    // Generations and erasures queued among the signs (writers), each new key used at once by more signs.
+    const rotations = Array.from({ length: 6 }, async (_, i) => {
+      const label = `k-churn-${i}`;
+      const info = await store.generateKey(label, i % 2 ? "EC-P384" : "EC-P256");
+      const churnPub = await store.getPublicKey({ label });
+      const churnScheme = defaultScheme(info.algorithm);
+      const data = Buffer.from(`signed by ${label}`);
+      const sigs = await Promise.all(Array.from({ length: 10 }, () => store.sign({ label }, churnScheme, data)));
+      for (const sig of sigs) expect(verifySig(churnPub.spki, churnScheme, data, sig)).toBe(true);
+      await store.delete({ label });
+      return label;
+    });
+    const more = msgs.map((m) => store.sign({ label: "k-EC-P256" }, scheme, m));
+    const [sigs, rotated, sigs2] = await Promise.all([Promise.all(signs), Promise.all(rotations), Promise.all(more)]);
+    sigs.forEach((sig, i) => expect(verifySig(pub.spki, scheme, msgs[i] as Buffer, sig)).toBe(true));
+    sigs2.forEach((sig, i) => expect(verifySig(pub.spki, scheme, msgs[i] as Buffer, sig)).toBe(true));
+    expect(rotated).toHaveLength(6);
+    const left = (await store.list()).map((k) => k.label);
+    for (const l of rotated) expect(left).not.toContain(l);
+  });
+
   it("names keys by label, id and pkcs11: URI; lists and deletes them", async () => {
     const info = await store.generateKey("named key;with=odd/chars", "EC-P256", { id: "a1b2c3" });
     expect(info.id).toBe("a1b2c3");

@@ -1,8 +1,8 @@
 import { createHash, createHmac, randomBytes } from "node:crypto";
 import pkcs11js from "pkcs11js";
 import type { Attribute, Handle, Mechanism, Template, TokenInfo } from "pkcs11js";
-import { EdgeTrustError, createLogger, redactString, type ErrorCode, type Logger } from "../common/index.js";
-import { acquireModule, pkcs11ErrorName, releaseModule, type LoadedModule } from "./pkcs11-module.js";
+import { EdgeTrustError, createLogger, faultKeyStep, isEdgeTrustError, redactString, type ErrorCode, type Logger } from "../common/index.js";
+import { acquireModule, findObjects, moduleRefCount, pkcs11ErrorName, releaseModule, type LoadedModule } from "./pkcs11-module.js";
 import { formatPkcs11Uri } from "./pkcs11-uri.js";
 import { Pkcs11MacKeys } from "./mac.js";
 import {
@@ -81,6 +81,9 @@ export function mapPkcs11Error(e: unknown, what: string, pin?: string): EdgeTrus
   return new EdgeTrustError(code, `${what} failed: ${detail}`, { hint, details: ckr ? { ckr } : undefined });
 }
 
+/** Attempts to open a SoftHSM token before a "not found" or a general error stands (see Pkcs11KeyStore.open). */
+const SOFTHSM_OPEN_ATTEMPTS = 5;
+
 /** In-process login bookkeeping: PKCS#11 login is per application and token, not per session. */
 const processKey = randomBytes(32);
 const logins = new Map<string, { pinTag: string; stores: number }>();
@@ -103,17 +106,82 @@ interface SignPlan {
   outLen: number;
 }
 
+/**
+ * Object-store writes against everything else, per module and process. SoftHSM's file object store is not safe
+ * for a write racing other threads of the same process: a C_FindObjects or C_SignInit on another libuv worker can
+ * read the object file C_GenerateKeyPair is still writing, the half-written object is marked invalid and the
+ * generation fails with CKR_FUNCTION_FAILED (SoftHSMv2 issue 573; Teleport serialises its HSM work for the same
+ * reason). Signing and lookups share the token; generating and erasing keys have it alone. Writers go first once
+ * they wait, so steady signing cannot starve a rotation.
+ */
+class TokenWriteLock {
+  private readers = 0;
+  private writing = false;
+  private readonly queue: { write: boolean; go: () => void }[] = [];
+
+  async run<T>(write: boolean, fn: () => Promise<T>): Promise<T> {
+    await this.acquire(write);
+    try {
+      return await fn();
+    } finally {
+      if (write) this.writing = false;
+      else this.readers--;
+      this.pump();
+    }
+  }
+
+  private acquire(write: boolean): Promise<void> {
+    if (this.queue.length === 0 && !this.writing && (write ? this.readers === 0 : true)) {
+      if (write) this.writing = true;
+      else this.readers++;
+      return Promise.resolve();
+    }
+    return new Promise((go) => this.queue.push({ write, go }));
+  }
+
+  private pump(): void {
+    while (this.queue.length > 0 && !this.writing) {
+      const next = this.queue[0] as { write: boolean; go: () => void };
+      if (next.write) {
+        if (this.readers > 0) return;
+        this.queue.shift();
+        this.writing = true;
+        next.go();
+        return;
+      }
+      this.queue.shift();
+      this.readers++;
+      next.go();
+    }
+  }
+}
+
+const writeLocks = new WeakMap<LoadedModule, TokenWriteLock>();
+function writeLockOf(mod: LoadedModule): TokenWriteLock {
+  let l = writeLocks.get(mod);
+  if (!l) {
+    l = new TokenWriteLock();
+    writeLocks.set(mod, l);
+  }
+  return l;
+}
+
 class SessionPool {
   private readonly free: Handle[];
   private readonly waiters: ((s: Handle) => void)[] = [];
   private busy = 0;
   private idleWaiters: (() => void)[] = [];
 
-  constructor(readonly all: Handle[]) {
+  constructor(readonly all: Handle[], private readonly lock: TokenWriteLock) {
     this.free = [...all];
   }
 
-  async use<T>(fn: (s: Handle) => Promise<T> | T): Promise<T> {
+  /** Run `fn` with a session; `write`: it creates or destroys token objects (see TokenWriteLock). */
+  use<T>(fn: (s: Handle) => Promise<T> | T, write = false): Promise<T> {
+    return this.lock.run(write, () => this.useSession(fn));
+  }
+
+  private async useSession<T>(fn: (s: Handle) => Promise<T> | T): Promise<T> {
     const s = this.free.pop() ?? (await new Promise<Handle>((resolve) => this.waiters.push(resolve)));
     this.busy++;
     try {
@@ -155,8 +223,33 @@ export class Pkcs11KeyStore implements KeyStore {
     private readonly log: Logger,
   ) {}
 
-  /** Open the token: load the module, find the token by label, log in, open the session pool. */
+  /**
+   * Open the token: load the module, find the token by label, log in, open the session pool.
+   *
+   * SoftHSM rewrites a token's token.object in place at every login (its flags). Another process reading it at that
+   * moment fails: initialising the module, it leaves the token out of its slot list until it initialises again
+   * (`ca serve --workers` starting its workers together missed its token this way: "tokens present: none"); logging
+   * in, it gets CKR_GENERAL_ERROR. Either is tried again, a few times, after a short wait — a token not listed only
+   * when no other user in this process holds the module (a failed open finalises it, so the next one re-reads the
+   * token directory; otherwise its list would stay the same).
+   */
   static async open(opts: Pkcs11StoreOptions): Promise<Pkcs11KeyStore> {
+    const softhsm = /softhsm/i.test(opts.module);
+    for (let attempt = 1; ; attempt++) {
+      const rescans = moduleRefCount(opts.module) === 0;
+      try {
+        return await Pkcs11KeyStore.openOnce(opts);
+      } catch (e) {
+        const notListed = isEdgeTrustError(e) && e.code === "HSM_TOKEN_NOT_FOUND" && Array.isArray(e.details?.labels) && rescans;
+        const unreadable = isEdgeTrustError(e) && e.details?.ckr === "CKR_GENERAL_ERROR";
+        if (!(softhsm && (notListed || unreadable) && attempt < SOFTHSM_OPEN_ATTEMPTS)) throw e;
+        (opts.logger ?? createLogger("hsm")).warn({ tokenLabel: opts.tokenLabel, attempt, err: e.message }, "SoftHSM token unreadable (another process may be rewriting its token file); trying again");
+        await new Promise((r) => setTimeout(r, 25 * 2 ** attempt * (0.5 + Math.random())));
+      }
+    }
+  }
+
+  private static async openOnce(opts: Pkcs11StoreOptions): Promise<Pkcs11KeyStore> {
     const log = opts.logger ?? createLogger("hsm");
     const poolSize = Math.max(1, Math.min(64, opts.sessionPoolSize ?? 4));
     const mod = acquireModule(opts.module);
@@ -208,7 +301,7 @@ export class Pkcs11KeyStore implements KeyStore {
         logins.set(loginKey, { pinTag: tag, stores: 1 });
       }
       log.info({ module: mod.path, tokenLabel: opts.tokenLabel, sessions: sessions.length }, "PKCS#11 token opened");
-      return new Pkcs11KeyStore(mod, slot, opts.tokenLabel, info, mechanisms, new SessionPool(sessions), loginKey, log);
+      return new Pkcs11KeyStore(mod, slot, opts.tokenLabel, info, mechanisms, new SessionPool(sessions, writeLockOf(mod)), loginKey, log);
     } catch (e) {
       for (const s of sessions) {
         try {
@@ -240,10 +333,13 @@ export class Pkcs11KeyStore implements KeyStore {
     return this.pool.all.length;
   }
 
-  /** Run `fn` with a pooled, logged-in session (for the WebCrypto shim, doctor and tests). */
-  withSession<T>(fn: (p11: pkcs11js.PKCS11, session: Handle) => Promise<T> | T): Promise<T> {
+  /**
+   * Run `fn` with a pooled, logged-in session (for the WebCrypto shim, HMAC keys, doctor and tests); `write` when it
+   * creates or destroys token objects.
+   */
+  withSession<T>(fn: (p11: pkcs11js.PKCS11, session: Handle) => Promise<T> | T, opts: { write?: boolean } = {}): Promise<T> {
     this.assertOpen();
-    return this.pool.use((s) => fn(this.mod.p11, s));
+    return this.pool.use((s) => fn(this.mod.p11, s), opts.write ?? false);
   }
 
   /** The token-side handle of a key's private object. */
@@ -335,6 +431,7 @@ export class Pkcs11KeyStore implements KeyStore {
         const tpm = this.isTpm2Pkcs11;
         const privT = tpm ? (curve ? [...priv, { type: P.CKA_DERIVE, value: false }] : priv) : [...priv, ...privRestrict];
         await p11.C_GenerateKeyPairAsync(s, { mechanism: genMech }, tpm ? pub : [...pub, ...pubRestrict], privT);
+        faultKeyStep("generated", label);
       } catch (e) {
         const ckr = pkcs11ErrorName(e);
         const templateTrouble = ["CKR_GENERAL_ERROR", "CKR_ATTRIBUTE_VALUE_INVALID", "CKR_ATTRIBUTE_TYPE_INVALID", "CKR_TEMPLATE_INCONSISTENT"];
@@ -348,7 +445,7 @@ export class Pkcs11KeyStore implements KeyStore {
       }
       const handle = onlyOne(findAll(p11, s, [{ type: P.CKA_CLASS, value: P.CKO_PRIVATE_KEY }, { type: P.CKA_ID, value: id }]), label, this.tokenLabel);
       return this.describe(s, handle);
-    });
+    }, true);
     this.cache.clear();
     this.log.info({ tokenLabel: this.tokenLabel, label, id: id.toString("hex"), algorithm }, "key generated");
     return this.toInfo(info);
@@ -359,6 +456,19 @@ export class Pkcs11KeyStore implements KeyStore {
   }
 
   async getPublicKey(ref: KeyRef): Promise<PublicKeyExport> {
+    try {
+      return await this.readPublicKey(ref);
+    } catch (e) {
+      // Another process (the identity daemon's rekey) may have erased the key this store resolved and made a new
+      // one under the same label: the remembered id then names nothing. Look the label up again, once.
+      const stale = (isEdgeTrustError(e) && e.code === "HSM_KEY_NOT_FOUND") || ["CKR_KEY_HANDLE_INVALID", "CKR_OBJECT_HANDLE_INVALID"].includes(pkcs11ErrorName(e) ?? "");
+      if (!stale) throw e;
+      this.cache.clear();
+      return await this.readPublicKey(ref);
+    }
+  }
+
+  private async readPublicKey(ref: KeyRef): Promise<PublicKeyExport> {
     const key = await this.resolve(ref);
     const spki = await this.pool.use((s) => {
       const p11 = this.mod.p11;
@@ -426,15 +536,55 @@ export class Pkcs11KeyStore implements KeyStore {
       const p11 = this.mod.p11;
       const match = key.id.length ? [{ type: P.CKA_ID, value: key.id }] : [{ type: P.CKA_LABEL, value: key.label }];
       const pubs = findAll(p11, s, [{ type: P.CKA_CLASS, value: P.CKO_PUBLIC_KEY }, ...match]);
+      // The public half goes first: a deletion cut short then leaves the private key, which a lookup by label still
+      // finds (and a retry erases), instead of a public object that no lookup finds but that blocks the label.
       try {
-        p11.C_DestroyObject(s, key.handle);
         for (const h of pubs) p11.C_DestroyObject(s, h);
+        if (pubs.length > 0) faultKeyStep("delete:half-destroyed", key.label);
+        p11.C_DestroyObject(s, key.handle);
       } catch (e) {
         throw mapPkcs11Error(e, `deleting key ${JSON.stringify(key.label)}`);
+      } finally {
+        this.cache.clear();
       }
-    });
+    }, true);
     this.cache.clear();
     this.log.info({ tokenLabel: this.tokenLabel, label: key.label, id: key.id.toString("hex") }, "key deleted");
+  }
+
+  async eraseObjects(ref: { label: string; id: string }): Promise<number> {
+    this.assertOpen();
+    if (!ref.label || !/^([0-9a-fA-F]{2})+$/.test(ref.id)) {
+      throw new EdgeTrustError("INVALID_INPUT", "erasing key objects needs both a label and a hex id", { hint: "name the objects by label and id" });
+    }
+    const n = await this.pool.use((s) => {
+      const p11 = this.mod.p11;
+      const objs = findAll(p11, s, [{ type: P.CKA_LABEL, value: ref.label }, { type: P.CKA_ID, value: Buffer.from(ref.id, "hex") }]);
+      try {
+        for (const h of objs) p11.C_DestroyObject(s, h);
+      } catch (e) {
+        throw mapPkcs11Error(e, `erasing the objects of key ${JSON.stringify(ref.label)} (id ${ref.id})`);
+      } finally {
+        this.cache.clear();
+      }
+      return objs.length;
+    }, true);
+    if (n > 0) this.log.info({ tokenLabel: this.tokenLabel, label: ref.label, id: ref.id.toLowerCase(), objects: n }, "key objects erased");
+    return n;
+  }
+
+  async orphanPublicKeys(label: string): Promise<string[]> {
+    this.assertOpen();
+    return this.pool.use((s) => {
+      const p11 = this.mod.p11;
+      const out: string[] = [];
+      for (const h of findAll(p11, s, [{ type: P.CKA_CLASS, value: P.CKO_PUBLIC_KEY }, { type: P.CKA_LABEL, value: label }])) {
+        const [id] = getAttrs(p11, s, h, [P.CKA_ID]);
+        if (!id?.length) continue;
+        if (findAll(p11, s, [{ type: P.CKA_CLASS, value: P.CKO_PRIVATE_KEY }, { type: P.CKA_ID, value: id }]).length === 0) out.push(id.toString("hex"));
+      }
+      return out;
+    });
   }
 
   async close(): Promise<void> {
@@ -560,7 +710,7 @@ export class Pkcs11KeyStore implements KeyStore {
 
 // ---- token and object helpers ----
 
-export interface TokenSlot {
+interface TokenSlot {
   slot: Handle;
   info: TokenInfo;
   label: string;
@@ -604,23 +754,12 @@ export function findToken(mod: LoadedModule, label: string): TokenSlot {
   return found[0] as TokenSlot;
 }
 
-export function findAll(p11: pkcs11js.PKCS11, s: Handle, tmpl: Template): Handle[] {
-  const out: Handle[] = [];
+function findAll(p11: pkcs11js.PKCS11, s: Handle, tmpl: Template): Handle[] {
   try {
-    p11.C_FindObjectsInit(s, tmpl);
-    try {
-      for (;;) {
-        const batch = p11.C_FindObjects(s, 64);
-        if (batch.length === 0) break;
-        out.push(...batch);
-      }
-    } finally {
-      p11.C_FindObjectsFinal(s);
-    }
+    return findObjects(p11, s, tmpl);
   } catch (e) {
     throw mapPkcs11Error(e, "searching the token");
   }
-  return out;
 }
 
 function onlyOne(handles: Handle[], name: string, token: string): Handle {

@@ -27,7 +27,7 @@ interface Sidecar {
   createdAt: string;
 }
 
-export interface SoftwareKeyStoreOptions {
+interface SoftwareKeyStoreOptions {
   /** Directory holding the key files (created 0700 if missing). */
   dir: string;
   /** The passphrase; when omitted it is read from `passphraseEnv`. */
@@ -138,6 +138,13 @@ export class SoftwareKeyStore implements KeyStore {
     unlinkSync(this.#metaPath(meta.label));
     this.#cache.delete(meta.label);
     this.#meta.delete(meta.label);
+  }
+
+  async eraseObjects(ref: { label: string; id: string }): Promise<number> {
+    const meta = this.#sidecars().find((m) => m.label === ref.label && m.id === ref.id.toLowerCase());
+    if (!meta) return 0;
+    await this.delete({ label: meta.label });
+    return 1;
   }
 
   async close(): Promise<void> {
@@ -285,7 +292,7 @@ async function generate(alg: KeyAlgorithm): Promise<{ privateKey: KeyObject }> {
 }
 
 /** The KeyAlgorithm of a Node key (private or public); throws for anything the stores do not support. */
-export function algorithmOf(key: KeyObject): KeyAlgorithm {
+function algorithmOf(key: KeyObject): KeyAlgorithm {
   const d = key.asymmetricKeyDetails;
   if (key.asymmetricKeyType === "ec") {
     if (d?.namedCurve === "prime256v1") return "EC-P256";

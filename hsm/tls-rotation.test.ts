@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createLogger } from "../common/index.js";
 import { Pkcs11KeyStore } from "./pkcs11.js";
 import { SOFTHSM_MODULE, createSoftHsmDir, initToken } from "./token-setup.js";
-import { currentKeyLabel, tlsKeyFromSpec } from "./tls.js";
+import { currentKeyLabel, tlsCredentialsFromFile, tlsKeyFromSpec } from "./tls.js";
 
 /**
  * A rotating device key alternates between `<label>` and `<label>.1` (device-identity rekey renewal). A consumer
@@ -71,6 +71,41 @@ describe("TLS key source follows a rotated key", () => {
     const third = await certFor("device-identity");
     await store.delete({ label: "device-identity.1" });
     expect(await currentKeyLabel(store, "device-identity.1", third)).toBe("device-identity");
+  });
+
+  it("follows a rekey made by another process: a label erased and made again there is looked up again here", async () => {
+    // The hub's key store resolved device-identity at its first connect; the daemon (another store on the same token)
+    // then rotated to .1 and back, erasing the key the hub had resolved and making a new one under its label.
+    const hub = await Pkcs11KeyStore.open({ module: SOFTHSM_MODULE, tokenLabel: TOKEN, pin: PIN, logger: createLogger("hsm", { level: "silent" }) });
+    try {
+      await store.generateKey("proc-key", "EC-P256");
+      const first = await certFor("proc-key");
+      expect(await currentKeyLabel(hub, "proc-key", first)).toBe("proc-key");
+      await store.generateKey("proc-key.1", "EC-P256");
+      await store.delete({ label: "proc-key" });
+      await store.generateKey("proc-key", "EC-P256");
+      await store.delete({ label: "proc-key.1" });
+      const renewed = await certFor("proc-key");
+      expect(await currentKeyLabel(hub, "proc-key", renewed)).toBe("proc-key");
+      expect((await hub.getPublicKey({ label: "proc-key" })).spki).toEqual((await store.getPublicKey({ label: "proc-key" })).spki);
+    } finally {
+      await hub.close();
+    }
+  });
+
+  it("a read inside a rekey (certificate read before the switch, its key erased after) reads the certificate again", async () => {
+    await store.generateKey("race-key", "EC-P256");
+    const before = await certFor("race-key");
+    await store.generateKey("race-key.1", "EC-P256");
+    const after = await certFor("race-key.1");
+    await store.delete({ label: "race-key" });
+    const reads = [before, after];
+    let n = 0;
+    const got = await tlsCredentialsFromFile("hsm:race-key", () => reads[Math.min(n++, 1)] ?? "", () => Promise.resolve(store), cfg());
+    expect(got.cert).toBe(after);
+    expect("privateKeyIdentifier" in got && got.privateKeyIdentifier).toMatch(/;object=race-key\.1;/);
+    // A certificate whose key is gone for good is still refused (one retry, not a loop).
+    await expect(tlsCredentialsFromFile("hsm:race-key", () => before, () => Promise.resolve(store), cfg())).rejects.toMatchObject({ code: "HSM_KEY_NOT_FOUND" });
   });
 
   it("refuses a certificate whose key is in neither label, naming both", async () => {

@@ -2,7 +2,8 @@ import { X509Certificate, createHash } from "node:crypto";
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import tls from "node:tls";
+import { createRequire } from "node:module";
+import type tls from "node:tls";
 import { EdgeTrustError, redactString } from "../common/index.js";
 import type { KeyRef, KeyStore } from "./types.js";
 import { readPin } from "./pin.js";
@@ -42,7 +43,7 @@ export type TlsKeyOptions =
   | { privateKeyEngine: string; privateKeyIdentifier: string }
   | { key: string };
 
-export interface TlsKeySourceOptions {
+interface TlsKeySourceOptions {
   /** OpenSSL engine: its id (`pkcs11`, registered by OPENSSL_CONF: reliable) or its .so path (one context per process). */
   engine?: string;
   /** The token's user PIN (PKCS#11 only). */
@@ -143,7 +144,7 @@ export function defaultEngine(env: NodeJS.ProcessEnv = process.env): string {
  * Make the engine load `module` (rather than p11-kit-proxy) — only effective before the engine is first used in this
  * process, and never overriding an explicit PKCS11_MODULE_PATH.
  */
-export function usePkcs11Module(module: string): void {
+function usePkcs11Module(module: string): void {
   if (process.env.PKCS11_MODULE_PATH === undefined || process.env.PKCS11_MODULE_PATH === "") process.env.PKCS11_MODULE_PATH = module;
 }
 
@@ -181,7 +182,8 @@ export function engineConfig(opts: { module: string; enginePath?: string; init?:
 /** `tls.createSecureContext` with the engine's opaque failure turned into a one-line reason and what to do. */
 export function createTlsSecureContext(options: tls.SecureContextOptions): tls.SecureContext {
   try {
-    return tls.createSecureContext(options);
+    // node:tls loaded here, at the first TLS context, not at the daemon's start (see common/http-client.ts).
+    return (createRequire(import.meta.url)("node:tls") as typeof tls).createSecureContext(options);
   } catch (e) {
     const msg = e instanceof Error ? e.message : String(e);
     if (/engine/i.test(msg)) {
@@ -214,6 +216,28 @@ export async function tlsKeyFromSpec(
   return tlsKeyOptions(store, { label }, {
     module: cfg.module, ...(engine ? { engine } : {}), ...(pin ? { pin } : {}), ...(cfg.tokenLabel ? { tokenLabel: cfg.tokenLabel } : {}),
   });
+}
+
+/**
+ * The certificate in force and the token key that belongs to it, for a consumer that re-reads both before every
+ * connection. A read can land inside a rekey: the certificate read just before the identity daemon switched
+ * generations, its key erased just after. The key then matches neither label; reading the certificate again gives the
+ * renewed one, whose key exists. One retry: a second miss is a real mismatch and is reported.
+ */
+export async function tlsCredentialsFromFile<C extends Buffer | string>(
+  spec: string,
+  readCert: () => C,
+  openStore: () => Promise<KeyStore>,
+  cfg: { engine: string; module: string; pinFile: string; pinEnv: string; tokenLabel?: string },
+): Promise<{ cert: C } & TlsKeyOptions> {
+  for (let attempt = 0; ; attempt++) {
+    const cert = readCert();
+    try {
+      return { cert, ...(await tlsKeyFromSpec(spec, openStore, cfg, cert)) };
+    } catch (e) {
+      if (attempt > 0 || !(e instanceof EdgeTrustError) || e.code !== "HSM_KEY_NOT_FOUND") throw e;
+    }
+  }
 }
 
 /**

@@ -10,7 +10,7 @@ import { listTokens, mapPkcs11Error } from "./pkcs11.js";
 /** Debian's SoftHSM2 module. */
 export const SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so";
 
-export interface InitTokenOptions {
+interface InitTokenOptions {
   module: string;
   label: string;
   soPin: string;

@@ -47,6 +47,13 @@ export interface KeyStore {
   sign(ref: KeyRef, scheme: SignatureScheme, data: Uint8Array): Promise<Buffer>;
   list(): Promise<KeyInfo[]>;
   delete(ref: KeyRef): Promise<void>;
+  /**
+   * Erase every object (private half, public half, any class) that carries both this label and this id, whole or
+   * partial — what an interrupted generation or deletion leaves. Returns how many objects went; 0 if none.
+   */
+  eraseObjects?(ref: { label: string; id: string }): Promise<number>;
+  /** Ids (hex) of public-key objects under `label` whose private half is not on the token (debris of a cut erasure). */
+  orphanPublicKeys?(label: string): Promise<string[]>;
   close(): Promise<void>;
   /** HMAC-SHA256 secret keys kept in the store (hsm/mac.ts); absent on stores that have none. */
   readonly mac?: MacKeyStore;

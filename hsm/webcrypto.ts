@@ -22,7 +22,7 @@ interface Binding {
 
 const bindings = new WeakMap<object, Binding>();
 
-export interface KeyStoreCryptoKeyOptions {
+interface KeyStoreCryptoKeyOptions {
   /** Hash used for RSA keys (part of an RSA CryptoKey's algorithm); ECDSA takes its hash from the sign call. */
   rsaHash?: HashAlgorithm;
 }
@@ -55,6 +55,16 @@ export async function keyStorePublicCryptoKey(store: KeyStore, ref: KeyRef, opts
 /** Both halves, in the shape x509's `createSelfSigned` and `Pkcs10CertificateRequestGenerator` take. */
 export async function keyStoreKeyPair(store: KeyStore, ref: KeyRef, opts: KeyStoreCryptoKeyOptions = {}): Promise<CryptoKeyPair> {
   return { privateKey: await keyStoreCryptoKey(store, ref, opts), publicKey: await keyStorePublicCryptoKey(store, ref, opts) };
+}
+
+/**
+ * The KeyStore and key behind a handle from `keyStoreCryptoKey`, for code that signs bytes itself (pki's issuance core
+ * signs each TBSCertificate through the store — for PKCS#11, its session pool — without the WebCrypto round trip).
+ * `undefined` for any other key, a look-alike object included.
+ */
+export function keyStoreKeyOf(key: CryptoKey): { store: KeyStore; ref: KeyRef; algorithm: KeyAlgorithm } | undefined {
+  const b = bindings.get(key);
+  return b && { store: b.store, ref: b.ref, algorithm: b.algorithm };
 }
 
 /** True when `key` came from `keyStoreCryptoKey`. */

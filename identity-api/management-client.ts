@@ -1,12 +1,18 @@
 import { EventEmitter } from "node:events";
-import { request } from "node:http";
 import type { TSchema, Static } from "@sinclair/typebox";
-import { EdgeTrustError, createLogger, readProblem, validateValue, type ErrorCode, type Logger } from "../common/index.js";
+import { EdgeTrustError, createLogger, httpCall, refusal, registerCompiledValidator, validateValue, type Logger } from "../common/index.js";
 import type { AttestationEvent, AttestationSource, ModuleAttestationState } from "./attestation.js";
 import {
   EventsPageSchema, EvidenceResponse, ModuleListSchema, ModuleViewSchema, ReportSchema, SasVerifyResponse,
   type AttestedModuleInput, type EventsPage, type ModuleEvent, type ModuleView, type RenewKind, type SasVerifyAnswer,
 } from "./management.js";
+import { eventsPageAnswer, evidenceAnswer, moduleListAnswer, moduleViewAnswer, reportAnswer, sasVerifyAnswer } from "./answer-validators.js";
+
+// Answers are checked by validators compiled at build time (scripts/compiled-validators.mjs), not at the first request.
+for (const [schema, validate] of [
+  [ModuleViewSchema, moduleViewAnswer], [ModuleListSchema, moduleListAnswer], [EventsPageSchema, eventsPageAnswer],
+  [ReportSchema, reportAnswer], [EvidenceResponse, evidenceAnswer], [SasVerifyResponse, sasVerifyAnswer],
+] as const) registerCompiledValidator(schema, validate);
 
 /**
  * Client of the device identity daemon's management socket (root-only), for the edge agent and the hub. Every answer
@@ -65,50 +71,24 @@ export class ManagementClient {
   }
 
   /** One request; a 2xx answer must match `answer` (no schema: no body expected). */
-  private call<S extends TSchema | undefined>(
+  private async call<S extends TSchema | undefined>(
     method: string, path: string, answer: S, body?: unknown, signal?: AbortSignal, timeoutMs = this.timeoutMs,
   ): Promise<S extends TSchema ? Static<S> : undefined> {
     type T = S extends TSchema ? Static<S> : undefined;
-    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    return new Promise<T>((resolve, reject) => {
-      const req = request(
-        {
-          socketPath: this.socketPath, method, path, timeout: timeoutMs,
-          headers: { host: "localhost", ...(payload ? { "content-type": "application/json", "content-length": payload.length } : {}) },
-          ...(signal ? { signal } : {}),
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on("data", (c: Buffer) => chunks.push(c));
-          res.on("error", reject);
-          res.on("end", () => {
-            const text = Buffer.concat(chunks).toString("utf8");
-            const status = res.statusCode ?? 0;
-            if (status >= 200 && status < 300) {
-              try {
-                resolve((answer ? validateValue(JSON.parse(text), answer, `device identity daemon's answer to ${method} ${path.split("?")[0]}`, "UNAVAILABLE") : undefined) as T);
-              } catch (e) {
-                reject(e instanceof SyntaxError ? new EdgeTrustError("UNAVAILABLE", `device identity daemon answered ${method} ${path.split("?")[0]} with no JSON: ${e.message}`) : e);
-              }
-              return;
-            }
-            const problem = readProblem(text);
-            const code: ErrorCode = problem.code ?? (status === 403 ? "FORBIDDEN" : "UNAVAILABLE");
-            reject(new EdgeTrustError(code, problem.detail ?? `device identity daemon answered ${status} to ${method} ${path}`, problem.hint ? { hint: problem.hint } : {}));
-          });
-        },
-      );
-      req.on("timeout", () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
-      req.on("error", (e) => {
-        if (e instanceof EdgeTrustError) return reject(e);
-        reject(new EdgeTrustError("UNAVAILABLE", `device identity daemon at ${this.socketPath} unreachable: ${e.message}`, {
-          hint: "is `edgetrust device run` running, and is this process root?",
-          cause: e,
-        }));
-      });
-      if (payload) req.write(payload);
-      req.end();
+    const a = await httpCall({
+      method, socketPath: this.socketPath, url: path, body, timeoutMs, ...(signal ? { signal } : {}),
+      peer: `device identity daemon at ${this.socketPath}`, unreachableHint: "is `edgetrust device run` running, and is this process root?",
     });
+    if (a.status >= 200 && a.status < 300) {
+      let parsed: unknown;
+      try {
+        parsed = answer ? JSON.parse(a.text) : undefined;
+      } catch (e) {
+        throw new EdgeTrustError("UNAVAILABLE", `device identity daemon answered ${method} ${path.split("?")[0]} with no JSON: ${(e as Error).message}`);
+      }
+      return (answer ? validateValue(parsed, answer, `device identity daemon's answer to ${method} ${path.split("?")[0]}`, "UNAVAILABLE") : undefined) as T;
+    }
+    throw refusal(a, { fallback: (status) => (status === 403 ? "FORBIDDEN" : "UNAVAILABLE"), message: (detail) => detail ?? `device identity daemon answered ${a.status} to ${method} ${path}` });
   }
 }
 

@@ -1,5 +1,6 @@
 import { Type, type Static } from "@sinclair/typebox";
 import { ModuleNamePattern } from "../policy/index.js";
+import { GENERATION_ID_PATTERN } from "./workload.js";
 
 /**
  * The management socket's wire schemas (root-only unix socket of the device identity daemon): the daemon validates
@@ -20,7 +21,7 @@ export const AttestedModuleSchema = Type.Object(
     uid: Type.Integer({ minimum: 0, maximum: 4294967294, description: "uid the module runs as (owns its socket)" }),
     gid: Type.Integer({ minimum: 0, maximum: 4294967294 }),
     auth: Type.Optional(Type.Union([Type.Literal("x509"), Type.Literal("sas")], { description: "how the module authenticates to the hub (policy grant); default x509" })),
-    generationId: Type.Optional(Type.String({ pattern: "^[a-z0-9]{8,32}$", description: "IOTEDGE_MODULEGENERATIONID the agent gave this container (required with auth: sas)" })),
+    generationId: Type.Optional(Type.String({ pattern: GENERATION_ID_PATTERN, description: "IOTEDGE_MODULEGENERATIONID the agent gave this container (required with auth: sas)" })),
   },
   { additionalProperties: false },
 );

@@ -12,7 +12,7 @@ import { EdgeTrustError } from "../common/index.js";
  *   1.3.6.1.4.1.32473.5812.1        certificate extensions
  *   1.3.6.1.4.1.32473.5812.1.1      id-edgetrust-moduleAttestation
  */
-export const EDGETRUST_OID_ARC = "1.3.6.1.4.1.32473.5812";
+const EDGETRUST_OID_ARC = "1.3.6.1.4.1.32473.5812";
 export const OID_MODULE_ATTESTATION = `${EDGETRUST_OID_ARC}.1.1`;
 
 /**
@@ -54,7 +54,7 @@ export interface ModuleAttestation {
 
 const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
 
-export function isModuleAttestationOid(oid: string): boolean {
+function isModuleAttestationOid(oid: string): boolean {
   return oid === OID_MODULE_ATTESTATION;
 }
 

@@ -7,11 +7,12 @@ import { AsnConvert } from "@peculiar/asn1-schema";
 import { Certificate as AsnCertificate } from "@peculiar/asn1-x509";
 import * as x509 from "@peculiar/x509";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { SoftwareKeyStore } from "../hsm/software.js";
-import { keyStoreCrypto, keyStoreCryptoKey } from "../hsm/webcrypto.js";
+import { SoftwareKeyStore, keyStoreCrypto, keyStoreCryptoKey } from "../hsm/index.js";
 import { opensslVerify } from "../test/helpers/openssl.js";
 import { issueCertificateReference } from "./issue-reference.js";
-import { issueCertificateDer, randomSerial, type IssueParams, type Issuer } from "./index.js";
+import { certificatePem } from "./issue.js";
+import { issueCertificateDer, parseModuleAttestation, randomSerial, type Issuer } from "./index.js";
+import type { IssueParams } from "./issue.js";
 
 /**
  * Byte-level proof of the certificate factory: for every profile, a certificate made from the template
@@ -27,6 +28,7 @@ let store: SoftwareKeyStore;
 const shim = keyStoreCrypto();
 const made: Record<string, { fast: Uint8Array; slow: Uint8Array; issuerSpki: Buffer }> = {};
 const chains: Record<string, string[]> = {};
+let edgeIssuerForModules: Issuer | undefined;
 
 function spki(kind: "ec256" | "ec384" | "rsa2048"): Buffer {
   const kp = kind === "rsa2048" ? generateKeyPairSync("rsa", { modulusLength: 2048 }) : generateKeyPairSync("ec", { namedCurve: kind === "ec256" ? "P-256" : "P-384" });
@@ -82,6 +84,7 @@ beforeAll(async () => {
     publicKey: edgeNodeSpki, issuer: issuingIssuer,
   }, issuingK.spki);
   const edgeIssuer: Issuer = { certificate: edgeCa2, signingKey: edgeNode.privateKey };
+  edgeIssuerForModules = edgeIssuer;
   const module = await both("module", {
     profile: "module", subject: { commonName: "tempSensor" }, identity: { trustDomain: TD, deviceId: "dev-1", moduleId: "tempSensor" },
     attestation: { imageDigest: DIGEST, manifestVersion: 7, deploymentId: "dep-1" }, publicKey: spki("ec256"), issuer: edgeIssuer,
@@ -104,6 +107,32 @@ afterAll(async () => {
 });
 
 const PROFILES = ["root-ca", "issuing-ca", "device-identity", "leaf-device", "edge-ca", "edge-ca (Node key)", "module", "edge-hub-server"];
+
+describe("module certificates: the attestation extension (remembered per attestation) follows each module's own", () => {
+  it("interleaved attestations differing in one field each: every certificate carries its own, byte for byte the slow way's", async () => {
+    const issuer = edgeIssuerForModules as Issuer;
+    const other = "sha256:" + "ef".repeat(32);
+    const cases = [
+      { imageDigest: DIGEST, manifestVersion: 7, deploymentId: "dep-1" },
+      { imageDigest: DIGEST, manifestVersion: 8, deploymentId: "dep-1" },
+      { imageDigest: DIGEST, manifestVersion: 7, deploymentId: "dep-2" },
+      { imageDigest: DIGEST, manifestVersion: 7 },
+      { imageDigest: other, manifestVersion: 7, deploymentId: "dep-1" },
+      { imageDigest: DIGEST, manifestVersion: 7, deploymentId: "dep-1" },
+    ];
+    for (const attestation of cases) {
+      const params: IssueParams = {
+        profile: "module", subject: { commonName: "m" }, identity: { trustDomain: TD, deviceId: "dev-1", moduleId: "m" },
+        attestation, publicKey: spki("ec256"), issuer, serial: randomSerial(), notBefore: new Date(Math.floor(Date.now() / 1000) * 1000 - 300e3),
+      };
+      const fast = (await issueCertificateDer(params)).der;
+      expect(parseModuleAttestation(new x509.X509Certificate(new Uint8Array(fast)))).toEqual(attestation);
+      const slow = new Uint8Array((await issueCertificateReference(params)).rawData);
+      const tbs = (der: Uint8Array): string => Buffer.from(AsnConvert.serialize(AsnConvert.parse(der, AsnCertificate).tbsCertificate)).toString("hex");
+      expect(tbs(fast)).toBe(tbs(slow));
+    }
+  });
+});
 
 describe("template-made certificates equal the slow way, field by field", () => {
   it.each(PROFILES)("%s", (name) => {
@@ -130,6 +159,8 @@ describe("template-made certificates equal the slow way, field by field", () => 
     const key = createPublicKey({ key: m.issuerSpki, format: "der", type: "spki" });
     const hash = key.asymmetricKeyDetails?.namedCurve === "secp384r1" ? "sha384" : "sha256";
     expect(nodeVerify(hash, new Uint8Array(fast.tbsCertificateRaw ?? new ArrayBuffer(0)), { key, dsaEncoding: "der" }, new Uint8Array(fast.signatureValue))).toBe(true);
+    // The PEM the CA records and answers with: PemConverter's text, character for character.
+    expect(certificatePem(m.fast)).toBe(x509.PemConverter.encode(new Uint8Array(m.fast).buffer, "CERTIFICATE"));
   });
 });
 

@@ -6,7 +6,7 @@ import { EdgeTrustError } from "../common/index.js";
  * Workload identities are URIs: `edgetrust://<trust-domain>/devices/<deviceId>` for a device (and a leaf device),
  * `edgetrust://<trust-domain>/devices/<deviceId>/modules/<moduleId>` for a module.
  */
-export const URI_SCHEME = "edgetrust";
+const URI_SCHEME = "edgetrust";
 
 const TRUST_DOMAIN_RE = /^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/;
 /** Device and module ids: what Azure IoT allows minus characters that need escaping in a URI path. */
@@ -26,7 +26,7 @@ export function checkTrustDomain(td: string): void {
   }
 }
 
-export function checkId(kind: "device" | "module", id: string): void {
+function checkId(kind: "device" | "module", id: string): void {
   if (!ID_RE.test(id)) {
     throw new EdgeTrustError("INVALID_INPUT", `${kind} id ${JSON.stringify(id)} is not allowed`, {
       hint: "letters, digits and . _ : @ $ = + - (up to 128), starting with a letter or digit",
@@ -50,7 +50,7 @@ export function moduleUri(trustDomain: string, deviceId: string, moduleId: strin
 }
 
 /** Parse an `edgetrust://` URI; undefined when it is not one of ours or is malformed. */
-export function parseWorkloadUri(uri: string): WorkloadIdentity | undefined {
+function parseWorkloadUri(uri: string): WorkloadIdentity | undefined {
   const m = /^edgetrust:\/\/([^/]+)\/devices\/([^/]+)(?:\/modules\/([^/]+))?$/.exec(uri);
   if (!m) return undefined;
   const [, td, d, mod] = m;

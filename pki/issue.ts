@@ -5,11 +5,13 @@ import { AsnConvert } from "@peculiar/asn1-schema";
 import { Certificate as AsnCertificate, GeneralName, GeneralNames, Name as AsnName, Version } from "@peculiar/asn1-x509";
 import * as x509 from "@peculiar/x509";
 import { EdgeTrustError } from "../common/index.js";
+import { keyStoreKeyOf } from "../hsm/index.js";
 import { ModuleAttestationAsn, OID_MODULE_ATTESTATION } from "./attestation.js";
 import {
   authorityKeyId, fixedExtensions, issueCertificateReference, nameConstraintsExtension, planCertificate, subjectName,
   type CertificatePlan, type IssueParams, type Issuer, type SubjectFields,
 } from "./issue-reference.js";
+import { tlv } from "./der.js";
 import { knownKeyIdentifier, signingAlgorithmFor, toPublicKey } from "./keys.js";
 
 export { randomSerial, checkModuleDevice } from "./issue-reference.js";
@@ -26,7 +28,7 @@ export type { IssueParams, Issuer, SubjectFields, IdentityFields } from "./issue
  * module-attestation extension, an Edge CA's name constraints — and the TBSCertificate is signed: with Node's crypto
  * (synchronous, DER signature) for software keys, through the KeyStore shim (the PKCS#11 session pool) for HSM keys.
  *
- * The only DER written here by hand are the identifier and length octets that wrap those parts (`tlv`, X.690
+ * The only DER written here by hand are the identifier and length octets that wrap those parts (`tlv` in der.ts, X.690
  * §8.1.2-8.1.3); `factory.test.ts` decodes a certificate from each profile made here and the same certificate made
  * by `issueCertificateReference` (@peculiar/x509's generator) and finds every byte of the TBSCertificate equal.
  */
@@ -49,21 +51,6 @@ const TAG = {
   /** GeneralName `uniformResourceIdentifier [6] IMPLICIT IA5String` (context-specific, primitive, number 6). */
   URI: 0x86,
 } as const;
-
-/** Identifier and length octets in DER (X.690 §8.1.3: short form below 128, else the minimal long form). */
-function header(tag: number, length: number): Uint8Array {
-  if (length < 0x80) return Uint8Array.of(tag, length);
-  const bytes: number[] = [];
-  for (let n = length; n > 0; n = Math.floor(n / 256)) bytes.unshift(n & 0xff);
-  return Uint8Array.of(tag, 0x80 | bytes.length, ...bytes);
-}
-
-/** One TLV: `tag`, the DER length of the parts, the parts. */
-function tlv(tag: number, ...parts: Uint8Array[]): Uint8Array {
-  let len = 0;
-  for (const p of parts) len += p.length;
-  return Buffer.concat([header(tag, len), ...parts]);
-}
 
 /** Raw bytes of the elements of a DER SEQUENCE made by @peculiar (template building only, never per certificate). */
 function elementsOf(der: ArrayBuffer | Uint8Array): Uint8Array[] {
@@ -117,7 +104,16 @@ function signerFor(issuer: Issuer): DerSigner {
     const ko = KeyObject.from(key);
     return (tbs) => Promise.resolve(nodeSign(nodeHash, tbs, alg.name === "ECDSA" ? { key: ko, dsaEncoding: "der" } : ko));
   }
-  // A KeyStore key (HSM through the PKCS#11 session pool, or the dev store): WebCrypto shape, converted as x509 does.
+  // A KeyStore key (HSM through the PKCS#11 session pool, or the dev store): signed by its store directly — the same
+  // call the WebCrypto shim would make, without the shim's round trip and @peculiar's signature re-encoding.
+  const bound = keyStoreKeyOf(key);
+  if (bound && (alg.name === "ECDSA" || alg.name === "RSASSA-PKCS1-v1_5")) {
+    const scheme = { name: alg.name, hash: alg.hash } as const;
+    const { store, ref } = bound;
+    if (scheme.name === "ECDSA") return async (tbs) => ecdsaSigValue(await store.sign(ref, scheme, tbs));
+    return async (tbs) => store.sign(ref, scheme, tbs);
+  }
+  // Any other WebCrypto (a caller's own): its shape, converted as x509 does.
   return async (tbs) => {
     const raw = await webCrypto.subtle.sign(alg, key, new Uint8Array(tbs));
     if (alg.name !== "ECDSA") return new Uint8Array(raw);
@@ -125,6 +121,24 @@ function signerFor(issuer: Issuer): DerSigner {
     if (!der) throw new EdgeTrustError("INTERNAL", "cannot encode the ECDSA signature");
     return new Uint8Array(der);
   };
+}
+
+/** A DER INTEGER of an unsigned big-endian number (X.690 §8.3: minimal octets, a 0x00 first when the top bit is set). */
+function unsignedInteger(b: Uint8Array): Uint8Array {
+  let i = 0;
+  while (i < b.length - 1 && b[i] === 0) i++;
+  const v = b.subarray(i);
+  return (v[0] as number) & 0x80 ? tlv(TAG.INTEGER, Uint8Array.of(0), v) : tlv(TAG.INTEGER, v);
+}
+
+/**
+ * `ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` (RFC 5480 §2.2, RFC 5758 §3.2) from the IEEE P1363 `r || s`
+ * a KeyStore returns (PKCS#11 CKM_ECDSA). `hsm-signer.test.ts` checks it byte for byte against @peculiar's formatter.
+ */
+export function ecdsaSigValue(p1363: Uint8Array): Uint8Array {
+  if (p1363.length === 0 || p1363.length % 2 !== 0) throw new EdgeTrustError("INTERNAL", `an ECDSA signature of ${p1363.length} bytes is not r || s`);
+  const half = p1363.length / 2;
+  return tlv(TAG.SEQUENCE, unsignedInteger(p1363.subarray(0, half)), unsignedInteger(p1363.subarray(half)));
 }
 
 /**
@@ -222,10 +236,14 @@ async function buildTemplate(plan: CertificatePlan, issuer: Issuer): Promise<Tem
 }
 
 /** Templates per issuer certificate object (CAs keep theirs for the process), then by profile and URLs. */
-const templates = new WeakMap<x509.X509Certificate, WeakMap<CryptoKey, Map<string, Template>>>();
+const templates = new WeakMap<x509.X509Certificate, WeakMap<CryptoKey, Map<string, Promise<Template>>>>();
 const TEMPLATES_PER_ISSUER = 64;
 
-async function templateFor(plan: CertificatePlan, issuer: Issuer): Promise<Template> {
+/**
+ * The template promise is what is cached: a burst of concurrent first issuances (a CA starting under load) builds
+ * one template, not one each (64 callers each building their own cost ~5 ms apiece at start-up).
+ */
+function templateFor(plan: CertificatePlan, issuer: Issuer): Promise<Template> {
   const cert = plan.issuerCert as x509.X509Certificate;
   let byKey = templates.get(cert);
   if (!byKey) templates.set(cert, (byKey = new WeakMap()));
@@ -235,9 +253,13 @@ async function templateFor(plan: CertificatePlan, issuer: Issuer): Promise<Templ
   const key = JSON.stringify([p.name, p.ca, p.pathLength, p.keyUsage, p.extendedKeyUsage, plan.crlUrl, plan.ocspUrl, plan.caIssuersUrl]);
   let t = byProfile.get(key);
   if (!t) {
-    t = await buildTemplate(plan, issuer);
+    const building = buildTemplate(plan, issuer);
     if (byProfile.size >= TEMPLATES_PER_ISSUER) byProfile.delete(byProfile.keys().next().value ?? "");
-    byProfile.set(key, t);
+    byProfile.set(key, building);
+    // A failed build is not remembered: the next issuance tries again.
+    const profiles = byProfile;
+    building.catch(() => { if (profiles.get(key) === building) profiles.delete(key); });
+    t = building;
   }
   return t;
 }
@@ -247,8 +269,11 @@ const subjects = new Map<string, { der: Uint8Array; text: string }>();
 const SUBJECT_CACHE = 4096;
 
 function subjectOf(s: SubjectFields): { der: Uint8Array; text: string } {
+  // A plain CN costs less to write than to look up under a JSON key; only the x509 path is worth remembering.
+  const plain = plainCnSubject(s);
+  if (plain) return plain;
   const k = JSON.stringify([s.commonName, s.organization, s.organizationalUnit, s.country]);
-  let v = subjects.get(k) ?? plainCnSubject(s);
+  let v = subjects.get(k);
   if (!v) {
     const name = subjectName(s);
     v = { der: new Uint8Array(name.toArrayBuffer()), text: name.toString() };
@@ -258,8 +283,29 @@ function subjectOf(s: SubjectFields): { der: Uint8Array; text: string } {
   return v;
 }
 
+/**
+ * The module-attestation extension value, DER, per (image digest, manifest version, deployment): the same for every
+ * certificate of a module until it is re-attested, so asn1-schema serialises it once, not per certificate (it was
+ * ~5 % of the identity daemon's thread per module certificate).
+ */
+const attestations = new Map<string, Uint8Array>();
+const ATTESTATION_CACHE = 1024;
+
+function attestationDer(at: NonNullable<CertificatePlan["attestation"]>): Uint8Array {
+  const k = JSON.stringify([at.imageDigest, at.manifestVersion, at.deploymentId]);
+  let der = attestations.get(k);
+  if (!der) {
+    const a = new ModuleAttestationAsn({ version: 1, imageDigest: at.imageDigest, manifestVersion: at.manifestVersion });
+    if (at.deploymentId !== undefined) a.deploymentId = at.deploymentId;
+    der = new Uint8Array(AsnConvert.serialize(a));
+    if (attestations.size >= ATTESTATION_CACHE) attestations.delete(attestations.keys().next().value ?? "");
+    attestations.set(k, der);
+  }
+  return der;
+}
+
 /** A certificate the factory made: its DER and the fields callers record, without parsing it again. */
-export interface IssuedCertificate {
+interface IssuedCertificate {
   der: Uint8Array;
   /** Hex without a sign byte, as `X509Certificate.serialNumber` writes it. */
   serial: string;
@@ -276,6 +322,17 @@ export interface IssuedCertificate {
   certificate(): x509.X509Certificate;
 }
 
+/**
+ * PEM of a certificate exactly as @peculiar/x509's PemConverter writes it (RFC 7468: the label lines, base64 in lines
+ * of 64, LF, no final newline) — with Node's base64 encoder instead of a binary string through `btoa`.
+ */
+export function certificatePem(der: Uint8Array): string {
+  const b64 = Buffer.from(der.buffer, der.byteOffset, der.byteLength).toString("base64");
+  let body = "";
+  for (let i = 0; i < b64.length; i += 64) body += `${b64.slice(i, i + 64)}\n`;
+  return `-----BEGIN CERTIFICATE-----\n${body}-----END CERTIFICATE-----`;
+}
+
 function issued(der: Uint8Array, plan: CertificatePlan, subject: string): IssuedCertificate {
   let parsed: x509.X509Certificate | undefined;
   const serialBytes = Buffer.from(plan.serial.length % 2 ? `0${plan.serial}` : plan.serial, "hex");
@@ -284,7 +341,7 @@ function issued(der: Uint8Array, plan: CertificatePlan, subject: string): Issued
   return {
     der, serial: serialBytes.subarray(i).toString("hex"), subject, notBefore: plan.notBefore, notAfter: plan.notAfter, sans: plan.sans,
     fingerprintSha256: createHash("sha256").update(der).digest("hex"), spki: plan.spki,
-    pem: () => x509.PemConverter.encode(new Uint8Array(der), "CERTIFICATE"),
+    pem: () => certificatePem(der),
     certificate: () => (parsed ??= new x509.X509Certificate(new Uint8Array(der))),
   };
 }
@@ -310,11 +367,7 @@ export async function issueCertificateDer(params: IssueParams): Promise<IssuedCe
   }
   const t = await templateFor(plan, params.issuer);
   const extensions: Uint8Array[] = [...t.head, variableExtension(t.prefix.get(OID_SKI), tlv(TAG.OCTET_STRING, keyIdentifier(plan.spki))), t.aki];
-  if (plan.attestation) {
-    const a = new ModuleAttestationAsn({ version: 1, imageDigest: plan.attestation.imageDigest, manifestVersion: plan.attestation.manifestVersion });
-    if (plan.attestation.deploymentId !== undefined) a.deploymentId = plan.attestation.deploymentId;
-    extensions.push(variableExtension(t.prefix.get(OID_MODULE_ATTESTATION), new Uint8Array(AsnConvert.serialize(a))));
-  }
+  if (plan.attestation) extensions.push(variableExtension(t.prefix.get(OID_MODULE_ATTESTATION), attestationDer(plan.attestation)));
   if (plan.nameConstraints) {
     extensions.push(new Uint8Array(nameConstraintsExtension(plan.nameConstraints.trustDomain, plan.nameConstraints.dnsNames).rawData));
   }

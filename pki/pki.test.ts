@@ -4,12 +4,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { SoftwareKeyStore } from "../hsm/software.js";
-import { keyStoreCrypto, keyStoreCryptoKey } from "../hsm/webcrypto.js";
+import { SoftwareKeyStore, keyStoreCrypto, keyStoreCryptoKey } from "../hsm/index.js";
 import { isEdgeTrustError } from "../common/index.js";
 import { openssl, opensslVerify } from "../test/helpers/openssl.js";
+import { OID_MODULE_ATTESTATION, moduleAttestationExtension } from "./attestation.js";
+import { checkModuleDevice } from "./issue.js";
 import {
-  OID_MODULE_ATTESTATION, certificateIdentity, checkModuleDevice, issueCertificate, moduleAttestationExtension,
+  certificateIdentity, issueCertificate,
   parseModuleAttestation, refuseExtraSans, verifyCsr, type Issuer,
 } from "./index.js";
 
@@ -139,6 +140,18 @@ describe("profiles verified by openssl", () => {
       expect(parseInt(s.slice(0, 2), 16)).toBeGreaterThan(0);
       expect(parseInt(s.slice(0, 2), 16)).toBeLessThan(0x80);
     }
+  });
+
+  it("a certificate is usable for its whole lifetime from issuance: the clock-skew backdate of notBefore is not taken from it", async () => {
+    // The shortest module lifetime the daemon allows (300 s) equals the 5-minute backdate: counted from notBefore, the
+    // certificate was expired when issued and the hub refused the module (found by the renewal soak).
+    const before = Date.now();
+    const m = await issueCertificate({
+      profile: "module", subject: { commonName: "shortLived" }, identity: { trustDomain: TD, deviceId: "dev1", moduleId: "shortLived" },
+      attestation: { imageDigest: DIGEST, manifestVersion: 7, deploymentId: "dep-1" }, publicKey: spki(), issuer: issuers.edge!, lifetimeSeconds: 300,
+    });
+    expect(m.notBefore.getTime()).toBeLessThan(before - 60_000);
+    expect(m.notAfter.getTime()).toBeGreaterThanOrEqual(before - 1000 + 300_000);
   });
 
   it("module lifetime is hours and never beyond the issuer", () => {
@@ -275,5 +288,27 @@ describe("verifyCsr", () => {
     await expect(verifyCsr(await makeCsr({ kind: "rsa1024" }))).rejects.toMatchObject({ code: "PKI_PROFILE_VIOLATION" });
     await expect(verifyCsr("not a csr")).rejects.toMatchObject({ code: "PKI_INVALID_CSR" });
     await expect(verifyCsr(new Uint8Array([0x30, 0x03, 0x02, 0x01, 0x01]))).rejects.toMatchObject({ code: "PKI_INVALID_CSR" });
+  });
+});
+
+describe("importSpki: the coordinate fast path for uncompressed P-256/P-384 keys", () => {
+  it("imports the same key as the DER decoder, and refuses what the DER decoder refuses", async () => {
+    const { importSpki } = await import("./keys.js");
+    for (const namedCurve of ["P-256", "P-384"]) {
+      const der = generateKeyPairSync("ec", { namedCurve }).publicKey.export({ format: "der", type: "spki" });
+      expect(importSpki(der).export({ format: "der", type: "spki" }).equals(der)).toBe(true);
+      // A point off the curve (last byte of y flipped) and a coordinate at or above the field prime (all 0xff).
+      const offCurve = Buffer.from(der);
+      offCurve[offCurve.length - 1] = (offCurve[offCurve.length - 1] ?? 0) ^ 1;
+      const coordinate = namedCurve === "P-256" ? 32 : 48;
+      const overPrime = Buffer.from(der);
+      overPrime.fill(0xff, der.length - 2 * coordinate, der.length - coordinate);
+      for (const bad of [offCurve, overPrime]) {
+        expect(() => importSpki(bad)).toThrow(expect.objectContaining({ code: "PKI_PROFILE_VIOLATION" }));
+      }
+    }
+    // A compressed point and RSA still go through the DER decoder.
+    const rsa = generateKeyPairSync("rsa", { modulusLength: 2048 }).publicKey.export({ format: "der", type: "spki" });
+    expect(importSpki(rsa).asymmetricKeyDetails?.modulusLength).toBe(2048);
   });
 });

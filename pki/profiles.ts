@@ -3,9 +3,6 @@ import type { KeyAlgorithm } from "../hsm/index.js";
 
 /** The certificate kinds of the trust chain (DESIGN.md §2). */
 export type ProfileName = "root-ca" | "issuing-ca" | "device-identity" | "edge-ca" | "edge-hub-server" | "module" | "leaf-device";
-export const PROFILE_NAMES: readonly ProfileName[] = [
-  "root-ca", "issuing-ca", "device-identity", "edge-ca", "edge-hub-server", "module", "leaf-device",
-];
 
 export const EKU_SERVER_AUTH = "1.3.6.1.5.5.7.3.1";
 export const EKU_CLIENT_AUTH = "1.3.6.1.5.5.7.3.2";
@@ -48,7 +45,7 @@ const CA_KEYS: KeyAlgorithm[] = ["EC-P256", "EC-P384", "RSA-3072"];
 const NONE: ProfileRequirements = { deviceUri: false, moduleUri: false, nameConstraints: false, hubDnsNames: false };
 
 /** Built-in profiles; policy/ may override lifetimes (`withLifetime`) and key algorithms. */
-export const PROFILES: Readonly<Record<ProfileName, Readonly<Profile>>> = {
+const PROFILES: Readonly<Record<ProfileName, Readonly<Profile>>> = {
   "root-ca": {
     name: "root-ca",
     description: "Offline root CA (self-signed)",
@@ -125,10 +122,4 @@ export const PROFILES: Readonly<Record<ProfileName, Readonly<Profile>>> = {
 
 export function getProfile(p: Profile | ProfileName): Profile {
   return typeof p === "string" ? { ...PROFILES[p] } : p;
-}
-
-/** A copy of a profile with another lifetime (e.g. from policy `certificates:`). */
-export function withLifetime(p: Profile | ProfileName, lifetimeSeconds: number): Profile {
-  if (!Number.isInteger(lifetimeSeconds) || lifetimeSeconds <= 0) throw new RangeError("lifetimeSeconds must be a positive integer");
-  return { ...getProfile(p), lifetimeSeconds };
 }

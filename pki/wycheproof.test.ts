@@ -2,7 +2,8 @@ import { describe, expect, it } from "vitest";
 import { existsSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import * as x509 from "@peculiar/x509";
-import { verifyAsnSignature, verifyCsr } from "./index.js";
+import { verifyCsr } from "./index.js";
+import { verifyAsnSignature } from "./csr.js";
 import { signedBytes } from "./csr.js";
 
 /**

@@ -6,7 +6,8 @@ import { join } from "node:path";
 import { stringify } from "yaml";
 import { main } from "../cli/index.js";
 import { SoftwareKeyStore } from "../hsm/index.js";
-import { signerFromKeyFile, signerFromKeyStore, signManifest, verifyManifest } from "./index.js";
+import { signManifest, verifyManifest } from "./index.js";
+import { signerFromKeyFile, signerFromKeyStore } from "./sign.js";
 import { FIXTURE_NOW, FIXTURE_POLICY_YAML, fixturePolicy, makeManifest, makeTrustRoot, makeSigner } from "./fixtures.js";
 
 async function run(args: string[]): Promise<{ code: number; out: string; err: string }> {

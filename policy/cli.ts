@@ -13,7 +13,7 @@ import type { GeneralJws } from "./jws.js";
 import type { TrustRootBody } from "./schema.js";
 
 /** The sections of edgetrust.yaml these commands read (the command tree hands in a reader of the whole file). */
-export type PolicyCliConfig = { hsm: HsmConfig };
+type PolicyCliConfig = { hsm: HsmConfig };
 
 function readText(file: string, max = 1024 * 1024): string {
   let text: string;
@@ -31,10 +31,9 @@ function writeOut(out: string | undefined, text: string): void {
   else process.stdout.write(text);
 }
 
-export function policyCommand(readConfig: ConfigReader<PolicyCliConfig>): Command {
-  const cmd = new Command("policy").description("Policy files: validate, explain in words, run test cases; the JSON Schema for editors");
-  cmd
-    .command("check")
+/** `edgetrust policy check`. */
+function policyCheckCommand(): Command {
+  return new Command("check")
     .description("validate a policy file strictly (every problem as file:line:col) and its trust root")
     .argument("<file>", "policy YAML file")
     .option("--json", "machine-readable result")
@@ -43,8 +42,11 @@ export function policyCommand(readConfig: ConfigReader<PolicyCliConfig>): Comman
       const trust = await resolveTrust(policy, file);
       emit(Boolean(o.json), { ok: true, file, mode: policy.mode, trust: { source: trust.source, version: trust.body.version, threshold: trust.body.threshold, keys: trust.body.keys.map((k) => k.kid) } }, () => `${file}: ok (${policy.mode}, ${trust.body.threshold} of ${trust.body.keys.length} signer keys)`);
     }));
-  cmd
-    .command("explain")
+}
+
+/** `edgetrust policy explain`. */
+function policyExplainCommand(): Command {
+  return new Command("explain")
     .description("say in words what a policy allows")
     .argument("<file>", "policy YAML file")
     .option("--json", "the validated policy as JSON")
@@ -52,8 +54,11 @@ export function policyCommand(readConfig: ConfigReader<PolicyCliConfig>): Comman
       const { policy } = loadPolicy(file);
       emit(Boolean(o.json), policy, () => explainPolicy(policy));
     }));
-  cmd
-    .command("test")
+}
+
+/** `edgetrust policy test`. */
+function policyTestCommand(): Command {
+  return new Command("test")
     .description("run a case file (modules with options, topics, images; each with expect: allow|deny) against a policy")
     .argument("<file>", "policy YAML file")
     .argument("<cases>", "case YAML file")
@@ -73,13 +78,18 @@ export function policyCommand(readConfig: ConfigReader<PolicyCliConfig>): Comman
           .join("\n"));
       if (failed.length > 0) process.exitCode = 1;
     }));
-  cmd
-    .command("schema")
+}
+
+/** `edgetrust policy schema`. */
+function policySchemaCommand(): Command {
+  return new Command("schema")
     .description("print the policy JSON Schema (the same as policy/policy.schema.json)")
     .action(action(() => { process.stdout.write(policyJsonSchemaText()); }));
+}
 
-  const tr = cmd.command("trust-root").description("trust-root.json: sign, verify, rotate");
-  tr.command("sign")
+/** `edgetrust policy trust-root sign`. */
+function trustRootSignCommand(readConfig: ConfigReader<PolicyCliConfig>): Command {
+  return new Command("sign")
     .description("add one signature to a trust root (start from an unsigned body JSON, or a signed trust-root.json)")
     .requiredOption("--in <file>", "body JSON {type, version, expires, threshold, keys} or trust-root.json")
     .option("--key <file>", "private key file (PKCS#8 PEM or JWK)")
@@ -93,7 +103,11 @@ export function policyCommand(readConfig: ConfigReader<PolicyCliConfig>): Comman
       const target = typeof v === "object" && v !== null && "payload" in v ? parseJwsForSigning(JSON.stringify(v)) : (v as TrustRootBody);
       writeOut(o.out, JSON.stringify(await signTrustRoot(target, signer), null, 2) + "\n");
     }));
-  tr.command("verify")
+}
+
+/** `edgetrust policy trust-root verify`. */
+function trustRootVerifyCommand(): Command {
+  return new Command("verify")
     .description("check a trust root is signed by its own threshold; with --current, check it as a rotation N -> N+1")
     .argument("<file>", "trust-root.json")
     .option("--current <file>", "the trust root in force now")
@@ -111,6 +125,23 @@ export function policyCommand(readConfig: ConfigReader<PolicyCliConfig>): Comman
       emit(Boolean(o.json), { ok: true, version: root.body.version, expires: root.body.expires, threshold: root.body.threshold, keys: root.body.keys.map((k) => ({ kid: k.kid, alg: k.alg })) }, () =>
         `${file}: version ${root.body.version}, ${root.body.threshold} of ${root.body.keys.length} keys, expires ${root.body.expires}`);
     }));
+}
+
+/** `edgetrust policy trust-root`. */
+function trustRootCommand(readConfig: ConfigReader<PolicyCliConfig>): Command {
+  const tr = new Command("trust-root").description("trust-root.json: sign, verify, rotate");
+  tr.addCommand(trustRootSignCommand(readConfig));
+  tr.addCommand(trustRootVerifyCommand());
+  return tr;
+}
+
+export function policyCommand(readConfig: ConfigReader<PolicyCliConfig>): Command {
+  const cmd = new Command("policy").description("Policy files: validate, explain in words, run test cases; the JSON Schema for editors");
+  cmd.addCommand(policyCheckCommand());
+  cmd.addCommand(policyExplainCommand());
+  cmd.addCommand(policyTestCommand());
+  cmd.addCommand(policySchemaCommand());
+  cmd.addCommand(trustRootCommand(readConfig));
   return cmd;
 }
 
@@ -132,10 +163,9 @@ async function signerFrom(o: SignOpts, readConfig: ConfigReader<PolicyCliConfig>
   return { ...s, sign: sign ? async (d) => { try { return await sign(d); } finally { await store.close(); } } : undefined };
 }
 
-export function manifestCommand(readConfig: ConfigReader<PolicyCliConfig>): Command {
-  const cmd = new Command("manifest").description("Deployment manifests: sign (N-of-M, JWS General JSON) and verify");
-  cmd
-    .command("sign")
+/** `edgetrust manifest sign`. */
+function manifestSignCommand(readConfig: ConfigReader<PolicyCliConfig>): Command {
+  return new Command("sign")
     .description("add one signature: to an unsigned manifest JSON (starting the JWS) or to a signed one")
     .requiredOption("--in <file>", "manifest JSON, or a JWS General JSON to co-sign")
     .option("--key <file>", "private key file (PKCS#8 PEM or JWK)")
@@ -150,8 +180,11 @@ export function manifestCommand(readConfig: ConfigReader<PolicyCliConfig>): Comm
       const signer = await signerFrom(o, readConfig);
       writeOut(o.out, JSON.stringify(await signManifest(target, signer), null, 2) + "\n");
     }));
-  cmd
-    .command("verify")
+}
+
+/** `edgetrust manifest verify`. */
+function manifestVerifyCommand(): Command {
+  return new Command("verify")
     .description("verify a signed manifest for this device against a policy and its trust root; prints every reason")
     .argument("<file>", "signed manifest (JWS General JSON)")
     .requiredOption("--policy <file>", "policy YAML (its trust section names the signers)")
@@ -183,5 +216,11 @@ export function manifestCommand(readConfig: ConfigReader<PolicyCliConfig>): Comm
         process.exitCode = 1;
       }
     }));
+}
+
+export function manifestCommand(readConfig: ConfigReader<PolicyCliConfig>): Command {
+  const cmd = new Command("manifest").description("Deployment manifests: sign (N-of-M, JWS General JSON) and verify");
+  cmd.addCommand(manifestSignCommand(readConfig));
+  cmd.addCommand(manifestVerifyCommand());
   return cmd;
 }

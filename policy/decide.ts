@@ -154,7 +154,7 @@ export function decideModuleOptions(policy: Policy, name: string, options: Modul
   return decision(policy, "module", `module ${name}`, rules);
 }
 
-export interface ParsedImage {
+interface ParsedImage {
   registry: string;
   repository: string;
   digest: string;
@@ -203,7 +203,7 @@ export function decideImage(policy: Policy, image: string, module?: string): Dec
 }
 
 /** Who is asking, from its verified certificate. */
-export interface HubIdentity {
+interface HubIdentity {
   principal: "module" | "device" | "leaf";
   device: string;
   module?: string;

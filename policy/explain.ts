@@ -95,7 +95,7 @@ export function explainPolicy(p: Policy): string {
   return out.join("\n") + "\n";
 }
 
-export interface CaseResult {
+interface CaseResult {
   name: string;
   expect: "allow" | "deny";
   got: "allow" | "deny";

@@ -26,7 +26,7 @@ export interface GeneralJws {
   signatures: JwsSignatureEntry[];
 }
 
-export interface ProtectedHeader {
+interface ProtectedHeader {
   alg: string;
   kid: string;
   typ: string;
@@ -165,7 +165,7 @@ export function ed25519KeyProblem(x: string): string | undefined {
 const keyCache = new WeakMap<TrustKey, Promise<CryptoKey>>();
 
 /** The CryptoKey jose verifies with, imported once per trusted key (Ed25519 small-order keys refused). */
-export function verificationKey(key: TrustKey): Promise<CryptoKey> {
+function verificationKey(key: TrustKey): Promise<CryptoKey> {
   let k = keyCache.get(key);
   if (!k) {
     const problem = key.kty === "OKP" ? ed25519KeyProblem(key.x) : undefined;
@@ -188,7 +188,7 @@ export async function verifyJwsSignature(entry: JwsSignatureEntry, payload: stri
 }
 
 /** WebCrypto parameters jose passes to `crypto.subtle.verify` for each accepted alg (jose lib/jws_algorithms.js). */
-export const SUBTLE_VERIFY_PARAMS: Record<JwsAlg, EcdsaParams | Algorithm> = {
+const SUBTLE_VERIFY_PARAMS: Record<JwsAlg, EcdsaParams | Algorithm> = {
   ES256: { name: "ECDSA", hash: "SHA-256" } as EcdsaParams,
   ES384: { name: "ECDSA", hash: "SHA-384" } as EcdsaParams,
   EdDSA: { name: "Ed25519" },
@@ -207,10 +207,6 @@ export async function rawVerify(alg: JwsAlg, key: TrustKey, signature: Uint8Arra
   }
 }
 
-export function b64urlJson(v: unknown): string {
-  return jose.base64url.encode(JSON.stringify(v));
-}
-
 export function sha256Hex(data: string | Uint8Array): string {
   return createHash("sha256").update(data).digest("hex");
 }
@@ -227,7 +223,7 @@ export function decodePayload(payload: string, maxBytes: number): Uint8Array {
   return bytes;
 }
 
-export interface ThresholdResult {
+interface ThresholdResult {
   /** Distinct trusted keys with a valid signature. */
   signers: string[];
   /** Signs of tampering: a bad header, a bad signature by a trusted key, a key signing twice. Any one rejects. */

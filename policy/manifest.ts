@@ -9,7 +9,7 @@ import { addSignature, type JwsSigner } from "./sign.js";
 import { trustRootExpired, type TrustRoot } from "./trust-root.js";
 
 /** How far in the future `issuedAt` may be (signer clock ahead of the device). */
-export const MAX_CLOCK_SKEW_MS = 5 * 60 * 1000;
+const MAX_CLOCK_SKEW_MS = 5 * 60 * 1000;
 
 /** Validate a manifest object (schema + caps) without signing it. */
 export function validateManifest(value: unknown): Manifest {
@@ -61,9 +61,9 @@ export const ManifestStateSchema = Type.Object(
   },
   { additionalProperties: false },
 );
-export type ManifestState = Static<typeof ManifestStateSchema>;
+type ManifestState = Static<typeof ManifestStateSchema>;
 
-export type Check =
+type Check =
   | "size"
   | "format"
   | "schema"
@@ -103,7 +103,7 @@ export interface Verdict {
   checkedAt: string;
 }
 
-export interface VerifyOptions {
+interface VerifyOptions {
   policy: Policy;
   trustRoot: TrustRoot;
   deviceId: string;

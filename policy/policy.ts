@@ -5,9 +5,9 @@ import { PolicySchema, type Policy, type TrustKey } from "./schema.js";
 import { nameGlobMatch, topicFilterProblem } from "./match.js";
 
 /** Largest policy file read (a policy is hand-written; anything bigger is a mistake or an attack). */
-export const MAX_POLICY_BYTES = 1024 * 1024;
+const MAX_POLICY_BYTES = 1024 * 1024;
 
-export interface LoadedPolicy {
+interface LoadedPolicy {
   policy: Policy;
   /** The file it came from (for resolving `trust.trustRoot`). */
   file: string;

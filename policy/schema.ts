@@ -9,7 +9,7 @@ import { Type, type Static, type TSchema } from "@sinclair/typebox";
 const closed = { additionalProperties: false } as const;
 
 /** A short name: rule ids, route names. */
-export const NamePattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
+const NamePattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
 /**
  * The one module-name grammar, everywhere a module is named (manifest, policy, the identity daemon's management
  * socket): lower-case letters, digits, `_` and `-`, starting with a letter or digit. A module name becomes a
@@ -81,7 +81,6 @@ const TrustKey = Type.Object(
   { ...closed, description: "a public signer key as JWK, with its kid and its one algorithm" },
 );
 export type TrustKey = Static<typeof TrustKey>;
-export const TrustKeySchema = TrustKey;
 
 const TrustSection = Type.Union(
   [
@@ -126,7 +125,6 @@ const CertProfile = Type.Object(
   closed,
 );
 export const CERT_KINDS = ["device", "edgeCa", "module", "hub", "leaf"] as const;
-export type CertKind = (typeof CERT_KINDS)[number];
 
 const RedactRule = Type.Object(
   {
@@ -145,7 +143,7 @@ const Severity = Type.Union([Type.Literal("warning"), Type.Literal("contraindica
  * `attestation:` — reference values a remote attestation verifier (ca-service, `ca.attestation.policyFile`) appraises
  * device evidence against. An omitted claim is not appraised (its result is `warning`: nothing vouches for it).
  */
-export const AttestationSectionSchema = Type.Object(
+const AttestationSectionSchema = Type.Object(
   {
     agent: Type.Optional(Type.Array(Sha256Digest, { minItems: 1, maxItems: 256, uniqueItems: true, description: "agent/runtime builds allowed (sha256 of the measured agent file)" })),
     policy: Type.Optional(Type.Union([Type.Literal("self"), DigestList], { description: "`self` = the digest of this policy file, or a list of allowed policy digests" })),
@@ -231,12 +229,10 @@ export const PolicySchema = Type.Object(
 
 export type Policy = Static<typeof PolicySchema>;
 export type ModulePermissions = Static<typeof ModulePermissionsSchema>;
-export type HubRule = Static<typeof HubRule>;
-export type CertProfile = Static<typeof CertProfile>;
+type HubRule = Static<typeof HubRule>;
+type CertProfile = Static<typeof CertProfile>;
 export type RedactRule = Static<typeof RedactRule>;
-export type NetworkMode = Static<typeof NetworkMode>;
-export type AttestationSection = Static<typeof AttestationSectionSchema>;
-export type AttestationSeverity = Static<typeof Severity>;
+type NetworkMode = Static<typeof NetworkMode>;
 
 
 

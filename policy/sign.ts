@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import * as jose from "jose";
 import { EdgeTrustError, isEdgeTrustError } from "../common/index.js";
-import { defaultScheme, type KeyRef, type KeyStore } from "../hsm/index.js";
+import type { KeyRef, KeyStore } from "../hsm/index.js";
 import type { TrustKey } from "./schema.js";
 import { checkProtectedHeader, parseGeneralJws, verifyJwsSignature, type GeneralJws, type JwsAlg } from "./jws.js";
 
@@ -83,6 +83,9 @@ export async function signerFromKeyStore(store: KeyStore, ref: KeyRef, kid?: str
   if (pub.algorithm !== "EC-P256" && pub.algorithm !== "EC-P384") {
     throw new EdgeTrustError("MANIFEST_SIGN_FAILED", `key ${ref.label ?? ref.id ?? "?"} is ${pub.algorithm}; manifests accept ES256, ES384, EdDSA only`);
   }
+  // Loaded here, not at the top: a verifier (the edge agent) never signs, and hsm/ brings the PKCS#11 addon and the
+  // ASN.1 stack with it.
+  const { defaultScheme } = await import("../hsm/index.js");
   const scheme = defaultScheme(pub.algorithm);
   const publicKey = await trustKeyFromJwk(pub.jwk as jose.JWK, kid);
   return {

@@ -6,7 +6,7 @@ import { countSigners, decodePayload, ed25519KeyProblem, parseGeneralJws, sha256
 import { trustKeyProblems } from "./policy.js";
 import { addSignature, type JwsSigner } from "./sign.js";
 
-export const MAX_TRUST_ROOT_BYTES = 64 * 1024;
+const MAX_TRUST_ROOT_BYTES = 64 * 1024;
 
 /**
  * The trust root (TUF-like root metadata): the manifest signer keys, the threshold, a version and an expiry. On disk,
@@ -84,7 +84,7 @@ export async function resolveTrust(policy: Policy, policyFile: string): Promise<
   return { body, digest: sha256Hex(JSON.stringify(body)), source: "policy" };
 }
 
-export interface RotationResult {
+interface RotationResult {
   ok: boolean;
   reasons: string[];
   /** The new root, when ok. */

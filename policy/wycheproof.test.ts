@@ -3,7 +3,10 @@ import { readdirSync, readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as jose from "jose";
-import { rawVerify, signTrustRoot, trustKeyFromJwk, verifyJwsSignature, type JwsAlg, type TrustKey } from "./index.js";
+import { signTrustRoot } from "./index.js";
+import { rawVerify, verifyJwsSignature, type JwsAlg } from "./jws.js";
+import { trustKeyFromJwk } from "./sign.js";
+import type { TrustKey } from "./schema.js";
 import { makeSigner } from "./fixtures.js";
 import { checkProtectedHeader, MANIFEST_TYP } from "./jws.js";
 

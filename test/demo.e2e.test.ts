@@ -9,7 +9,7 @@ import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import type { DemoResult, StepResult } from "../cli/demo/scenario.js";
+import type { DemoResult, StepResult } from "../cli/index.js";
 import { DockerClient } from "../engine/index.js";
 import { DOCKER_SOCKET } from "./fixtures/images.js";
 

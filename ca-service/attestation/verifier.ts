@@ -13,6 +13,7 @@ import type { CertificateAuthority } from "../ca.js";
 import { normalizeSerial, sha256Hex, type CaStore } from "../store.js";
 import { SingleUseTokens } from "../shared/single-use.js";
 import type { AttestationConfig } from "./config.js";
+import type { RouteDeps } from "../shared/route-deps.js";
 
 export { AttestationConfig } from "./config.js";
 
@@ -46,12 +47,12 @@ const Evidence = Type.Object({
 });
 type Evidence = Static<typeof Evidence>;
 
-export const EAR_PROFILE = "tag:github.com,2023:veraison/ear";
+const EAR_PROFILE = "tag:github.com,2023:veraison/ear";
 const ALGS = ["ES256", "ES384", "RS256"];
 
-export type EarStatus = "affirming" | "warning" | "contraindicated";
+type EarStatus = "affirming" | "warning" | "contraindicated";
 /** One claim's appraisal: its status, always a reason, what was measured and which reference value decided it. */
-export interface ClaimAppraisal {
+interface ClaimAppraisal {
   status: EarStatus;
   reason: string;
   measured?: string;
@@ -64,7 +65,7 @@ type ClaimGroup = "agent" | "policy" | "trustRoot" | "manifest" | "modules";
  * Reference values resolved to concrete digests — what `appraise` compares against. A reference-values file
  * (`ReferenceValues`) is one; a policy's `attestation:` section resolves to one (`referencesFromPolicy`).
  */
-export interface References {
+interface References {
   agent?: string[];
   policy?: string[];
   trustRoot?: string[];
@@ -83,7 +84,7 @@ export interface References {
 }
 
 /** The deployment an evidence's manifest digest names, as the verifier's deployment store holds it. */
-export interface AttestedManifest {
+interface AttestedManifest {
   deploymentId: string;
   version: number;
   /** module name → the image digest the manifest pins. */
@@ -151,7 +152,7 @@ export function referencesFromPolicy(file: string): References {
   return refs;
 }
 
-export function loadReferenceValues(file: string): ReferenceValues {
+function loadReferenceValues(file: string): ReferenceValues {
   if (!file) return {};
   return parseYamlStrict(readFileSync(file, "utf8"), ReferenceValues, file).value as ReferenceValues;
 }
@@ -180,7 +181,7 @@ const short = (d: string): string => (d.startsWith("sha256:") && d.length > 23 ?
  * value and the reference that decided it. `attested` is the deployment the evidence's manifest digest names
  * (null: the store has none; undefined: not looked up).
  */
-export function appraise(m: Evidence["measurements"], ref: References, attested?: AttestedManifest | null): Record<string, ClaimAppraisal> {
+function appraise(m: Evidence["measurements"], ref: References, attested?: AttestedManifest | null): Record<string, ClaimAppraisal> {
   const out: Record<string, ClaimAppraisal> = {};
   const sev = (g: ClaimGroup): EarStatus => ref.mismatch?.[g] ?? "contraindicated";
   const where = (g: ClaimGroup): string => `${ref.source ? `${ref.source}: ` : ""}${ref.rules?.[g] ?? g}`;
@@ -406,4 +407,15 @@ export class AttestationVerifier {
     if (payload["ear.status"] !== "affirming") throw new EdgeTrustError("FORBIDDEN", `renewal needs an affirming attestation result, got ${String(payload["ear.status"])}`);
     if (deviceUri && payload.sub !== deviceUri) throw new EdgeTrustError("FORBIDDEN", "the attestation result is about another device");
   }
+}
+
+const verifiers = new WeakMap<RouteDeps["ca"], AttestationVerifier>();
+/** One verifier per CA, shared by the attestation routes and the renewal gate (one nonce store, one reference set). */
+export function verifierFor(deps: RouteDeps): AttestationVerifier {
+  let v = verifiers.get(deps.ca);
+  if (!v) {
+    v = new AttestationVerifier(deps.ca, deps.store, deps.config.attestation);
+    verifiers.set(deps.ca, v);
+  }
+  return v;
 }

@@ -1,5 +1,5 @@
-import type { FastifyInstance } from "fastify";
-import type { RouteDeps } from "../routes/types.js";
+import type { FastifyPluginAsync } from "fastify";
+import { registerRoutes, type RouteDeps } from "../shared/route-deps.js";
 import { casRoutes } from "./routes/v1-cas.js";
 import { issueRoutes } from "./routes/v1-certificates-issue.js";
 import { certificateReadRoutes } from "./routes/v1-certificates-get.js";
@@ -10,20 +10,18 @@ import { renewRoutes } from "./routes/v1-renew.js";
 import { auditRoutes } from "./routes/v1-audit.js";
 import { adminRoutes } from "./routes/v1-admin.js";
 
-export { crlRoutes, ocspRoutes };
-
 /**
- * The CA feature's routes (CA certificates, issuance, reads, revocation, CRL, OCSP, renewal, audit, admin), each file
- * its own plugin, registered side by side on the service (as before: the renewal attestation hook sees them all).
+ * The CA feature (CA certificates, issuance, reads, revocation, CRL, OCSP, renewal, audit, admin), each route file its
+ * own plugin inside this one. Encapsulated: it adds no hook or decorator; the service-wide hooks (auth check, metrics,
+ * rate limit, problem+json) and the renewal attestation gate are registered on the root and reach its routes.
  */
-export async function registerCaRoutes(app: FastifyInstance, deps: RouteDeps): Promise<void> {
-  await app.register(casRoutes, deps);
-  await app.register(issueRoutes, deps);
-  await app.register(certificateReadRoutes, deps);
-  await app.register(revokeRoutes, deps);
-  await app.register(crlRoutes, deps);
-  await app.register(ocspRoutes, deps);
-  await app.register(renewRoutes, deps);
-  await app.register(auditRoutes, deps);
-  await app.register(adminRoutes, deps);
-}
+export const caPlugin: FastifyPluginAsync<RouteDeps> = async (app, deps) => {
+  await registerRoutes(app, deps, [
+    casRoutes, issueRoutes, certificateReadRoutes, revokeRoutes, revocationPlugin, renewRoutes, auditRoutes, adminRoutes,
+  ]);
+};
+
+/** CRL and OCSP: part of the CA feature, and all the plain-HTTP revocation listener serves of it. */
+export const revocationPlugin: FastifyPluginAsync<RouteDeps> = async (app, deps) => {
+  await registerRoutes(app, deps, [crlRoutes, ocspRoutes]);
+};

@@ -5,13 +5,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { run } from "./test-fixtures.js";
+import { cliBundleArgs } from "../../test/fixtures/cli-bundle.js";
 
-const ENTRY = fileURLToPath(new URL("../../test/helpers/cli-main.ts", import.meta.url));
+const CLI = cliBundleArgs();
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 let dir: string;
 let cfg: string;
 
-const cli = (args: string[]) => run(process.execPath, ["--import", "tsx", ENTRY, "ca", ...args, "-c", cfg], { cwd: ROOT });
+const cli = (args: string[]) => run(process.execPath, [...CLI, "ca", ...args, "-c", cfg], { cwd: ROOT });
 const spki = () => generateKeyPairSync("ec", { namedCurve: "P-256" }).publicKey.export({ type: "spki", format: "pem" }).toString();
 
 beforeAll(() => {
@@ -64,5 +65,5 @@ describe("edgetrust ca line / ca enroll (CLI)", () => {
     const rev = await cli(["line", "revoke", line.line.id, "--json"]);
     expect(JSON.parse(rev.stdout).revokedAt).toBeTruthy();
     expect((await cli(["line", "revoke", line.line.id])).code).toBe(1);
-  });
+  }, 180_000); // a dozen CLI processes, one after another: each takes seconds to start on a loaded machine
 });

@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { basename } from "node:path";
-import { Option, type Command } from "commander";
+import { Command, Option } from "commander";
 import { EdgeTrustError, action, emit, type ConfigReader } from "../../common/index.js";
 import type { CaConfig } from "../config.js";
 import { openCaStore } from "../store-identity.js";
@@ -9,7 +9,7 @@ import { ENROLLMENT_PROFILES, INDIVIDUAL_ATTESTATIONS, type EnrollmentProfile, t
 import { EnrollmentStore, LINE_SCOPES, type LineScope, type ProvisioningLine } from "./store.js";
 
 /** The sections of edgetrust.yaml these commands read (the command tree hands in a reader of the whole file). */
-export type EnrollmentCliConfig = { ca: CaConfig };
+type EnrollmentCliConfig = { ca: CaConfig };
 
 interface Common {
   config?: string;
@@ -43,10 +43,9 @@ function enrollmentView(e: IndividualEnrollment): Omit<IndividualEnrollment, "cr
   return rest;
 }
 
-/** `edgetrust ca line create|list|revoke` and `edgetrust ca enroll add|import|list|disable|enable`, added to `ca`. */
-export function addEnrollmentCommands(ca: Command, readConfig: ConfigReader<EnrollmentCliConfig>): void {
-  const line = ca.command("line").description("provisioning lines: factory API principals with scoped credentials, quotas and rate limits");
-  line.command("create")
+/** `edgetrust ca line create`. */
+function lineCreateCommand(readConfig: ConfigReader<EnrollmentCliConfig>): Command {
+  return new Command("create")
     .description("create a line; its token is printed once (only its sha256 is stored)")
     .addOption(configOpt()).addOption(jsonOpt())
     .requiredOption("--name <name>", "which factory line")
@@ -61,14 +60,22 @@ export function addEnrollmentCommands(ca: Command, readConfig: ConfigReader<Enro
       }, "cli:line-create"));
       emit(Boolean(o.json), r, () => `${lineText(r.line)}${r.token ? `\ntoken (shown once): ${r.token}` : ""}`);
     }));
-  line.command("list")
+}
+
+/** `edgetrust ca line list`. */
+function lineListCommand(readConfig: ConfigReader<EnrollmentCliConfig>): Command {
+  return new Command("list")
     .description("list provisioning lines")
     .addOption(configOpt()).addOption(jsonOpt())
     .action(action(async (o: Common) => {
       const lines = await withStore(readConfig, o, (es) => es.listLines());
       emit(Boolean(o.json), { lines }, () => lines.map(lineText).join("\n") || "no provisioning lines");
     }));
-  line.command("revoke")
+}
+
+/** `edgetrust ca line revoke`. */
+function lineRevokeCommand(readConfig: ConfigReader<EnrollmentCliConfig>): Command {
+  return new Command("revoke")
     .description("revoke a line: its credential stops working at once (its enrollments stay)")
     .addOption(configOpt()).addOption(jsonOpt())
     .argument("<id>", "line id")
@@ -76,9 +83,11 @@ export function addEnrollmentCommands(ca: Command, readConfig: ConfigReader<Enro
       const l = await withStore(readConfig, o, (es) => es.revokeLine(id, "cli:line-revoke"));
       emit(Boolean(o.json), l, () => `revoked ${l.id} (${l.name})`);
     }));
+}
 
-  const enroll = ca.command("enroll").description("individual enrollments (registration id + public key, bootstrap certificate or TPM EK)");
-  enroll.command("add")
+/** `edgetrust ca enroll add`. */
+function enrollAddCommand(readConfig: ConfigReader<EnrollmentCliConfig>): Command {
+  return new Command("add")
     .description("create or update one individual enrollment (the same values again change nothing)")
     .addOption(configOpt()).addOption(jsonOpt())
     .argument("<registrationId>", "registration id (= device id)")
@@ -104,7 +113,11 @@ export function addEnrollmentCommands(ca: Command, readConfig: ConfigReader<Enro
       }, { actor: "cli:enroll-add", lineId: null }));
       emit(Boolean(o.json), { outcome: r.outcome, enrollment: enrollmentView(r.enrollment) }, () => `${r.outcome} ${r.enrollment.registrationId} (${r.enrollment.attestation}, ${r.enrollment.status})`);
     }));
-  enroll.command("import")
+}
+
+/** `edgetrust ca enroll import`. */
+function enrollImportCommand(readConfig: ConfigReader<EnrollmentCliConfig>): Command {
+  return new Command("import")
     .description("bulk import a CSV or JSON file; idempotent, all-or-nothing per batch; progress on stderr")
     .addOption(configOpt()).addOption(jsonOpt())
     .argument("<file>", "CSV (header: registrationId,attestation,credential,...) or JSON array")
@@ -130,7 +143,11 @@ export function addEnrollmentCommands(ca: Command, readConfig: ConfigReader<Enro
       ].join("\n"));
       if (report.rejected.length) process.exitCode = 1;
     }));
-  enroll.command("list")
+}
+
+/** `edgetrust ca enroll list`. */
+function enrollListCommand(readConfig: ConfigReader<EnrollmentCliConfig>): Command {
+  return new Command("list")
     .description("list individual enrollments (paged by registration id)")
     .addOption(configOpt()).addOption(jsonOpt())
     .option("--after <id>", "start after this registration id")
@@ -140,14 +157,36 @@ export function addEnrollmentCommands(ca: Command, readConfig: ConfigReader<Enro
       const list = await withStore(readConfig, o, (es) => es.listIndividuals({ ...(o.after ? { after: o.after } : {}), limit: o.limit, lineId: o.line ?? null }));
       emit(Boolean(o.json), { enrollments: list.map(enrollmentView) }, () => list.map((e) => `${e.registrationId}  ${e.attestation}  ${e.profile}  ${e.status}${e.lineId ? `  line=${e.lineId}` : ""}`).join("\n") || "no enrollments");
     }));
-  for (const [verb, status] of [["disable", "disabled"], ["enable", "enabled"]] as const) {
-    enroll.command(verb)
-      .description(`${verb} an individual enrollment (${verb === "disable" ? "the device can no longer register" : "registration allowed again"})`)
-      .addOption(configOpt()).addOption(jsonOpt())
-      .argument("<registrationId>", "registration id")
-      .action(action(async (registrationId: string, o: Common) => {
-        const e = await withStore(readConfig, o, (es) => es.setIndividualStatus(registrationId, status, { actor: `cli:enroll-${verb}`, lineId: null }));
-        emit(Boolean(o.json), enrollmentView(e), () => `${e.registrationId} ${e.status}`);
-      }));
-  }
+}
+
+/** `edgetrust ca enroll disable` and `edgetrust ca enroll enable`. */
+function enrollStatusCommand(readConfig: ConfigReader<EnrollmentCliConfig>, verb: "disable" | "enable", status: "disabled" | "enabled"): Command {
+  return new Command(verb)
+    .description(`${verb} an individual enrollment (${verb === "disable" ? "the device can no longer register" : "registration allowed again"})`)
+    .addOption(configOpt()).addOption(jsonOpt())
+    .argument("<registrationId>", "registration id")
+    .action(action(async (registrationId: string, o: Common) => {
+      const e = await withStore(readConfig, o, (es) => es.setIndividualStatus(registrationId, status, { actor: `cli:enroll-${verb}`, lineId: null }));
+      emit(Boolean(o.json), enrollmentView(e), () => `${e.registrationId} ${e.status}`);
+    }));
+}
+
+/** `edgetrust ca line create|list|revoke`. */
+export function lineCommand(readConfig: ConfigReader<EnrollmentCliConfig>): Command {
+  const line = new Command("line").description("provisioning lines: factory API principals with scoped credentials, quotas and rate limits");
+  line.addCommand(lineCreateCommand(readConfig));
+  line.addCommand(lineListCommand(readConfig));
+  line.addCommand(lineRevokeCommand(readConfig));
+  return line;
+}
+
+/** `edgetrust ca enroll add|import|list|disable|enable`. */
+export function enrollCommand(readConfig: ConfigReader<EnrollmentCliConfig>): Command {
+  const enroll = new Command("enroll").description("individual enrollments (registration id + public key, bootstrap certificate or TPM EK)");
+  enroll.addCommand(enrollAddCommand(readConfig));
+  enroll.addCommand(enrollImportCommand(readConfig));
+  enroll.addCommand(enrollListCommand(readConfig));
+  enroll.addCommand(enrollStatusCommand(readConfig, "disable", "disabled"));
+  enroll.addCommand(enrollStatusCommand(readConfig, "enable", "enabled"));
+  return enroll;
 }

@@ -11,7 +11,7 @@ export function deriveDeviceKey(groupKeyB64: string, registrationId: string): st
   return createHmac("sha256", Buffer.from(groupKeyB64, "base64")).update(registrationId, "utf8").digest("base64");
 }
 
-export interface ParsedSas {
+interface ParsedSas {
   /** `sr` exactly as received (still URL-encoded): the signature is verified over this text. */
   srRaw: string;
   /** `sr` decoded: must name `<idScope>/registrations/<registrationId>`. */
@@ -74,11 +74,6 @@ export function sameKey(a: string, b: string): boolean {
   const x = Buffer.from(a, "utf8");
   const y = Buffer.from(b, "utf8");
   return x.length === y.length && timingSafeEqual(x, y);
-}
-
-/** Is `cert` (DER) valid now and signed by `caPem` (subject/issuer names match and the signature verifies)? */
-export function chainsTo(cert: NodeX509, caPem: string, now = Date.now()): boolean {
-  return certValidAt(cert, now) && signedBy(cert, caPem, now);
 }
 
 /** Is `cert` inside its validity period at `now`? */

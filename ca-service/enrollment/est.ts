@@ -8,7 +8,6 @@ import { EdgeTrustError } from "../../common/index.js";
 /** RFC 7030 content types. */
 export const EST_CERTS_TYPE = "application/pkcs7-mime; smime-type=certs-only";
 export const EST_CSRATTRS_TYPE = "application/csrattrs";
-export const EST_PKCS10_TYPE = "application/pkcs10";
 
 /**
  * A degenerate ("certs-only") CMS SignedData (RFC 5652 §5, RFC 7030 §4.1.3): version 1, no digest algorithms, id-data
@@ -36,7 +35,7 @@ export function base64Body(der: Uint8Array): string {
 
 /** CsrAttrs ::= SEQUENCE SIZE (0..MAX) OF AttrOrOID — here only OIDs (the attributes we want the CSR to use). */
 @AsnType({ type: AsnTypeTypes.Sequence, itemType: AsnPropTypes.ObjectIdentifier })
-export class CsrAttrs extends AsnArray<string> {
+class CsrAttrs extends AsnArray<string> {
   constructor(items?: string[]) {
     super(items);
     Object.setPrototypeOf(this, CsrAttrs.prototype);
@@ -44,7 +43,7 @@ export class CsrAttrs extends AsnArray<string> {
 }
 
 /** What our CSR checks accept: ECDSA with SHA-256 (P-256) or SHA-384 (P-384), RSA with SHA-256. */
-export const CSR_ATTR_OIDS = [
+const CSR_ATTR_OIDS = [
   "1.2.840.10045.4.3.2", // ecdsa-with-SHA256
   "1.2.840.10045.4.3.3", // ecdsa-with-SHA384
   "1.2.840.113549.1.1.11", // sha256WithRSAEncryption

@@ -1,3 +1,4 @@
+import { parse } from "csv-parse/sync";
 import { EdgeTrustError } from "../../common/index.js";
 import type { IndividualEnrollmentInput } from "./model.js";
 import type { ImportRow } from "./store.js";
@@ -8,7 +9,7 @@ import type { ImportRow } from "./store.js";
  * lifetimeDays, edgeCa (true/false), dnsNames (`;`-separated), labels (`k=v;k=v`), status. Unknown columns are an
  * error for the whole file; a bad field makes that row bad (reported with its row number), never the whole file.
  */
-export const CSV_COLUMNS = ["registrationId", "attestation", "credential", "profile", "lifetimeDays", "edgeCa", "dnsNames", "labels", "status"] as const;
+const CSV_COLUMNS = ["registrationId", "attestation", "credential", "profile", "lifetimeDays", "edgeCa", "dnsNames", "labels", "status"] as const;
 const REQUIRED = ["registrationId", "attestation", "credential"];
 
 export type ImportFormat = "csv" | "json";
@@ -20,45 +21,18 @@ export function detectFormat(name: string, text: string): ImportFormat {
 }
 
 /**
- * RFC 4180 records: quoted fields may hold commas, quotes ("") and newlines. Returns records with their line numbers.
- * Lines without quotes (the common case) take a split() fast path; a quoted record is scanned character by character.
+ * RFC 4180 records (csv-parse): quoted fields may hold commas, quotes ("") and newlines; CRLF or LF; a BOM is dropped;
+ * blank lines are skipped. Each record carries the line it starts on, which is what an operator's editor shows.
  */
 export function parseCsvRecords(text: string): { line: number; fields: string[] }[] {
-  const out: { line: number; fields: string[] }[] = [];
-  const lines = text.split("\n");
-  for (let i = 0; i < lines.length; i++) {
-    const start = i + 1;
-    let rec = lines[i] as string;
-    if (rec.includes('"')) {
-      // A record continues while its quotes are unbalanced (a quoted field holds a newline).
-      while ((rec.match(/"/g)?.length ?? 0) % 2 === 1 && i + 1 < lines.length) rec += "\n" + (lines[++i] as string);
-      if ((rec.match(/"/g)?.length ?? 0) % 2 === 1) throw new EdgeTrustError("INVALID_INPUT", `CSV: unterminated quoted field starting on line ${start}`);
-      out.push({ line: start, fields: quotedFields(rec.replace(/\r$/, "")) });
-      continue;
-    }
-    if (rec.endsWith("\r")) rec = rec.slice(0, -1);
-    if (rec === "") continue;
-    out.push({ line: start, fields: rec.split(",") });
+  let records: { record: string[]; info: { lines: number } }[];
+  try {
+    records = parse(text, { bom: true, relax_column_count: true, skip_empty_lines: true, info: true, record_delimiter: ["\r\n", "\n"] }) as unknown as typeof records;
+  } catch (e) {
+    throw new EdgeTrustError("INVALID_INPUT", `CSV: ${(e as Error).message}`);
   }
-  return out;
-}
-
-function quotedFields(rec: string): string[] {
-  const fields: string[] = [];
-  let field = "";
-  let quoted = false;
-  for (let i = 0; i < rec.length; i++) {
-    const c = rec[i] as string;
-    if (quoted) {
-      if (c === '"') {
-        if (rec[i + 1] === '"') { field += '"'; i++; } else quoted = false;
-      } else field += c === "\r" && rec[i + 1] === "\n" ? "" : c;
-    } else if (c === '"' && field === "") quoted = true;
-    else if (c === ",") { fields.push(field); field = ""; }
-    else field += c;
-  }
-  fields.push(field);
-  return fields;
+  // info.lines is the line a record ends on; newlines inside its quoted fields say how many lines it spans.
+  return records.map(({ record, info }) => ({ line: info.lines - record.reduce((n, f) => n + (f.match(/\n/g)?.length ?? 0), 0), fields: record }));
 }
 
 function csvRow(header: string[], rec: { line: number; fields: string[] }): ImportRow {
@@ -123,7 +97,7 @@ export function parseImport(text: string, format: ImportFormat): ImportRow[] {
     }
     return rowsFromJson(doc);
   }
-  const recs = parseCsvRecords(text.replace(/^\uFEFF/, ""));
+  const recs = parseCsvRecords(text);
   const head = recs.shift();
   if (!head) return [];
   const header = head.fields.map((h) => h.trim());

@@ -68,4 +68,11 @@ CREATE TABLE registrations (
 );
 `,
   },
+  {
+    // Issue 17: group keys are wrapped by the CA key store; rows written before stay 'plain' until the wrap pass at
+    // `ca serve` start (or their first use) wraps them.
+    version: 170,
+    name: "enrollment group keys: stored form (plain or wrapped-v1)",
+    sql: "ALTER TABLE enrollment_groups ADD COLUMN group_key_form TEXT NOT NULL DEFAULT 'plain'",
+  },
 ];

@@ -26,7 +26,7 @@ export type IndividualAttestation = (typeof INDIVIDUAL_ATTESTATIONS)[number];
 export const GROUP_ATTESTATIONS = ["x509CA", "symmetricKey"] as const;
 export type GroupAttestation = (typeof GROUP_ATTESTATIONS)[number];
 export type EnrollmentStatus = "enabled" | "disabled";
-export const MAX_LIFETIME_DAYS = 3650;
+const MAX_LIFETIME_DAYS = 3650;
 
 export interface IndividualEnrollment {
   registrationId: string;
@@ -153,7 +153,7 @@ function checkSpki(der: Buffer): void {
 }
 
 /** Parse and fingerprint a credential; throws INVALID_INPUT with the reason. */
-export function normalizeCredential(attestation: IndividualAttestation, credential: string): { der: Buffer; sha256: string } {
+function normalizeCredential(attestation: IndividualAttestation, credential: string): { der: Buffer; sha256: string } {
   if (typeof credential !== "string" || credential.length === 0 || credential.length > 16384) throw bad("credential is missing or too large");
   const der = derOf(credential, attestation === "x509" ? ["CERTIFICATE"] : ["PUBLIC KEY"]);
   try {
@@ -218,7 +218,7 @@ export function normalizeIndividual(input: IndividualEnrollmentInput): Normalize
   return { registrationId, attestation: input.attestation, credentialSha256: cred.sha256, credential, ...c, dnsNames, labels, rowHash };
 }
 
-export type NormalizedGroup = Omit<EnrollmentGroup, "lineId" | "createdAt" | "updatedAt" | "hasGroupKey"> & { groupKey: string | null };
+type NormalizedGroup = Omit<EnrollmentGroup, "lineId" | "createdAt" | "updatedAt" | "hasGroupKey"> & { groupKey: string | null };
 
 export function normalizeGroup(input: EnrollmentGroupInput, generatedKey: () => string): NormalizedGroup {
   if (typeof input.id !== "string" || !new RegExp(GROUP_ID_PATTERN).test(input.id)) throw bad(`group id ${JSON.stringify(input.id)} is not allowed (lowercase letters, digits, . _ -)`);

@@ -28,7 +28,7 @@ export interface Refusal {
   details?: Record<string, unknown>;
 }
 
-export interface RefusalAuditOptions {
+interface RefusalAuditOptions {
   /** Individually written refusals per client address per window, fleet-wide (default 60). */
   perSource?: number;
   /** Individually written refusals per window, all sources, fleet-wide (default 600). */

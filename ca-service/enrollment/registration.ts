@@ -1,13 +1,14 @@
 import "reflect-metadata";
 import type { X509Certificate as NodeX509 } from "node:crypto";
 import { EdgeTrustError, isEdgeTrustError } from "../../common/index.js";
-import { verifyCsr } from "../../pki/index.js";
+import { verifyCsr, type VerifiedCsr } from "../../pki/index.js";
 import type { CertificateAuthority, Issued } from "../ca.js";
 import { sha256Hex } from "../store.js";
 import { certValidAt, commonNameOf, deriveDeviceKey, parseSas, sameKey, signedBy, verifySas } from "./credentials.js";
 import { checkRegistrationId, effectiveDnsNames, type EnrollmentProfile } from "./model.js";
 import type { EnrollmentStore, RegistrationRecord } from "./store.js";
-import { TpmChallenges, type TpmChallenge, type TpmChallengeRequest, type TpmProof } from "./tpm.js";
+import { EkTrust } from "./ek-roots.js";
+import { checkSentEk, TpmChallenges, type TpmChallenge, type TpmChallengeRequest, type TpmProof } from "./tpm.js";
 
 /** How a device proves it may register (besides the CSR signature, always required). */
 export type RegistrationCredential =
@@ -22,9 +23,9 @@ export type RegistrationCredential =
   /** A `tpm` enrollment: the answer to a challenge from `tpmChallenge` (activated secret + the AK's certify of the CSR key). */
   | { kind: "tpm"; proof: TpmProof };
 
-export type RegistrationChannel = "api" | "est" | "dps";
+type RegistrationChannel = "api" | "est" | "dps";
 
-export interface RegisterInput {
+interface RegisterInput {
   registrationId: string;
   /** PKCS#10 PEM for the device identity key (the device's HSM key). */
   csr: string;
@@ -109,8 +110,12 @@ export class RegistrationService {
   /** Outstanding TPM challenges: share one instance between the challenge route and registration. */
   readonly tpmChallenges: TpmChallenges;
 
-  constructor(readonly ca: CertificateAuthority, readonly enrollments: EnrollmentStore, tpmChallenges?: TpmChallenges) {
+  /** The TPM manufacturer roots EK certificates must chain to; none given: every TPM attestation is refused. */
+  readonly ekTrust: EkTrust;
+
+  constructor(readonly ca: CertificateAuthority, readonly enrollments: EnrollmentStore, tpmChallenges?: TpmChallenges, ekTrust?: EkTrust) {
     this.tpmChallenges = tpmChallenges ?? new TpmChallenges(ca.store.db);
+    this.ekTrust = ekTrust ?? EkTrust.none();
   }
 
   /**
@@ -121,6 +126,8 @@ export class RegistrationService {
     const id = checkRegistrationId(registrationId);
     const ind = await this.enrollments.getIndividual(id);
     if (!ind || ind.attestation !== "tpm") throw unauth(`no TPM enrollment for registration id ${id}`, "enroll the device's endorsement key (attestation tpm)");
+    checkSentEk(req.ekPub, Buffer.from(ind.credential, "base64"));
+    await this.ekTrust.check(req.ekCert, Buffer.from(ind.credential, "base64"));
     const challenge = await this.tpmChallenges.create(id, Buffer.from(ind.credential, "base64"), req, source);
     if (ind.status !== "enabled") throw disabled(`enrollment ${id}`);
     return challenge;
@@ -183,8 +190,18 @@ export class RegistrationService {
         const sas = cred.kind === "sas" ? parseSas(cred.header) : undefined;
         const groups = await this.enrollments.listGroups({ attestation: "symmetricKey" });
         let lastError: EdgeTrustError | undefined;
+        // A group whose stored key does not unwrap (altered row) cannot vouch for anyone; the other groups still
+        // can, and when none accepts the device the refusal names the damaged group rather than a wrong key.
+        let refusedStore: EdgeTrustError | undefined;
         for (const g of groups) {
-          const key = await this.enrollments.groupKey(g.id);
+          let key: string | undefined;
+          try {
+            key = await this.enrollments.groupKey(g.id);
+          } catch (e) {
+            if (!isEdgeTrustError(e, "CA_STORE_REFUSED")) throw e;
+            refusedStore ??= e;
+            continue;
+          }
           if (!key) continue;
           const deviceKey = deriveDeviceKey(key, registrationId);
           try {
@@ -200,7 +217,7 @@ export class RegistrationService {
           if (g.status !== "enabled") throw disabled(`enrollment group ${g.id}`);
           return { kind: "group", id: g.id, attestation: "symmetricKey", profile: g.profile, lifetimeDays: g.lifetimeDays, edgeCa: g.edgeCa, dnsNames: effectiveDnsNames(registrationId, []), labels: g.labels };
         }
-        throw lastError ?? unauth("no symmetric-key enrollment group accepts this key");
+        throw refusedStore ?? lastError ?? unauth("no symmetric-key enrollment group accepts this key");
       }
       throw unauth(`no enrollment for registration id ${registrationId} accepts this credential`, "present the bootstrap certificate or a SAS token, or enroll the device's public key");
     };
@@ -215,7 +232,7 @@ export class RegistrationService {
 
     const profile = this.ca.profile(r.profile);
     const csr = await verifyCsr(input.csr, { allowedKeyAlgorithms: profile.allowedKeyAlgorithms });
-    const spkiSha = sha256Hex(new Uint8Array(csr.publicKey.rawData));
+    const spkiSha = sha256Hex(csr.spki);
     if (r.requiredSpkiSha256 && spkiSha !== r.requiredSpkiSha256) {
       throw unauth("the CSR's key is not the enrolled public key", "sign the CSR with the key that was enrolled");
     }
@@ -225,25 +242,29 @@ export class RegistrationService {
     if (r.refusal) throw r.refusal;
     if (r.edgeCa && !input.edgeCaCsr && !input.identityOnly) throw new EdgeTrustError("INVALID_INPUT", "this enrollment issues an Edge CA: send edgeCaCsr too");
     if (!r.edgeCa && input.edgeCaCsr) throw new EdgeTrustError("INVALID_INPUT", "this enrollment does not issue an Edge CA certificate");
+    let edgeCaCsr: VerifiedCsr | undefined;
     if (input.edgeCaCsr) {
-      const e = await verifyCsr(input.edgeCaCsr, { allowedKeyAlgorithms: this.ca.profile("edge-ca").allowedKeyAlgorithms });
-      if (sha256Hex(new Uint8Array(e.publicKey.rawData)) === spkiSha) throw new EdgeTrustError("PKI_PROFILE_VIOLATION", "the Edge CA key must differ from the device identity key");
+      const e = edgeCaCsr = await verifyCsr(input.edgeCaCsr, { allowedKeyAlgorithms: this.ca.profile("edge-ca").allowedKeyAlgorithms });
+      if (sha256Hex(e.spki) === spkiSha) throw new EdgeTrustError("PKI_PROFILE_VIOLATION", "the Edge CA key must differ from the device identity key");
     }
 
     const requestSha = sha256Hex(JSON.stringify([input.csr.trim(), input.edgeCaCsr?.trim() ?? null]));
     const source = `${r.kind}:${r.id}`;
-    const claim = await this.enrollments.beginRegistration(registrationId, source, input.idempotencyKey, requestSha, actor);
+    // The device record is written with the claim (one transaction): issuance reads subject and SANs from it.
+    const claim = await this.enrollments.claimRegistration({
+      registrationId, source, idempotencyKey: input.idempotencyKey, requestSha256: requestSha, actor,
+      device: { deviceId: registrationId, kind: r.profile === "leaf-device" ? "leaf" : "device", commonName: registrationId.slice(0, 64), dnsNames: r.dnsNames },
+    });
     if (!claim.fresh) return { result: await this.waitFor(claim.record), replayed: true };
 
     try {
-      await this.ca.store.upsertEnrollment({ deviceId: registrationId, kind: r.profile === "leaf-device" ? "leaf" : "device", commonName: registrationId.slice(0, 64), dnsNames: r.dnsNames }, actor);
       const lifetime = r.lifetimeDays ? { lifetimeSeconds: r.lifetimeDays * 86400 } : {};
-      const identity = await this.ca.issue({ csrPem: input.csr, profile: r.profile, deviceId: registrationId, ...lifetime }, actor, "cert.issue.registration");
-      const edgeCa = input.edgeCaCsr ? await this.ca.issue({ csrPem: input.edgeCaCsr, profile: "edge-ca", deviceId: registrationId, ...lifetime }, actor, "cert.issue.registration") : null;
+      const identity = await this.ca.issue({ csrPem: input.csr, profile: r.profile, deviceId: registrationId, verifiedCsr: csr, ...lifetime }, actor, "cert.issue.registration");
+      const edgeCa = input.edgeCaCsr ? await this.ca.issue({ csrPem: input.edgeCaCsr, profile: "edge-ca", deviceId: registrationId, ...(edgeCaCsr ? { verifiedCsr: edgeCaCsr } : {}), ...lifetime }, actor, "cert.issue.registration") : null;
       const result: RegistrationResult = {
         registrationId, deviceId: registrationId, status: "assigned", operationId: claim.operationId, assignedAt: new Date().toISOString(),
         enrollment: { kind: r.kind, id: r.id, attestation: r.attestation }, identity: view(identity), edgeCa: edgeCa ? view(edgeCa) : null,
-        trustBundlePem: this.ca.trustBundlePem(), labels: r.labels,
+        trustBundlePem: this.trustBundlePem(), labels: r.labels,
       };
       await this.enrollments.completeRegistration(registrationId, result, { source, channel: input.channel, identity: identity.record.serial, edgeCa: edgeCa?.record.serial ?? null }, actor);
       return { result, replayed: false };
@@ -251,6 +272,21 @@ export class RegistrationService {
       await this.enrollments.failRegistration(registrationId, e instanceof Error ? e.message : String(e), actor).catch(() => undefined);
       throw e;
     }
+  }
+
+  private bundle: { certs: object[]; pem: string } | undefined;
+
+  /**
+   * The CA's trust bundle, re-encoded only when its certificates change (a rollover or reload loads new objects):
+   * PEM-encoding every root and issuer through @peculiar/x509 on each registration was ~50 µs of the request.
+   */
+  private trustBundlePem(): string {
+    const certs: object[] = [...this.ca.rootCertificates(), ...this.ca.issuers().map((c) => c.cert)];
+    const b = this.bundle;
+    if (b && b.certs.length === certs.length && b.certs.every((c, i) => c === certs[i])) return b.pem;
+    const pem = this.ca.trustBundlePem();
+    this.bundle = { certs, pem };
+    return pem;
   }
 
   /** A replay of a registration still being processed by another request waits (briefly) for its result. */

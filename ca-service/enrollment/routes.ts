@@ -1,5 +1,5 @@
 import type { FastifyPluginAsync } from "fastify";
-import type { RouteDeps } from "../routes/types.js";
+import { registerRoutes, type RouteDeps } from "../shared/route-deps.js";
 import { lineRoutes } from "./routes/v1-enrollments-lines.js";
 import { enrollmentRoutes } from "./routes/v1-enrollments.js";
 import { enrollmentImportRoutes } from "./routes/v1-enrollments-import.js";
@@ -7,12 +7,18 @@ import { registrationRoutes } from "./routes/v1-enrollments-register.js";
 import { estRoutes } from "./routes/est-enroll.js";
 import { dpsRoutes } from "./routes/dps-register.js";
 import { RefusalAudit, refusalFromError } from "./refusals.js";
+import { EnrollmentStore } from "./store.js";
+import { groupKeyVault } from "./group-keys.js";
 
 /**
  * Every enrollment-API route (lines, enrollments, import, registration, EST, DPS), each file its own plugin. Every
  * refusal of any of them (4xx) is audited here, once, under the flood budget of `RefusalAudit`.
  */
-export const enrollmentApiRoutes: FastifyPluginAsync<RouteDeps> = async (app, deps) => {
+export const enrollmentPlugin: FastifyPluginAsync<RouteDeps> = async (app, deps) => {
+  // Issue 17 start-up migration: group keys a database still holds plain are wrapped before any route serves; a CA
+  // whose key store cannot wrap them does not start (a plain key left in the database is the finding itself).
+  const wrapped = await new EnrollmentStore(deps.store, groupKeyVault(deps.ca.keys)).wrapPlainGroupKeys();
+  if (wrapped > 0) app.log.warn({ wrapped }, "enrollment group keys found plain in the database were wrapped by the CA key store");
   const refusals = new RefusalAudit(deps.store);
   refusals.startTimer();
   const silent = { error: (): void => undefined };
@@ -24,10 +30,7 @@ export const enrollmentApiRoutes: FastifyPluginAsync<RouteDeps> = async (app, de
   app.addHook("onClose", async () => {
     await refusals.close();
   });
-  await app.register(lineRoutes, deps);
-  await app.register(enrollmentRoutes, deps);
-  await app.register(enrollmentImportRoutes, deps);
-  await app.register(registrationRoutes, deps);
-  await app.register(estRoutes, deps);
-  await app.register(dpsRoutes, deps);
+  await registerRoutes(app, deps, [
+    lineRoutes, enrollmentRoutes, enrollmentImportRoutes, registrationRoutes, estRoutes, dpsRoutes,
+  ]);
 };

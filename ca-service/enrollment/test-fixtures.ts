@@ -100,7 +100,7 @@ export async function ecKeys(): Promise<CryptoKeyPair> {
   return (await crypto.subtle.generateKey(EC, true, ["sign", "verify"])) as CryptoKeyPair;
 }
 
-export async function pkcs8Pem(k: CryptoKey): Promise<string> {
+async function pkcs8Pem(k: CryptoKey): Promise<string> {
   return x509.PemConverter.encode(await crypto.subtle.exportKey("pkcs8", k), "PRIVATE KEY");
 }
 

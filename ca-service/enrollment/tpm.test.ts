@@ -9,6 +9,7 @@ import { AsnConvert } from "@peculiar/asn1-schema";
 import { ECDSASigValue } from "@peculiar/asn1-ecc";
 import { startSwtpm, type Swtpm } from "../../hsm/index.js";
 import { isEdgeTrustError } from "../../common/index.js";
+import { EkTrust } from "./ek-roots.js";
 import { RegistrationService } from "./registration.js";
 import { EnrollmentStore } from "./store.js";
 import { TpmChallenges, tpmRegistrationProof, type TpmChallenge } from "./tpm.js";
@@ -32,6 +33,48 @@ const skipReason = toolsMissing();
 if (skipReason) console.warn(`skipping TPM enrollment tests: ${skipReason}`);
 
 const IDENTITY_ATTRS = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign";
+/** TCG EK Credential Profile: the NV index of the RSA 2048 EK certificate. */
+const EK_CERT_NV = "0x1c00002";
+const EC_ALG = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
+
+/** A stand-in TPM manufacturer: a root CA (self-signed) and an intermediate that signs EK certificates, as vendors do. */
+class TestCa {
+  private constructor(readonly root: x509.X509Certificate, private readonly issuerCert: x509.X509Certificate, private readonly issuerKey: CryptoKey) {}
+
+  static async create(name: string): Promise<TestCa> {
+    const rootKeys = await crypto.subtle.generateKey(EC_ALG, false, ["sign", "verify"]) as CryptoKeyPair;
+    const root = await x509.X509CertificateGenerator.createSelfSigned({
+      serialNumber: "01", name: `CN=${name} EK Root CA,O=${name}`, keys: rootKeys, signingAlgorithm: EC_ALG,
+      notBefore: new Date(Date.now() - 86_400_000), notAfter: new Date(Date.now() + 365 * 86_400_000),
+      extensions: [new x509.BasicConstraintsExtension(true, undefined, true), new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true), await x509.SubjectKeyIdentifierExtension.create(rootKeys.publicKey)],
+    });
+    const keys = await crypto.subtle.generateKey(EC_ALG, false, ["sign", "verify"]) as CryptoKeyPair;
+    const issuer = await x509.X509CertificateGenerator.create({
+      serialNumber: "02", subject: `CN=${name} EK Issuing CA,O=${name}`, issuer: root.subject, publicKey: keys.publicKey, signingKey: rootKeys.privateKey, signingAlgorithm: EC_ALG,
+      notBefore: new Date(Date.now() - 86_400_000), notAfter: new Date(Date.now() + 365 * 86_400_000),
+      extensions: [new x509.BasicConstraintsExtension(true, 0, true), new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign, true), await x509.SubjectKeyIdentifierExtension.create(keys.publicKey), await x509.AuthorityKeyIdentifierExtension.create(rootKeys.publicKey)],
+    });
+    return new TestCa(root, issuer, keys.privateKey);
+  }
+
+  /** The issuing CA then the root: what a device sends after its EK certificate when the vendor has an intermediate. */
+  get intermediatePem(): string {
+    return this.issuerCert.toString("pem");
+  }
+
+  get issuerName(): string {
+    return this.issuerCert.subject;
+  }
+
+  async issueEkCert(ekSpki: ArrayBuffer): Promise<x509.X509Certificate> {
+    return x509.X509CertificateGenerator.create({
+      serialNumber: createHash("sha256").update(Buffer.from(ekSpki)).digest("hex").slice(0, 16), subject: "", issuer: this.issuerCert.subject,
+      publicKey: ekSpki, signingKey: this.issuerKey, signingAlgorithm: EC_ALG,
+      notBefore: new Date(Date.now() - 86_400_000), notAfter: new Date(Date.now() + 10 * 365 * 86_400_000),
+      extensions: [new x509.BasicConstraintsExtension(false, undefined, true), new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyEncipherment, true), await x509.AuthorityKeyIdentifierExtension.create(this.issuerCert.publicKey)],
+    });
+  }
+}
 
 /** A device: one swtpm, its EK, an AK, and a TPM identity key certified by the AK — all through tpm2-tools. */
 class TpmDevice {
@@ -64,8 +107,29 @@ class TpmDevice {
     return this.file("ek.pem").toString("utf8");
   }
 
-  challengeRequest(): { ekPub: string; akPub: string; akName: string } {
-    return { ekPub: this.ekPem, akPub: this.file("ak.pub").toString("base64"), akName: this.file("ak.name").toString("hex") };
+  /** What a TPM vendor does at manufacture: an EK certificate by `ca` for this EK, stored in the TPM's RSA EK certificate NV index. */
+  async provisionEkCert(ca: TestCa): Promise<void> {
+    const der = Buffer.from((await ca.issueEkCert(x509.PemConverter.decodeFirst(this.ekPem))).rawData);
+    writeFileSync(join(this.dir, "ekcert.der"), der);
+    await this.t("tpm2_nvundefine", [EK_CERT_NV, "-C", "o"], false);
+    await this.t("tpm2_nvdefine", [EK_CERT_NV, "-C", "o", "-s", String(der.length), "-a", "ownerread|ownerwrite|authread|no_da"]);
+    await this.t("tpm2_nvwrite", [EK_CERT_NV, "-C", "o", "-i", "ekcert.der"]);
+  }
+
+  /**
+   * The device side: the EK certificate read from the TPM's NV (tpm2_nvread), then the vendor's intermediate (which a
+   * device gets from the certificate's AIA or ships with), as one PEM bundle. Read once: kept in `ekCertPem`.
+   */
+  async readEkCert(intermediatePem: string): Promise<string> {
+    await this.t("tpm2_nvread", [EK_CERT_NV, "-C", "o", "-o", "ekcert.read"]);
+    this.ekCertPem = x509.PemConverter.encode(new Uint8Array(this.file("ekcert.read")), "CERTIFICATE") + "\n" + intermediatePem;
+    return this.ekCertPem;
+  }
+
+  ekCertPem: string | undefined;
+
+  challengeRequest(): { ekPub: string; akPub: string; akName: string; ekCert?: string } {
+    return { ekPub: this.ekPem, akPub: this.file("ak.pub").toString("base64"), akName: this.file("ak.name").toString("hex"), ...(this.ekCertPem ? { ekCert: this.ekCertPem } : {}) };
   }
 
   /** tpm2_activatecredential with the EK (policy session: PolicySecret(endorsement)); undefined when the TPM refuses. */
@@ -130,6 +194,9 @@ class TpmDevice {
 
 let e: EnrollmentCa;
 let lineToken: string;
+let vendor: TestCa;
+let otherVendor: TestCa;
+let rootsDir: string;
 let a: TpmDevice;
 let b: TpmDevice;
 
@@ -167,16 +234,25 @@ async function answer(id: string, dev: TpmDevice, keyName: string, opts: { csrOv
 
 describe.skipIf(skipReason !== undefined)("TPM endorsement-key enrollment (swtpm + tpm2-tools)", () => {
   beforeAll(async () => {
-    e = await startEnrollmentCa();
+    [vendor, otherVendor] = await Promise.all([TestCa.create("Test TPM Vendor"), TestCa.create("Other TPM Vendor")]);
+    rootsDir = mkdtempSync(join(tmpdir(), "et-ekroots-"));
+    writeFileSync(join(rootsDir, "vendor-root.pem"), vendor.root.toString("pem"));
+    writeFileSync(join(rootsDir, "other-root.pem"), otherVendor.root.toString("pem"));
+    e = await startEnrollmentCa({ tpm: { manufacturerRoots: [join(rootsDir, "vendor-root.pem")], allowUnverifiedEk: false } });
     const l = await e.call("POST", "/v1/lines", { token: e.t.init.adminToken, body: { name: "tpm line", maxEnrollments: 100, ratePerMinute: 1000 } });
     lineToken = (l.json() as { token: string }).token;
     [a, b] = await Promise.all([TpmDevice.start(), TpmDevice.start()]);
+    for (const d of [a, b]) {
+      await d.provisionEkCert(vendor);
+      await d.readEkCert(vendor.intermediatePem);
+    }
   });
 
   afterAll(async () => {
     await a?.close();
     await b?.close();
     await e?.close();
+    if (rootsDir) rmSync(rootsDir, { recursive: true, force: true });
   });
 
   it("a device whose EK is enrolled registers end to end: identity (key in its TPM) and Edge CA certificates; a replayed challenge is refused", async () => {
@@ -213,7 +289,7 @@ describe.skipIf(skipReason !== undefined)("TPM endorsement-key enrollment (swtpm
   it("a challenge for A's EK cannot be answered by another TPM (B's activatecredential fails), and a guessed proof is refused", async () => {
     await enrollEk("tpm-dev-3", a);
     // B claims A's (public) EK with its own AK: the credential is sealed to A's EK, so only A's TPM could open it.
-    const c = await challenge("tpm-dev-3", { ...b.challengeRequest(), ekPub: a.ekPem });
+    const c = await challenge("tpm-dev-3", { ...b.challengeRequest(), ekPub: a.ekPem, ekCert: a.ekCertPem });
     expect(c.status, c.body.toString()).toBe(201);
     const ch = c.json() as unknown as TpmChallenge;
     expect(await b.activate(ch)).toBeUndefined();
@@ -233,12 +309,12 @@ describe.skipIf(skipReason !== undefined)("TPM endorsement-key enrollment (swtpm
     await a.t("tpm2_create", ["-C", "srk.ctx", "-G", "ecc256:ecdsa-sha256", "-a", IDENTITY_ATTRS, "-u", "plain.pub", "-r", "plain.priv"]);
     const plain = a.file("plain.pub");
     const name = (blob: Buffer): string => "000b" + createHash("sha256").update(blob.subarray(2)).digest("hex");
-    expectProblem(await challenge("tpm-dev-4", { ekPub: a.ekPem, akPub: plain.toString("base64"), akName: name(plain) }), 401, "UNAUTHENTICATED", /lacks restricted/);
+    expectProblem(await challenge("tpm-dev-4", { ekPub: a.ekPem, ekCert: a.ekCertPem, akPub: plain.toString("base64"), akName: name(plain) }), 401, "UNAUTHENTICATED", /lacks restricted/);
     // The real AK with fixedTPM (0x2) and fixedParent (0x10) cleared in its objectAttributes (TPM2B_PUBLIC: size,
     // type, nameAlg, then attributes at byte 6): what a key the TPM lets leave it would claim; name recomputed to match.
     const d = Buffer.from(a.file("ak.pub"));
     d.writeUInt32BE(d.readUInt32BE(6) & ~0x12, 6);
-    expectProblem(await challenge("tpm-dev-4", { ekPub: a.ekPem, akPub: d.toString("base64"), akName: name(d) }), 401, "UNAUTHENTICATED", /lacks fixedtpm, fixedparent/);
+    expectProblem(await challenge("tpm-dev-4", { ekPub: a.ekPem, ekCert: a.ekCertPem, akPub: d.toString("base64"), akName: name(d) }), 401, "UNAUTHENTICATED", /lacks fixedtpm, fixedparent/);
     expectProblem(await challenge("tpm-dev-4", { ...a.challengeRequest(), akName: name(plain) }), 401, "UNAUTHENTICATED", /akName is not the name of akPub/);
     expectProblem(await challenge("tpm-dev-4", { ...a.challengeRequest(), akPub: "AAAA" }), 400, "INVALID_INPUT");
   });
@@ -270,7 +346,8 @@ describe.skipIf(skipReason !== undefined)("TPM endorsement-key enrollment (swtpm
   it("an expired challenge is refused (challenge clock advanced past its lifetime)", async () => {
     await enrollEk("tpm-dev-6", a);
     let clock = Date.now();
-    const svc = new RegistrationService(e.t.ca, new EnrollmentStore(e.ts.store), new TpmChallenges(e.ts.store.db, { ttlMs: 60_000, now: () => clock }));
+    const trust = EkTrust.load({ manufacturerRoots: [join(rootsDir, "vendor-root.pem")], allowUnverifiedEk: false });
+    const svc = new RegistrationService(e.t.ca, new EnrollmentStore(e.ts.store), new TpmChallenges(e.ts.store.db, { ttlMs: 60_000, now: () => clock }), trust);
     const ch = await svc.tpmChallenge("tpm-dev-6", a.challengeRequest());
     const secret = await a.activate(ch);
     expect(secret).toBeDefined();
@@ -283,5 +360,41 @@ describe.skipIf(skipReason !== undefined)("TPM endorsement-key enrollment (swtpm
       credential: { kind: "tpm", proof: { challengeId: ch.challengeId, proof: tpmRegistrationProof(secret ?? Buffer.alloc(0), ch.challengeId, csr, edgeCaCsr), ...{ keyPub: k.keyPub, certifyInfo: k.certifyInfo, certifySignature: k.certifySignature } } },
     }).then(() => undefined, (x: unknown) => x);
     expect(isEdgeTrustError(err, "UNAUTHENTICATED") && /expired/.test(err.message)).toBe(true);
+  });
+
+  it("EK certificates: one chaining to the configured manufacturer root is accepted; another vendor's, a missing one, another EK's, an expired chain are refused naming the issuer", async () => {
+    await enrollEk("tpm-dev-7", a);
+    // Accepted: the certificate read from a's NV chains (intermediate, root) to the configured vendor root.
+    const ok = await challenge("tpm-dev-7", a.challengeRequest());
+    expect(ok.status, ok.body.toString()).toBe(201);
+    // An EK certificate for the same EK signed by a vendor that is not configured.
+    const foreign = (await otherVendor.issueEkCert(x509.PemConverter.decodeFirst(a.ekPem))).toString("pem") + "\n" + otherVendor.intermediatePem;
+    const issuerRe = new RegExp(`EK certificate issuer: ${otherVendor.issuerName}.*does not chain|does not chain.*EK certificate issuer: ${otherVendor.issuerName}`);
+    expectProblem(await challenge("tpm-dev-7", { ...a.challengeRequest(), ekCert: foreign }), 401, "UNAUTHENTICATED", issuerRe);
+    // The right vendor's certificate without its intermediate does not reach the root either.
+    expectProblem(await challenge("tpm-dev-7", { ...a.challengeRequest(), ekCert: x509.PemConverter.encode(new Uint8Array(a.file("ekcert.read")), "CERTIFICATE") }), 401, "UNAUTHENTICATED", new RegExp(`does not chain.*${vendor.issuerName}`));
+    // No EK certificate at all, B's (valid) certificate for A's EK, and garbage.
+    expectProblem(await challenge("tpm-dev-7", { ...a.challengeRequest(), ekCert: undefined }), 401, "UNAUTHENTICATED", /no EK certificate presented/);
+    expectProblem(await challenge("tpm-dev-7", { ...a.challengeRequest(), ekCert: b.ekCertPem }), 401, "UNAUTHENTICATED", /another key than the enrolled endorsement key/);
+    expectProblem(await challenge("tpm-dev-7", { ...a.challengeRequest(), ekCert: "-----BEGIN CERTIFICATE-----\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n-----END CERTIFICATE-----\n" }), 400, "INVALID_INPUT", /ekCert is not/);
+
+    const ekSpki = Buffer.from(x509.PemConverter.decodeFirst(a.ekPem));
+    const refusal = (p: Promise<void>): Promise<string> => p.then(() => "accepted", (x: unknown) => (isEdgeTrustError(x) ? `${x.code}: ${x.message}` : String(x)));
+    // A CA that trusts only the other vendor refuses a's genuine certificate, naming its issuer.
+    const onlyOther = EkTrust.load({ manufacturerRoots: [join(rootsDir, "other-root.pem")], allowUnverifiedEk: false });
+    expect(await refusal(onlyOther.check(a.ekCertPem, ekSpki))).toMatch(new RegExp(`UNAUTHENTICATED: .*does not chain.*EK certificate issuer: ${vendor.issuerName}`));
+    // The configured root accepts it now, and refuses it when the chain is out of its validity (20 years on).
+    const trust = EkTrust.load({ manufacturerRoots: [join(rootsDir, "vendor-root.pem")], allowUnverifiedEk: false });
+    expect(await refusal(trust.check(a.ekCertPem, ekSpki))).toBe("accepted");
+    expect(await refusal(trust.check(a.ekCertPem, ekSpki, new Date(Date.now() + 20 * 365 * 86_400_000)))).toMatch(/outside its validity period/);
+    // No roots configured: refused with the hint, unless explicitly allowed for development.
+    expect(await refusal(EkTrust.none().check(a.ekCertPem, ekSpki))).toMatch(/no TPM manufacturer roots are configured/);
+    expect(await refusal(EkTrust.load({ manufacturerRoots: [], allowUnverifiedEk: true }).check(undefined, ekSpki))).toBe("accepted");
+    // allow-any still refuses a presented certificate that a configured root does not reach.
+    expect(await refusal(EkTrust.load({ manufacturerRoots: [join(rootsDir, "vendor-root.pem")], allowUnverifiedEk: true }).check(foreign, ekSpki))).toMatch(/does not chain/);
+    // A root file that is missing, or holds an end-entity certificate, is a configuration error naming the file.
+    expect(() => EkTrust.load({ manufacturerRoots: [join(rootsDir, "nope.pem")], allowUnverifiedEk: false })).toThrow(/nope\.pem/);
+    writeFileSync(join(rootsDir, "leaf.pem"), a.ekCertPem ?? "");
+    expect(() => EkTrust.load({ manufacturerRoots: [join(rootsDir, "leaf.pem")], allowUnverifiedEk: false })).toThrow(/leaf\.pem.*not a CA certificate/);
   });
 });

@@ -18,7 +18,7 @@ import { derOf } from "./model.js";
 
 const B64_RE = /^[A-Za-z0-9+/]*={0,2}$/;
 /** The label mixed into the registration proof (HMAC key = the activated secret). */
-export const TPM_PROOF_LABEL = "edgetrust-tpm-registration-v1";
+const TPM_PROOF_LABEL = "edgetrust-tpm-registration-v1";
 const TPM_GENERATED_VALUE = 0xff544347;
 const TPM_ST_ATTEST_CERTIFY = 0x8017;
 
@@ -30,6 +30,8 @@ export interface TpmChallengeRequest {
   akPub: string;
   /** The AK's name (`tpm2_createak -n`), hex or base64: must be the name of `akPub`. */
   akName: string;
+  /** The EK certificate (from the TPM's NV, `tpm2_getekcertificate`), PEM (then any intermediates) or base64 DER. */
+  ekCert?: string;
 }
 
 export interface TpmChallenge {
@@ -53,7 +55,7 @@ export interface TpmProof {
 }
 
 /** A decoded TPM2B_PUBLIC (through `tpm2_print`). */
-export interface TpmPublic {
+interface TpmPublic {
   /** The object name: nameAlg (2 bytes) || H_nameAlg(TPMT_PUBLIC), hex. */
   name: string;
   type: "rsa" | "ecc";
@@ -115,7 +117,7 @@ function yamlValue(text: string, key: string): string | undefined {
 }
 
 /** Decode a TPM2B_PUBLIC with `tpm2_print` (attributes, scheme, PEM), and compute its name. */
-export async function parseTpmPublic(blob: Buffer, what: string): Promise<TpmPublic> {
+async function parseTpmPublic(blob: Buffer, what: string): Promise<TpmPublic> {
   if (blob.length < 4 || blob.readUInt16BE(0) !== blob.length - 2) throw bad(`${what} is not a TPM2B_PUBLIC`);
   return withTmp(async (dir) => {
     const f = join(dir, "pub.bin");
@@ -144,7 +146,7 @@ export async function parseTpmPublic(blob: Buffer, what: string): Promise<TpmPub
 }
 
 /** An AK fit for credential activation and certify: restricted signing key that never leaves its TPM. */
-export function checkAkAttributes(ak: TpmPublic): void {
+function checkAkAttributes(ak: TpmPublic): void {
   const need = ["fixedtpm", "fixedparent", "sensitivedataorigin", "restricted", "sign"];
   const missing = need.filter((a) => !ak.attributes.has(a));
   if (missing.length > 0) throw unauth(`the attestation key lacks ${missing.join(", ")}`, "create it with tpm2_createak");
@@ -155,7 +157,7 @@ export function checkAkAttributes(ak: TpmPublic): void {
 }
 
 /** A device identity key generated inside the TPM, not exportable, that can sign a CSR. */
-export function checkIdentityKeyAttributes(k: TpmPublic): void {
+function checkIdentityKeyAttributes(k: TpmPublic): void {
   const need = ["fixedtpm", "fixedparent", "sensitivedataorigin", "sign"];
   const missing = need.filter((a) => !k.attributes.has(a));
   if (missing.length > 0) throw unauth(`the identity key lacks ${missing.join(", ")}: it must be generated in the TPM and never leave it`);
@@ -163,7 +165,7 @@ export function checkIdentityKeyAttributes(k: TpmPublic): void {
 }
 
 /** `tpm2_makecredential --tcti none`: seal `secret` to the EK for the object named `name`. */
-export async function makeCredential(ekSpkiDer: Buffer, name: string, secret: Buffer): Promise<Buffer> {
+async function makeCredential(ekSpkiDer: Buffer, name: string, secret: Buffer): Promise<Buffer> {
   const kind = createPublicKey({ key: ekSpkiDer, format: "der", type: "spki" }).asymmetricKeyType;
   if (kind !== "rsa" && kind !== "ec") throw bad(`EK key type ${String(kind)} is not supported`);
   return withTmp(async (dir) => {
@@ -181,7 +183,7 @@ export async function makeCredential(ekSpkiDer: Buffer, name: string, secret: Bu
  * The certified name in a TPMS_ATTEST of type TPM_ST_ATTEST_CERTIFY (TPM 2.0 Part 2 §10.12.8). tpm2-tools 5.4's
  * `tpm2_print` stops at the attested union for certify, so the length-prefixed fields are walked here (read only).
  */
-export function certifiedName(attest: Buffer): string {
+function certifiedName(attest: Buffer): string {
   let off = 0;
   const need = (n: number): void => {
     if (off + n > attest.length) throw unauth("the certify information is truncated");
@@ -210,6 +212,17 @@ export function tpmRegistrationProof(secret: Buffer, challengeId: string, csr: s
   return proofMac(secret, challengeId, csr, edgeCaCsr).toString("base64");
 }
 
+/** The EK a device names must be byte for byte the enrolled one (checked before anything else about it). */
+export function checkSentEk(ekPub: string, enrolledEkSpki: Buffer): void {
+  let sentEk: Buffer;
+  try {
+    sentEk = derOf(ekPub, ["PUBLIC KEY"]);
+  } catch {
+    throw bad("ekPub is neither a PEM PUBLIC KEY nor base64 DER");
+  }
+  if (!sentEk.equals(enrolledEkSpki)) throw unauth("this EK is not the enrolled endorsement key");
+}
+
 /** What a challenge remembers until it is answered (stored as JSON: the secret only lives as long as the challenge). */
 interface Pending {
   registrationId: string;
@@ -219,7 +232,7 @@ interface Pending {
   secret: string;
 }
 
-export interface TpmChallengeOptions {
+interface TpmChallengeOptions {
   /** How long a challenge may be answered (default 120 s). */
   ttlMs?: number;
   /** Most challenges one client address may be given per `ttlMs`, fleet-wide (default 10,000). */
@@ -244,13 +257,7 @@ export class TpmChallenges {
 
   /** Make a challenge for an enrolled EK (`ekSpkiDer` comes from the enrollment, never from the request). */
   async create(registrationId: string, ekSpkiDer: Buffer, req: TpmChallengeRequest, source = "local"): Promise<TpmChallenge> {
-    let sentEk: Buffer;
-    try {
-      sentEk = derOf(req.ekPub, ["PUBLIC KEY"]);
-    } catch {
-      throw bad("ekPub is neither a PEM PUBLIC KEY nor base64 DER");
-    }
-    if (!sentEk.equals(ekSpkiDer)) throw unauth("this EK is not the enrolled endorsement key");
+    checkSentEk(req.ekPub, ekSpkiDer);
     const ak = await parseTpmPublic(b64(req.akPub, "akPub"), "akPub");
     const akName = /^[0-9a-fA-F]+$/.test(req.akName) ? req.akName.toLowerCase() : b64(req.akName, "akName", 256).toString("hex");
     if (akName !== ak.name) throw unauth("akName is not the name of akPub");

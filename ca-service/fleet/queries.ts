@@ -33,7 +33,7 @@ export interface FleetRow {
   lastReport: { kind: string; at: string } | null;
 }
 
-export interface FleetCounts {
+interface FleetCounts {
   devices: number;
   byStatus: Record<FleetStatus, number>;
   expiringWithin7Days: number;
@@ -44,14 +44,14 @@ export interface DayCount {
   counts: Record<string, number>;
 }
 
-export interface AttestationResultRow {
+interface AttestationResultRow {
   at: string;
   status: AttestationStatus;
   claims: Record<string, AppraisedClaim>;
   reference: string;
 }
 
-export interface RolloutRow {
+interface RolloutRow {
   deploymentId: string;
   version: number;
   deviceId: string;
@@ -60,7 +60,7 @@ export interface RolloutRow {
   at: string;
 }
 
-export interface LineUsage {
+interface LineUsage {
   refusals: number;
   lastRefusals: AuditEntry[];
   enrolledLastHour: number;

@@ -21,7 +21,7 @@ export interface FailingClaim {
 
 const RANK: Record<Status, number> = { affirming: 0, warning: 1, contraindicated: 2 };
 
-export function failingClaims(claims: Record<string, AppraisedClaim>): FailingClaim[] {
+function failingClaims(claims: Record<string, AppraisedClaim>): FailingClaim[] {
   return Object.entries(claims)
     .filter(([, c]) => c.status !== "affirming")
     .sort(([a, x], [b, y]) => RANK[y.status] - RANK[x.status] || a.localeCompare(b))
@@ -49,7 +49,7 @@ export async function recordAttestation(store: CaStore, r: { deviceId: string; s
 }
 
 /** What a device report says about a deployment (the fields of `POST /v1/device/reports` the fleet view keeps). */
-export interface ReportSummary {
+interface ReportSummary {
   kind: string;
   deploymentId?: string | undefined;
   version?: number | undefined;

@@ -10,21 +10,24 @@ export class FleetCounters {
 
   constructor(readonly db: Db, private readonly now: () => number = Date.now) {}
 
-  /** Add one to `key` in the window of `windowMs` that contains now; returns the count and the ms left in the window. */
-  async incr(key: string, windowMs: number): Promise<{ count: number; windowStart: number; ttlMs: number }> {
+  /**
+   * Add `n` (default one) to `key` in the window of `windowMs` that contains now; returns the count after it and the
+   * ms left in the window.
+   */
+  async incr(key: string, windowMs: number, n = 1): Promise<{ count: number; windowStart: number; ttlMs: number }> {
     const t = this.now();
     const start = Math.floor(t / windowMs) * windowMs;
     const rows = await this.db.query<{ count: number | string; window_start: number | string }>(
-      `INSERT INTO fleet_counters (key, window_start, count, expires_at) VALUES (?, ?, 1, ?)
+      `INSERT INTO fleet_counters (key, window_start, count, expires_at) VALUES (?, ?, ?, ?)
        ON CONFLICT (key) DO UPDATE SET
-         count = CASE WHEN fleet_counters.window_start = excluded.window_start THEN fleet_counters.count + 1 ELSE 1 END,
+         count = CASE WHEN fleet_counters.window_start = excluded.window_start THEN fleet_counters.count + excluded.count ELSE excluded.count END,
          window_start = excluded.window_start, expires_at = excluded.expires_at
        RETURNING count, window_start`,
-      [key, start, start + windowMs],
+      [key, start, n, start + windowMs],
     );
     await this.sweep(t);
     const row = rows[0];
-    return { count: Number(row?.count ?? 1), windowStart: start, ttlMs: start + windowMs - t };
+    return { count: Number(row?.count ?? n), windowStart: start, ttlMs: start + windowMs - t };
   }
 
   /** The count of `key` in the current window, without counting. */

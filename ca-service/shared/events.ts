@@ -1,13 +1,12 @@
 import pg from "pg";
 import { backoffDelay, type Logger } from "../../common/index.js";
-import type { CertificateAuthority } from "../ca.js";
 import type { Db } from "../db.js";
 
 /** What one process tells the others: the issuing CAs changed (rollover, retirement) or an issuer's CRL changed. */
-export type FleetEvent = { kind: "cas" } | { kind: "crl"; issuerId: string; crlNumber: number };
+type FleetEvent = { kind: "cas" } | { kind: "crl"; issuerId: string; crlNumber: number };
 
 /** The PostgreSQL NOTIFY channel; the payload names the schema, so fleets sharing a database ignore each other. */
-export const FLEET_CHANNEL = "edgetrust_ca_events";
+const FLEET_CHANNEL = "edgetrust_ca_events";
 
 /**
  * Tell every `ca serve` process on this store (PostgreSQL NOTIFY, delivered at commit to every listener). On SQLite
@@ -19,9 +18,19 @@ export async function announce(db: Db, event: FleetEvent): Promise<void> {
   await db.query("SELECT pg_notify(?, ?)", [FLEET_CHANNEL, JSON.stringify({ schema, ...event })]);
 }
 
-export interface FleetEventsOptions {
+/**
+ * What the events need of the CA engine (ca.ts's `CertificateAuthority`): re-read the issuing CAs and say which is
+ * current. Declared here, not imported, so the engine (which announces events) and the events do not import each other.
+ */
+interface IssuingCaView {
+  reload(): Promise<void>;
+  current(): { record: { id: string } };
+  issuers(): readonly unknown[];
+}
+
+interface FleetEventsOptions {
   db: Db;
-  ca: CertificateAuthority;
+  ca: IssuingCaView;
   /** PostgreSQL URL for the LISTEN connection (empty: SQLite, poll only). */
   databaseUrl: string;
   schema: string;

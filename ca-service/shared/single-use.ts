@@ -2,7 +2,7 @@ import { EdgeTrustError } from "../../common/index.js";
 import type { Db } from "../db.js";
 import { FleetCounters } from "./counters.js";
 
-export interface SingleUseOptions {
+interface SingleUseOptions {
   /** How long a token may be redeemed. */
   ttlMs: number;
   /** Most tokens one source (client address) may be given per `ttlMs` window, fleet-wide. */
@@ -10,7 +10,7 @@ export interface SingleUseOptions {
   now?: () => number;
 }
 
-export interface Redeemed {
+interface Redeemed {
   payload: string;
   source: string;
   expiresAt: number;

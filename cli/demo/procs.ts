@@ -7,7 +7,7 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, sta
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { DOCKER_SOCKET } from "../../edge-agent/index.js";
+import { DOCKER_SOCKET } from "../../dev-images/index.js";
 
 const execFileAsync = promisify(execFile);
 
@@ -27,7 +27,7 @@ function edgetrustArgv(args: string[]): string[] {
   return ["--import", "tsx", "--input-type=module", "-e", entry, "--", ...args];
 }
 
-export interface CliResult {
+interface CliResult {
   code: number | null;
   stdout: string;
   stderr: string;
@@ -157,7 +157,7 @@ export async function run(cmd: string, args: string[], cwd?: string): Promise<st
   return stdout;
 }
 
-export function sleep(ms: number): Promise<void> {
+function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 

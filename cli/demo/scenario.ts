@@ -11,17 +11,17 @@
 import "reflect-metadata";
 import { createHash, randomBytes } from "node:crypto";
 import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { request } from "node:https";
 import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
 import * as jose from "jose";
 import mqtt, { type MqttClient } from "mqtt";
 import { stringify } from "yaml";
-import { createLogger, freePort } from "../../common/index.js";
+import { createLogger, freePort, httpCall } from "../../common/index.js";
 import { ENGINE_ID, Pkcs11KeyStore, SOFTHSM_MODULE, createSoftHsmDir, engineConfig, initToken, tlsKeyOptions, type KeyStore } from "../../hsm/index.js";
 import { parsePolicy, parseTrustRoot, signManifest, signTrustRoot, signerFromPrivateKey, type JwsSigner, type Manifest, type Policy, type TrustRoot } from "../../policy/index.js";
 import { DockerClient } from "../../engine/index.js";
-import { CloudClient, EdgeAgent, ManagementSocketRegistrar, REGISTRY, DOCKER_SOCKET, buildNodeModuleImage, containerName, syncDeployment, type AgentReport, type NodeModuleImage } from "../../edge-agent/index.js";
+import { CloudClient, EdgeAgent, ManagementSocketRegistrar, containerName, syncDeployment, type AgentReport } from "../../edge-agent/index.js";
+import { REGISTRY, DOCKER_SOCKET, buildNodeModuleImage, type NodeModuleImage } from "../../dev-images/index.js";
 import { ClientVerifier, CrlCache, EdgeHub, HubStore, Redactor, Upstream, loadOrCreateSecret, parseRoutes, type ClientIdentity, type Rejection } from "../../edge-hub/index.js";
 import { ManagementAttestationSource, ManagementClient } from "../../identity-api/index.js";
 import type { Daemon} from "./procs.js";
@@ -38,7 +38,7 @@ export interface StepResult {
   ms: number;
 }
 
-export interface DemoOptions {
+interface DemoOptions {
   /** Where the run's state goes (default `.edgetrust-demo/run-<time>` under the source tree). */
   baseDir?: string;
   /** Leave everything running and print how to stop it. */
@@ -65,30 +65,19 @@ function pemCerts(text: string): x509.X509Certificate[] {
   return (text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []).map((p) => new x509.X509Certificate(p));
 }
 
-/** HTTPS JSON call to ca-service (admin or line token). */
-function caCall(url: string, ca: string, method: string, path: string, token: string, body?: unknown, extraHeaders: Record<string, string> = {}): Promise<{ status: number; json: unknown }> {
-  const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-  return new Promise((resolve, reject) => {
-    const req = request(new URL(path, url), {
-      method, ca,
-      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...extraHeaders, ...(payload ? { "content-type": "application/json", "content-length": payload.length } : {}) },
-    }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on("data", (c: Buffer) => chunks.push(c));
-      res.on("end", () => {
-        const text = Buffer.concat(chunks).toString("utf8");
-        let json: unknown = text;
-        try {
-          json = JSON.parse(text);
-        } catch {
-          /* not JSON */
-        }
-        resolve({ status: res.statusCode ?? 0, json });
-      });
-    });
-    req.on("error", reject);
-    req.end(payload);
+/** HTTPS JSON call to ca-service (admin or line token); the answer's JSON, or its text when it is none. */
+async function caCall(url: string, ca: string, method: string, path: string, token: string, body?: unknown, extraHeaders: Record<string, string> = {}): Promise<{ status: number; json: unknown }> {
+  const a = await httpCall({
+    method, url: new URL(path, url), body, tls: { ca }, timeoutMs: 120_000, peer: `CA at ${url}`,
+    headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...extraHeaders },
   });
+  let json: unknown = a.text;
+  try {
+    json = JSON.parse(a.text);
+  } catch {
+    /* not JSON */
+  }
+  return { status: a.status, json };
 }
 
 /** Everything the steps share; filled as the flow goes. */
@@ -694,7 +683,7 @@ const revokedDevice: Step = async (d) => {
 
 // ---- the run -------------------------------------------------------------------------------------------------------
 
-export const STEPS: { id: string; title: string; run: Step; core: boolean }[] = [
+const STEPS: { id: string; title: string; run: Step; core: boolean }[] = [
   { id: "ca", title: "root and issuing CA created (keys in SoftHSM), ca-service up", run: createCa, core: true },
   { id: "enroll", title: "a provisioning line enrolls the device", run: enrollDevice, core: true },
   { id: "register", title: "the device registers and attests", run: registerDevice, core: true },

@@ -3,7 +3,7 @@ import { page, statusBadge, when } from "../layout.js";
 import type { AuditEntry, AuditFilter } from "../../ca-service/index.js";
 import type { PageContext } from "../context.js";
 
-export interface AuditQuery {
+interface AuditQuery {
   action?: string;
   actor?: string;
   target?: string;
@@ -17,7 +17,7 @@ ${entries.map((e) => html`<tr data-seq="${e.seq}"><td>${e.seq}</td><td>${when(e.
 </tbody></table>`;
 }
 
-export function auditFilter(q: AuditQuery, limit: number): AuditFilter {
+function auditFilter(q: AuditQuery, limit: number): AuditFilter {
   return { action: q.action, actor: q.actor, target: q.target, beforeSeq: q.before, limit };
 }
 

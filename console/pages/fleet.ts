@@ -4,7 +4,7 @@ import { stackedBars } from "../charts.js";
 import { EnrollmentStore, type FleetFilter, type FleetRow, type FleetStatus } from "../../ca-service/index.js";
 import type { PageContext } from "../context.js";
 
-export interface FleetQuery {
+interface FleetQuery {
   status?: FleetStatus;
   q?: string;
   expiring?: number;

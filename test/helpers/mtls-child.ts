@@ -3,7 +3,7 @@
  * so the handshakes run here. Input: MTLS_SPECS (JSON array of MtlsSpec), optional MTLS_PKCS11 (JSON {module, token,
  * pin, label}) to open the token through pkcs11js in this same process first. Output: one JSON line.
  */
-import { createTlsSecureContext } from "../../hsm/tls.js";
+import { createTlsSecureContext } from "../../hsm/index.js";
 import { mtlsExchange, type MtlsOutcome, type MtlsSpec } from "./mtls.js";
 
 const specs = JSON.parse(process.env.MTLS_SPECS ?? "[]") as MtlsSpec[];

@@ -1,8 +1,8 @@
 import type { FastifyPluginAsync } from "fastify";
 import { Type, type Static } from "@sinclair/typebox";
 import { actorOf, problemResponses, requireRole, SecurityBearer } from "../../http.js";
-import { DeviceId } from "../../routes/schemas.js";
-import type { RouteDeps } from "../../routes/types.js";
+import { DeviceId } from "../../shared/schemas.js";
+import type { RouteDeps } from "../../shared/route-deps.js";
 
 const TokenBody = Type.Object({
   name: Type.String({ minLength: 1, maxLength: 100 }),

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync } from "fastify";
 import { Type, type Static } from "@sinclair/typebox";
 import { problemResponses, requireRole, SecurityBearer } from "../../http.js";
-import type { RouteDeps } from "../../routes/types.js";
+import type { RouteDeps } from "../../shared/route-deps.js";
 
 const Query = Type.Object({
   afterSeq: Type.Optional(Type.Integer({ minimum: 0, default: 0 })),

@@ -3,8 +3,9 @@ import { Type, type Static } from "@sinclair/typebox";
 import { EdgeTrustError } from "../../../common/index.js";
 import { normalizeSerial } from "../../store.js";
 import { problemResponses, requireRole, SecurityBearer } from "../../http.js";
-import { CertificateView, certificateView, DeviceId, Serial } from "../../routes/schemas.js";
-import type { RouteDeps } from "../../routes/types.js";
+import { CertificateView, certificateView, Serial } from "../schemas.js";
+import { DeviceId } from "../../shared/schemas.js";
+import type { RouteDeps } from "../../shared/route-deps.js";
 
 const Params = Type.Object({ serial: Serial });
 const Query = Type.Object({

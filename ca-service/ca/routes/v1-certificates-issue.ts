@@ -1,9 +1,10 @@
 import type { FastifyPluginAsync } from "fastify";
 import { Type, type Static } from "@sinclair/typebox";
 import { isEdgeTrustError } from "../../../common/index.js";
-import { actorOf, problemResponses, requireRole, SecurityBearer } from "../../http.js";
-import { CsrPem, DeviceId, IssuedView, ProfileSchema } from "../../routes/schemas.js";
-import type { RouteDeps } from "../../routes/types.js";
+import { actorOf, problemResponses, requireRole, SecurityBearer, stringPropertiesSerializer } from "../../http.js";
+import { IssuedView, ProfileSchema } from "../schemas.js";
+import { CsrPem, DeviceId } from "../../shared/schemas.js";
+import type { RouteDeps } from "../../shared/route-deps.js";
 
 const Body = Type.Object({
   csr: CsrPem,
@@ -11,6 +12,8 @@ const Body = Type.Object({
   deviceId: DeviceId,
   hostName: Type.Optional(Type.String({ maxLength: 253, description: "edge-hub-server: one of the device's DNS names" })),
 }, { additionalProperties: false });
+
+const issuedJson = stringPropertiesSerializer(IssuedView);
 
 /** POST /v1/certificates — admin issuance from a PKCS#10 request for an enrolled device. */
 export const issueRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, store, metrics }) => {
@@ -25,7 +28,7 @@ export const issueRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, stor
     try {
       const out = await ca.issue({ csrPem: req.body.csr, profile: req.body.profile, deviceId: req.body.deviceId, ...(req.body.hostName ? { hostName: req.body.hostName } : {}) }, actorOf(req));
       metrics.issued.inc({ profile: out.record.profile, kind: "issue" });
-      reply.code(201);
+      reply.code(201).type("application/json; charset=utf-8").serializer(issuedJson);
       return { serial: out.record.serial, profile: out.record.profile, notAfter: out.record.notAfter, certificatePem: out.record.certPem, chainPem: out.chainPem, issuerId: out.record.issuerId };
     } catch (e) {
       if (isEdgeTrustError(e)) metrics.refused.inc({ code: e.code });

@@ -1,8 +1,8 @@
 import type { FastifyPluginAsync } from "fastify";
 import { Type, type Static } from "@sinclair/typebox";
 import { actorOf, problemResponses, requireRole, SecurityBearer } from "../../http.js";
-import { CertificateView, certificateView, ReasonSchema, Serial } from "../../routes/schemas.js";
-import type { RouteDeps } from "../../routes/types.js";
+import { CertificateView, certificateView, ReasonSchema, Serial } from "../schemas.js";
+import type { RouteDeps } from "../../shared/route-deps.js";
 
 const Params = Type.Object({ serial: Serial });
 const Body = Type.Object({ reason: ReasonSchema }, { additionalProperties: false });

@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import type { FastifyPluginAsync } from "fastify";
 import { Type, type Static } from "@sinclair/typebox";
 import { problemResponses } from "../../http.js";
-import type { RouteDeps } from "../../routes/types.js";
+import type { RouteDeps } from "../../shared/route-deps.js";
 
 const Params = Type.Object({ file: Type.String({ pattern: "^[0-9a-f]{8,128}\\.crl$", description: "<issuing CA id>.crl" }) });
 const Headers = Type.Object({ "if-none-match": Type.Optional(Type.String({ maxLength: 1024, description: "the ETag of the CRL the client holds: 304 when it is still current" })) });

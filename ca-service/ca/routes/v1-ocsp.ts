@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync } from "fastify";
 import { Type, type Static } from "@sinclair/typebox";
 import { respondOcsp } from "../../ocsp.js";
-import type { RouteDeps } from "../../routes/types.js";
+import type { RouteDeps } from "../../shared/route-deps.js";
 
 const GetParams = Type.Object({ "*": Type.String({ maxLength: 4096, description: "base64 (URL-encoded) DER OCSPRequest" }) });
 

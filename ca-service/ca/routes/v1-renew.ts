@@ -2,8 +2,9 @@ import type { FastifyPluginAsync } from "fastify";
 import { Type, type Static } from "@sinclair/typebox";
 import { EdgeTrustError, isEdgeTrustError } from "../../../common/index.js";
 import { peerCertificate, problemResponses } from "../../http.js";
-import { CsrPem, IssuedView } from "../../routes/schemas.js";
-import type { RouteDeps } from "../../routes/types.js";
+import { IssuedView } from "../schemas.js";
+import { CsrPem } from "../../shared/schemas.js";
+import type { RouteDeps } from "../../shared/route-deps.js";
 import { requireIssuedCertificate } from "../../device-auth.js";
 
 const Body = Type.Object({

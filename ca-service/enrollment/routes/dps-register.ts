@@ -3,10 +3,11 @@ import { Type, type Static } from "@sinclair/typebox";
 import { EdgeTrustError } from "../../../common/index.js";
 import { RegistrationService, type RegistrationResult } from "../registration.js";
 import { EnrollmentStore } from "../store.js";
+import { groupKeyVault } from "../group-keys.js";
 import { sha256Hex } from "../../store.js";
 import { RegistrationIdParam } from "./v1-enrollments.js";
 import { registrationCredential } from "./v1-enrollments-register.js";
-import type { RouteDeps } from "../../routes/types.js";
+import type { RouteDeps } from "../../shared/route-deps.js";
 
 const IdScope = Type.String({ pattern: "^[A-Za-z0-9]{1,64}$", description: "DPS ID scope (accepted as the SAS resource prefix; not a tenant boundary here)" });
 const RegisterParams = Type.Object({ idScope: IdScope, registrationId: RegistrationIdParam });
@@ -27,6 +28,7 @@ const RETRY_AFTER_SECONDS = "1";
 /** Azure DPS error body, plus our problem fields. */
 function dpsError(reply: FastifyReply, req: FastifyRequest, e: EdgeTrustError): FastifyReply {
   const p = e.toProblem(req.url.split("?")[0]);
+  if (e.retryAfterSeconds !== undefined) reply.header("retry-after", String(Math.ceil(e.retryAfterSeconds)));
   return reply.code(e.status).type("application/json; charset=utf-8").send({
     errorCode: e.status * 1000 + 1, trackingId: req.id, message: e.message, timestampUtc: new Date().toISOString(), ...p,
   });
@@ -54,7 +56,7 @@ function registrationState(r: RegistrationResult) {
  * symmetric key (SAS over `sr` exactly as received, key derived from the group key). Responses are application/json.
  */
 export const dpsRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, store, metrics }) => {
-  const svc = new RegistrationService(ca, new EnrollmentStore(store));
+  const svc = new RegistrationService(ca, new EnrollmentStore(store, groupKeyVault(ca.keys)));
   app.setErrorHandler((err: FastifyError | EdgeTrustError, req, reply) => {
     let e: EdgeTrustError;
     if (err instanceof EdgeTrustError) e = err;

@@ -4,9 +4,10 @@ import { peerCertificate, problemResponses } from "../../http.js";
 import { base64Body, certsOnlyPkcs7, csrAttrsDer, estCsrToPem, EST_CERTS_TYPE, EST_CSRATTRS_TYPE } from "../est.js";
 import { RegistrationService } from "../registration.js";
 import { EnrollmentStore } from "../store.js";
+import { groupKeyVault } from "../group-keys.js";
 import { sha256Hex } from "../../store.js";
 import { registrationCredential } from "./v1-enrollments-register.js";
-import type { RouteDeps } from "../../routes/types.js";
+import type { RouteDeps } from "../../shared/route-deps.js";
 import { requireIssuedCertificate } from "../../device-auth.js";
 
 const EST = "/.well-known/est";
@@ -25,7 +26,7 @@ function sendCerts(reply: FastifyReply, certsPem: string[]): FastifyReply {
  * - GET  csrattrs        → the signature algorithms we accept (base64 DER CsrAttrs).
  */
 export const estRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, store, metrics }) => {
-  const svc = new RegistrationService(ca, new EnrollmentStore(store));
+  const svc = new RegistrationService(ca, new EnrollmentStore(store, groupKeyVault(ca.keys)));
   for (const t of ["application/pkcs10", "application/x-pkcs10", "application/pkcs10-base64"]) {
     app.addContentTypeParser(t, { parseAs: "buffer", bodyLimit: 65536 }, (_req, body, done) => done(null, body));
   }

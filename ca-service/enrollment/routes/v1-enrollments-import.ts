@@ -5,9 +5,9 @@ import { problemResponses, SecurityBearer } from "../../http.js";
 import { lineRateLimit, requireLine, writerOf } from "../auth.js";
 import { parseImport, rowsFromJson } from "../import.js";
 import { EnrollmentStore } from "../store.js";
-import type { RouteDeps } from "../../routes/types.js";
+import type { RouteDeps } from "../../shared/route-deps.js";
 
-export const ImportReportSchema = Type.Object({
+const ImportReportSchema = Type.Object({
   total: Type.Integer(), inserted: Type.Integer(), updated: Type.Integer(), unchanged: Type.Integer(), notWritten: Type.Integer(),
   rejected: Type.Array(Type.Object({ row: Type.Integer(), registrationId: Type.Optional(Type.String()), reason: Type.String() })),
   batches: Type.Object({
@@ -18,7 +18,7 @@ export const ImportReportSchema = Type.Object({
 const Query = Type.Object({ batchSize: Type.Optional(Type.Integer({ minimum: 1, maximum: 5000, default: 1000 })) }, { additionalProperties: false });
 
 /** Largest import body: 100,000 rows of SPKI credentials fit comfortably. */
-export const IMPORT_BODY_LIMIT = 64 * 1024 * 1024;
+const IMPORT_BODY_LIMIT = 64 * 1024 * 1024;
 
 /**
  * POST /v1/enrollments/import — bulk individual enrollments as CSV (`text/csv`) or JSON. Idempotent; all-or-nothing

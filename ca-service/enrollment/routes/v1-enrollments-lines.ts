@@ -2,9 +2,9 @@ import type { FastifyPluginAsync } from "fastify";
 import { Type, type Static } from "@sinclair/typebox";
 import { actorOf, problemResponses, requireRole, SecurityBearer } from "../../http.js";
 import { EnrollmentStore, LINE_SCOPES, type ProvisioningLine } from "../store.js";
-import type { RouteDeps } from "../../routes/types.js";
+import type { RouteDeps } from "../../shared/route-deps.js";
 
-export const LineView = Type.Object({
+const LineView = Type.Object({
   id: Type.String(), name: Type.String(), kind: Type.Union([Type.Literal("token"), Type.Literal("certificate")]),
   scopes: Type.Array(Type.String()), maxEnrollments: Type.Integer(), ratePerMinute: Type.Integer(), enrollmentsCreated: Type.Integer(),
   createdAt: Type.String(), revokedAt: Type.Union([Type.String(), Type.Null()]),

@@ -5,16 +5,18 @@ import { actorOf, peerCertificate, problemResponses, requireRole, SecurityBearer
 import { RegistrationService, type RegistrationCredential } from "../registration.js";
 import type { TpmProof } from "../tpm.js";
 import { EnrollmentStore } from "../store.js";
-import { CsrPem } from "../../routes/schemas.js";
+import { groupKeyVault } from "../group-keys.js";
+import { EkTrust } from "../ek-roots.js";
+import { CsrPem } from "../../shared/schemas.js";
 import { RegistrationIdParam } from "./v1-enrollments.js";
-import type { RouteDeps } from "../../routes/types.js";
+import type { RouteDeps } from "../../shared/route-deps.js";
 
 const Issued = Type.Object({ serial: Type.String(), notAfter: Type.String(), certificatePem: Type.String(), chainPem: Type.String() });
 
 const B64 = (maxLength: number, description: string) => Type.String({ minLength: 4, maxLength, pattern: "^[A-Za-z0-9+/]+={0,2}$", description });
 
 /** The answer to a TPM challenge (enrollment attestation `tpm`); see ca-service/README.md "Enrollment → TPM". */
-export const TpmProofBody = Type.Object({
+const TpmProofBody = Type.Object({
   challengeId: Type.String({ format: "uuid", description: "from POST /v1/registrations/{id}/tpm-challenge; single use" }),
   proof: B64(64, "base64 HMAC-SHA256(activated secret, label \\n challengeId \\n sha256hex(csr) \\n sha256hex(edgeCaCsr or ''))"),
   keyPub: B64(2048, "the identity key's TPM2B_PUBLIC (tpm2_create -u), base64"),
@@ -29,19 +31,20 @@ export const RegistrationRequestBody = Type.Object({
   tpm: Type.Optional(TpmProofBody),
 }, { additionalProperties: false, description: "PKCS#10 requests: the device identity key, and the Edge CA key when the enrollment issues one; tpm: the TPM proof for a tpm enrollment" });
 
-export const TpmChallengeBody = Type.Object({
+const TpmChallengeBody = Type.Object({
   ekPub: Type.String({ minLength: 32, maxLength: 4096, description: "the endorsement key, PEM PUBLIC KEY (tpm2_createek -f pem) or base64 DER" }),
   akPub: B64(2048, "the attestation key's TPM2B_PUBLIC (tpm2_createak -u), base64"),
   akName: Type.String({ minLength: 4, maxLength: 200, pattern: "^(?:[0-9a-fA-F]+|[A-Za-z0-9+/]+={0,2})$", description: "the AK's name (tpm2_createak -n), hex or base64" }),
+  ekCert: Type.Optional(Type.String({ minLength: 32, maxLength: 32768, description: "the EK certificate (tpm2_getekcertificate / NV index 0x1c00002), PEM followed by any intermediates, or base64 DER; must chain to a configured TPM manufacturer root (ca.tpm)" })),
 }, { additionalProperties: false });
 
-export const TpmChallengeResult = Type.Object({
+const TpmChallengeResult = Type.Object({
   challengeId: Type.String(),
   credential: Type.String({ description: "tpm2_makecredential output, base64: the -i file of tpm2_activatecredential" }),
   expiresAt: Type.String(),
 });
 
-export const RegistrationResultSchema = Type.Object({
+const RegistrationResultSchema = Type.Object({
   registrationId: Type.String(),
   deviceId: Type.String(),
   status: Type.Literal("assigned"),
@@ -92,9 +95,9 @@ export function registrationCredential(req: FastifyRequest, idScope?: string, tp
  * its bootstrap credential, and receives its identity certificate, its Edge CA certificate and the trust bundle.
  * `Idempotency-Key` is required: a retry with the same key returns the same result (200); another key is refused.
  */
-export const registrationRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, store, metrics }) => {
-  const es = new EnrollmentStore(store);
-  const svc = new RegistrationService(ca, es);
+export const registrationRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, store, metrics, config }) => {
+  const es = new EnrollmentStore(store, groupKeyVault(ca.keys));
+  const svc = new RegistrationService(ca, es, undefined, EkTrust.load(config.tpm));
   app.post<{ Params: Static<typeof Params>; Body: Static<typeof TpmChallengeBody> }>("/v1/registrations/:registrationId/tpm-challenge", { config: { auth: "bootstrap" },
     schema: {
       summary: "TPM enrollment, step 1: a credential sealed to the enrolled EK for the device's AK (answer it in PUT /v1/registrations/{id} tpm)", tags: ["registration"],

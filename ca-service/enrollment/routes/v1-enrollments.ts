@@ -5,14 +5,15 @@ import { problemResponses, SecurityBearer } from "../../http.js";
 import { lineRateLimit, requireLine, writerOf } from "../auth.js";
 import { ENROLLMENT_PROFILES, GROUP_ATTESTATIONS, GROUP_ID_PATTERN, INDIVIDUAL_ATTESTATIONS, REGISTRATION_ID_PATTERN, type EnrollmentGroup, type IndividualEnrollment } from "../model.js";
 import { EnrollmentStore } from "../store.js";
-import type { RouteDeps } from "../../routes/types.js";
+import { groupKeyVault } from "../group-keys.js";
+import type { RouteDeps } from "../../shared/route-deps.js";
 
 const lit = <T extends string>(xs: readonly T[]) => Type.Union(xs.map((x) => Type.Literal(x)));
 const Labels = Type.Record(Type.String({ maxLength: 63 }), Type.String({ maxLength: 256 }), { maxProperties: 32 });
 const Status = lit(["enabled", "disabled"] as const);
 export const RegistrationIdParam = Type.String({ pattern: REGISTRATION_ID_PATTERN, description: "registration id (= device id)" });
 
-export const IndividualBody = Type.Object({
+const IndividualBody = Type.Object({
   attestation: lit(INDIVIDUAL_ATTESTATIONS),
   credential: Type.String({ minLength: 16, maxLength: 16384, description: "publicKey/tpm: SPKI (PEM or base64 DER); x509: the bootstrap certificate (PEM or base64 DER)" }),
   profile: Type.Optional(lit(ENROLLMENT_PROFILES)),
@@ -23,7 +24,7 @@ export const IndividualBody = Type.Object({
   status: Type.Optional(Status),
 }, { additionalProperties: false });
 
-export const IndividualView = Type.Object({
+const IndividualView = Type.Object({
   registrationId: Type.String(), attestation: Type.String(), credentialSha256: Type.String(), profile: Type.String(),
   lifetimeDays: Type.Union([Type.Integer(), Type.Null()]), edgeCa: Type.Boolean(), dnsNames: Type.Array(Type.String()), labels: Labels,
   status: Type.String(), lineId: Type.Union([Type.String(), Type.Null()]), createdAt: Type.String(), updatedAt: Type.String(),
@@ -52,7 +53,7 @@ const ListQuery = Type.Object({
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
 }, { additionalProperties: false });
 
-export function individualView(e: IndividualEnrollment): Static<typeof IndividualView> {
+function individualView(e: IndividualEnrollment): Static<typeof IndividualView> {
   const { credential: _c, rowHash: _h, ...rest } = e;
   return rest;
 }
@@ -62,8 +63,8 @@ const groupView = (g: EnrollmentGroup) => g;
  * Enrollments, written by provisioning lines (their own) and admins (all): individual enrollments keyed by
  * registration id, and enrollment groups. Every change is audited with the line as actor.
  */
-export const enrollmentRoutes: FastifyPluginAsync<RouteDeps> = async (app, { store, config }) => {
-  const es = new EnrollmentStore(store);
+export const enrollmentRoutes: FastifyPluginAsync<RouteDeps> = async (app, { ca, store, config }) => {
+  const es = new EnrollmentStore(store, groupKeyVault(ca.keys));
   const rateLimit = lineRateLimit(es, config.rateLimitPerMinute);
   const enroll = requireLine(store, es, "enroll");
   const read = requireLine(store, es, "read");

@@ -1,0 +1,130 @@
+#!/usr/bin/env node
+// The identity API's request validators, compiled once here (ajv standalone code) into identity-api/wire-validators.ts,
+// so the identity daemon validates every request with plain functions and loads no schema compiler (issue 14: ajv and
+// its compiled schemas were ~2 MB of the daemon's heap; fastify's per-socket compilers more). The options are
+// fastify's (@fastify/ajv-compiler's defaults): the daemon answered through fastify before, and every answer —
+// coercion, defaults, removed extra properties, the first error only — stays what it was.
+// Usage: node --import tsx scripts/wire-validators.mjs          (writes the file)
+//        node --import tsx scripts/wire-validators.mjs --check  (exit 1 when the file is stale; wire-validators.test.ts)
+import { readFileSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Ajv } from "ajv";
+import standaloneModule from "ajv/dist/standalone/index.js";
+import formatsModule from "ajv-formats";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+export const OUT = join(root, "identity-api", "wire-validators.ts");
+
+/** Request parts the daemon validates: export name → schema name in identity-api's index. */
+const REQUESTS = {
+  attestedModuleBody: "AttestedModuleSchema",
+  nameParams: "NameParams",
+  deregisterQuery: "DeregisterQuery",
+  eventsQuery: "EventsQuery",
+  renewBody: "RenewBody",
+  evidenceBody: "EvidenceBody",
+  sasVerifyBody: "SasVerifyRequest",
+  certificateBody: "CertificateRequest",
+  iotEdgeApiVersionQuery: "IotEdgeApiVersionQuery",
+  iotEdgeModuleParams: "IotEdgeModuleParams",
+  iotEdgeSignBody: "IotEdgeSignRequest",
+  iotEdgeCertificateBody: "IotEdgeCertificateRequest",
+};
+
+/** Answers the daemon writes through a schema: the properties it declares, in its order (what fastify's serialiser sent). */
+const ANSWERS = {
+  moduleView: "ModuleViewSchema",
+  moduleList: "ModuleListSchema",
+  eventsPage: "EventsPageSchema",
+  evidenceAnswer: "EvidenceResponse",
+  sasVerifyAnswer: "SasVerifyResponse",
+  certificateAnswer: "CertificateResponse",
+  trustBundleAnswer: "TrustBundleResponse",
+};
+
+/** The properties an answer keeps, nested: `{ key: shape | null }` for objects, `{ items: shape }` for arrays. */
+function shapeOf(schema) {
+  if (schema.type === "object" && schema.properties) {
+    return { keys: Object.fromEntries(Object.entries(schema.properties).map(([k, s]) => [k, shapeOf(s)])) };
+  }
+  if (schema.type === "array" && schema.items) return { items: shapeOf(schema.items) };
+  return null;
+}
+
+/** ajv's runtime string length (code points, as JSON Schema counts), inlined so the file needs nothing from ajv. */
+export const UCS2LENGTH = `function ucs2length(str) {
+  const len = str.length;
+  let length = 0;
+  let pos = 0;
+  let value;
+  while (pos < len) {
+    length++;
+    value = str.charCodeAt(pos++);
+    if (value >= 0xd800 && value <= 0xdbff && pos < len) {
+      value = str.charCodeAt(pos);
+      if ((value & 0xfc00) === 0xdc00) pos++;
+    }
+  }
+  return length;
+}`;
+
+/** ajv standalone ESM code exporting the schemas added under `names`, needing nothing but UCS2LENGTH beside it. */
+export function standaloneSource(ajv, names) {
+  const standalone = standaloneModule.default ?? standaloneModule;
+  let code = standalone(ajv, Object.fromEntries(names.map((n) => [n, n])));
+  code = code.replace(/^"use strict";/, "");
+  const requires = [...new Set(code.match(/require\("[^"]+"\)(\.default|\.fullFormats)?/g) ?? [])];
+  for (const r of requires) {
+    // A `format` keyword (date-time) calls ajv-formats' check, an enum of objects ajv's deep equality: the caller
+    // imports `fullFormats` and `deepEqual` beside the code (compiled-validators.mjs).
+    const name = r.startsWith('require("ajv/dist/runtime/ucs2length")') ? "ucs2length"
+      : r === 'require("ajv/dist/runtime/equal").default' ? "deepEqual"
+      : r === 'require("ajv-formats/dist/formats").fullFormats' ? "fullFormats" : undefined;
+    if (!name) throw new Error(`generated validators need ${r}: inline it here`);
+    code = code.split(r).join(name);
+  }
+  return code;
+}
+
+export async function wireValidatorsSource() {
+  const api = await import("../identity-api/index.js");
+  const ajv = new Ajv({ coerceTypes: "array", useDefaults: true, removeAdditional: true, addUsedSchema: false, allErrors: false, code: { source: true, esm: true, lines: true } });
+  (formatsModule.default ?? formatsModule)(ajv);
+  for (const [name, schema] of Object.entries(REQUESTS)) ajv.addSchema(api[schema], name);
+  let code = standaloneSource(ajv, Object.keys(REQUESTS));
+  code = code.replace(/export const (\w+) = (validate\d+);/g, "export const $1 = $2 as unknown as WireValidator;");
+  const shapes = Object.fromEntries(Object.entries(ANSWERS).map(([n, s]) => [n, shapeOf(api[s])]));
+  return [
+    "/* eslint-disable */",
+    "// @ts-nocheck",
+    "// GENERATED by scripts/wire-validators.mjs from the schemas in identity-api/ — do not edit; run",
+    "// `node --import tsx scripts/wire-validators.mjs` after changing a schema (wire-validators.test.ts fails until then).",
+    "",
+    "/** Validates and, as fastify's ajv did, coerces, fills defaults and drops unknown properties in place; `errors` says why not. */",
+    "export interface WireValidator {",
+    "  (data: unknown): boolean;",
+    "  errors?: Array<{ instancePath: string; keyword: string; message?: string; params: Record<string, unknown> }> | null;",
+    "}",
+    "",
+    UCS2LENGTH,
+    "",
+    code.trim(),
+    "",
+    `export const answerShapes = ${JSON.stringify(shapes, null, 2)};`,
+    "",
+  ].join("\n");
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  const source = await wireValidatorsSource();
+  if (process.argv.includes("--check")) {
+    const current = readFileSync(OUT, "utf8");
+    if (current !== source) {
+      process.stderr.write(`${OUT} is stale: run node --import tsx scripts/wire-validators.mjs\n`);
+      process.exit(1);
+    }
+  } else {
+    writeFileSync(OUT, source);
+  }
+}
