@@ -12,8 +12,8 @@ import { TEST_POLICY_YAML, connectWithCertificate, nextMessage as nextMessageWit
  * The hub's upstream session as the cloud sees it, with `edgetrust hub run` as its own process (so it can be killed
  * with SIGKILL) and a private Mosquitto (TLS, client certificates) as the cloud broker on a port of this file's own:
  * C2D messages reach the leaf device; reported properties reach the cloud; and what the cloud sends while the hub is
- * down — a C2D message and a direct method — is handed over by the broker's persistent session when the hub comes
- * back, held by the hub until the leaf reconnects, and answered.
+ * down — a C2D message and a direct method, after a kill -9 and after a graceful stop — is handed over by the broker's
+ * persistent session when the hub comes back, held by the hub until the leaf reconnects, and answered.
  */
 const quiet = createLogger("certs-dev", { level: "error" });
 
@@ -54,7 +54,7 @@ afterAll(() => {
 });
 
 describe("the hub's upstream session: C2D, reported properties, and what the cloud sent while the hub was down", () => {
-  it("C2D reaches the leaf; reported patches reach the cloud; a C2D message and a method sent during a kill -9 are delivered after the restart", async () => {
+  it("C2D reaches the leaf; reported patches reach the cloud; a C2D message and a method sent while the hub was down (kill -9, then SIGTERM) are delivered after each restart", async () => {
     const pkiDir = join(base, "pki");
     await createDevPki({ out: pkiDir, trustDomain: "example.com", deviceId: "d1", modules: ["sensor"], leafDeviceId: "leaf1", logger: quiet });
     const state = join(base, "state");
@@ -141,5 +141,33 @@ describe("the hub's upstream session: C2D, reported properties, and what the clo
     expect(answer.topic).toBe("devices/leaf1/$iothub/methods/res/200/?$rid=77");
     expect(JSON.parse(answer.payload.toString())).toEqual({ blinked: 2 });
     expect(hub.out().slice(mark)).not.toMatch(/C2D delivery failed/);
-  }, 180_000);
+
+    // A graceful stop (SIGTERM, as systemd stops the hub) must leave the upstream session as the cloud broker had it:
+    // disconnecting its clients on the way out is not the leaf going away, so the leaf's method filter stays.
+    hub.proc.kill("SIGTERM");
+    expect(await within(hub.exited, 30_000, "hub stopped")).toEqual({ code: 0, signal: null });
+    await lf.endAsync(true);
+    await cloud.publishAsync("devices/leaf1/messages/devicebound/%24.mid=c3", "sent while the hub was stopped", { qos: 1 });
+    await cloud.publishAsync("devices/leaf1/$iothub/methods/POST/blink/?$rid=78", JSON.stringify({ times: 3 }), { qos: 1 });
+    hub = startHub(config);
+    port = Number((await hub.waitFor(/edge hub listening on 127\.0\.0\.1:(\d+)/, "hub restarted after SIGTERM"))[1]);
+    await hub.waitFor(/C2D message held until its device connects/, "the C2D message held for the leaf (after SIGTERM)");
+    await hub.waitFor(/cloud method relayed/, "the method taken from the broker (after SIGTERM)");
+    const res2 = nextMessage(cloud, /^devices\/leaf1\/\$iothub\/methods\/res\/[^/]+\/\?\$rid=78$/, "the second method's answer in the cloud");
+    const mark3 = hub.out().length;
+    const again = await client(port, pkiDir, "leaf-leaf1", { clientId: "leaf1", clean: false });
+    const c2dAgain = nextMessage(again, /^devices\/leaf1\/messages\/devicebound\//, "held C2D at the leaf (after SIGTERM)");
+    const method2 = nextMessage(again, /^\$iothub\/methods\/POST\/blink\//, "the method at the leaf (after SIGTERM)");
+    await again.subscribeAsync(["devices/leaf1/messages/devicebound/#", "$iothub/methods/POST/#"], { qos: 1 });
+    const held2 = await c2dAgain;
+    expect(held2.topic).toBe("devices/leaf1/messages/devicebound/%24.mid=c3");
+    expect(held2.payload.toString()).toBe("sent while the hub was stopped");
+    const m2 = await method2;
+    expect(JSON.parse(m2.payload.toString())).toEqual({ times: 3 });
+    await again.publishAsync(`$iothub/methods/res/200/?$rid=${ridOf(m2.topic)}`, JSON.stringify({ blinked: 3 }), { qos: 0 });
+    const answer2 = await res2;
+    expect(answer2.topic).toBe("devices/leaf1/$iothub/methods/res/200/?$rid=78");
+    expect(JSON.parse(answer2.payload.toString())).toEqual({ blinked: 3 });
+    expect(hub.out().slice(mark3)).not.toMatch(/C2D delivery failed/);
+  }, 240_000);
 });

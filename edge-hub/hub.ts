@@ -101,6 +101,8 @@ export class EdgeHub extends EventEmitter<HubEvents> {
   private readonly c2d: DeviceboundRelay | undefined;
   private unsubscribeAttestation: (() => void) | undefined;
   private unsubscribeCrl: (() => void) | undefined;
+  /** Set by stop(): the hub closing its clients is not those clients leaving (see clientDisconnect). */
+  private stopping = false;
   boundPort = 0;
 
   constructor(private readonly opts: HubOptions) {
@@ -244,7 +246,9 @@ export class EdgeHub extends EventEmitter<HubEvents> {
       this.c2d?.disconnected(id.key, client);
       if (this.clients.get(id.key) === client) {
         this.clients.delete(id.key);
-        this.relay?.leafDisconnected(id);
+        // Not while stopping: the hub closing its clients is not a leaf going away. Its method and desired filters
+        // stay in the cloud broker's persistent session, so what the cloud sends while the hub is down still arrives.
+        if (!this.stopping) this.relay?.leafDisconnected(id);
       }
       this.metrics.connected.dec();
       this.emit("disconnected", id);
@@ -418,6 +422,7 @@ export class EdgeHub extends EventEmitter<HubEvents> {
 
   /** Stop accepting, disconnect clients, stop upstream, close the store. */
   async stop(): Promise<void> {
+    this.stopping = true;
     this.unsubscribeAttestation?.();
     this.unsubscribeCrl?.();
     this.twins.stop();
