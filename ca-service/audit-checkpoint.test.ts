@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import Database from "better-sqlite3";
+import * as jose from "jose";
 import { SOFTHSM_MODULE } from "../hsm/index.js";
 import { auditHash } from "./store.js";
 import { softHsm, TEST_PIN, type SoftHsm } from "./test-helpers.js";
@@ -90,6 +91,30 @@ describe("signed audit checkpoints", () => {
     expect(v.stderr).toMatch(new RegExp(`entry ${cp.seq} hashes to .* the checkpoint of .* recorded`));
   });
 
+  it("the attack: entries cut from the end and the head set back to match pass plain audit verify and fail --checkpoint", async () => {
+    // A checkpoint of the log as it is now (self-consistent after the rewrite above), kept outside the CA.
+    const out = join(dir, "checkpoint-tail.jws");
+    const c = await cli(["audit", "checkpoint", "--out", out, "--json"]);
+    expect(c.code, c.stderr).toBe(0);
+    const cp = JSON.parse(c.stdout) as { seq: number };
+    const db = new Database(join(dir, "ca.db"));
+    try {
+      db.exec("DROP TRIGGER IF EXISTS audit_log_no_update; DROP TRIGGER IF EXISTS audit_log_no_delete;");
+      // Remove the last two entries (what the attacker wants forgotten) and point the head at the new last one.
+      db.prepare("DELETE FROM audit_log WHERE seq > ?").run(cp.seq - 2);
+      const last = db.prepare("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").get() as { seq: number; hash: string };
+      expect(last.seq).toBe(cp.seq - 2);
+      db.prepare("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1").run(last.seq, last.hash);
+    } finally {
+      db.close();
+    }
+    const plain = await cli(["audit", "verify", "--json"]);
+    expect(plain.code, "without a checkpoint the cut is invisible").toBe(0);
+    const v = await cli(["audit", "verify", "--checkpoint", out]);
+    expect(v.code).toBe(1);
+    expect(v.stderr).toMatch(new RegExp(`the log has ${cp.seq - 2} entries, fewer than the ${cp.seq} the checkpoint`));
+  });
+
   it("a forged checkpoint (payload changed, or signed by another key) is refused", async () => {
     const jws = readFileSync(join(dir, "checkpoint.jws"), "utf8").trim();
     const [h, , s] = jws.split(".");
@@ -98,5 +123,20 @@ describe("signed audit checkpoints", () => {
     const v = await cli(["audit", "verify", "--checkpoint", forged, "--json"]);
     expect(v.code).toBe(1);
     expect(String((JSON.parse(v.stdout) as { reason: string }).reason)).toMatch(/does not verify/);
+
+    // The attacker's own key, under the real issuing CA's x5c (so the issuer lookup passes): the signature fails.
+    const header = JSON.parse(Buffer.from(h ?? "", "base64url").toString()) as jose.CompactJWSHeaderParameters;
+    const { privateKey } = await jose.generateKeyPair("ES256");
+    const own = await new jose.CompactSign(Buffer.from(JSON.stringify({ seq: 1, headHash: "00", at: new Date().toISOString(), issuerId: "y" }))).setProtectedHeader({ ...header, alg: "ES256" }).sign(privateKey);
+    writeFileSync(forged, own);
+    const w = await cli(["audit", "verify", "--checkpoint", forged, "--json"]);
+    expect(w.code).toBe(1);
+    expect(String((JSON.parse(w.stdout) as { reason: string }).reason)).toMatch(/signature or payload does not verify/);
+
+    // Its own certificate in x5c: not an issuing CA of this CA.
+    writeFileSync(forged, await new jose.CompactSign(Buffer.from("{}")).setProtectedHeader({ ...header, alg: "ES256", x5c: ["MIIB"] }).sign(privateKey));
+    const x = await cli(["audit", "verify", "--checkpoint", forged, "--json"]);
+    expect(x.code).toBe(1);
+    expect(String((JSON.parse(x.stdout) as { reason: string }).reason)).toMatch(/not signed by an issuing CA of this CA/);
   });
 });
