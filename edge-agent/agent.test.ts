@@ -123,6 +123,10 @@ describe("edge agent: attested boot on real dockerd + registry", () => {
       expect(info?.HostConfig).toMatchObject({ Privileged: false, CapDrop: ["ALL"], ReadonlyRootfs: true, NetworkMode: "none", SecurityOpt: ["no-new-privileges"] });
       expect(info?.HostConfig.CapAdd ?? []).toEqual(i === 0 ? ["CAP_NET_BIND_SERVICE"] : []);
       expect(info?.HostConfig.Binds).toEqual([`${join(device.socketsDir, n)}:/run/edgetrust/workload:ro`]);
+      // `auth: x509` is the default: no IoT Edge environment (SAS is an explicit per-module grant; azure-module e2e).
+      const env = JSON.parse(dockerCli(["inspect", "--format", "{{json .Config.Env}}", `edgetrust-${n}`])) as string[];
+      expect(env).toContain(`MODULE=${n}`);
+      expect(env.filter((e) => e.startsWith("IOTEDGE_"))).toEqual([]);
     }
     const started = reports.filter((x) => x.kind === "manifest-accepted");
     expect(started.at(-1)).toMatchObject({ version: 1, deploymentId: "dep-agent" });

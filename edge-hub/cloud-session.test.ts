@@ -11,9 +11,9 @@ import { TEST_POLICY_YAML, connectWithCertificate, nextMessage as nextMessageWit
 /**
  * The hub's upstream session as the cloud sees it, with `edgetrust hub run` as its own process (so it can be killed
  * with SIGKILL) and a private Mosquitto (TLS, client certificates) as the cloud broker on a port of this file's own:
- * C2D messages reach the leaf device; reported properties reach the cloud; and what the cloud sends while the hub is
- * down — a C2D message and a direct method, after a kill -9 and after a graceful stop — is handed over by the broker's
- * persistent session when the hub comes back, held by the hub until the leaf reconnects, and answered.
+ * C2D messages reach the leaf device and a module; reported properties reach the cloud; and what the cloud sends while
+ * the hub is down — a C2D message and a direct method, after a kill -9 and after a graceful stop — is handed over by
+ * the broker's persistent session when the hub comes back, held by the hub until the leaf reconnects, and answered.
  */
 const quiet = createLogger("certs-dev", { level: "error" });
 
@@ -54,7 +54,7 @@ afterAll(() => {
 });
 
 describe("the hub's upstream session: C2D, reported properties, and what the cloud sent while the hub was down", () => {
-  it("C2D reaches the leaf; reported patches reach the cloud; a C2D message and a method sent while the hub was down (kill -9, then SIGTERM) are delivered after each restart", async () => {
+  it("C2D reaches the leaf and a module; reported patches reach the cloud; a C2D message and a method sent while the hub was down (kill -9, then SIGTERM) are delivered after each restart", async () => {
     const pkiDir = join(base, "pki");
     await createDevPki({ out: pkiDir, trustDomain: "example.com", deviceId: "d1", modules: ["sensor"], leafDeviceId: "leaf1", logger: quiet });
     const state = join(base, "state");
@@ -97,6 +97,15 @@ describe("the hub's upstream session: C2D, reported properties, and what the clo
     const got = await c2d;
     expect(got.topic).toBe("devices/leaf1/messages/devicebound/%24.mid=c1&kind=config");
     expect(JSON.parse(got.payload.toString())).toEqual({ setpoint: 21 });
+    // C2D for a module of this device (the hub listens upstream for all of them): on its own topic, to it.
+    const sensor = await client(port, pkiDir, "module-sensor");
+    await sensor.subscribeAsync(["devices/d1/modules/sensor/messages/devicebound/#"], { qos: 1 });
+    const mc2d = nextMessage(sensor, /^devices\/d1\/modules\/sensor\/messages\/devicebound\//, "C2D at the module");
+    await cloud.publishAsync("devices/d1/modules/sensor/messages/devicebound/%24.mid=m1&kind=mode", JSON.stringify({ mode: "eco" }), { qos: 1 });
+    const mgot = await mc2d;
+    expect(mgot.topic).toBe("devices/d1/modules/sensor/messages/devicebound/%24.mid=m1&kind=mode");
+    expect(JSON.parse(mgot.payload.toString())).toEqual({ mode: "eco" });
+    await sensor.endAsync(true);
 
     // Reported properties: applied in the hub's twin (204 with its version) and forwarded to the cloud.
     const ack = nextMessage(lf, /^\$iothub\/twin\/res\//, "reported patch answer");
