@@ -169,10 +169,10 @@ export interface Balancer {
 }
 
 /**
- * The HAProxy configuration `deploy/haproxy/edgetrust-ca.cfg` shows, for a list of CA processes: TCP mode (TLS ends
+ * The HAProxy configuration `deploy/haproxy/edgetrust-ca.cfg` shows (fleet/haproxy.test.ts holds the two equal), for a list of CA processes: TCP mode (TLS ends
  * at each CA process, so renewal stays mTLS end to end), round robin, health checks on GET /healthz over TLS.
  */
-function haproxyConfig(listen: { host: string; port: number }, backends: Array<{ host: string; port: number }>): string {
+export function haproxyConfig(listen: { host: string; port: number }, backends: Array<{ host: string; port: number }>): string {
   return [
     "global",
     "  maxconn 4000",
