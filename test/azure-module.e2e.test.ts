@@ -20,6 +20,8 @@ import { DockerClient } from "../engine/index.js";
 import { EdgeAgent, ManagementSocketRegistrar } from "../edge-agent/index.js";
 import { buildNodeModuleImage, type NodeModuleImage } from "../dev-images/index.js";
 import { Pkcs11KeyStore, SOFTHSM_MODULE, createSoftHsmDir, initToken, type SoftHsmDir } from "../hsm/index.js";
+import { X509Certificate } from "@peculiar/x509";
+import { certificateIdentity, parseModuleAttestation } from "../pki/index.js";
 import { parsePolicy, signManifest, type JwsSigner, type Manifest } from "../policy/index.js";
 import { makeSigners, makeTrustRoot } from "../policy/fixtures.js";
 import { startHubDevice, type HubDevice } from "./fixtures/hub-device.js";
@@ -194,6 +196,27 @@ req.end(body);`;
   const signInside = async (module: string) =>
     JSON.parse((await dockerCli(["exec", `edgetrust-${module}`, "/usr/bin/node", "-e", SIGN_SCRIPT(module)])).split("\n").pop() ?? "{}") as { status: number; body: string; token?: string };
 
+  /** Requests on a module's own workload socket from inside its container (`docker exec`), answered in order. */
+  const callInside = async (module: string, calls: { method: string; path: string; body?: unknown }[]) => {
+    const script = `
+const http = require("node:http");
+const calls = ${JSON.stringify(calls)};
+(async () => {
+  const out = [];
+  for (const c of calls) {
+    out.push(await new Promise((resolve) => {
+      const req = http.request({ socketPath: "/run/edgetrust/workload/workload.sock", method: c.method, path: c.path, headers: c.body === undefined ? {} : { "content-type": "application/json" } }, (res) => {
+        let b = ""; res.on("data", (x) => (b += x)); res.on("end", () => resolve({ status: res.statusCode, body: b }));
+      });
+      req.on("error", (e) => resolve({ status: 0, body: e.message }));
+      req.end(c.body === undefined ? undefined : JSON.stringify(c.body));
+    }));
+  }
+  console.log(JSON.stringify(out));
+})();`;
+    return JSON.parse((await dockerCli(["exec", `edgetrust-${module}`, "/usr/bin/node", "-e", script])).split("\n").pop() ?? "[]") as { status: number; body: string }[];
+  };
+
   /** CONNECT to the hub as the SDK does (client id d/m, user name host/d/m/?api-version) with a given token, from the namespace. */
   const replay = async (module: string, token: string) =>
     execFileAsync("nsenter", [`--net=${ns}`, "--", "mosquitto_pub", "-h", "localhost", "-p", "8883", "--cafile", join(base, "root.pem"), "--insecure", "-V", "mqttv311",
@@ -311,6 +334,54 @@ req.end(body);`;
     const res = await until("the method response upstream", () => cloud.find((m) => String(m.topic) === `devices/${DEVICE}/modules/receiver/$iothub/methods/res/200/?$rid=77`));
     expect(JSON.parse(String(res.payload))).toEqual({ pong: "hello", module: "receiver" });
   }, 180_000);
+
+  it("the IoT Edge workload API as iotedged serves it: api-version checked, identity certificate for the module's own CSR only, no server certificate, another module's name or generation refused", async () => {
+    const genid = device.modules.get("receiver")?.generationId ?? "";
+    const csr = (await execFileAsync("openssl", ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", join(base, "receiver-id.key"), "-subj", "/CN=receiver"], { encoding: "utf8" })).stdout;
+    const v = "?api-version=2018-06-28";
+    const sr = encodeURIComponent(`edgetrust.local/devices/${DEVICE}/modules/receiver`);
+    const data = Buffer.from(`${sr}\n${Math.floor(Date.now() / 1000) + 600}`).toString("base64");
+    const [bundle, noVersion, badVersion, identity, noCsr, server, otherName, otherGen, otherGenSign, badAlgo] = await callInside("receiver", [
+      { method: "GET", path: `/trust-bundle${v}` },
+      { method: "GET", path: "/trust-bundle" },
+      { method: "GET", path: "/trust-bundle?api-version=2099-01-01" },
+      { method: "POST", path: `/modules/receiver/genid/${genid}/certificate/identity${v}`, body: { commonName: "receiver", csr } },
+      { method: "POST", path: `/modules/receiver/genid/${genid}/certificate/identity${v}`, body: { commonName: "receiver", expiration: new Date(Date.now() + 3_600_000).toISOString() } },
+      { method: "POST", path: `/modules/receiver/genid/${genid}/certificate/server${v}`, body: { commonName: "receiver", csr } },
+      { method: "POST", path: `/modules/sender/genid/${genid}/sign${v}`, body: { keyId: "primary", algo: "HMACSHA256", data } },
+      { method: "POST", path: `/modules/receiver/genid/0000000000000000/certificate/identity${v}`, body: { csr } },
+      { method: "POST", path: `/modules/receiver/genid/0000000000000000/sign${v}`, body: { keyId: "primary", algo: "HMACSHA256", data } },
+      { method: "POST", path: `/modules/receiver/genid/${genid}/sign${v}`, body: { keyId: "primary", algo: "HMACSHA1", data } },
+    ]);
+    const detail = (r?: { body: string }) => (JSON.parse(r?.body ?? "{}") as { detail?: string }).detail;
+    expect(bundle?.status).toBe(200);
+    expect((JSON.parse(bundle?.body ?? "{}") as { certificate: string }).certificate.trim()).toBe(device.root.toString("pem").trim());
+    expect([noVersion?.status, badVersion?.status]).toEqual([400, 400]);
+    expect(detail(noVersion)).toMatch(/api-version query parameter is required/);
+    expect(detail(badVersion)).toMatch(/api-version "2099-01-01" is not supported/);
+    // The identity route issues for the module's own CSR: its URI, bound to the attested digest; the chain follows.
+    expect(identity?.status, identity?.body).toBe(200);
+    const issued = JSON.parse(identity?.body ?? "{}") as { certificate: string; expiration: string };
+    const leaf = new X509Certificate(issued.certificate);
+    expect(certificateIdentity(leaf)).toMatchObject({ trustDomain: device.trustDomain, deviceId: DEVICE, moduleId: "receiver" });
+    expect(parseModuleAttestation(leaf)).toMatchObject({ imageDigest: image.digest, manifestVersion: 1 });
+    expect(issued.certificate.match(/BEGIN CERTIFICATE/g)).toHaveLength(2);
+    expect(Date.parse(issued.expiration)).toBe(leaf.notAfter.getTime());
+    // iotedged would make a key and return it; edgetrust never hands out a private key.
+    expect(noCsr?.status).toBe(403);
+    expect(detail(noCsr)).toMatch(/never hands out private keys/);
+    expect(server?.status).toBe(403);
+    expect(detail(server)).toMatch(/server certificates are not issued/);
+    // The socket is the module's identity: another module's name on it, or another generation, gets nothing.
+    expect(otherName?.status).toBe(403);
+    expect(detail(otherName)).toMatch(/this is module receiver's workload socket, not sender's/);
+    expect(otherGen?.status).toBe(403);
+    expect(detail(otherGen)).toMatch(/generation 0000000000000000 of module receiver is not the registered one/);
+    expect(otherGenSign?.status).toBe(403);
+    expect(detail(otherGenSign)).toMatch(/generation 0000000000000000/);
+    expect(badAlgo?.status).toBe(400);
+    expect(detail(badAlgo)).toMatch(/algo "HMACSHA1" is not supported/);
+  }, 120_000);
 
   it("attack: sign requests from outside the module's container are refused — a container started by hand with the socket mounted, and the host", async () => {
     const out = await dockerCli(["run", "--rm", "--name", `hand-${tag}`, "--network", "host", "--user", "1000:1000", "--entrypoint", "/usr/bin/node",

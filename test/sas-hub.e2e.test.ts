@@ -181,4 +181,25 @@ describe("edge hub: SAS-authenticated modules (keys in SoftHSM2, verified by the
     expect((await refused("alpha", undefined)).reason).toBe("no-certificate");
     expect((await refused("alpha", await token("alpha", "galpha00001"), "someone-else")).reason).toBe("sas-identity-mismatch");
   });
+
+  it("drift: the module registered again with another image digest — its live SAS connection is cut, the token it held is refused", async () => {
+    const held = await token("alpha", "galpha00001");
+    const c = await connect("alpha", held);
+    const since = rejected.length;
+    // What the daemon is told when the agent re-creates the module from another digest: a new container, a new
+    // generation (the agent makes one for every container it creates), so a new key.
+    const drifted = reg("alpha", { containerId: "f".repeat(64), imageDigest: `sha256:${"f".repeat(64)}`, generationId: "galpha00002" });
+    await device.sas?.prepare(drifted);
+    device.modules.register(drifted);
+    await expect.poll(() => rejected.slice(since).find((r) => r.identity === `${DEVICE}/alpha`)?.reason).toBe("attestation-changed");
+    await new Promise<void>((r) => (c.connected ? c.once("close", () => r()) : r()));
+    const replay = await refused("alpha", held);
+    expect(replay.reason).toBe("sas-refused");
+    expect(replay.detail).toMatch(/signature is not module alpha's/);
+    // A token signed now (the new registration's key) connects, with the new attestation.
+    const mark = connected.length;
+    const again = await connect("alpha", await token("alpha", "galpha00002"));
+    expect(connected.slice(mark).find((x) => x.key === `${DEVICE}/alpha`)?.attestation).toMatchObject({ imageDigest: `sha256:${"f".repeat(64)}` });
+    await again.endAsync(true);
+  });
 });
