@@ -335,6 +335,24 @@ const calls = ${JSON.stringify(calls)};
     expect(JSON.parse(String(res.payload))).toEqual({ pong: "hello", module: "receiver" });
   }, 180_000);
 
+  it("kill -9 of the hub: a direct method the cloud sends meanwhile is answered once the hub is back and the SDK has reconnected by itself", async () => {
+    await stop(hub, "SIGKILL");
+    // While the hub is down, the cloud calls a method on the receiver (QoS 1): the cloud broker keeps it in the hub's
+    // persistent session.
+    await nsExec("mosquitto_pub", ["-h", "127.0.0.1", "-p", "1883", "-q", "1", "-t", `devices/${DEVICE}/modules/receiver/$iothub/methods/POST/ping/?$rid=91`, "-m", JSON.stringify("while the hub was down")]);
+    await startHub();
+    // Both SDK clients reconnect on their own retry policy, with tokens their workload sockets sign.
+    for (const n of ["receiver", "sender"]) {
+      const id = await until(`${n} reconnected`, () => hubEvents.find((e) => e.event === "connected" && e.key === `${DEVICE}/${n}`), 180_000);
+      expect(id).toMatchObject({ principal: "module", serial: `sas-generation-${device.modules.get(n)?.generationId ?? ""}` });
+    }
+    const res = await until("the method's answer upstream", () => cloud.find((m) => String(m.topic) === `devices/${DEVICE}/modules/receiver/$iothub/methods/res/200/?$rid=91`), 180_000);
+    expect(JSON.parse(String(res.payload))).toEqual({ pong: "while the hub was down", module: "receiver" });
+    // And the sender's telemetry flows upstream again through the restarted hub.
+    const seen = cloud.length;
+    await until("sender telemetry after the restart", () => cloud.slice(seen).find((m) => String(m.topic).startsWith(`devices/${DEVICE}/modules/sender/messages/events/`)), 120_000);
+  }, 420_000);
+
   it("the IoT Edge workload API as iotedged serves it: api-version checked, identity certificate for the module's own CSR only, no server certificate, another module's name or generation refused", async () => {
     const genid = device.modules.get("receiver")?.generationId ?? "";
     const csr = (await execFileAsync("openssl", ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", join(base, "receiver-id.key"), "-subj", "/CN=receiver"], { encoding: "utf8" })).stdout;
