@@ -12,7 +12,7 @@ import { BaseSequencer, type TestSpecification } from "vitest/node";
 const SLOW_FIRST = [
   "fleet/fleet.test.ts", "ca-service/cluster.test.ts", "test/demo.e2e.test.ts", "ca-service/serve-crash.test.ts",
   "ca-service/scaleout.test.ts", "ca-service/enrollment/import.test.ts", "device-identity/hsm-fault.test.ts",
-  "hsm/cli.test.ts", "ca-service/audit-checkpoint.test.ts", "console/serve.test.ts",
+  "hsm/cli.test.ts", "ca-service/audit-checkpoint.test.ts", "console/serve.test.ts", "fleet/cli.test.ts",
   "ca-service/enrollment/cli.test.ts", "ca-service/cli.test.ts", "test/renewal-soak.e2e.test.ts",
   "edge-hub/cli.test.ts", "console/console.test.ts", "device-identity/provision.test.ts", "edge-agent/cli.test.ts",
   "ca-service/store-identity.test.ts", "device-identity/renewal.test.ts", "device-identity/attestation.test.ts",

@@ -115,7 +115,9 @@ function fleetUpCommand(): Command {
         url: fleet.url, rootFile: fleet.rootFile, adminTokenFile: fleet.adminTokenFile, databaseUrl: fleet.databaseUrl, referencesFile: fleet.referencesFile,
         config: fleet.config, dir: fleet.dir, softhsmConf: fleet.env.SOFTHSM2_CONF, processes: fleet.processes.map((p) => ({ url: p.url, pid: p.proc.pid })), simulate,
       };
-      emit(Boolean(o.json), info, () => [
+      // One JSON line (the command keeps running, so a script reads its first line rather than waiting for the end).
+      if (o.json) process.stdout.write(`${JSON.stringify(info)}\n`);
+      else emit(false, info, () => [
         `CA fleet up: HAProxy ${fleet.url} → ${fleet.processes.map((p) => p.url).join(", ")}`,
         `PostgreSQL ${fleet.databaseUrl}; configuration ${fleet.config} (SOFTHSM2_CONF=${fleet.env.SOFTHSM2_CONF ?? ""})`,
         `root certificate ${fleet.rootFile}; admin token in ${fleet.adminTokenFile}`,
