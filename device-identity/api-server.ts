@@ -3,6 +3,7 @@ import type { Socket } from "node:net";
 import { parse as parseQuery } from "node:querystring";
 import { EdgeTrustError, isEdgeTrustError, validationProblem, type Logger } from "../common/index.js";
 import type { answerShapes, WireValidator } from "../identity-api/index.js";
+import { runtimeHeapBudget, type HeapBudget } from "./heap-budget.js";
 
 /**
  * The daemon's two unix-socket APIs (management, workload) on node:http with a table of routes, instead of fastify:
@@ -88,14 +89,21 @@ export interface ApiServerOptions {
   /** Largest request body, bytes (413 beyond). */
   bodyLimit: number;
   log: Logger;
+  /**
+   * Asked before each request whether the garbage since the last full collection is over budget (heap-budget.ts).
+   * Default: the process's budget when node runs with `--expose-gc` (the systemd unit), none otherwise.
+   */
+  heapBudget?: HeapBudget;
 }
 
 export class ApiServer {
   private readonly routes: Compiled[];
   private readonly server: Server;
   private requests = 0;
+  private readonly heapBudget: HeapBudget | undefined;
 
   constructor(private readonly o: ApiServerOptions) {
+    this.heapBudget = o.heapBudget ?? runtimeHeapBudget();
     this.routes = o.routes.map((route) => ({
       route,
       segments: route.path.split("/").slice(1).map((s) => (s.startsWith(":") ? { param: s.slice(1) } : { literal: s })),
@@ -147,6 +155,8 @@ export class ApiServer {
   }
 
   private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    // Before this request's work, after the answers before it were handed to the socket.
+    this.heapBudget?.check();
     const id = `req-${(++this.requests).toString(36)}`;
     const url = req.url ?? "/";
     const q = url.indexOf("?");
