@@ -312,11 +312,38 @@ export class CertificateAuthority {
     return { ...issued, rekey };
   }
 
-  /** Revoke by serial and publish a fresh CRL for its issuer. */
+  /**
+   * Revoke by serial and publish a fresh CRL for its issuer. Revoking again with the same reason is a retry, answered
+   * with the revoked record: the revocation commits before the CRL is signed, so a request can fail after it (the
+   * store unreachable for the CRL transaction: 503 with Retry-After; the answer lost with a process or connection)
+   * and a client must be able to repeat it. The retry publishes the CRL when the current one does not list the
+   * serial yet — otherwise the revocation would reach CRL consumers (edge hubs) only at the next scheduled CRL.
+   * Another reason for a revoked certificate stays a CONFLICT (the first reason stands).
+   */
   async revoke(serial: string, reason: RevocationReason, actor: string): Promise<CertificateRecord> {
-    const rec = await this.store.revoke(serial, reason, actor);
+    let rec: CertificateRecord;
+    try {
+      rec = await this.store.revoke(serial, reason, actor);
+    } catch (e) {
+      if (!isEdgeTrustError(e, "CONFLICT")) throw e;
+      const cur = await this.store.getCertificate(normalizeSerial(serial));
+      if (cur?.status !== "revoked" || cur.revocationReason !== reason) throw e;
+      if (!(await this.crlLists(cur.issuerId, cur.serial))) await this.generateCrl(cur.issuerId);
+      return cur;
+    }
     await this.generateCrl(rec.issuerId);
     return rec;
+  }
+
+  /** Does the issuer's current CRL list `serial`? (An unreadable or missing CRL does not.) */
+  private async crlLists(issuerId: string, serial: string): Promise<boolean> {
+    const cur = await this.store.currentCrl(issuerId);
+    if (!cur) return false;
+    try {
+      return new x509.X509Crl(new Uint8Array(cur.der)).findRevoked(serial.length % 2 ? `0${serial}` : serial) !== null;
+    } catch {
+      return false;
+    }
   }
 
   /** Build, sign and store the next CRL of an issuer (CRL number strictly increasing across processes). */
