@@ -32,6 +32,8 @@ export interface SimContext {
   times: StepTimes;
   /** Retried attempts by step and code (what chaos cost). */
   retries: Record<string, number>;
+  /** The first answer's detail (or network error) of each retried step and code: what a retry count alone cannot say. */
+  retryDetails: Record<string, string>;
   /** 503 answers without Retry-After, by step and code: a CA that cannot serve must say when to come back. */
   unavailableWithoutRetryAfter: Record<string, number>;
 }
@@ -80,11 +82,13 @@ async function attempt(ctx: SimContext, step: string, fn: () => Promise<Reply>, 
       if (ok(r)) return r;
       if (!retryable(r)) throw new StepError(step, codeOf(r), String(r.json.detail ?? r.json.title ?? `HTTP ${r.status}`));
       last = codeOf(r);
+      ctx.retryDetails[`${step}:${last}`] ??= `HTTP ${r.status}${r.instance ? ` from ${r.instance}` : ""}: ${String(r.json.detail ?? r.json.title ?? "").slice(0, 300)}`;
       if (r.retryAfter !== undefined) retryAfterMs = Math.min(30_000, r.retryAfter * 1000);
       else if (r.status === 503) countInto(ctx.unavailableWithoutRetryAfter, `${step}:${last}`);
     } catch (e) {
       if (!(e instanceof NetworkError)) throw e;
       last = e.code;
+      ctx.retryDetails[`${step}:${last}`] ??= e.message.slice(0, 300);
     }
     countInto(ctx.retries, `${step}:${last}`);
   }

@@ -64,6 +64,8 @@ export interface SimulationResult {
   errors: number;
   errorsByCode: Record<string, number>;
   retriesByCode: Record<string, number>;
+  /** For each key of `retriesByCode`, the first such answer's status, process and detail. */
+  retryDetails: Record<string, string>;
   /** 503 answers that did not say when to retry (no Retry-After), by step and code. */
   unavailableWithoutRetryAfter: Record<string, number>;
   steps: Record<string, { count: number; p50Ms: number; p99Ms: number }>;
@@ -108,7 +110,7 @@ export async function simulateFleet(opts: SimulateOptions): Promise<SimulationRe
     const ctx: SimContext = {
       caUrl, rootPem: opts.rootPem, lineToken, ...(opts.adminToken ? { adminToken: opts.adminToken } : {}), pool,
       keys: opts.keys ?? softwareKeys(), measurements: measurementsFrom(opts.references), crossInstance: opts.crossInstance ?? true, maxAttempts: opts.maxAttempts ?? 25,
-      times: new StepTimes(), retries: {}, unavailableWithoutRetryAfter: {},
+      times: new StepTimes(), retries: {}, retryDetails: {}, unavailableWithoutRetryAfter: {},
     };
     const every = opts.revokePercent === undefined ? 20 : opts.revokePercent > 0 ? Math.max(1, Math.round(100 / opts.revokePercent)) : 0;
     const outcomes: DeviceOutcome[] = new Array<DeviceOutcome>(opts.devices);
@@ -145,7 +147,7 @@ export async function simulateFleet(opts: SimulateOptions): Promise<SimulationRe
       renewed: outcomes.filter((o) => o.renewed).length,
       revoked: outcomes.filter((o) => o.revoked).length,
       refusedAsExpected: outcomes.filter((o) => o.refusedAsExpected).length,
-      errors, errorsByCode, retriesByCode: ctx.retries, unavailableWithoutRetryAfter: ctx.unavailableWithoutRetryAfter, steps: ctx.times.summary(),
+      errors, errorsByCode, retriesByCode: ctx.retries, retryDetails: ctx.retryDetails, unavailableWithoutRetryAfter: ctx.unavailableWithoutRetryAfter, steps: ctx.times.summary(),
       seconds: Math.round(seconds * 10) / 10, devicesPerSecond: Math.round((opts.devices / seconds) * 100) / 100,
       sampleErrors: outcomes.filter((o) => o.error).slice(0, 5).map((o) => ({ deviceId: o.deviceId, ...(o.error as NonNullable<DeviceOutcome["error"]>) })),
     };
