@@ -135,6 +135,18 @@ describe("module SAS tokens, keys in SoftHSM2", () => {
     expect((await sas.verify(await sdkToken("beta", "genbeta0001", inAnHour()))).moduleId).toBe("beta");
   });
 
+  it("attack: a registration reusing a live generation for another container or digest is refused, and the old tokens stay the old registration's only", async () => {
+    const token = await sdkToken("alpha", "genalpha0001", inAnHour());
+    for (const over of [{ containerId: "d".repeat(64) }, { imageDigest: `sha256:${"e".repeat(64)}` }]) {
+      expect(await refusal(register(reg("alpha", over)))).toMatch(/generation genalpha0001 of module alpha is registered for another container or image digest/);
+    }
+    // Nothing was registered: the token verifies for the registration it was signed under, with its digest.
+    expect(await sas.verify(token)).toMatchObject({ moduleId: "alpha", imageDigest: `sha256:${"b".repeat(64)}` });
+    // The same container registered again (e.g. after a daemon restart) keeps its key.
+    await register(reg("alpha"));
+    expect((await sas.verify(token)).moduleId).toBe("alpha");
+  });
+
   it("a replacement with a new generation erases the old key; the sweep at start erases keys of modules no longer registered", async () => {
     await register(reg("alpha", { containerId: "c".repeat(64), generationId: "genalpha0002" }));
     await expect.poll(() => store.mac.listMacKeys()).toEqual(["sas.alpha.genalpha0002", "sas.beta.genbeta0001"]);

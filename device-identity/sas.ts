@@ -127,10 +127,21 @@ export class SasKeys {
     return Math.floor((this.o.now?.() ?? new Date()).getTime() / 1000);
   }
 
-  /** Before a module with `auth: sas` is registered: its key for this generation exists (made in the HSM if not). */
-  async prepare(m: Pick<AttestedModule, "name" | "auth" | "generationId">): Promise<void> {
+  /**
+   * Before a module with `auth: sas` is registered: its key for this generation exists (made in the HSM if not). A
+   * generation belongs to one container: registering it again for another container or digest would hand that one
+   * the key, and every token the old container signed, so it is refused (the agent makes a new generation for every
+   * container it creates; the same container registered again keeps its key).
+   */
+  async prepare(m: Pick<AttestedModule, "name" | "auth" | "generationId" | "containerId" | "imageDigest">): Promise<void> {
     if (m.auth !== "sas") return;
     if (!m.generationId) throw new EdgeTrustError("INVALID_INPUT", `module ${m.name} asks for SAS authentication but names no generationId`);
+    const cur = this.o.modules.get(m.name);
+    if (cur?.generationId === m.generationId && (cur.containerId !== m.containerId || cur.imageDigest !== m.imageDigest)) {
+      throw new EdgeTrustError("FORBIDDEN", `generation ${m.generationId} of module ${m.name} is registered for another container or image digest`, {
+        hint: "a new container needs a new generation id (IOTEDGE_MODULEGENERATIONID)",
+      });
+    }
     const label = SasKeys.label(m.name, m.generationId);
     if ((await this.o.mac.listMacKeys()).includes(label)) return;
     await this.o.mac.generateMacKey(label);
