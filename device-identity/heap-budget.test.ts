@@ -10,7 +10,7 @@ const MB = 1024 * 1024;
 /** A heap whose used size the test sets, and a clock it moves: the budget's decisions, one by one. */
 function scripted(start: number) {
   const s = { used: start, t: 1_000, gcs: 0, afterGc: start };
-  const budget = new HeapBudget(() => { s.gcs++; s.used = s.afterGc; }, { budgetBytes: 2 * MB, minIntervalMs: 250, usedHeap: () => s.used, now: () => s.t });
+  const budget = new HeapBudget(() => { s.gcs++; s.used = s.afterGc; }, { budgetBytes: 2 * MB, minIntervalMs: 250, lookIntervalMs: 0, usedHeap: () => s.used, now: () => s.t });
   return { s, budget };
 }
 
@@ -53,6 +53,23 @@ describe("heap budget", () => {
     expect(s.gcs).toBe(2);
   });
 
+  it("reads the heap at most once per look interval (the read costs more than a request's check should)", () => {
+    let reads = 0;
+    let t = 0;
+    let gcs = 0;
+    const budget = new HeapBudget(() => { gcs++; }, { budgetBytes: 2 * MB, minIntervalMs: 0, lookIntervalMs: 50, usedHeap: () => { reads++; return reads === 1 ? 12 * MB : 15 * MB; }, now: () => t });
+    expect(reads).toBe(1);
+    t = 100;
+    expect(budget.check()).toBe(true);
+    for (let i = 0; i < 10; i++) expect(budget.check()).toBe(false);
+    // One read for the check, one for the base after the collection; none for the ten checks in the same instant.
+    expect(reads).toBe(3);
+    t = 151;
+    expect(budget.check()).toBe(false);
+    expect(reads).toBe(4);
+    expect(gcs).toBe(1);
+  });
+
   it("a live set that grew moves the base: no collection at every request after it", () => {
     const { s, budget } = scripted(12 * MB);
     s.used = 20 * MB;
@@ -73,7 +90,7 @@ describe("heap budget", () => {
     gc();
     const before = process.memoryUsage().heapUsed;
     let collected = 0;
-    const budget = new HeapBudget(() => { collected++; gc(); }, { budgetBytes: 2 * MB, minIntervalMs: 0 });
+    const budget = new HeapBudget(() => { collected++; gc(); }, { budgetBytes: 2 * MB, minIntervalMs: 0, lookIntervalMs: 0 });
     // ~8 MB of objects that live through a full collection (into the old generation), then become garbage.
     let keep: object[] | undefined = [];
     for (let i = 0; i < 100_000; i++) keep.push({ i, s: `garbage-${i}` });

@@ -1,5 +1,3 @@
-import { getHeapStatistics } from "node:v8";
-
 /**
  * A bound on the garbage the daemon keeps between full collections (issue 14: the identity daemon's peak RSS under
  * load). A request's objects that are still alive across two scavenges of the 1 MB semi-space (the unit runs
@@ -13,47 +11,59 @@ import { getHeapStatistics } from "node:v8";
  * when the heap is `budgetBytes` above what the last collection (V8's own or this one) left, a full collection runs
  * now, at most once per `minIntervalMs` (each costs ~5–10 ms with the daemon's ~12 MB live heap; the interval bounds
  * that CPU whatever the request rate). Without `--expose-gc` there is no `gc` to call and `check()` does nothing.
+ *
+ * The heap is read with `process.memoryUsage()` (V8's used heap, as `v8.getHeapStatistics()` gives it), not through
+ * `node:v8`, whose module and the ones it loads cost ~0.2 MB of the idle daemon; it costs more per call (~60 µs under
+ * `--lite-mode`, it also reads the RSS), so it is read at most every `lookIntervalMs`.
  */
 export interface HeapBudgetOptions {
   /** Growth of the used heap over the last collection's result that triggers a collection. */
   budgetBytes?: number;
   /** Least time between two collections this makes. */
   minIntervalMs?: number;
+  /** Least time between two reads of the heap's size. */
+  lookIntervalMs?: number;
   /** The full collection (`globalThis.gc` under `--expose-gc`). */
   gc?: () => void;
-  /** The used heap, bytes (V8's `used_heap_size`). */
+  /** The used heap, bytes (V8's `used_heap_size`: `process.memoryUsage().heapUsed`). */
   usedHeap?: () => number;
   now?: () => number;
 }
 
 export const DEFAULT_HEAP_BUDGET_BYTES = 2 * 1024 * 1024;
 export const DEFAULT_HEAP_BUDGET_INTERVAL_MS = 250;
+export const DEFAULT_HEAP_LOOK_INTERVAL_MS = 50;
 
 export class HeapBudget {
   /** Full collections this budget has made. */
   collections = 0;
   private readonly budget: number;
   private readonly interval: number;
+  private readonly lookInterval: number;
   private readonly usedHeap: () => number;
   private readonly now: () => number;
   private base: number;
   private last = Number.NEGATIVE_INFINITY;
+  private lastLook = Number.NEGATIVE_INFINITY;
 
   constructor(private readonly gc: () => void, o: Omit<HeapBudgetOptions, "gc"> = {}) {
     this.budget = o.budgetBytes ?? DEFAULT_HEAP_BUDGET_BYTES;
     this.interval = o.minIntervalMs ?? DEFAULT_HEAP_BUDGET_INTERVAL_MS;
-    this.usedHeap = o.usedHeap ?? (() => getHeapStatistics().used_heap_size);
+    this.lookInterval = o.lookIntervalMs ?? DEFAULT_HEAP_LOOK_INTERVAL_MS;
+    this.usedHeap = o.usedHeap ?? (() => process.memoryUsage().heapUsed);
     this.now = o.now ?? Date.now;
     this.base = this.usedHeap();
   }
 
   /** Collect now if the heap grew past the budget (and the last collection here is old enough); true if it did. */
   check(): boolean {
+    const t = this.now();
+    if (t - this.lastLook < this.lookInterval) return false;
+    this.lastLook = t;
     const used = this.usedHeap();
     // V8 collected on its own since (or the young generation emptied): measure from there.
     if (used < this.base) this.base = used;
     if (used <= this.base + this.budget) return false;
-    const t = this.now();
     if (t - this.last < this.interval) return false;
     this.gc();
     this.last = t;
