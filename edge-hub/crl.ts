@@ -107,7 +107,19 @@ export class CrlCache extends EventEmitter<CrlEvents> {
       const headers: Record<string, string> = this.validator && this.crl ? { "if-none-match": this.validator } : {};
       const timeoutMs = this.opts.fetchTimeoutMs ?? 10_000;
       // The signal bounds the whole exchange; httpCall's timeout only a silence.
-      const res = await httpCall({ method: "GET", url: src, headers, timeoutMs, signal: AbortSignal.timeout(timeoutMs), peer: `CRL source ${src}` });
+      const get = () => httpCall({ method: "GET", url: src, headers, timeoutMs, signal: AbortSignal.timeout(timeoutMs), peer: `CRL source ${src}` });
+      let res: Awaited<ReturnType<typeof get>>;
+      try {
+        res = await get();
+      } catch (e) {
+        // A kept-alive connection can fail the moment a poll reuses it (closed by the server, or its idle timer firing
+        // as it is taken: the revocation bench saw polls fail at once with "no answer within 5000 ms" at load 14, each
+        // delaying a revocation by a whole interval). Ask once more at once, on a new connection; a source that is
+        // really down fails both.
+        if (!(e instanceof EdgeTrustError) || e.code !== "UNAVAILABLE") throw e;
+        this.opts.log?.debug({ err: e.message, source: src }, "CRL poll failed on its connection; asking again");
+        res = await get();
+      }
       if (res.status === 304 && this.crl) return undefined;
       if (res.status < 200 || res.status > 299) throw new EdgeTrustError("HUB_CRL_INVALID", `CRL fetch ${src} answered ${res.status}`);
       const etag = res.headers.etag;

@@ -24,10 +24,19 @@ function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 }
 
 /** A CRL endpoint with ca-service's conditional-GET behaviour: ETag of the bytes, 304 on If-None-Match. */
-async function crlSource(): Promise<{ url: string; serve(der: Buffer): void; counts: { full: number; notModified: number } }> {
+async function crlSource(): Promise<{ url: string; serve(der: Buffer): void; counts: { full: number; notModified: number; dropped: number }; drop(n: number): void }> {
   let body: Buffer = Buffer.alloc(0);
-  const counts = { full: 0, notModified: 0 };
+  const counts = { full: 0, notModified: 0, dropped: 0 };
+  let dropping = 0;
   const s: Server = createServer((req, res) => {
+    // The fault: the connection a request came on closes without an answer (what a kept-alive connection does when
+    // the server closes it as the client reuses it).
+    if (dropping > 0) {
+      dropping--;
+      counts.dropped++;
+      req.socket.destroy();
+      return;
+    }
     const etag = `"${createHash("sha256").update(body).digest("base64url").slice(0, 32)}"`;
     if (req.headers["if-none-match"] === etag) {
       counts.notModified++;
@@ -39,7 +48,7 @@ async function crlSource(): Promise<{ url: string; serve(der: Buffer): void; cou
   });
   await new Promise<void>((r) => s.listen(0, "127.0.0.1", () => r()));
   cleanups.push(() => new Promise<void>((r) => { s.closeAllConnections(); s.close(() => r()); }));
-  return { url: `http://127.0.0.1:${(s.address() as { port: number }).port}/v1/crl/abcdef01.crl`, serve: (d) => (body = d), counts };
+  return { url: `http://127.0.0.1:${(s.address() as { port: number }).port}/v1/crl/abcdef01.crl`, serve: (d) => (body = d), counts, drop: (n) => (dropping = n) };
 }
 
 function connect(t: TestHub, cred: Credential): Promise<MqttClient> {
@@ -95,5 +104,28 @@ describe("revocation reaches the hub within the default signal interval", () => 
     await expect(connect(t, leaf)).rejects.toThrow();
     expect(bystander.connected).toBe(true);
     expect(t.hub.connectedIdentities()).toEqual(["leaf2"]);
+  });
+
+  it("a poll whose connection fails as it is reused asks again at once: the revocation is not a whole interval late", async () => {
+    const src = await crlSource();
+    const t0 = Date.now();
+    src.serve(await pki.crl([], new Date(t0 - 60_000)));
+    const t = await startTestHub(pki, { crlSource: src.url });
+    cleanups.push(() => stopTestHub(t));
+    const live = await connect(t, leaf);
+    const closed = new Promise<void>((r) => live.once("close", () => r()));
+    const cut = new Promise<Rejection>((r) => t.hub.on("rejected", (x) => { if (x.stage === "session" && x.identity === "leaf1") r(x); }));
+    src.serve(await pki.crl([leaf.cert], new Date(Math.max(Date.now(), t0 + 1000))));
+    // One poll (the hub's timer would make the same call); its first connection is closed unanswered.
+    src.drop(1);
+    expect(await t.crl.refresh()).toBe(true);
+    expect(src.counts.dropped).toBe(1);
+    expect(await within(cut, 10_000, "session cut by that poll")).toMatchObject({ stage: "session", reason: "revoked" });
+    await within(closed, 10_000, "client saw its connection close");
+    // A source that drops every attempt still fails the poll (nothing loaded from nothing), and the last CRL stays.
+    src.drop(2);
+    await expect(t.crl.refresh()).rejects.toMatchObject({ code: "UNAVAILABLE" });
+    expect(src.counts.dropped).toBe(3);
+    expect(t.crl.info()).toMatchObject({ loaded: true, entries: 1 });
   });
 });
