@@ -167,6 +167,7 @@ class SoakModule {
   private reconnecting = false;
   private running = false;
   private loop: Promise<void> | undefined;
+  private stopping: Promise<void> | undefined;
   private serial = "";
 
   constructor(readonly name: string, private readonly deviceId: string, private readonly socket: string, private readonly hubPort: () => number, private readonly intervalMs: number, private readonly problem: (p: string) => void) {}
@@ -248,11 +249,15 @@ class SoakModule {
     this.loop = this.publishLoop();
   }
 
-  async stop(): Promise<void> {
-    this.running = false;
-    await this.loop;
-    this.reconnecting = true;
-    await this.client?.endAsync().catch(() => undefined);
+  /** Once: the drain stops the modules and the clean-up again; a second endAsync on an ended client never settles. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.running = false;
+      await this.loop;
+      this.reconnecting = true;
+      await this.client?.endAsync().catch(() => undefined);
+    })();
+    return this.stopping;
   }
 }
 
