@@ -362,6 +362,29 @@ describe.skipIf(skipReason !== undefined)("TPM endorsement-key enrollment (swtpm
     expect(isEdgeTrustError(err, "UNAUTHENTICATED") && /expired/.test(err.message)).toBe(true);
   });
 
+  it("a challenge made by one CA process is answered on another (it lives in the store, not in the process); a replay on the first is refused", async () => {
+    await enrollEk("tpm-dev-fleet", a);
+    const trust = EkTrust.load({ manufacturerRoots: [join(rootsDir, "vendor-root.pem")], allowUnverifiedEk: false });
+    // Two registration services with challenge stores of their own over one database: two `ca serve` behind a balancer.
+    const processA = new RegistrationService(e.t.ca, new EnrollmentStore(e.ts.store), new TpmChallenges(e.ts.store.db), trust);
+    const processB = new RegistrationService(e.t.ca, new EnrollmentStore(e.ts.store), new TpmChallenges(e.ts.store.db), trust);
+    const ch = await processA.tpmChallenge("tpm-dev-fleet", a.challengeRequest());
+    const secret = await a.activate(ch);
+    expect(secret).toBeDefined();
+    const k = await a.identityKey("idfleet");
+    const csr = await a.csr("idfleet", k.pem, "tpm-dev-fleet");
+    const edgeCaCsr = await csrPem(await ecKeys(), "edge");
+    const input = (key: string) => ({
+      registrationId: "tpm-dev-fleet", csr, edgeCaCsr, idempotencyKey: key, channel: "api" as const,
+      credential: { kind: "tpm" as const, proof: { challengeId: ch.challengeId, proof: tpmRegistrationProof(secret ?? Buffer.alloc(0), ch.challengeId, csr, edgeCaCsr), keyPub: k.keyPub, certifyInfo: k.certifyInfo, certifySignature: k.certifySignature } },
+    });
+    const done = await processB.register(input("tpm-dev-fleet-on-b"));
+    expect(done.result.enrollment.attestation).toBe("tpm");
+    expect(new NodeX509(done.result.identity.certificatePem).subject).toContain("CN=tpm-dev-fleet");
+    const replay = await processA.register(input("tpm-dev-fleet-replay-on-a")).then(() => undefined, (x: unknown) => x);
+    expect(isEdgeTrustError(replay, "UNAUTHENTICATED") && /already used/.test(replay.message)).toBe(true);
+  });
+
   it("EK certificates: one chaining to the configured manufacturer root is accepted; another vendor's, a missing one, another EK's, an expired chain are refused naming the issuer", async () => {
     await enrollEk("tpm-dev-7", a);
     // Accepted: the certificate read from a's NV chains (intermediate, root) to the configured vendor root.
