@@ -25,8 +25,10 @@ describe("renewal soak (shortened)", () => {
     // Rekey end to end: every upstream connection after a rotation presented the certificate then in force.
     expect(r.upstream.staleCertificate, table).toBe(0);
     expect(r.upstream.connections).toBe(rounds + 1);
-    // The agent's next request after every rekey was answered (a missing one is in r.problems). One request that lands
-    // between the certificate switch and the old key's erasure can fail and is retried at the next poll (README).
+    // The agent's next request after every rekey was answered (a missing one is in r.problems), and none failed: a
+    // request reading the certificate just before the switch and its key just after the old one's erasure once failed
+    // (1 in 645 before hsm/tls.ts read the certificate again when its key is gone; 0 of 1,220 in two 100-round runs since).
     expect(r.agent.requestsAnswered).toBeGreaterThanOrEqual(rounds);
+    expect(r.agent.requestsFailed, table).toBe(0);
   }, 600_000);
 });
