@@ -23,7 +23,7 @@ export const DeviceConfig = Type.Object(
     renewAtPercent: Type.Integer({ minimum: 1, maximum: 99, default: 70, description: "Renew device and Edge CA certificates when this % of their lifetime has passed (policy overrides)" }),
     moduleLifetimeSeconds: Type.Integer({ minimum: 300, maximum: 604800, default: 14400, description: "Lifetime of module certificates (policy `certificates.module.lifetime` overrides)" }),
     hubLifetimeSeconds: Type.Integer({ minimum: 3600, maximum: 31536000, default: 2592000, description: "Lifetime of the edge hub server certificate the Edge CA issues" }),
-    rotateKeys: Type.Boolean({ default: true, description: "Renew the device identity and Edge CA with a new HSM key (rekey; labels alternate <label> / <label>.1, see state.json); the old key is erased only after the new certificate is stored" }),
+    rotateKeys: Type.Boolean({ default: true, description: "Renew the device identity, Edge CA and hub server certificates with a new HSM key (rekey; labels alternate <label> / <label>.1, see state.json); the old key is erased only after the new certificate is stored (the hub server key only at its next rotation: the hub signs with it until it reloads)" }),
     retryInitialSeconds: Type.Integer({ minimum: 1, maximum: 3600, default: 30, description: "First retry delay after a failed renewal (doubles each time, with ±20% jitter)" }),
     retryMaxSeconds: Type.Integer({ minimum: 1, maximum: 86400, default: 3600, description: "Longest delay between renewal retries" }),
     hsmRetrySeconds: Type.Integer({ minimum: 1, maximum: 3600, default: 5, description: "While the HSM is unavailable (at start or mid-run): first delay before trying to open it again (doubles each time)" }),

@@ -13,6 +13,13 @@ export const BASE_LABELS = { device: "device-identity", edgeCa: "edge-ca" } as c
 /** In the state directory: the keys made for a rotation (or provisioning) not yet committed, label → ids. */
 export const PENDING_KEYS_FILE = "keys.pending.json";
 
+/**
+ * In the state directory: keys replaced but kept on the token, label → ids — the hub server key, which the hub goes on
+ * signing with until it reloads its certificate (its 5 s file poll or SIGHUP). Erased by id right before the next
+ * rotation generates into their label (see `IdentityKeys.keepUntilReused`).
+ */
+export const KEPT_KEYS_FILE = "keys.kept.json";
+
 /** How many times a key generation the token failed half-way is retried (see `IdentityKeys.fresh`). */
 const GENERATE_ATTEMPTS = 3;
 
@@ -35,7 +42,7 @@ export class IdentityKeys {
   private readonly signingKeys = new Map<string, CryptoKey>();
 
   /** `pendingFile`: where the keys made for a rotation not yet committed are recorded (see `fresh`). */
-  constructor(private readonly o: { keys: KeyStore; keyAlgorithm: KeyAlgorithm; log: Logger; pendingFile?: string }) {}
+  constructor(private readonly o: { keys: KeyStore; keyAlgorithm: KeyAlgorithm; log: Logger; pendingFile?: string; keptFile?: string }) {}
 
   async signingKey(label: string): Promise<CryptoKey> {
     let k = this.signingKeys.get(label);
@@ -70,6 +77,17 @@ export class IdentityKeys {
       throw new EdgeTrustError("INTERNAL", `refusing to replace key ${JSON.stringify(label)}: the committed identity uses it`);
     }
     this.signingKeys.delete(label);
+    // A key kept after it was replaced (the hub server key of two rotations ago): its consumer has long reloaded.
+    const kept = this.readIds(this.o.keptFile);
+    for (const id of kept[label] ?? []) {
+      if (this.o.keys.eraseObjects) await this.o.keys.eraseObjects({ label, id });
+      else await this.erase(label, id);
+      this.o.log.info({ label }, "erased the key kept since the rotation before last, to make the new one under its label");
+    }
+    if (kept[label]) {
+      delete kept[label];
+      this.writeIds(this.o.keptFile, kept);
+    }
     const pending = this.readPending();
     const ours = pending[label] ?? [];
     for (const id of ours) await this.erase(label, id);
@@ -141,6 +159,28 @@ export class IdentityKeys {
     this.writePending(pending);
   }
 
+  /**
+   * Record the key under `label` (in use now, about to be replaced) to be kept on the token after the switch-over and
+   * erased only when a later rotation makes a new key under this label (`fresh`) — a renewal period later, long after
+   * its consumer reloaded. Written *before* the commit that replaces it, so no crash leaves it unrecorded (an
+   * unrecorded key would block its label: `fresh` refuses keys it did not make); `fresh` never erases a label the
+   * committed state uses, so recording it early erases nothing early.
+   */
+  async keepUntilReused(label: string): Promise<void> {
+    const { id } = await this.o.keys.getKey({ label });
+    const kept = this.readIds(this.o.keptFile);
+    kept[label] = [...(kept[label] ?? []).filter((x) => x !== id), id];
+    this.writeIds(this.o.keptFile, kept);
+  }
+
+  /** Forget kept-key records for labels the committed state uses again (provisioning took the kept key back). */
+  forgetKept(state: IdentityState): void {
+    const kept = this.readIds(this.o.keptFile);
+    const inUse = new Set(Object.values(state.keys));
+    const left = Object.fromEntries(Object.entries(kept).filter(([l]) => !inUse.has(l)));
+    if (Object.keys(left).length !== Object.keys(kept).length) this.writeIds(this.o.keptFile, left);
+  }
+
   private async erase(label: string, id: string): Promise<void> {
     if (!this.o.keys.eraseObjects) {
       // A store without partial objects (software files): a whole key or nothing.
@@ -168,9 +208,13 @@ export class IdentityKeys {
   }
 
   private readPending(): Record<string, string[]> {
-    if (!this.o.pendingFile || !existsSync(this.o.pendingFile)) return {};
+    return this.readIds(this.o.pendingFile);
+  }
+
+  private readIds(file: string | undefined): Record<string, string[]> {
+    if (!file || !existsSync(file)) return {};
     try {
-      const v = JSON.parse(readFileSync(this.o.pendingFile, "utf8")) as unknown;
+      const v = JSON.parse(readFileSync(file, "utf8")) as unknown;
       if (!v || typeof v !== "object" || Array.isArray(v)) return {};
       const out: Record<string, string[]> = {};
       for (const [k, ids] of Object.entries(v as Record<string, unknown>)) {
@@ -178,16 +222,20 @@ export class IdentityKeys {
       }
       return out;
     } catch {
-      this.o.log.warn({ file: this.o.pendingFile }, "the record of pending keys is unreadable; treating no key as pending");
+      this.o.log.warn({ file }, "a record of the daemon's keys is unreadable; treating it as empty");
       return {};
     }
   }
 
   private writePending(p: Record<string, string[]>): void {
-    if (!this.o.pendingFile) return;
+    this.writeIds(this.o.pendingFile, p);
+  }
+
+  private writeIds(file: string | undefined, p: Record<string, string[]>): void {
+    if (!file) return;
     const kept = Object.fromEntries(Object.entries(p).filter(([, ids]) => ids.length > 0));
-    mkdirSync(dirname(this.o.pendingFile), { recursive: true, mode: 0o700 });
-    writeFileAtomic(this.o.pendingFile, JSON.stringify(kept, null, 2) + "\n");
+    mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+    writeFileAtomic(file, JSON.stringify(kept, null, 2) + "\n");
   }
 
   async csr(label: string, commonName: string): Promise<string> {

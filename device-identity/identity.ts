@@ -7,7 +7,7 @@ import type { AttestedModule } from "./attested-modules.js";
 import { CaClient } from "./ca-client.js";
 import { ClockWatch } from "./clock-watch.js";
 import type { CertKind, IdentityOptions, KindStatus } from "./identity-options.js";
-import { IdentityKeys, PENDING_KEYS_FILE, nextLabel, pemOf } from "./identity-keys.js";
+import { IdentityKeys, KEPT_KEYS_FILE, PENDING_KEYS_FILE, nextLabel, pemOf } from "./identity-keys.js";
 import type { EdgeCa } from "./module-issuer.js";
 import { prepareRegistration, provision, register, type PendingRegistration, type ProvisioningContext } from "./provisioning.js";
 import { assessCertificate, clockDisagreement, type Assessment } from "./renewal.js";
@@ -51,7 +51,7 @@ export class DeviceIdentity {
 
   constructor(readonly opts: IdentityOptions) {
     this.store = new StateStore(opts.stateDir);
-    this.keys = new IdentityKeys({ keys: opts.keys, keyAlgorithm: opts.keyAlgorithm, log: opts.log, pendingFile: join(opts.stateDir, PENDING_KEYS_FILE) });
+    this.keys = new IdentityKeys({ keys: opts.keys, keyAlgorithm: opts.keyAlgorithm, log: opts.log, pendingFile: join(opts.stateDir, PENDING_KEYS_FILE), keptFile: join(opts.stateDir, KEPT_KEYS_FILE) });
     this.clock = new ClockWatch(opts.log);
     this.schedule = new RenewalSchedule({
       opts,
@@ -64,7 +64,7 @@ export class DeviceIdentity {
       opts,
       store: this.store,
       keys: this.keys,
-      issueHub: (pem, label) => this.issueHub(pem, label),
+      issueHub: (pem, label, hubLabel) => this.issueHub(pem, label, hubLabel),
       adopt: (s) => {
         this.state = s;
       },
@@ -124,8 +124,8 @@ export class DeviceIdentity {
     return new CaClient(this.opts.caUrl, this.state ? this.state.caBundle : this.opts.caTrust);
   }
 
-  private async issueHub(edgeCaPem: string, edgeCaLabel: string): Promise<string> {
-    const pub = await this.keys.publicKey(this.opts.hubKeyLabel);
+  private async issueHub(edgeCaPem: string, edgeCaLabel: string, hubLabel: string): Promise<string> {
+    const pub = await this.keys.publicKey(hubLabel);
     const cert = await issueCertificate({
       profile: "edge-hub-server",
       subject: { commonName: "edgehub" },
@@ -169,8 +169,9 @@ export class DeviceIdentity {
   private async renewNow(kind: CertKind, rekey: boolean): Promise<IdentityState> {
     const s = this.current();
     if (kind === "hub") {
-      const hub = await this.issueHub(s.edgeCa.cert, s.keys.edgeCa);
-      return this.commit({ ...s, hub: { cert: hub } }, ["hub"], []);
+      const hubLabel = await this.hubKeyFor(s, rekey);
+      const hub = await this.issueHub(s.edgeCa.cert, s.keys.edgeCa, hubLabel);
+      return this.commit({ ...s, keys: { ...s.keys, hub: hubLabel }, hub: { cert: hub } }, ["hub"], []);
     }
     const isDevice = kind === "device";
     const label = isDevice ? s.keys.device : s.keys.edgeCa;
@@ -200,8 +201,14 @@ export class DeviceIdentity {
     } else {
       // Overlap: the old Edge CA stays trusted (bundle, hub) until it expires; new module certs come from the new one.
       const previous = [s.edgeCa.cert, ...s.edgeCa.previous].filter((p) => new x509.X509Certificate(p).notAfter > this.now());
-      const hub = await this.issueHub(issued.cert, newLabel);
-      next = { ...s, caBundle: bundle, keys: { ...s.keys, edgeCa: newLabel }, edgeCa: { ...issued, previous }, hub: { cert: hub } };
+      // The hub certificate is reissued with every Edge CA renewal (it never outlives the Edge CA), so this is where
+      // its key rotates in the schedule's course. A hub key that cannot be made does not hold up the Edge CA.
+      const hubLabel = await this.hubKeyFor(s, rekey).catch((e: unknown) => {
+        this.opts.log.warn({ label: nextLabel(s.keys.hub), err: (e as Error).message }, "could not make a new hub server key; the hub certificate keeps its current key");
+        return s.keys.hub;
+      });
+      const hub = await this.issueHub(issued.cert, newLabel, hubLabel);
+      next = { ...s, caBundle: bundle, keys: { ...s.keys, edgeCa: newLabel, hub: hubLabel }, edgeCa: { ...issued, previous }, hub: { cert: hub } };
       changed.push("hub");
     }
     const state = await this.commit(next, changed, rekey ? [label] : []);
@@ -211,12 +218,27 @@ export class DeviceIdentity {
     return state;
   }
 
+  /**
+   * The hub server key a hub certificate issued now carries. With `rekey`, a new key under the other label. The key
+   * it replaces is *kept* (not retired at the commit as the device and Edge CA keys are): the hub goes on signing
+   * handshakes with it until it reloads its certificate (5 s file poll or SIGHUP), and a module connecting in that
+   * gap must not fail. It is erased right before the next rotation generates into its label — a renewal period later.
+   */
+  private async hubKeyFor(s: IdentityState, rekey: boolean): Promise<string> {
+    if (!rekey) return s.keys.hub;
+    const next = nextLabel(s.keys.hub);
+    await this.keys.keepUntilReused(s.keys.hub);
+    await this.keys.fresh(next, s);
+    return next;
+  }
+
   private async commit(next: Omit<IdentityState, "generation" | "updatedAt" | "version">, changed: CertKind[], retire: string[]): Promise<IdentityState> {
     const { generation: _g, updatedAt: _u, version: _v, ...rest } = next as IdentityState;
     const state = this.store.commit(rest);
     this.state = state;
     // Only now, with the new certificate stored, may the old key go.
     await this.keys.retire(retire, state);
+    this.keys.forgetKept(state);
     for (const l of this.listeners) {
       try {
         await l(state, changed);

@@ -22,7 +22,7 @@ export interface ProvisioningContext {
   store: StateStore;
   keys: IdentityKeys;
   /** The edge hub's server certificate, issued by the Edge CA under `edgeCaLabel`. */
-  issueHub(edgeCaPem: string, edgeCaLabel: string): Promise<string>;
+  issueHub(edgeCaPem: string, edgeCaLabel: string, hubLabel: string): Promise<string>;
   /** The committed state is now the identity in force. */
   adopt(state: IdentityState): void;
 }
@@ -31,6 +31,14 @@ function refuseIfProvisioned(prev: IdentityState | undefined, force: boolean | u
   if (prev && !force) {
     throw new EdgeTrustError("CONFLICT", `device ${prev.deviceId} is already provisioned (generation ${prev.generation})`, { hint: "use --force to enroll again with new keys" });
   }
+}
+
+/**
+ * The hub server key a (re-)provisioning keeps: the one the previous generation's hub certificate carries when it is
+ * one of the configured label's two slots (a rotated hub key sits under `<label>.1`), else the configured label.
+ */
+function hubLabel(prev: IdentityState | undefined, configured: string): string {
+  return prev && (prev.keys.hub === configured || prev.keys.hub === nextLabel(configured)) ? prev.keys.hub : configured;
 }
 
 function nextLabels(prev: IdentityState | undefined): { device: string; edgeCa: string } {
@@ -51,19 +59,21 @@ export async function provision(ctx: ProvisioningContext, bootstrapToken: string
   if (bundle.length === 0) throw new EdgeTrustError("DEVICE_ENROLL_FAILED", "the CA served an empty trust bundle");
   await keys.fresh(labels.device, prev);
   await keys.fresh(labels.edgeCa, prev);
-  await keys.ensure(o.hubKeyLabel);
+  const hub0 = hubLabel(prev, o.hubKeyLabel);
+  await keys.ensure(hub0);
   const dev = await ca.enroll(bootstrapToken, { csr: await keys.csr(labels.device, o.deviceId), profile: "device-identity", deviceId: o.deviceId });
   const device = await keys.checkIssued(dev.body, labels.device, bundle);
   const edge = await ca.enroll(bootstrapToken, { csr: await keys.csr(labels.edgeCa, `${o.deviceId} Edge CA`), profile: "edge-ca", deviceId: o.deviceId });
   const edgeCa = await keys.checkIssued(edge.body, labels.edgeCa, bundle);
-  const hub = await ctx.issueHub(edgeCa.cert, labels.edgeCa);
+  const hub = await ctx.issueHub(edgeCa.cert, labels.edgeCa, hub0);
   const state = ctx.store.commit({
     deviceId: o.deviceId, trustDomain: o.trustDomain,
-    keys: { ...labels, hub: o.hubKeyLabel },
+    keys: { ...labels, hub: hub0 },
     device, edgeCa: { ...edgeCa, previous: [] }, hub: { cert: hub }, caBundle: bundle,
   });
   ctx.adopt(state);
   await keys.retire(prev ? [prev.keys.device, prev.keys.edgeCa] : [], state);
+  keys.forgetKept(state);
   o.log.info({ deviceId: o.deviceId, generation: state.generation, notAfter: new x509.X509Certificate(device.cert).notAfter.toISOString() }, "device provisioned");
   return state;
 }
@@ -124,15 +134,17 @@ export async function register(ctx: ProvisioningContext, opts: { basicSecret?: s
   const asIssued = (x: { serial: string; notAfter: string; certificatePem: string; chainPem: string }): Issued => ({ ...x, profile: "", issuerId: "" });
   const device = await keys.checkIssued(asIssued(body.identity), pending.labels.device, bundle);
   const edgeCa = await keys.checkIssued(asIssued(body.edgeCa), pending.labels.edgeCa, bundle);
-  await keys.ensure(o.hubKeyLabel);
-  const hub = await ctx.issueHub(edgeCa.cert, pending.labels.edgeCa);
+  const hub0 = hubLabel(prev, o.hubKeyLabel);
+  await keys.ensure(hub0);
+  const hub = await ctx.issueHub(edgeCa.cert, pending.labels.edgeCa, hub0);
   const state = ctx.store.commit({
-    deviceId: o.deviceId, trustDomain: o.trustDomain, keys: { ...pending.labels, hub: o.hubKeyLabel },
+    deviceId: o.deviceId, trustDomain: o.trustDomain, keys: { ...pending.labels, hub: hub0 },
     device, edgeCa: { ...edgeCa, previous: [] }, hub: { cert: hub }, caBundle: bundle,
   });
   ctx.adopt(state);
   rmSync(pendingFile(o), { force: true });
   await keys.retire(prev ? [prev.keys.device, prev.keys.edgeCa] : [], state);
+  keys.forgetKept(state);
   o.log.info({ deviceId: o.deviceId, generation: state.generation, route: "registration" }, "device provisioned");
   return state;
 }

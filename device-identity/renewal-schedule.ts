@@ -86,7 +86,7 @@ export class RenewalSchedule {
       }
       if (a.status === "expired") opts.log.error({ kind, notAfter: a.notAfter.toISOString() }, "certificate expired; renewing (the CA accepts renewals for a while after expiry)");
       try {
-        await this.ctx.renew(kind, opts.rotateKeys && kind !== "hub");
+        await this.ctx.renew(kind, opts.rotateKeys);
         this.failures.delete(kind);
       } catch (e) {
         fail((e as Error).message, isPermanentCaRefusal(e), Boolean(opts.hsmProblem?.()));

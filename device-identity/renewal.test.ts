@@ -108,7 +108,10 @@ describe("renewal by the daemon against a real ca-service (device + Edge CA keys
       const st = await client.status() as { generation: number; certificates: { kind: string; status: string; failures: number; keyLabel: string }[] };
       expect(st.certificates.map((c) => [c.kind, c.status, c.failures])).toEqual([["device", "valid", 0], ["edge-ca", "valid", 0], ["hub", "valid", 0]]);
       expect(st.certificates.find((c) => c.kind === "device")?.keyLabel).toBe("device-identity.1");
-      expect(await labels()).toEqual(["device-identity.1", "edge-ca.1", "edge-hub-server"]);
+      // The hub certificate, reissued with the Edge CA, got a new key too (under .1); the replaced hub key stays until
+      // the next rotation (the hub signs with it until it reloads its certificate).
+      expect(st.certificates.find((c) => c.kind === "hub")?.keyLabel).toBe("edge-hub-server.1");
+      expect(await labels()).toEqual(["device-identity.1", "edge-ca.1", "edge-hub-server", "edge-hub-server.1"]);
       const { stdout } = await execFileAsync("openssl", ["verify", "-purpose", "sslclient", "-CAfile", join(cfg.stateDir, "ca-bundle.pem"), "-untrusted", join(cfg.stateDir, "issuing-ca.cert.pem"), join(cfg.stateDir, "device.cert.pem")], { encoding: "utf8" });
       expect(stdout).toContain(": OK");
       const pub = await keys.getPublicKey({ label: "device-identity.1" });
