@@ -3,7 +3,8 @@ import { runRenewalSoak, soakTable, DEFAULT_SOAK } from "./soak/renewal-soak.js"
 
 /**
  * The shortened renewal soak (`make soak` runs 100 rounds): a few rounds in which every certificate of the device is
- * renewed — the device identity and the Edge CA each with a new HSM key — while two modules publish QoS 1 through
+ * renewed — the device identity, the Edge CA and (with it) the hub server certificate each with a new HSM key — while
+ * two modules publish QoS 1 through
  * `hub run` to the cloud broker. Also the end-to-end rekey: after each rotation the hub's upstream session comes back
  * presenting the renewed device certificate and the running agent's cloud requests are answered, with the old key
  * already erased from the token.
@@ -15,7 +16,7 @@ describe("renewal soak (shortened)", () => {
     const table = soakTable(r);
     expect(r.problems, table).toEqual([]);
     expect(r.renewals).toEqual({ device: rounds, edgeCa: rounds, hub: rounds, module: rounds * r.modules });
-    expect(r.keyRotations).toEqual({ device: rounds, edgeCa: rounds });
+    expect(r.keyRotations).toEqual({ device: rounds, edgeCa: rounds, hub: rounds });
     expect(r.messages.sent, table).toBeGreaterThan(0);
     expect(r.messages.delivered, table).toBe(r.messages.sent);
     expect(r.messages.missing).toBe(0);

@@ -64,7 +64,7 @@ export interface SoakResult {
   durationSeconds: number;
   loadAverage: { start: number; end: number; max: number };
   renewals: { device: number; edgeCa: number; hub: number; module: number };
-  keyRotations: { device: number; edgeCa: number };
+  keyRotations: { device: number; edgeCa: number; hub: number };
   messages: { sent: number; delivered: number; duplicates: number; unacknowledged: number; missing: number };
   disconnects: { plannedModule: number; plannedUpstream: number; unplannedModule: number; unplannedUpstream: number };
   upstream: { connections: number; staleCertificate: number };
@@ -471,14 +471,17 @@ export async function runRenewalSoak(opts: SoakOptions): Promise<SoakResult> {
     const agentFailures = (): number => agent.lines.filter((l) => l.msg === "cloud unreachable; running what the device has").length;
 
     const renewals = { device: 0, edgeCa: 0, hub: 0, module: 0 };
-    const rotations = { device: 0, edgeCa: 0 };
+    const rotations = { device: 0, edgeCa: 0, hub: 0 };
     let staleUpstream = 0;
     let agentOkAfterRekey = 0;
-    const label = (kind: "device" | "edgeCa"): string => (JSON.parse(readFileSync(join(sd, "current", "state.json"), "utf8")) as { keys: Record<string, string> }).keys[kind] ?? "";
+    const label = (kind: "device" | "edgeCa" | "hub"): string => (JSON.parse(readFileSync(join(sd, "current", "state.json"), "utf8")) as { keys: Record<string, string> }).keys[kind] ?? "";
     for (let round = 1; round <= opts.rounds; round++) {
       const t0 = Date.now();
       const before = { device: firstCert(join(sd, "device.cert.pem")).serialNumber, edgeCa: firstCert(join(sd, "edge-ca.cert.pem")).serialNumber, hub: firstCert(join(sd, "hub-server.chain.pem")).serialNumber };
       const labelsBefore = label("device");
+      // The hub server key rotates with the Edge CA renewal (its certificate is reissued then), not with the hub's own
+      // renewal below (rekey false); the hub signs with the replaced key until the SIGHUP below, which is kept till then.
+      const hubLabelBefore = label("hub");
       await mgmt.renew("device", true);
       const deviceSerial = firstCert(join(sd, "device.cert.pem")).serialNumber;
       if (deviceSerial !== before.device) renewals.device++; else problem(`round ${round}: device certificate not renewed`);
@@ -492,6 +495,7 @@ export async function runRenewalSoak(opts: SoakOptions): Promise<SoakResult> {
       await mgmt.renew("hub", false);
       const hubSerial = firstCert(join(sd, "hub-server.chain.pem")).serialNumber;
       if (hubSerial !== hubBefore && hubSerial !== before.hub) renewals.hub++; else problem(`round ${round}: hub server certificate not renewed`);
+      if (label("hub") !== hubLabelBefore) rotations.hub++;
 
       // The cloud ends the session of the superseded device certificate; the hub must come back with the new one.
       const seen = cloud.connections.length;
@@ -571,7 +575,7 @@ export function soakTable(r: SoakResult): string {
     ["duration", `${r.durationSeconds} s`],
     ["load average (1 min) start / end / max", `${r.loadAverage.start.toFixed(2)} / ${r.loadAverage.end.toFixed(2)} / ${r.loadAverage.max.toFixed(2)}`],
     ["renewals device / Edge CA / hub / module", `${r.renewals.device} / ${r.renewals.edgeCa} / ${r.renewals.hub} / ${r.renewals.module}`],
-    ["key rotations device / Edge CA", `${r.keyRotations.device} / ${r.keyRotations.edgeCa}`],
+    ["key rotations device / Edge CA / hub server", `${r.keyRotations.device} / ${r.keyRotations.edgeCa} / ${r.keyRotations.hub}`],
     ["messages sent (PUBACKed by the hub)", String(r.messages.sent)],
     ["messages delivered upstream (distinct)", String(r.messages.delivered)],
     ["missing / duplicates / unacknowledged", `${r.messages.missing} / ${r.messages.duplicates} / ${r.messages.unacknowledged}`],
