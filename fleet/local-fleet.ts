@@ -63,7 +63,7 @@ export function localFleetMissing(): string | undefined {
 
 export async function startLocalFleet(opts: LocalFleetOptions): Promise<LocalFleet> {
   const missing = localFleetMissing();
-  if (missing) throw new EdgeTrustError("UNAVAILABLE", `cannot start a local CA fleet: ${missing}`, { hint: "scripts/setup.sh all installs what it needs" });
+  if (missing) throw new EdgeTrustError("UNAVAILABLE", `cannot start a local CA fleet: ${missing}`, { hint: "scripts/setup.sh all installs haproxy and SoftHSM; PostgreSQL's server binaries (initdb, pg_ctl: the fleet runs a private cluster of its own) come from the Debian package postgresql" });
   if (!Number.isInteger(opts.processes) || opts.processes < 1 || opts.processes > 16) throw new EdgeTrustError("INVALID_INPUT", "processes must be an integer from 1 to 16");
   const step = opts.onStep ?? (() => undefined);
   const ownDir = opts.dir === undefined;

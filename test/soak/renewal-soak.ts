@@ -431,7 +431,10 @@ export async function runRenewalSoak(opts: SoakOptions): Promise<SoakResult> {
     const mgmt = new ManagementClient(device.managementSocket);
 
     const image = await ensureImage(docker, buildBusyboxImage("soak", `soak-${process.pid}-${Date.now()}`));
-    const names = Array.from({ length: opts.modules }, (_, i) => `sensor-${String.fromCharCode(97 + i)}`);
+    // Containers are named edgetrust-<module> on the one engine: a run's own suffix keeps two soaks (a `make soak` beside
+    // the shortened one in `make test`) from replacing each other's containers.
+    const run = process.pid.toString(36);
+    const names = Array.from({ length: opts.modules }, (_, i) => `sensor-${run}-${String.fromCharCode(97 + i)}`);
     for (const name of names) {
       const containerId = await createModuleContainer(docker, {
         deviceId, deploymentId: "soak", manifestVersion: 1, image, user: "1000:1000", capAdd: [], binds: [], devices: [], network: "none", readOnlyRootfs: true, env: {},
