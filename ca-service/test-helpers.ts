@@ -58,6 +58,18 @@ export async function pgStore(schema = uniqueSchema()): Promise<TestStore> {
 // ---- a whole CA on a private SoftHSM token ------------------------------------------------------------------
 
 
+/** Two store handles on one PostgreSQL schema, each with its own pool: two `ca serve` processes as far as the store can tell. */
+export interface TwoStores { a: CaStore; b: CaStore; close(): Promise<void> }
+export async function twoPgStores(schema = uniqueSchema()): Promise<TwoStores> {
+  const dbA = new PostgresDb(DATABASE_URL, schema);
+  await dbA.init();
+  const a = await CaStore.fromDb(dbA);
+  const dbB = new PostgresDb(DATABASE_URL, schema);
+  await dbB.init();
+  const b = await CaStore.fromDb(dbB);
+  return { a, b, close: async () => { await b.close(); await dbA.dropSchema(); await a.close(); } };
+}
+
 export const quietLogger = () => createLogger("ca-service", { level: "warn", destination: new Writable({ write(_c, _e, cb) { cb(); } }) });
 
 export const TEST_PIN = "ca-test-pin-1234";

@@ -5,10 +5,10 @@ import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
 import type { KeyStore } from "../../hsm/index.js";
 import { CertificateAuthority } from "../ca.js";
-import { PostgresDb, SqliteDb } from "../db.js";
+import { SqliteDb } from "../db.js";
 import { DeploymentStore } from "../deployments/store.js";
 import { CaStore } from "../store.js";
-import { DATABASE_URL, announcePgSkip, makeTestCa, quietLogger, softHsm, testConfig, uniqueSchema, type SoftHsm, type TestCa } from "../test-helpers.js";
+import { DATABASE_URL, announcePgSkip, makeTestCa, quietLogger, softHsm, testConfig, twoPgStores, uniqueSchema, type SoftHsm, type TestCa, type TwoStores } from "../test-helpers.js";
 
 /**
  * Issue 13: behind a load balancer a device whose answer was lost (a process killed after commit, a reset connection)
@@ -19,7 +19,7 @@ import { DATABASE_URL, announcePgSkip, makeTestCa, quietLogger, softHsm, testCon
  */
 announcePgSkip("ca-service/shared/idempotent-retries.test.ts");
 
-interface Fleet { a: CaStore; b: CaStore; close(): Promise<void> }
+type Fleet = TwoStores;
 
 async function sqliteFleet(): Promise<Fleet> {
   const dir = mkdtempSync(join(tmpdir(), "et-idem-"));
@@ -27,16 +27,7 @@ async function sqliteFleet(): Promise<Fleet> {
   return { a, b: a, close: async () => { await a.close(); rmSync(dir, { recursive: true, force: true }); } };
 }
 
-async function pgFleet(): Promise<Fleet> {
-  const schema = uniqueSchema("et_idem");
-  const dbA = new PostgresDb(DATABASE_URL, schema);
-  await dbA.init();
-  const a = await CaStore.fromDb(dbA);
-  const dbB = new PostgresDb(DATABASE_URL, schema);
-  await dbB.init();
-  const b = await CaStore.fromDb(dbB);
-  return { a, b, close: async () => { await b.close(); await dbA.dropSchema(); await a.close(); } };
-}
+const pgFleet = (): Promise<Fleet> => twoPgStores(uniqueSchema("et_idem"));
 
 const fleets: Array<[string, () => Promise<Fleet>]> = [["SQLite", sqliteFleet]];
 if (DATABASE_URL) fleets.push(["PostgreSQL", pgFleet]);

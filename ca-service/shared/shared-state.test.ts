@@ -7,11 +7,11 @@ import { Writable } from "node:stream";
 import { createLogger } from "../../common/index.js";
 import type { KeyStore } from "../../hsm/index.js";
 import { CertificateAuthority } from "../ca.js";
-import { PostgresDb, SqliteDb } from "../db.js";
+import { SqliteDb } from "../db.js";
 import { rolloverIssuingCa } from "../init.js";
 import { CaStore } from "../store.js";
 import { RefusalAudit, type Refusal } from "../enrollment/refusals.js";
-import { DATABASE_URL, announcePgSkip, makeTestCa, PG_SKIP_REASON, quietLogger, softHsm, testConfig, uniqueSchema, type SoftHsm, type TestCa } from "../test-helpers.js";
+import { DATABASE_URL, announcePgSkip, makeTestCa, PG_SKIP_REASON, quietLogger, softHsm, testConfig, twoPgStores, uniqueSchema, type SoftHsm, type TestCa, type TwoStores } from "../test-helpers.js";
 import { FleetEvents } from "./events.js";
 import { SingleUseTokens } from "./single-use.js";
 
@@ -22,11 +22,7 @@ import { SingleUseTokens } from "./single-use.js";
  */
 announcePgSkip("ca-service/shared/shared-state.test.ts");
 
-interface TwoProcesses {
-  a: CaStore;
-  b: CaStore;
-  close(): Promise<void>;
-}
+type TwoProcesses = TwoStores;
 
 async function sqlitePair(): Promise<TwoProcesses> {
   const dir = mkdtempSync(join(tmpdir(), "et-shared-"));
@@ -35,15 +31,7 @@ async function sqlitePair(): Promise<TwoProcesses> {
   return { a, b, close: async () => { await a.close(); await b.close(); rmSync(dir, { recursive: true, force: true }); } };
 }
 
-async function pgPair(schema = uniqueSchema("et_shared")): Promise<TwoProcesses> {
-  const dbA = new PostgresDb(DATABASE_URL, schema);
-  await dbA.init();
-  const a = await CaStore.fromDb(dbA);
-  const dbB = new PostgresDb(DATABASE_URL, schema);
-  await dbB.init();
-  const b = await CaStore.fromDb(dbB);
-  return { a, b, close: async () => { await b.close(); await dbA.dropSchema(); await a.close(); } };
-}
+const pgPair = (schema = uniqueSchema("et_shared")): Promise<TwoProcesses> => twoPgStores(schema);
 
 const pairs: Array<[string, () => Promise<TwoProcesses>]> = [["SQLite", sqlitePair]];
 if (DATABASE_URL) pairs.push(["PostgreSQL", () => pgPair()]);
