@@ -1,6 +1,7 @@
 import { execFileSync } from "node:child_process";
 import { join } from "node:path";
 import { Ajv } from "ajv";
+import { VALIDATOR_OPTIONS } from "../common/index.js";
 import { describe, expect, it } from "vitest";
 import { edgeTrustConfigValidator } from "./config-validator.js";
 import { EdgeTrustConfig } from "./config-schema.js";
@@ -21,7 +22,7 @@ describe("validators compiled at build time (scripts/compiled-validators.mjs) fo
       { device: { deviceId: "d1", keyAlgorithm: "EC-P521" }, log: { level: "loud" }, hub: { nope: 1 } },
       { device: { moduleLifetimeSeconds: "600" } },
     ];
-    const now = new Ajv({ allErrors: true, strict: false, useDefaults: true, coerceTypes: false, verbose: true }).compile(EdgeTrustConfig) as Validate;
+    const now = new Ajv(VALIDATOR_OPTIONS).compile(EdgeTrustConfig) as Validate;
     const built = edgeTrustConfigValidator as unknown as Validate;
     for (const doc of docs) {
       const [a, b] = [structuredClone(doc), structuredClone(doc)];

@@ -3,7 +3,7 @@ export type { ErrorCode } from "./errors.js";
 export { createLogger, redactString } from "./log.js";
 export type { Logger } from "./log.js";
 export { loadConfig, renderDefaults } from "./config.js";
-export { parseYamlStrict, validateValue, formatLocated, registerCompiledValidator } from "./yaml-validate.js";
+export { parseYamlStrict, validateValue, formatLocated, registerCompiledValidator, VALIDATOR_OPTIONS } from "./yaml-validate.js";
 export type { Located } from "./yaml-validate.js";
 export { writeFileAtomic } from "./fs.js";
 export { installProblemHandler, toProblemError, validationProblem } from "./http.js";

@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { describe, expect, it } from "vitest";
+import { VALIDATOR_OPTIONS } from "../common/index.js";
 import { attestedModulesFileValidator, identityStateValidator, storedModuleValidator } from "./state-validator.js";
 import { AttestedModulesFileSchema, IdentityStateSchema, StoredModuleSchema } from "./state-schema.js";
 
@@ -18,7 +19,7 @@ describe("the identity daemon's state validators compiled at build time (scripts
     ["attested-modules.json", AttestedModulesFileSchema, attestedModulesFileValidator, [{ modules: [] }, { modules: {} }, {}, "x"]],
     ["a stored registration", StoredModuleSchema, storedModuleValidator, [module, { ...module, name: "Bad Name" }, { ...module, extra: 1 }, { ...module, uid: "0" }, {}]],
   ] as const)("%s: the same verdict and errors as compiling the schema at run time", (_what, schema, validator, docs) => {
-    const now = new Ajv({ allErrors: true, strict: false, useDefaults: true, coerceTypes: false, verbose: true }).compile(schema) as Validate;
+    const now = new Ajv(VALIDATOR_OPTIONS).compile(schema) as Validate;
     const built = validator as unknown as Validate;
     for (const doc of docs) {
       expect(built(structuredClone(doc))).toBe(now(structuredClone(doc)));

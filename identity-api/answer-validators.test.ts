@@ -6,12 +6,13 @@
 import type { TSchema } from "@sinclair/typebox";
 import { Ajv } from "ajv";
 import { describe, expect, it } from "vitest";
+import { VALIDATOR_OPTIONS } from "../common/index.js";
 import { EventsPageSchema, ModuleListSchema, ModuleViewSchema, SasVerifyResponse } from "./management.js";
 import { eventsPageAnswer, moduleListAnswer, moduleViewAnswer, sasVerifyAnswer } from "./answer-validators.js";
 
 type Validate = ((d: unknown) => boolean) & { errors?: unknown };
-// common/yaml-validate.ts's options (VALIDATOR_OPTIONS), written out: a change there must be made here too.
-const runtime = new Ajv({ allErrors: true, strict: false, useDefaults: true, coerceTypes: false, verbose: true });
+// The options common/yaml-validate.ts compiles with at run time (and scripts/compiled-validators.mjs at build time).
+const runtime = new Ajv(VALIDATOR_OPTIONS);
 const view = {
   name: "m1", containerId: "a".repeat(64), imageRepository: "127.0.0.1:5000/m", imageDigest: `sha256:${"b".repeat(64)}`,
   manifestVersion: 1, deploymentId: "d", registeredAt: "2026-01-01T00:00:00Z", socketPath: "/run/edgetrust/modules/m1/workload.sock",

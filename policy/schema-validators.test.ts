@@ -10,6 +10,7 @@ import { Ajv } from "ajv";
 import addFormatsModule from "ajv-formats";
 import { describe, expect, it } from "vitest";
 import { parse } from "yaml";
+import { VALIDATOR_OPTIONS } from "../common/index.js";
 import { ManifestSchema, PolicySchema, TrustRootBodySchema } from "./schema.js";
 import { ManifestStateSchema } from "./manifest.js";
 import { manifestStateValidator, manifestValidator, policyValidator, trustRootBodyValidator } from "./schema-validators.js";
@@ -17,8 +18,8 @@ import { FIXTURE_POLICY_YAML, makeManifest } from "./fixtures.js";
 
 type Validate = ((d: unknown) => boolean) & { errors?: unknown };
 const addFormats = ((addFormatsModule as unknown as { default?: unknown }).default ?? addFormatsModule) as (a: Ajv) => Ajv;
-// common/yaml-validate.ts's options (VALIDATOR_OPTIONS), written out: a change there must be made here too.
-const runtime = addFormats(new Ajv({ allErrors: true, strict: false, useDefaults: true, coerceTypes: false, verbose: true }));
+// The options common/yaml-validate.ts compiles with at run time (and scripts/compiled-validators.mjs at build time).
+const runtime = addFormats(new Ajv(VALIDATOR_OPTIONS));
 const policy = parse(FIXTURE_POLICY_YAML) as Record<string, unknown>;
 const key = { kid: "k1", alg: "ES256", kty: "EC", crv: "P-256", x: "A".repeat(43), y: "B".repeat(43) };
 
