@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // One esbuild bundle per daemon (issue 14): `edgetrust device|agent|hub …` runs dist/daemons/<name>.mjs (see
 // bin/edgetrust.js), which holds only that component's code and the libraries it uses, minified. Measured in
-// bench/memory.ts against the same daemon run from the module tree in dist/. Run by `make build` after tsc.
+// bench/identity.ts, bench/agent.ts and bench/hub.ts (peak RSS as the systemd units run it). Run by `make build` after tsc.
 // Usage: node scripts/bundle.mjs [outDir]
 import { build } from "esbuild";
 import { writeFileSync } from "node:fs";

@@ -4,7 +4,7 @@
  * Held here two ways: the bundle's metafile names only the daemon's component, the components below it in the
  * layering (scripts/layers.js) and the config sections the whole-file config reader validates; and the bundle, run
  * with the node flags and environment of its systemd unit, loads no file but itself and its native addons.
- * Memory figures live in bench/memory.ts, not here.
+ * Memory figures live in bench/ (identity.ts, agent.ts, hub.ts: peak RSS as the units run them), not here.
  */
 import { execFile, execFileSync } from "node:child_process";
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
