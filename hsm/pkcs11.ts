@@ -1,7 +1,7 @@
 import { createHash, createHmac, randomBytes } from "node:crypto";
 import pkcs11js from "pkcs11js";
 import type { Attribute, Handle, Mechanism, Template, TokenInfo } from "pkcs11js";
-import { EdgeTrustError, createLogger, faultKeyStep, isEdgeTrustError, redactString, type ErrorCode, type Logger } from "../common/index.js";
+import { EdgeTrustError, backoffDelay, createLogger, faultKeyStep, isEdgeTrustError, redactString, type ErrorCode, type Logger } from "../common/index.js";
 import { acquireModule, findObjects, moduleRefCount, pkcs11ErrorName, releaseModule, type LoadedModule } from "./pkcs11-module.js";
 import { formatPkcs11Uri } from "./pkcs11-uri.js";
 import { Pkcs11MacKeys } from "./mac.js";
@@ -244,7 +244,8 @@ export class Pkcs11KeyStore implements KeyStore {
         const unreadable = isEdgeTrustError(e) && e.details?.ckr === "CKR_GENERAL_ERROR";
         if (!(softhsm && (notListed || unreadable) && attempt < SOFTHSM_OPEN_ATTEMPTS)) throw e;
         (opts.logger ?? createLogger("hsm")).warn({ tokenLabel: opts.tokenLabel, attempt, err: e.message }, "SoftHSM token unreadable (another process may be rewriting its token file); trying again");
-        await new Promise((r) => setTimeout(r, 25 * 2 ** attempt * (0.5 + Math.random())));
+        // A rewrite of the token file takes milliseconds: 50, 100, 200, 400 ms (±50 %, so two processes part).
+        await new Promise((r) => setTimeout(r, backoffDelay(attempt - 1, { initialMs: 50, maxMs: 50 * 2 ** SOFTHSM_OPEN_ATTEMPTS, jitter: 0.5 })));
       }
     }
   }
