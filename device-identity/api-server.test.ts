@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EdgeTrustError } from "../common/index.js";
 import { answerShapes, attestedModuleBody, eventsQuery, nameParams } from "../identity-api/index.js";
 import { Answer, ApiServer } from "./api-server.js";
+import { HeapBudget } from "./heap-budget.js";
 import { silentLogger } from "./test-helpers.js";
 
 /** What the sockets answered when fastify served them, request by request: the node:http server must answer the same. */
@@ -94,5 +95,29 @@ describe("the daemon's API server (node:http, routes validated by the identity A
     expect(boom.status).toBe(500);
     expect(boom.json).toMatchObject({ code: "INTERNAL", detail: "internal error" });
     expect(JSON.stringify(boom.json)).not.toContain("secret detail");
+  });
+});
+
+describe("the API server asks the heap budget before each request", () => {
+  it("a request that finds the heap over budget runs the full collection first, and is answered", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "et-api-heap-"));
+    const path = join(dir, "api.sock");
+    // The heap as the budget reads it: 12 MB at start, 15 MB (over a 2 MB budget) once the request arrives.
+    let used = 12 * 1024 * 1024;
+    const order: string[] = [];
+    const heapBudget = new HeapBudget(() => { order.push("gc"); used = 12 * 1024 * 1024; }, { budgetBytes: 2 * 1024 * 1024, minIntervalMs: 0, lookIntervalMs: 0, usedHeap: () => used });
+    const server = new ApiServer({ bodyLimit: 1024, log: silentLogger(), heapBudget, routes: [{ method: "GET", path: "/v1/ping", handler: async () => { order.push("handler"); return { ok: true }; } }] });
+    await server.listen(path);
+    try {
+      used = 15 * 1024 * 1024;
+      expect((await call(path, "GET", "/v1/ping")).json).toEqual({ ok: true });
+      // Under budget now: the next request runs no collection.
+      expect((await call(path, "GET", "/v1/ping")).status).toBe(200);
+      expect(order).toEqual(["gc", "handler", "handler"]);
+      expect(heapBudget.collections).toBe(1);
+    } finally {
+      await server.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
