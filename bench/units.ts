@@ -1,15 +1,9 @@
 import { execFile, spawn } from "node:child_process";
 import { existsSync, readFileSync, statSync } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { resolve } from "node:path";
 import { promisify } from "node:util";
+import { REPO_ROOT } from "./paths.js";
 
-/** The checkout's root, from the sources (bench/) or the build (dist/bench/). */
-function repoRoot(): string {
-  for (let d = import.meta.dirname; ; d = dirname(d)) {
-    if (existsSync(resolve(d, "deploy", "systemd"))) return d;
-    if (dirname(d) === d) throw new Error(`deploy/systemd not found above ${import.meta.dirname}`);
-  }
-}
 
 /** How a systemd unit in deploy/systemd/ starts its daemon, read from the unit file itself. */
 interface UnitCommand {
@@ -26,7 +20,7 @@ interface UnitCommand {
  * (flags, environment): a flag changed in the unit changes what is measured, and a flag node refuses fails there.
  */
 export function unitCommand(name: "identity" | "agent" | "hub"): UnitCommand {
-  const file = resolve(repoRoot(), "deploy", "systemd", `edgetrust-${name}.service`);
+  const file = resolve(REPO_ROOT, "deploy", "systemd", `edgetrust-${name}.service`);
   const env: Record<string, string> = {};
   let exec: string | undefined;
   for (const raw of readFileSync(file, "utf8").split("\n")) {
@@ -108,9 +102,8 @@ export function unitEnv(u: UnitCommand): Record<string, string> {
  * without it a unit measurement would measure the module tree, so the benchmark stops and says how to build it.
  */
 export function assertDaemonBundle(daemon: "device" | "agent" | "hub"): void {
-  const root = repoRoot();
-  const bundle = resolve(root, "dist", "daemons", `${daemon}.mjs`);
-  const tree = resolve(root, "dist", "cli", "index.js");
+  const bundle = resolve(REPO_ROOT, "dist", "daemons", `${daemon}.mjs`);
+  const tree = resolve(REPO_ROOT, "dist", "cli", "index.js");
   if (!existsSync(bundle) || statSync(bundle).mtimeMs < statSync(tree).mtimeMs) {
     throw new Error(`${bundle} is missing or older than the tsc build: run \`make build\` (tsc, then scripts/bundle.mjs) first`);
   }
