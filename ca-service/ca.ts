@@ -104,6 +104,9 @@ export interface Issued {
   chainPem: string;
 }
 
+/** A stored serial (hex, leading zero nibble dropped) as @peculiar/x509 takes a CRL entry's serial: whole bytes. */
+const crlSerial = (serial: string): string => (serial.length % 2 ? `0${serial}` : serial);
+
 function hashHex(alg: "sha1" | "sha256", data: ArrayBuffer | Uint8Array): string {
   return createHash(alg).update(data instanceof ArrayBuffer ? new Uint8Array(data) : data).digest("hex");
 }
@@ -340,7 +343,7 @@ export class CertificateAuthority {
     const cur = await this.store.currentCrl(issuerId);
     if (!cur) return false;
     try {
-      return new x509.X509Crl(new Uint8Array(cur.der)).findRevoked(serial.length % 2 ? `0${serial}` : serial) !== null;
+      return new x509.X509Crl(new Uint8Array(cur.der)).findRevoked(crlSerial(serial)) !== null;
     } catch {
       return false;
     }
@@ -361,7 +364,7 @@ export class CertificateAuthority {
         thisUpdate,
         nextUpdate,
         entries: revoked.map((r) => ({
-          serialNumber: r.serial.length % 2 ? `0${r.serial}` : r.serial,
+          serialNumber: crlSerial(r.serial),
           revocationDate: wholeSeconds(r.revokedAt),
           reason: REVOCATION_REASON_CODES[r.reason] as x509.X509CrlReason,
         })),
