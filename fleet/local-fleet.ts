@@ -7,6 +7,7 @@ import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import * as jose from "jose";
 import { EdgeTrustError } from "../common/index.js";
+import { SOFTHSM_MODULE } from "../hsm/index.js";
 import { signManifest, signerFromPrivateKey, type Manifest } from "../policy/index.js";
 import { call, codeOf } from "./http.js";
 import { runCli, startCaProcess, startHaproxy, startPrivatePostgres, waitHealthy, localFleetUnavailable, type Balancer, type CaProcess, type PrivatePostgres } from "./harness.js";
@@ -20,7 +21,6 @@ import type { ReferenceDigests } from "./simulate.js";
  * several fleets in one run. Behind `edgetrust fleet up` and the fleet bench.
  */
 const run = promisify(execFile);
-const SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so";
 const TOKEN_LABEL = "et-local-fleet";
 const d = (c: string) => `sha256:${c.repeat(64)}`;
 /** What the simulated devices measure: the fleet's reference values, so every device appraises affirming. */
