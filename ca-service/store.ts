@@ -594,7 +594,7 @@ export class CaStore {
 
   // ---- enrollment records (the later enrollment API writes these; issuance reads subject and SANs here) ------
 
-  async upsertEnrollment(e: Pick<EnrollmentRecord, "deviceId" | "kind" | "commonName" | "dnsNames"> & { status?: EnrollmentRecord["status"] }, actor: string): Promise<EnrollmentRecord> {
+  async upsertEnrollment(e: EnrollmentWrite, actor: string): Promise<EnrollmentRecord> {
     await this.db.transaction(async (tx) => this.appendAuditMany(tx, await this.writeEnrollments(tx, [{ enrollment: e, actor }])));
     const out = await this.getEnrollment(e.deviceId);
     if (!out) throw new EdgeTrustError("INTERNAL", `enrollment ${e.deviceId} vanished`);
