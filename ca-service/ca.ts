@@ -324,18 +324,9 @@ export class CertificateAuthority {
    * Another reason for a revoked certificate stays a CONFLICT (the first reason stands).
    */
   async revoke(serial: string, reason: RevocationReason, actor: string): Promise<CertificateRecord> {
-    let rec: CertificateRecord;
-    try {
-      rec = await this.store.revoke(serial, reason, actor);
-    } catch (e) {
-      if (!isEdgeTrustError(e, "CONFLICT")) throw e;
-      const cur = await this.store.getCertificate(normalizeSerial(serial));
-      if (cur?.status !== "revoked" || cur.revocationReason !== reason) throw e;
-      if (!(await this.crlLists(cur.issuerId, cur.serial))) await this.generateCrl(cur.issuerId);
-      return cur;
-    }
-    await this.generateCrl(rec.issuerId);
-    return rec;
+    const { record, repeated } = await this.store.revoke(serial, reason, actor);
+    if (!repeated || !(await this.crlLists(record.issuerId, record.serial))) await this.generateCrl(record.issuerId);
+    return record;
   }
 
   /** Does the issuer's current CRL list `serial`? (An unreadable or missing CRL does not.) */

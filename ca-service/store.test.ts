@@ -53,15 +53,22 @@ function storeSuite(name: string, make: () => Promise<TestStore>) {
     it("revokes by serial with a reason, once; hold can be released", async () => {
       const c = fakeCert(issuer);
       await t.store.recordIssued(c, "tester");
-      const r = await t.store.revoke(c.serial.toUpperCase(), "keyCompromise", "admin");
+      const { record: r, repeated } = await t.store.revoke(c.serial.toUpperCase(), "keyCompromise", "admin");
+      expect(repeated).toBe(false);
       expect(r.status).toBe("revoked");
       expect(r.revocationReason).toBe("keyCompromise");
+      // The same revocation again is a repeat: the record as it was, nothing written (no second audit entry).
+      const audits = async () => Number((await t.store.db.query<{ n: number | string }>("SELECT COUNT(*) AS n FROM audit_log"))[0]?.n);
+      const before = await audits();
+      const again = await t.store.revoke(c.serial, "keyCompromise", "admin");
+      expect(again).toMatchObject({ repeated: true, record: { status: "revoked", revocationReason: "keyCompromise", revokedAt: r.revokedAt } });
+      expect(await audits()).toBe(before);
       await expect(t.store.revoke(c.serial, "superseded", "admin")).rejects.toSatisfy((e) => isEdgeTrustError(e, "CONFLICT"));
       await expect(t.store.revoke("abcdef", "superseded", "admin")).rejects.toSatisfy((e) => isEdgeTrustError(e, "NOT_FOUND"));
       const h = fakeCert(issuer);
       await t.store.recordIssued(h, "tester");
       await t.store.revoke(h.serial, "certificateHold", "admin");
-      expect((await t.store.revoke(h.serial, "removeFromCRL", "admin")).status).toBe("good");
+      expect((await t.store.revoke(h.serial, "removeFromCRL", "admin")).record.status).toBe("good");
       expect((await t.store.revokedBy(issuer)).map((x) => x.serial)).toContain(c.serial);
     });
 

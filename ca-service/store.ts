@@ -477,16 +477,18 @@ export class CaStore {
   }
 
   /**
-   * Revoke by serial. Revoking an already revoked certificate is a CONFLICT (the first reason stands), except that
-   * `certificateHold` may be made permanent. `onRevoked` runs inside the same transaction (CRL regeneration).
+   * Revoke by serial. Revoking an already revoked certificate with the reason it was revoked for is a repeat
+   * (`repeated`, nothing written: the request that made it may have failed after its commit); with another reason it
+   * is a CONFLICT (the first reason stands), except that `certificateHold` may be made permanent.
    */
-  async revoke(serial: string, reason: RevocationReason, actor: string): Promise<CertificateRecord> {
+  async revoke(serial: string, reason: RevocationReason, actor: string): Promise<{ record: CertificateRecord; repeated: boolean }> {
     const s = normalizeSerial(serial);
     const at = new Date().toISOString();
-    await this.db.transaction(async (tx) => {
+    const repeated = await this.db.transaction(async (tx) => {
       const cur = (await tx.query(`SELECT * FROM certificates WHERE serial = ?${this.db.forUpdate}`, [s]))[0];
       if (!cur) throw new EdgeTrustError("NOT_FOUND", `no certificate with serial ${s}`);
       const rec = toCert(cur);
+      if (rec.status === "revoked" && rec.revocationReason === reason) return true;
       if (rec.status === "revoked" && !(rec.revocationReason === "certificateHold" && reason !== "certificateHold")) {
         throw new EdgeTrustError("CONFLICT", `certificate ${s} is already revoked (${rec.revocationReason ?? "unspecified"})`);
       }
@@ -497,10 +499,11 @@ export class CaStore {
         await tx.run("UPDATE certificates SET status = 'revoked', revoked_at = ?, revocation_reason = ? WHERE serial = ?", [at, reason, s]);
       }
       await this.appendAudit(tx, { actor, action: reason === "removeFromCRL" ? "cert.release" : "cert.revoke", target: s, details: { reason, issuer: rec.issuerId, deviceId: rec.deviceId } });
+      return false;
     });
-    const out = await this.getCertificate(s);
-    if (!out) throw new EdgeTrustError("INTERNAL", `certificate ${s} vanished`);
-    return out;
+    const record = await this.getCertificate(s);
+    if (!record) throw new EdgeTrustError("INTERNAL", `certificate ${s} vanished`);
+    return { record, repeated };
   }
 
   async revokedBy(issuerId: string, q: Queryable = this.db): Promise<{ serial: string; revokedAt: string; reason: RevocationReason }[]> {
